@@ -1,0 +1,335 @@
+"""The block diffusion decoding loop (DESIGN §3).
+
+Prompts are laid on a *canvas* whose block grid matches every row's absolute block grid: row ``r`` with ``L_r``
+prompt tokens gets ``T - B * (L_r // B)`` padding columns in front, ``T = B * max_r (L_r // B)``, so that its
+whole prompt blocks end at column ``T`` and the prompt's tail shares the first decoded block (columns
+``[T, T + B)``) with the row's first generated tokens. All rows then decode the same canvas block in lock-step,
+and each row computes exactly what it would compute alone.
+
+Per block and step, masked positions are sampled and committed by a remasking strategy. With a cache
+(block-causal family) the finished block is stored in the same forward as the first denoising step of the next
+block (``fuse_store=True``), so a block costs exactly ``steps_per_block`` forwards. A row stops at the end of the
+block in which it emits EOS or reaches ``max_new_tokens``, and leaves the batch (and the cache).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.utils import ModelOutput
+
+from ..adapters import DiffusionAdapter
+from ..masks import CLEAN, NOISY, layout_attention_mask
+from .configuration import DiffusionGenerationConfig
+from .remasking import get_remasking_strategy, num_transfer_tokens
+from .sampling import sample_tokens
+
+
+@dataclass
+class DiffusionGenerateOutput(ModelOutput):
+    """Output of few-step diffusion ``generate(..., return_dict_in_generate=True)``.
+
+    Attributes:
+        sequences (`torch.LongTensor` of shape `(batch_size, prompt_length + generated_length)`):
+            The prompts as given followed by the generated tokens; positions after EOS are ``pad_token_id``.
+        step_map (`torch.LongTensor` of shape `(batch_size, generated_length)`):
+            For every generated token, the 0-based denoising step that committed it, counted over the whole
+            completion (``-1`` at padding).
+        nfe (`torch.LongTensor` of shape `(batch_size,)`):
+            Forward passes (number of function evaluations) spent on each sequence.
+        trajectory (`torch.LongTensor` of shape `(num_steps, batch_size, generated_length)`, *optional*):
+            With ``output_trajectory=True``: the generated part after every step, uncommitted positions holding
+            the mask token (``trajectory[s]`` keeps the tokens with ``step_map <= s``).
+    """
+
+    sequences: torch.LongTensor | None = None
+    step_map: torch.LongTensor | None = None
+    nfe: torch.LongTensor | None = None
+    trajectory: torch.LongTensor | None = None
+
+
+def _as_id_list(token_ids) -> list[int]:
+    if token_ids is None:
+        return []
+    if isinstance(token_ids, int):
+        return [token_ids]
+    return [int(t) for t in token_ids]
+
+
+def _left_align(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move every row's real tokens to the right end (any padding side in, left padding out)."""
+    order = torch.sort(attention_mask.long(), dim=1, stable=True).indices
+    return input_ids.gather(1, order), attention_mask.long().gather(1, order)
+
+
+@dataclass
+class Canvas:
+    """The decoding canvas of a batch: tokens and per-column layout, shared by every step."""
+
+    tokens: torch.Tensor  # [batch, N] prompt tokens, then mask tokens
+    positions: torch.Tensor  # [batch, N] absolute positions (negative on padding)
+    valid: torch.Tensor  # [batch, N] False on padding and on columns past a row's last block
+    generated: torch.Tensor  # [batch, N] True on columns the row generates
+    start: int  # first decoded column T
+    num_blocks: int
+    gen_start: torch.Tensor  # [batch] column of the first generated token
+
+
+def build_canvas(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, block_size: int, max_new_tokens: int, mask_token_id: int
+) -> Canvas:
+    """Lay the prompts on a canvas aligned to the absolute block grid (see module docstring)."""
+    input_ids, attention_mask = _left_align(input_ids, attention_mask)
+    batch, width = input_ids.shape
+    device = input_ids.device
+    lengths = attention_mask.sum(1)
+    full_blocks = torch.div(lengths, block_size, rounding_mode="floor")
+    tails = lengths - full_blocks * block_size
+    blocks_to_decode = torch.div(tails + max_new_tokens + block_size - 1, block_size, rounding_mode="floor")
+    start = int(full_blocks.max()) * block_size
+    num_blocks = int(blocks_to_decode.max())
+    columns = torch.arange(start + num_blocks * block_size, device=device)
+    offsets = start - full_blocks * block_size  # padding columns in front of each row (a multiple of B)
+    positions = columns[None, :] - offsets[:, None]
+    ends = (full_blocks + blocks_to_decode) * block_size
+    valid = (positions >= 0) & (positions < ends[:, None])
+    generated = valid & (positions >= lengths[:, None])
+    tokens = torch.full((batch, columns.numel()), mask_token_id, dtype=input_ids.dtype, device=device)
+    prompt_columns = (offsets[:, None] + torch.arange(width, device=device)[None, :] - (width - lengths)[:, None])
+    is_prompt = attention_mask.bool()
+    tokens[torch.arange(batch, device=device)[:, None].expand(-1, width)[is_prompt], prompt_columns[is_prompt]] = (
+        input_ids[is_prompt]
+    )
+    return Canvas(tokens, positions, valid, generated, start, num_blocks, offsets + lengths)
+
+
+def check_position_limit(model, canvas: Canvas) -> None:
+    """Raise before any compute when a row would run past the model's position limit."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is None:
+        return
+    last = int(canvas.positions.masked_fill(~canvas.valid, -1).max()) + 1
+    if last > limit:
+        raise ValueError(
+            f"The prompt plus max_new_tokens (rounded up to whole blocks) needs {last} positions, but the model "
+            f"supports {limit} (config.max_position_embeddings). Lower max_new_tokens or shorten the prompt."
+        )
+
+
+@torch.no_grad()
+def diffusion_generate(
+    model,
+    adapter: DiffusionAdapter,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    config: DiffusionGenerationConfig,
+    *,
+    use_cache: bool = True,
+    fuse_store: bool = True,
+    generator: torch.Generator | None = None,
+) -> DiffusionGenerateOutput:
+    """Decode ``input_ids`` block by block with ``config`` (see the module docstring for the semantics).
+
+    Args:
+        model: a model of ``adapter``'s family.
+        adapter: the family adapter (:func:`t3d_trl.adapters.get_adapter`).
+        input_ids: ``[batch, L]`` prompts, padded on either side.
+        attention_mask: ``[batch, L]`` 1 on prompt tokens, 0 on padding (``None``: no padding).
+        config: the decoding settings; ``mask_token_id`` must be set.
+        use_cache: decode with a prefix KV cache (block-causal family). ``False`` recomputes the whole sequence
+            at every step (the reference semantics; slower).
+        fuse_store: store a finished block in the first denoising forward of the next block instead of in a
+            separate forward.
+        generator: random generator for sampling at ``temperature > 0``.
+
+    Returns:
+        A :class:`DiffusionGenerateOutput`.
+    """
+    if config.mask_token_id is None:
+        raise ValueError(
+            "No mask token: set `mask_token_id` in the generation config, or give the tokenizer a mask token "
+            "(tokenizer.add_special_tokens({'mask_token': '<|MASK|>'})) and pass it to t3d_trl.patch_model."
+        )
+    if input_ids.ndim != 2 or input_ids.shape[1] == 0:
+        raise ValueError(f"`input_ids` must be a non-empty [batch, length] tensor, got shape {tuple(input_ids.shape)}.")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    if bool((attention_mask.sum(1) == 0).any()):
+        raise ValueError("Every prompt needs at least one token; found a row whose attention_mask is all zeros.")
+    block_size, steps = config.block_size, config.steps_per_block
+    max_new_tokens = config.max_new_tokens or 256
+    mask_id = config.mask_token_id
+    eos_ids = torch.tensor(_as_id_list(config.eos_token_id), dtype=torch.long, device=input_ids.device)
+    pad_id = config.pad_token_id if config.pad_token_id is not None else (int(eos_ids[0]) if eos_ids.numel() else mask_id)
+    strategy = get_remasking_strategy(config.remasking, config.confidence_threshold, config.entropy_bound)
+    schedule = num_transfer_tokens(block_size, steps)
+    max_steps = steps if strategy.follows_schedule else block_size
+    temperature = config.effective_temperature
+    use_cache = use_cache and adapter.supports_cache
+
+    canvas = build_canvas(input_ids, attention_mask, block_size, max_new_tokens, mask_id)
+    check_position_limit(model, canvas)
+    batch, width = canvas.tokens.shape
+    device = canvas.tokens.device
+    tokens = canvas.tokens
+    block = torch.div(torch.arange(width, device=device), block_size, rounding_mode="floor").expand(batch, -1)
+    positions = canvas.positions.clamp(min=0)
+    step_map = torch.full_like(tokens, -1)
+    steps_done = torch.zeros(batch, dtype=torch.long, device=device)
+    nfe = torch.zeros(batch, dtype=torch.long, device=device)
+    active = torch.arange(batch, device=device)
+    cache = adapter.new_cache(model) if use_cache else None
+    stored = 0  # canvas columns already in the cache
+    carry = None  # shifted heads: the logits of the column before the block
+
+    for block_index in range(canvas.num_blocks):
+        start = canvas.start + block_index * block_size
+        end = start + block_size
+        if use_cache and not fuse_store and stored < start:  # separate store pass (the reference scheme)
+            _forward(model, adapter, tokens, positions, block, canvas.valid, active, stored, start, 0, cache)
+            nfe[active] += 1
+            stored = start
+        masked = canvas.generated[active, start:end]
+        for step in range(max_steps):
+            needs_work = masked.any(-1)
+            if not bool(needs_work.any()):
+                break
+            context_start = stored if use_cache else 0
+            logits = _forward(
+                model, adapter, tokens, positions, block, canvas.valid, active, context_start, start, block_size, cache
+            )
+            if use_cache:
+                stored = start
+            block_logits = logits[:, -block_size:]
+            if adapter.shift_logits:
+                carry = logits[:, -block_size - 1] if logits.shape[1] > block_size else carry
+                block_logits = torch.cat([carry[:, None], logits[:, -block_size:-1]], dim=1)
+            sampled, confidence, entropy = sample_tokens(block_logits, temperature, config.top_k, config.top_p, generator)
+            commit = strategy.select(confidence, entropy, masked, schedule[step] if step < steps else 1)
+            window = tokens[active, start:end]
+            tokens[active, start:end] = torch.where(commit, sampled.to(tokens.dtype), window)
+            step_map[active, start:end] = torch.where(commit, steps_done[active, None], step_map[active, start:end])
+            steps_done[active] += needs_work.long()
+            nfe[active] += needs_work.long()
+            masked &= ~commit
+        in_block = canvas.generated[active, start:end]
+        hit_eos = (torch.isin(tokens[active, start:end], eos_ids) & in_block).any(-1)
+        at_limit = (end - canvas.gen_start[active]) >= max_new_tokens
+        keep = ~(hit_eos | at_limit)
+        if not bool(keep.all()):
+            active = active[keep]
+            if carry is not None:
+                carry = carry[keep]
+            if active.numel() == 0:
+                break
+            if cache is not None:
+                adapter.select_rows(cache, keep.nonzero().squeeze(-1))
+
+    generated, step_map = _generated_part(tokens, step_map, canvas.gen_start, max_new_tokens, eos_ids, pad_id)
+    sequences = torch.cat([input_ids, generated.to(input_ids.dtype)], dim=1)
+    if not config.return_dict_in_generate:
+        return sequences
+    trajectory = _trajectory(generated, step_map, mask_id) if config.output_trajectory else None
+    return DiffusionGenerateOutput(sequences=sequences, step_map=step_map, nfe=nfe, trajectory=trajectory)
+
+
+def _forward(model, adapter, tokens, positions, block, valid, rows, context_start, block_start, block_size, cache):
+    """Forward ``rows`` on canvas columns ``[context_start, block_start + block_size)``.
+
+    Columns ``[context_start, block_start)`` are clean context (stored in the cache when there is one), columns
+    ``[block_start, block_start + block_size)`` are the block being denoised (noisy stream, never stored).
+    """
+    end = block_start + block_size
+    if adapter.family == "bidirectional":
+        return adapter.block_forward(model, tokens[rows], positions[rows], valid[rows])[:, :end]
+    stream = torch.where(torch.arange(end, device=tokens.device) >= block_start, NOISY, CLEAN).expand(len(rows), -1)
+    mask = layout_attention_mask(
+        block[rows, context_start:end],
+        stream[:, context_start:end],
+        block[rows, :end],
+        stream,
+        valid[rows, :end],
+        query_valid=valid[rows, context_start:end],
+        query_offset=context_start,
+    )
+    return adapter.block_forward(
+        model,
+        tokens[rows, context_start:end],
+        positions[rows, context_start:end],
+        mask,
+        cache,
+        num_tokens_to_store=block_start - context_start if cache is not None else 0,
+    )
+
+
+def _generated_part(tokens, step_map, gen_start, max_new_tokens, eos_ids, pad_id):
+    """Each row's generated tokens and steps, ``pad_id`` / ``-1`` after the first EOS, trimmed to the longest row."""
+    columns = gen_start[:, None] + torch.arange(max_new_tokens, device=tokens.device)[None, :]
+    generated, steps = tokens.gather(1, columns), step_map.gather(1, columns)
+    is_eos = torch.isin(generated, eos_ids).long()
+    dropped = ((is_eos.cumsum(1) - is_eos) > 0) | (steps < 0)
+    generated, steps = generated.masked_fill(dropped, pad_id), steps.masked_fill(dropped, -1)
+    longest = int((~dropped).sum(1).max())
+    return generated[:, :longest], steps[:, :longest]
+
+
+def _trajectory(generated, step_map, mask_id):
+    """States after every step: ``state_s = x where step_map <= s, mask elsewhere`` (padding kept)."""
+    num_steps = int(step_map.max()) + 1
+    step_index = torch.arange(num_steps, device=generated.device)[:, None, None]
+    committed = (step_map[None] <= step_index) | (step_map[None] < 0)
+    return torch.where(committed, generated[None], torch.full_like(generated[None], mask_id))
+
+
+#: arguments of `GenerationMixin.generate` that few-step diffusion decoding does not support
+_UNSUPPORTED_ARGUMENTS = (
+    "logits_processor",
+    "stopping_criteria",
+    "prefix_allowed_tokens_fn",
+    "assistant_model",
+    "streamer",
+    "negative_prompt_ids",
+    "negative_prompt_attention_mask",
+)
+_IGNORED_ARGUMENTS = ("synced_gpus", "use_model_defaults")
+
+
+def generate_with_model(
+    model,
+    inputs: torch.Tensor | None = None,
+    generation_config=None,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    adapter: DiffusionAdapter | None = None,
+    use_cache: bool = True,
+    generator: torch.Generator | None = None,
+    **kwargs,
+):
+    """Resolve the decoding settings of ``model`` and decode (the body of ``generate()``).
+
+    Settings come from ``generation_config`` (or the model's own ``generation_config``), updated by the
+    ``kwargs`` that are generation-config fields (``steps_per_block=1``, ``max_new_tokens=...``).
+    """
+    from ..adapters import get_adapter
+
+    input_ids = inputs if inputs is not None else kwargs.pop("input_ids", None)
+    if input_ids is None:
+        raise ValueError("Pass the prompts as `input_ids` (a [batch, length] LongTensor).")
+    for name in _UNSUPPORTED_ARGUMENTS:
+        if kwargs.pop(name, None) is not None:
+            raise ValueError(f"`{name}` is not supported by few-step diffusion decoding.")
+    for name in _IGNORED_ARGUMENTS:
+        kwargs.pop(name, None)
+    base = generation_config if generation_config is not None else getattr(model, "generation_config", None)
+    config = DiffusionGenerationConfig.from_generation_config(base)
+    unused = config.update(**kwargs)
+    if unused:
+        raise ValueError(
+            f"generate() got arguments that are neither generation settings nor supported inputs: {sorted(unused)}."
+        )
+    adapter = adapter if adapter is not None else get_adapter(model)
+    adapter.check_model(model)
+    return diffusion_generate(
+        model, adapter, input_ids, attention_mask, config, use_cache=use_cache, generator=generator
+    )

@@ -1,0 +1,296 @@
+"""Objectives for trajectory self-distillation (T3D) and its baselines.
+
+Pure, vectorised functions over batched tensors. Shapes used throughout:
+
+* ``logits``: ``[B, L, V]``, the model's predictions for x0 at every position of
+  the noisy state x_t (no shift: position i predicts token i);
+* ``labels``: ``[B, L]`` long, the teacher tokens x0;
+* ``loss_mask``: ``[B, L]`` bool, the set M of masked, non-padding completion
+  positions of x_t.
+
+Every reduction is over M only; values outside M are never read, so they may
+be arbitrary (even ``inf``/``NaN``). A row whose M is empty yields 0.
+
+T3D = trajectory DDO (:func:`ddo_loss`) + λ · path loss (:func:`path_loss`);
+:func:`td_loss`, :func:`sft_loss` and :func:`dparallel_loss` are the paper's
+baselines (arXiv 2602.12262, Table 1).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "ddo_loss",
+    "dparallel_loss",
+    "path_loss",
+    "path_weights",
+    "sample_fake_tokens",
+    "selective_log_softmax",
+    "sequence_logps",
+    "sft_loss",
+    "td_loss",
+]
+
+_NORMALIZATIONS = ("mean", "sum")
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _upcast(tensor: Tensor) -> Tensor:
+    """Returns ``tensor`` in float32 if it is half precision, else unchanged."""
+    return tensor.float() if tensor.dtype in _LOW_PRECISION else tensor
+
+
+def _masked_sum(values: Tensor, mask: Tensor) -> Tensor:
+    """Σ_{i: mask_i} values_i over the last dimension (NaN-safe outside the mask)."""
+    return torch.where(mask, values, torch.zeros_like(values)).sum(-1)
+
+
+def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """(1/|mask|) Σ_{i: mask_i} values_i over the last dimension; 0 for an empty mask."""
+    count = mask.sum(-1).clamp_min(1).to(values.dtype)
+    return _masked_sum(values, mask) / count
+
+
+def selective_log_softmax(logits: Tensor, index: Tensor) -> Tensor:
+    """Log-softmax of ``logits`` gathered at ``index``.
+
+    log p(index_i) = logits_{i, index_i} − log Σ_v exp(logits_{i, v})
+
+    The logit is gathered first and the log-normaliser is computed by
+    ``logsumexp``, so no full log-softmax tensor is materialised. Float32 and
+    float64 logits are processed in their own dtype; float16/bfloat16 logits
+    are upcast to float32 for the ``logsumexp`` (this needs a transient float32
+    copy of the logits), and the result is float32.
+
+    Args:
+        logits: Unnormalised scores, shape ``[B, L, V]``.
+        index: Token ids to gather, shape ``[B, L]``, values in ``[0, V)``.
+
+    Returns:
+        Token log-probabilities, shape ``[B, L]``.
+    """
+    picked = logits.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+    return _upcast(picked) - torch.logsumexp(_upcast(logits), dim=-1)
+
+
+def sequence_logps(token_logps: Tensor, loss_mask: Tensor, normalization: str = "mean") -> Tensor:
+    """Sequence log-likelihood log p(x | x_t) over the masked positions M.
+
+    "mean" (official T3D): log p(x | x_t) = (1/|M|) Σ_{i∈M} token_logps_i
+    "sum":                 log p(x | x_t) = Σ_{i∈M} token_logps_i
+
+    Args:
+        token_logps: Per-token log-probabilities log p(x_i | x_t), shape ``[B, L]``.
+        loss_mask: Bool mask of M, shape ``[B, L]``.
+        normalization: ``"mean"`` or ``"sum"``.
+
+    Returns:
+        Per-example log-likelihoods, shape ``[B]``; 0 for rows with empty M.
+
+    Raises:
+        ValueError: If ``normalization`` is not one of ``"mean"``, ``"sum"``.
+    """
+    if normalization not in _NORMALIZATIONS:
+        raise ValueError(
+            f"Unknown normalization {normalization!r}; "
+            f"expected one of {', '.join(map(repr, _NORMALIZATIONS))}."
+        )
+    if normalization == "mean":
+        return _masked_mean(token_logps, loss_mask)
+    return _masked_sum(token_logps, loss_mask)
+
+
+def sample_fake_tokens(
+    ref_logits: Tensor,
+    loss_mask: Tensor,
+    labels: Tensor,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Draws the fake sample x̂ from the reference, independently per masked position.
+
+    x̂_i = argmax_v ref_logits_{i, v}                      if i ∈ M and T = 0
+    x̂_i ~ Categorical(softmax(ref_logits_i / T))          if i ∈ M and T > 0
+    x̂_i = labels_i                                        if i ∉ M
+
+    Sampling runs without gradient and only on the rows of M.
+
+    Args:
+        ref_logits: Reference logits, shape ``[B, L, V]``.
+        loss_mask: Bool mask of M, shape ``[B, L]``.
+        labels: Teacher tokens x0, shape ``[B, L]``, kept outside M.
+        temperature: Reference temperature T >= 0; 0 is greedy (official default).
+        generator: Optional random generator for ``torch.multinomial``; it must
+            live on the device of ``ref_logits``.
+
+    Returns:
+        The fake tokens x̂, long tensor of shape ``[B, L]``.
+
+    Raises:
+        ValueError: If ``temperature`` is negative.
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 means argmax), got {temperature}.")
+    with torch.no_grad():
+        masked_logits = ref_logits[loss_mask]
+        if temperature == 0:
+            draws = masked_logits.argmax(-1)
+        else:
+            probs = torch.softmax(_upcast(masked_logits) / temperature, dim=-1)
+            draws = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        fake = labels.clone()
+        fake[loss_mask] = draws
+    return fake
+
+
+def ddo_loss(
+    policy_real_logps: Tensor,
+    policy_fake_logps: Tensor,
+    ref_real_logps: Tensor,
+    ref_fake_logps: Tensor,
+    beta: float = 0.1,
+    alpha: float = 0.5,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Trajectory direct discriminative optimisation (DDO) loss.
+
+    real = −log σ(β [log p_θ(x0|x_t) − log p_ref(x0|x_t)])
+    fake = −α log(1 − σ(β [log p_θ(x̂|x_t) − log p_ref(x̂|x_t)]))
+         = −α log σ(−β [log p_θ(x̂|x_t) − log p_ref(x̂|x_t)])
+    loss = real + fake
+
+    With θ = θ_ref, real = log 2 and fake = α log 2. The reference
+    log-probabilities should carry no gradient (stop-gradient θ_ref).
+
+    Args:
+        policy_real_logps: log p_θ(x0 | x_t), shape ``[B]``.
+        policy_fake_logps: log p_θ(x̂ | x_t), shape ``[B]``.
+        ref_real_logps: log p_ref(x0 | x_t), shape ``[B]``.
+        ref_fake_logps: log p_ref(x̂ | x_t), shape ``[B]``.
+        beta: Inverse temperature β of the implicit discriminator.
+        alpha: Weight α of the fake term.
+
+    Returns:
+        ``(loss, real_loss, fake_loss)``, each of shape ``[B]``.
+    """
+    real_margin = beta * (policy_real_logps - ref_real_logps)
+    fake_margin = beta * (policy_fake_logps - ref_fake_logps)
+    real_loss = -F.logsigmoid(real_margin)
+    fake_loss = -alpha * F.logsigmoid(-fake_margin)
+    return real_loss + fake_loss, real_loss, fake_loss
+
+
+def path_weights(decode_step: Tensor, steps_per_block: int | Tensor) -> Tensor:
+    """Path-consistency weights from the teacher's within-block decode steps.
+
+    w_i = (S − σ_i) / S
+
+    where σ_i is the 0-based within-block decode step of token i and S the
+    steps per block. With one token per step (S = B, σ_i = π_i − 1) this is
+    (B − π_i + 1) / B, π_i the 1-based decode order: earlier-decoded tokens
+    weigh more.
+
+    Args:
+        decode_step: σ, shape ``[B, L]`` (any integer or float dtype).
+        steps_per_block: S as a Python int, or a per-example tensor of shape
+            ``[B]`` or ``[B, 1]``.
+
+    Returns:
+        Weights of the broadcast shape of ``decode_step`` and S, in the default
+        floating dtype.
+    """
+    steps = torch.as_tensor(steps_per_block, dtype=torch.get_default_dtype(), device=decode_step.device)
+    if steps.ndim == 1 and decode_step.ndim > 1:
+        steps = steps.view(-1, *([1] * (decode_step.ndim - 1)))
+    return (steps - decode_step.to(steps.dtype)) / steps
+
+
+def path_loss(token_logps: Tensor, weights: Tensor, loss_mask: Tensor) -> Tensor:
+    """Weighted path-consistency loss over the masked positions M.
+
+    L_path = Σ_{i∈M} w_i · (−log p_θ(x0_i | x_t)) / Σ_{i∈M} w_i
+
+    Args:
+        token_logps: log p_θ(x0_i | x_t), shape ``[B, L]``.
+        weights: w_i (see :func:`path_weights`), shape ``[B, L]``.
+        loss_mask: Bool mask of M, shape ``[B, L]``.
+
+    Returns:
+        Per-example losses, shape ``[B]``; 0 for rows with empty M or
+        Σ_{i∈M} w_i = 0.
+    """
+    weights = weights.to(token_logps.dtype)
+    numerator = _masked_sum(-weights * token_logps, loss_mask)
+    denominator = _masked_sum(weights, loss_mask)
+    nonzero = denominator != 0
+    safe_denominator = torch.where(nonzero, denominator, torch.ones_like(denominator))
+    return torch.where(nonzero, numerator / safe_denominator, torch.zeros_like(numerator))
+
+
+def td_loss(token_logps: Tensor, loss_mask: Tensor) -> Tensor:
+    """Naive trajectory distillation (forward KL to the teacher's trajectory).
+
+    L_TD = −(1/|M|) Σ_{i∈M} log p_θ(x0_i | x_t)
+
+    with x_t a state on the teacher's decoding trajectory.
+
+    Args:
+        token_logps: log p_θ(x0_i | x_t), shape ``[B, L]``.
+        loss_mask: Bool mask of M, shape ``[B, L]``.
+
+    Returns:
+        Per-example losses, shape ``[B]``; 0 for rows with empty M.
+    """
+    return -_masked_mean(token_logps, loss_mask)
+
+
+def sft_loss(token_logps: Tensor, loss_mask: Tensor) -> Tensor:
+    """Masked-diffusion cross-entropy on random masks of the teacher's final output.
+
+    L_SFT = −(1/|M|) Σ_{i∈M} log p_θ(x0_i | x_t)
+
+    The formula is that of :func:`td_loss`; the difference is the state
+    distribution: here x_t is a random masking of the teacher's final output x0
+    rather than a state on its decoding trajectory. The data collator supplies
+    those states.
+
+    Args:
+        token_logps: log p_θ(x0_i | x_t), shape ``[B, L]``.
+        loss_mask: Bool mask of M, shape ``[B, L]``.
+
+    Returns:
+        Per-example losses, shape ``[B]``; 0 for rows with empty M.
+    """
+    return -_masked_mean(token_logps, loss_mask)
+
+
+def dparallel_loss(
+    logits: Tensor, labels: Tensor, loss_mask: Tensor, entropy_weight: float = 1.0
+) -> Tensor:
+    """Certainty-forcing distillation (dParallel, arXiv 2509.26488).
+
+    C = {i ∈ M : argmax_v p_θ(v | x_t)_i = x0_i}
+    H_i = −Σ_v p_θ(v | x_t)_i log p_θ(v | x_t)_i
+    L = −(1/|M|) Σ_{i∈M} log p_θ(x0_i | x_t) + entropy_weight · (1/|C|) Σ_{i∈C} H_i
+
+    The entropy term is 0 for rows with empty C: the student is pushed towards
+    certainty only where it is already right.
+
+    Args:
+        logits: Student logits, shape ``[B, L, V]``.
+        labels: Teacher tokens x0, shape ``[B, L]``; values outside M are ignored.
+        loss_mask: Bool mask of M, shape ``[B, L]``.
+        entropy_weight: Weight of the entropy term.
+
+    Returns:
+        Per-example losses, shape ``[B]``; 0 for rows with empty M.
+    """
+    index = torch.where(loss_mask, labels, torch.zeros_like(labels))
+    token_logps = selective_log_softmax(logits, index)
+    log_probs = torch.log_softmax(_upcast(logits), dim=-1)
+    finite_log_probs = log_probs.masked_fill(torch.isneginf(log_probs), 0.0)
+    entropy = -(log_probs.exp() * finite_log_probs).sum(-1)
+    correct = loss_mask & (logits.argmax(-1) == labels)
+    return td_loss(token_logps, loss_mask) + entropy_weight * _masked_mean(entropy, correct)

@@ -1,0 +1,42 @@
+"""SDAR checkpoints loaded natively as the Qwen3 architecture.
+
+SDAR (JetAstra/SDAR) is Qwen3 trained as a block diffusion model: its ``config.json`` has Qwen3's fields and its
+weights carry Qwen3's parameter names, but its published remote code needs flash-attn and does not import under
+transformers 5. Importing t3d-trl registers ``model_type: sdar`` with the ``AutoModel*`` classes, mapped onto
+transformers' own Qwen3 implementation, so::
+
+    model = AutoModelForCausalLM.from_pretrained("JetLM/SDAR-1.7B-Chat", attn_implementation="sdpa")
+
+loads without remote code and runs with every attention kernel transformers offers (``sdpa``, ``eager``,
+``flex_attention``). Passing ``trust_remote_code=True`` still loads the checkpoint's own code, which
+:class:`t3d_trl.adapters.StoreKVAdapter` drives through its ``store_kv`` cache interface.
+"""
+
+from __future__ import annotations
+
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, Qwen3Config, Qwen3ForCausalLM, Qwen3Model
+
+
+class SDARConfig(Qwen3Config):
+    """Configuration of SDAR checkpoints: Qwen3's fields under ``model_type = "sdar"``."""
+
+    model_type = "sdar"
+
+
+class SDARModel(Qwen3Model):
+    """SDAR's backbone, implemented by transformers' Qwen3 model."""
+
+    config_class = SDARConfig
+
+
+class SDARForCausalLM(Qwen3ForCausalLM):
+    """SDAR with its LM head, implemented by transformers' Qwen3 model (logits at position ``i`` predict token ``i``)."""
+
+    config_class = SDARConfig
+
+
+def register_sdar() -> None:
+    """Register ``model_type: sdar`` with ``AutoConfig``, ``AutoModel`` and ``AutoModelForCausalLM``."""
+    AutoConfig.register("sdar", SDARConfig, exist_ok=True)
+    AutoModel.register(SDARConfig, SDARModel, exist_ok=True)
+    AutoModelForCausalLM.register(SDARConfig, SDARForCausalLM, exist_ok=True)

@@ -1,0 +1,48 @@
+"""Tiny models and tokenizers built from configs for the tests (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+SPECIAL_TOKENS = ["<pad>", "<eos>", "<mask>", "<bos>"]
+CHARACTERS = list("abcdefghijklmnopqrstuvwxyz0123456789 +-=?.,:")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A character-level tokenizer with pad/eos/mask tokens and a chat template."""
+    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS + CHARACTERS)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", mask_token="<mask>", bos_token="<bos>"
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def tiny_qwen3_config(vocab_size: int = 48, **overrides) -> Qwen3Config:
+    values = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=256,
+        attn_implementation="sdpa",
+        tie_word_embeddings=False,
+    )
+    values.update(overrides)
+    return Qwen3Config(**values)
+
+
+def tiny_qwen3(seed: int = 0, dtype=torch.float64, **overrides) -> Qwen3ForCausalLM:
+    torch.manual_seed(seed)
+    return Qwen3ForCausalLM(tiny_qwen3_config(**overrides)).to(dtype).eval()
