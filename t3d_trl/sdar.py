@@ -36,7 +36,19 @@ class SDARForCausalLM(Qwen3ForCausalLM):
 
 
 def register_sdar() -> None:
-    """Register ``model_type: sdar`` with ``AutoConfig``, ``AutoModel`` and ``AutoModelForCausalLM``."""
+    """Register ``model_type: sdar`` with ``AutoConfig``, ``AutoModel`` and ``AutoModelForCausalLM``.
+
+    transformers lets a registered class outside its own package override a checkpoint's remote code even with
+    ``trust_remote_code=True``. The SDAR classes are therefore also published in transformers' Qwen3 modules (where
+    they are implemented), so the mapping counts as built-in: without ``trust_remote_code`` the checkpoint loads
+    natively, with it the checkpoint's own code wins, as for any architecture transformers ships.
+    """
+    from transformers.models.qwen3 import configuration_qwen3, modeling_qwen3
+
+    for module, classes in ((configuration_qwen3, (SDARConfig,)), (modeling_qwen3, (SDARModel, SDARForCausalLM))):
+        for cls in classes:
+            setattr(module, cls.__name__, cls)
+            cls.__module__ = module.__name__
     AutoConfig.register("sdar", SDARConfig, exist_ok=True)
     AutoModel.register(SDARConfig, SDARModel, exist_ok=True)
     AutoModelForCausalLM.register(SDARConfig, SDARForCausalLM, exist_ok=True)
