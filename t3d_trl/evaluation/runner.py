@@ -1,0 +1,490 @@
+"""Few-step evaluation loop: accuracy and decoding speed of a diffusion LM over decoding settings.
+
+The model must expose the block-diffusion ``generate`` of :mod:`t3d_trl.generation` (patched onto a model by
+``t3d_trl.patch_model(model)``)::
+
+    out = model.generate(input_ids=..., attention_mask=..., block_size=..., steps_per_block=...,
+                         remasking=..., confidence_threshold=..., max_new_tokens=...,
+                         return_dict_in_generate=True)
+
+returning ``out.sequences`` (``[batch, prompt_len + new]``, the left-padded prompt first, then the generated
+tokens, padded with ``pad_token_id`` after EOS) and ``out.nfe`` (``[batch]``, forward passes spent on each
+sequence).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .report import EvalResult, plot_accuracy_vs_tokens_per_step, write_json, write_markdown
+from .scorers import SCORER_NAMES, _check_code_execution_allowed, get_scorer
+
+
+__all__ = ["DecodingSetting", "evaluate_few_step"]
+
+
+@dataclass
+class DecodingSetting:
+    """One decoding configuration of the few-step evaluation.
+
+    Attributes:
+        block_size: Tokens per block.
+        steps_per_block: Denoising steps per block (the upper bound for dynamic decoding).
+        remasking: Remasking strategy understood by the model's ``generate``.
+        confidence_threshold: Confidence threshold of dynamic decoding; None for static decoding (the argument is
+            then not passed to ``generate``, which keeps the model's default).
+        name: Display name; derived from the other fields when None (e.g. ``"B4-S1-static"``).
+    """
+
+    block_size: int
+    steps_per_block: int
+    remasking: str = "low_confidence_static"
+    confidence_threshold: float | None = None
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        for field_name in ("block_size", "steps_per_block"):
+            value = getattr(self, field_name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"DecodingSetting.{field_name} must be a positive integer, got {value!r}.")
+        if self.steps_per_block > self.block_size:
+            raise ValueError(
+                f"DecodingSetting.steps_per_block ({self.steps_per_block}) cannot exceed block_size "
+                f"({self.block_size}): a block is decoded in at most one step per token."
+            )
+        if not isinstance(self.remasking, str) or not self.remasking:
+            raise ValueError(f"DecodingSetting.remasking must be a non-empty string, got {self.remasking!r}.")
+        if self.confidence_threshold is not None:
+            threshold = float(self.confidence_threshold)
+            if not 0.0 <= threshold <= 1.0:
+                raise ValueError(
+                    "DecodingSetting.confidence_threshold must be in [0, 1] or None, got "
+                    f"{self.confidence_threshold!r}."
+                )
+            self.confidence_threshold = threshold
+        if self.name is None:
+            if self.confidence_threshold is not None:
+                kind = f"dynamic{self.confidence_threshold:g}"
+            else:
+                kind = "dynamic" if "dynamic" in self.remasking else "static"
+            self.name = f"B{self.block_size}-S{self.steps_per_block}-{kind}"
+
+    @classmethod
+    def from_any(cls, setting: DecodingSetting | Mapping[str, Any]) -> DecodingSetting:
+        """Build a setting from a :class:`DecodingSetting` or a dict of its fields.
+
+        The dict key ``threshold`` is accepted as an alias of ``confidence_threshold``.
+
+        Args:
+            setting: Setting or mapping.
+
+        Returns:
+            The setting.
+
+        Raises:
+            ValueError: For unknown keys, missing required keys or invalid values.
+        """
+        if isinstance(setting, DecodingSetting):
+            return setting
+        if not isinstance(setting, Mapping):
+            raise ValueError(f"A decoding setting must be a dict or DecodingSetting, got {type(setting).__name__}.")
+        data = dict(setting)
+        if "threshold" in data:
+            if "confidence_threshold" in data:
+                raise ValueError("Give either 'threshold' or 'confidence_threshold', not both.")
+            data["confidence_threshold"] = data.pop("threshold")
+        allowed = {"block_size", "steps_per_block", "remasking", "confidence_threshold", "name"}
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise ValueError(f"Unknown decoding setting key(s) {unknown}; allowed keys: {sorted(allowed)}.")
+        missing = sorted({"block_size", "steps_per_block"} - set(data))
+        if missing:
+            raise ValueError(f"Decoding setting {setting!r} lacks the required key(s) {missing}.")
+        return cls(**data)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _model_device(model: Any) -> torch.device:
+    device = getattr(model, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    if isinstance(device, str):
+        return torch.device(device)
+    if isinstance(model, torch.nn.Module):
+        for param in model.parameters():
+            return param.device
+    return torch.device("cpu")
+
+
+def _tokenizer_of(processing_class: Any) -> Any:
+    return getattr(processing_class, "tokenizer", None) or processing_class
+
+
+def _eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids: set[int] = set()
+    candidates = [getattr(tokenizer, "eos_token_id", None)]
+    generation_config = getattr(model, "generation_config", None)
+    if generation_config is not None:
+        candidates.append(getattr(generation_config, "eos_token_id", None))
+    for candidate in candidates:
+        if candidate is None:
+            continue
+        if isinstance(candidate, int):
+            ids.add(candidate)
+        else:
+            ids.update(int(c) for c in candidate)
+    return ids
+
+
+@contextmanager
+def _pad_token_available(tokenizer: Any) -> Iterator[None]:
+    if getattr(tokenizer, "pad_token", None) is not None:
+        yield
+        return
+    if getattr(tokenizer, "eos_token", None) is None:
+        raise ValueError("The tokenizer has neither a pad token nor an EOS token to pad with; set tokenizer.pad_token.")
+    warnings.warn("The tokenizer has no pad token; padding prompts with the EOS token.", stacklevel=3)
+    tokenizer.pad_token = tokenizer.eos_token
+    try:
+        yield
+    finally:
+        tokenizer.pad_token = None
+
+
+def _prompt_texts(processing_class: Any, prompts: Sequence[Any]) -> tuple[list[str], bool]:
+    """Render prompts to text; returns (texts, whether a chat template was applied)."""
+    texts: list[str] = []
+    templated = False
+    for prompt in prompts:
+        if isinstance(prompt, str):
+            texts.append(prompt)
+        elif isinstance(prompt, (list, tuple)) and all(isinstance(m, Mapping) for m in prompt):
+            if getattr(processing_class, "chat_template", None) is None and getattr(
+                _tokenizer_of(processing_class), "chat_template", None
+            ) is None:
+                raise ValueError(
+                    "The dataset holds chat-message prompts but the processing class has no chat template. Set "
+                    "`processing_class.chat_template`, or load the dataset with plain-text prompts "
+                    "(load_eval_dataset(..., as_chat=False))."
+                )
+            texts.append(
+                processing_class.apply_chat_template(
+                    [dict(m) for m in prompt], add_generation_prompt=True, tokenize=False
+                )
+            )
+            templated = True
+        else:
+            raise ValueError(
+                f"A prompt must be a string or a list of chat messages ({{'role': ..., 'content': ...}}), got "
+                f"{type(prompt).__name__}."
+            )
+    return texts, templated
+
+
+def _generated_lengths(generated: torch.Tensor, eos_ids: set[int]) -> torch.Tensor:
+    """Tokens up to and including the first EOS in each row (all tokens when there is none)."""
+    batch, width = generated.shape
+    if width == 0 or not eos_ids:
+        return torch.full((batch,), width, dtype=torch.long)
+    is_eos = torch.zeros_like(generated, dtype=torch.bool)
+    for eos in eos_ids:
+        is_eos |= generated == eos
+    has_eos = is_eos.any(dim=1)
+    first = torch.argmax(is_eos.int(), dim=1)
+    return torch.where(has_eos, first + 1, torch.full_like(first, width)).long()
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "setting"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.synchronize(device)
+
+
+def _validate_dataset(dataset: Any) -> None:
+    columns = getattr(dataset, "column_names", None)
+    if columns is None:
+        raise ValueError(
+            f"`dataset` must be a datasets.Dataset (see t3d_trl.evaluation.load_eval_dataset), got "
+            f"{type(dataset).__name__}."
+        )
+    missing = [c for c in ("prompt", "reference") if c not in columns]
+    if missing:
+        raise ValueError(
+            f"The evaluation dataset lacks the column(s) {missing}; it needs 'prompt' (chat messages or text) and "
+            f"'reference', optionally 'scorer'. Got columns {list(columns)}."
+        )
+    if len(dataset) == 0:
+        raise ValueError("The evaluation dataset is empty.")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def evaluate_few_step(
+    model: Any,
+    processing_class: Any,
+    dataset: Any,
+    settings: Sequence[DecodingSetting | Mapping[str, Any]],
+    batch_size: int = 8,
+    max_new_tokens: int = 256,
+    output_dir: str | os.PathLike[str] | None = None,
+    allow_code_execution: bool = False,
+    progress: bool = True,
+    *,
+    scorer: str | None = None,
+    code_timeout: float = 3.0,
+    dataset_name: str | None = None,
+    warmup: bool = False,
+    generate_kwargs: Mapping[str, Any] | None = None,
+) -> list[EvalResult]:
+    """Evaluate a diffusion LM under several few-step decoding settings.
+
+    For every setting, the dataset is generated in batches (prompts rendered with the chat template when they
+    are message lists, tokenised with left padding), completions are decoded up to the first EOS and scored,
+    and the speed of generation is measured with :func:`time.perf_counter` around each ``generate`` call
+    (synchronising CUDA). Metrics:
+
+    * accuracy = correct / samples,
+    * tokens/s = generated tokens / generation time,
+    * latency per sample = generation time / samples (batched: the batch's time is shared by its samples),
+    * avg NFE = mean forward passes per sample (``out.nfe``),
+    * avg generated length = mean tokens up to and including the first EOS,
+    * tokens per forward = generated tokens / forward passes.
+
+    Args:
+        model: Model with the block-diffusion ``generate`` of :mod:`t3d_trl.generation`.
+        processing_class: Tokenizer (or processor) used to template, tokenise and decode.
+        dataset: Dataset with ``prompt`` and ``reference`` columns and optionally ``scorer`` (per-row scorer
+            name) and ``id``, as built by :func:`t3d_trl.evaluation.load_eval_dataset`.
+        settings: Decoding settings, as :class:`DecodingSetting` or dicts of its fields.
+        batch_size: Prompts per ``generate`` call.
+        max_new_tokens: Generation budget per prompt.
+        output_dir: When given, ``results.json``, ``results.md``, ``accuracy_vs_tokens_per_step.png`` and
+            per-setting ``samples_<setting>.jsonl`` files are written there.
+        allow_code_execution: Allow the ``code`` scorer to run model-written programs (or set
+            ``HF_ALLOW_CODE_EVAL=1``). Required when any row uses the ``code`` scorer.
+        progress: Show a tqdm progress bar.
+        scorer: Scorer name overriding the dataset's ``scorer`` column; defaults to ``exact_match`` for
+            datasets without one.
+        code_timeout: Per-program timeout of the ``code`` scorer, in seconds.
+        dataset_name: Name recorded in the results.
+        warmup: Run one untimed ``generate`` on the first batch of each setting before timing (compilation,
+            CUDA kernel selection).
+        generate_kwargs: Extra keyword arguments passed to every ``generate`` call.
+
+    Returns:
+        One :class:`EvalResult` per setting, in order.
+
+    Raises:
+        ValueError: For an empty dataset, missing columns, no or invalid settings, unknown scorers, a
+            non-positive ``batch_size``/``max_new_tokens``, or code scoring without opting in to execution.
+    """
+    _validate_dataset(dataset)
+    if isinstance(settings, (DecodingSetting, Mapping)):
+        settings = [settings]
+    parsed = [DecodingSetting.from_any(s) for s in settings]
+    if not parsed:
+        raise ValueError("`settings` is empty; give at least one decoding setting.")
+    if not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
+
+    prompts = list(dataset["prompt"])
+    references = [str(r) for r in dataset["reference"]]
+    if scorer is not None:
+        scorer_names = [scorer] * len(prompts)
+    elif "scorer" in dataset.column_names:
+        scorer_names = [s or "exact_match" for s in dataset["scorer"]]
+    else:
+        scorer_names = ["exact_match"] * len(prompts)
+    unknown = sorted(set(scorer_names) - set(SCORER_NAMES))
+    if unknown:
+        raise ValueError(f"Unknown scorer(s) {unknown} in the dataset. Valid scorers: {', '.join(SCORER_NAMES)}.")
+    scorers: dict[str, Any] = {}
+    for name in set(scorer_names):
+        if name == "code":
+            _check_code_execution_allowed(allow_code_execution)
+            scorers[name] = get_scorer(name, allow_code_execution=True, timeout=code_timeout)
+        else:
+            scorers[name] = get_scorer(name)
+    ids = list(dataset["id"]) if "id" in dataset.column_names else list(range(len(prompts)))
+
+    tokenizer = _tokenizer_of(processing_class)
+    device = _model_device(model)
+    eos_ids = _eos_token_ids(model, tokenizer)
+    texts, templated = _prompt_texts(processing_class, prompts)
+    batches = [list(range(i, min(i + batch_size, len(texts)))) for i in range(0, len(texts), batch_size)]
+
+    if hasattr(model, "eval") and callable(model.eval):
+        model.eval()
+
+    from tqdm.auto import tqdm
+
+    results: list[EvalResult] = []
+    all_samples: list[list[dict[str, Any]]] = []
+    with _pad_token_available(tokenizer):
+        for setting in parsed:
+            assert setting.name is not None
+            call_kwargs: dict[str, Any] = dict(generate_kwargs or {})
+            call_kwargs.update(
+                block_size=setting.block_size,
+                steps_per_block=setting.steps_per_block,
+                remasking=setting.remasking,
+                max_new_tokens=max_new_tokens,
+                return_dict_in_generate=True,
+            )
+            if setting.confidence_threshold is not None:
+                call_kwargs["confidence_threshold"] = setting.confidence_threshold
+
+            def encode(indices: list[int]) -> dict[str, torch.Tensor]:
+                enc = tokenizer(
+                    [texts[i] for i in indices],
+                    padding=True,
+                    padding_side="left",
+                    add_special_tokens=not templated,
+                    return_tensors="pt",
+                )
+                return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
+
+            if warmup:
+                with torch.no_grad():
+                    model.generate(**encode(batches[0]), **call_kwargs)
+                _sync(device)
+
+            total_time = 0.0
+            total_tokens = 0
+            total_nfe = 0
+            nfe_known = True
+            num_correct = 0
+            samples: list[dict[str, Any]] = []
+            bar = tqdm(total=len(texts), desc=f"eval {setting.name}", disable=not progress, leave=False)
+            try:
+                for indices in batches:
+                    inputs = encode(indices)
+                    prompt_len = inputs["input_ids"].shape[1]
+                    _sync(device)
+                    start = time.perf_counter()
+                    with torch.no_grad():
+                        out = model.generate(**inputs, **call_kwargs)
+                    _sync(device)
+                    total_time += time.perf_counter() - start
+
+                    sequences = out if isinstance(out, torch.Tensor) else out.sequences
+                    if sequences.dim() != 2 or sequences.shape[0] != len(indices):
+                        raise ValueError(
+                            f"model.generate returned sequences of shape {tuple(sequences.shape)} for a batch of "
+                            f"{len(indices)} prompts; expected [batch, prompt_len + new_tokens]."
+                        )
+                    generated = sequences[:, prompt_len:].detach().cpu()
+                    lengths = _generated_lengths(generated, eos_ids)
+                    nfe = None if isinstance(out, torch.Tensor) else getattr(out, "nfe", None)
+                    if nfe is None:
+                        nfe_known = False
+                        nfe_list: list[int | None] = [None] * len(indices)
+                    else:
+                        nfe_tensor = torch.as_tensor(nfe).detach().cpu().reshape(-1)
+                        if nfe_tensor.numel() == 1 and len(indices) > 1:
+                            nfe_tensor = nfe_tensor.expand(len(indices))
+                        nfe_list = [int(v) for v in nfe_tensor.tolist()]
+                        total_nfe += sum(nfe_list)
+
+                    for row, index in enumerate(indices):
+                        length = int(lengths[row])
+                        total_tokens += length
+                        completion = tokenizer.decode(generated[row, :length].tolist(), skip_special_tokens=True)
+                        name = scorer_names[index]
+                        correct = bool(scorers[name](completion, references[index]))
+                        num_correct += correct
+                        samples.append(
+                            {
+                                "id": ids[index],
+                                "prompt": texts[index],
+                                "completion": completion,
+                                "reference": references[index],
+                                "scorer": name,
+                                "correct": correct,
+                                "gen_length": length,
+                                "nfe": nfe_list[row],
+                            }
+                        )
+                    bar.update(len(indices))
+            finally:
+                bar.close()
+
+            if not nfe_known:
+                warnings.warn(
+                    "model.generate did not report `nfe`; avg_nfe and tokens_per_forward are NaN.", stacklevel=2
+                )
+            num_samples = len(texts)
+            results.append(
+                EvalResult(
+                    setting=setting.name,
+                    block_size=setting.block_size,
+                    steps_per_block=setting.steps_per_block,
+                    remasking=setting.remasking,
+                    threshold=setting.confidence_threshold,
+                    accuracy=num_correct / num_samples,
+                    num_samples=num_samples,
+                    num_correct=num_correct,
+                    tokens_per_second=total_tokens / total_time if total_time > 0 else math.nan,
+                    latency_per_sample=total_time / num_samples,
+                    avg_nfe=total_nfe / num_samples if nfe_known else math.nan,
+                    avg_gen_length=total_tokens / num_samples,
+                    tokens_per_forward=total_tokens / total_nfe if nfe_known and total_nfe > 0 else math.nan,
+                    dataset=dataset_name,
+                    total_time_s=total_time,
+                    total_generated_tokens=total_tokens,
+                    total_nfe=total_nfe if nfe_known else 0,
+                )
+            )
+            all_samples.append(samples)
+
+    if output_dir is not None:
+        _write_outputs(os.fspath(output_dir), results, all_samples, parsed, dataset_name)
+    return results
+
+
+def _write_outputs(
+    output_dir: str,
+    results: list[EvalResult],
+    samples: list[list[dict[str, Any]]],
+    settings: list[DecodingSetting],
+    dataset_name: str | None,
+) -> None:
+    os.makedirs(output_dir, exist_ok=True)
+    write_json(results, os.path.join(output_dir, "results.json"))
+    write_markdown(results, os.path.join(output_dir, "results.md"), title=dataset_name)
+    plot_accuracy_vs_tokens_per_step(results, os.path.join(output_dir, "accuracy_vs_tokens_per_step.png"), dataset_name)
+    used: set[str] = set()
+    for setting, setting_samples in zip(settings, samples):
+        assert setting.name is not None
+        base = _safe_name(setting.name)
+        filename, k = base, 1
+        while filename in used:
+            k += 1
+            filename = f"{base}_{k}"
+        used.add(filename)
+        with open(os.path.join(output_dir, f"samples_{filename}.jsonl"), "w", encoding="utf-8") as f:
+            for sample in setting_samples:
+                f.write(json.dumps(sample, ensure_ascii=False, default=str) + "\n")

@@ -1,0 +1,534 @@
+"""Answer scorers for the few-step evaluation.
+
+Three families of scorers are provided, each a callable ``(prediction, reference) -> bool``:
+
+* ``"exact_match"``: string equality after stripping (optionally normalised),
+* ``"math"``: mathematical equivalence through `math_verify <https://github.com/huggingface/Math-Verify>`_,
+  with GSM8K ``#### 42`` references and "last number in the text" predictions handled,
+* ``"code"``: functional correctness; the program extracted from the completion is executed against the
+  reference test code in a separate Python process. Running model-written code is dangerous, so like
+  ``evaluate``'s ``code_eval`` it is opt-in (``HF_ALLOW_CODE_EVAL=1`` or ``allow_code_execution=True``).
+
+Use :func:`get_scorer` to look a scorer up by name.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import signal
+import string
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+
+__all__ = [
+    "CODE_EXECUTION_ENV_VAR",
+    "CodeExecutionResult",
+    "Scorer",
+    "SCORER_NAMES",
+    "code_passes",
+    "code_scorer",
+    "exact_match",
+    "execute_code",
+    "extract_boxed",
+    "extract_code",
+    "extract_math_answer",
+    "get_scorer",
+    "math_equal",
+]
+
+Scorer = Callable[[str, str], bool]
+"""A scorer maps ``(prediction, reference)`` to whether the prediction is correct."""
+
+CODE_EXECUTION_ENV_VAR = "HF_ALLOW_CODE_EVAL"
+
+# --------------------------------------------------------------------------------------------------------------------
+# Exact match
+# --------------------------------------------------------------------------------------------------------------------
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT_TABLE = str.maketrans("", "", string.punctuation)
+
+
+def _normalize_text(text: str) -> str:
+    text = text.lower().translate(_PUNCT_TABLE)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, reference: str, normalize: bool = False) -> bool:
+    """Whether a prediction equals the reference.
+
+    Args:
+        prediction: The model's answer.
+        reference: The gold answer.
+        normalize: If True, compare SQuAD-style normalised strings (lower case, punctuation and the articles
+            "a", "an", "the" removed, whitespace collapsed) instead of only stripping surrounding whitespace.
+
+    Returns:
+        True when both strings match.
+    """
+    if normalize:
+        return _normalize_text(prediction) == _normalize_text(reference)
+    return prediction.strip() == reference.strip()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Math
+# --------------------------------------------------------------------------------------------------------------------
+
+_BOXED_COMMANDS = ("\\boxed", "\\fbox")
+_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+")
+
+
+def extract_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) in a text, nested braces included.
+
+    ``\\boxed 5`` (no braces, as sometimes written for single tokens) is also understood.
+
+    Args:
+        text: Any text, typically a model completion.
+
+    Returns:
+        The content between the braces of the last box, stripped, or None if there is no complete box.
+    """
+    if not text:
+        return None
+    start = max(text.rfind(cmd) for cmd in _BOXED_COMMANDS)
+    while start >= 0:
+        cmd = next(c for c in _BOXED_COMMANDS if text.startswith(c, start))
+        after_cmd = start + len(cmd)
+        pos = after_cmd
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        if pos > after_cmd and pos < len(text) and text[pos] != "{":  # "\boxed 5"
+            match = re.match(r"[^\s$]+", text[pos:])
+            if match:
+                return match.group(0).strip()
+        if pos < len(text) and text[pos] == "{":
+            depth = 0
+            for i in range(pos, len(text)):
+                if text[i] == "{":
+                    depth += 1
+                elif text[i] == "}":
+                    depth -= 1
+                    if depth == 0:
+                        return text[pos + 1 : i].strip()
+        # Unclosed or malformed box: look for an earlier, complete one.
+        start = max(text.rfind(cmd, 0, start) for cmd in _BOXED_COMMANDS)
+    return None
+
+
+def _after_hashes(text: str) -> str:
+    answer = text.split("####")[-1].strip()
+    answer = answer.splitlines()[0].strip() if answer else answer
+    return answer.replace(",", "").rstrip(".").strip()
+
+
+def extract_math_answer(text: str) -> str | None:
+    """Final answer of a math solution.
+
+    In order of preference: the content of the last ``\\boxed{}``; the text after the last ``####`` (GSM8K
+    format); the last number in the text (thousands separators removed).
+
+    Args:
+        text: A model completion or a reference solution.
+
+    Returns:
+        The extracted answer, or None when the text holds none of the above.
+    """
+    boxed = extract_boxed(text)
+    if boxed is not None:
+        return boxed
+    if "####" in text:
+        answer = _after_hashes(text)
+        if answer:
+            return answer
+    numbers = _NUMBER.findall(text)
+    if numbers:
+        return numbers[-1].replace(",", "")
+    return None
+
+
+_LATEX_NOISE = (
+    "\\left",
+    "\\right",
+    "\\!",
+    "\\,",
+    "\\;",
+    "\\:",
+    "\\ ",
+    "\\displaystyle",
+    "^{\\circ}",
+    "^\\circ",
+    "\\%",
+    "%",
+    "$",
+)
+
+
+def _normalize_math_string(text: str) -> str:
+    text = text.strip()
+    for old, new in (("\\dfrac", "\\frac"), ("\\tfrac", "\\frac")):
+        text = text.replace(old, new)
+    for noise in _LATEX_NOISE:
+        text = text.replace(noise, "")
+    text = re.sub(r"\\text\{\s*([^{}]*?)\s*\}", r"\1", text)
+    text = re.sub(r"\\mbox\{\s*([^{}]*?)\s*\}", r"\1", text)
+    text = "".join(text.split())
+    text = text.rstrip(".")
+    if re.fullmatch(r"-?[\d,]+(\.\d+)?", text):
+        text = text.replace(",", "")
+    return text
+
+
+def _numeric_equal(a: str, b: str) -> bool:
+    try:
+        x, y = float(a), float(b)
+    except ValueError:
+        return False
+    return math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-9)
+
+
+def _math_verify_equal(prediction: str, reference: str) -> bool:
+    from math_verify import parse, verify
+
+    # math_verify's timeouts rely on SIGALRM, which only works in the main thread.
+    timeout: int | None = 5 if threading.current_thread() is threading.main_thread() else None
+    gold = parse(f"\\boxed{{{reference}}}", parsing_timeout=timeout)
+    pred = parse(f"\\boxed{{{prediction}}}", parsing_timeout=timeout)
+    if not gold or not pred:
+        return False
+    return bool(verify(gold, pred, timeout_seconds=timeout))
+
+
+def math_equal(prediction: str, reference: str) -> bool:
+    """Whether a math completion reaches the reference answer.
+
+    The final answer is taken from both sides with :func:`extract_math_answer` (so a prediction may be a full
+    chain of thought ending in ``\\boxed{...}``, or give its final number without a box as on GSM8K, and a
+    reference may be a GSM8K solution ending in ``#### 42``). Answers are first compared as normalised strings
+    and numbers, then for mathematical equivalence with ``math_verify`` (``\\boxed{\\frac{1}{2}}`` equals
+    ``0.5``). Any ``math_verify`` failure counts as "not equal".
+
+    Args:
+        prediction: Model completion or bare answer.
+        reference: Gold answer (bare, boxed, or GSM8K ``#### answer``).
+
+    Returns:
+        True when the answers are equivalent.
+    """
+    pred = extract_math_answer(prediction)
+    if "####" in reference:
+        gold: str | None = _after_hashes(reference)
+    else:
+        gold = extract_boxed(reference)
+        if gold is None:
+            gold = reference.strip()
+    if pred is None or not gold:
+        return False
+    pred_norm, gold_norm = _normalize_math_string(pred), _normalize_math_string(gold)
+    if pred_norm == gold_norm or _numeric_equal(pred_norm, gold_norm):
+        return True
+    try:
+        return _math_verify_equal(pred, gold)
+    except Exception:  # noqa: BLE001 - any parser/verifier failure means "not verified"
+        return False
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Code
+# --------------------------------------------------------------------------------------------------------------------
+
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+\-.]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_PYTHON_TAGS = {"python", "py", "python3", "py3"}
+
+_CODE_EXECUTION_WARNING = (
+    "The 'code' scorer executes untrusted, model-generated code. Although it runs in a separate Python process "
+    "in a temporary directory with a timeout and resource limits, this is NOT a security sandbox: the code can "
+    "read and modify your files, use the network and harm your system. Only run it in a disposable, isolated "
+    "environment (a container or VM). To accept this risk, set the environment variable "
+    f"{CODE_EXECUTION_ENV_VAR}=1 (for example `os.environ['{CODE_EXECUTION_ENV_VAR}'] = '1'`) or pass "
+    "allow_code_execution=True."
+)
+
+# Imports made available to every program, as HumanEval/MBPP solutions commonly assume them (e.g. ``List`` in
+# HumanEval signatures whose imports a chat model leaves out).
+_IMPORT_HEADER = (
+    "import math\nimport re\nimport sys\nimport copy\nimport string\nimport heapq\nimport bisect\nimport itertools\n"
+    "import functools\nimport collections\nimport random\nimport statistics\nimport hashlib\nimport datetime\n"
+    "from typing import *\nfrom collections import *\n"
+)
+
+# Runs inside the child process: resource limits, then the program file. argv: program path, memory MiB, cpu s.
+_CHILD_LAUNCHER = """
+import sys
+path, mem_mib, cpu_s = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+try:
+    import resource
+    def _limit(kind, value):
+        try:
+            soft, hard = resource.getrlimit(kind)
+            if hard != resource.RLIM_INFINITY:
+                value = min(value, hard)
+            resource.setrlimit(kind, (value, hard))
+        except (ValueError, OSError):
+            pass
+    if mem_mib > 0:
+        _limit(resource.RLIMIT_AS, mem_mib * 1024 * 1024)
+    _limit(resource.RLIMIT_CPU, cpu_s)
+    _limit(resource.RLIMIT_FSIZE, 64 * 1024 * 1024)
+    _limit(resource.RLIMIT_CORE, 0)
+except ImportError:
+    pass
+sys.argv = [path]
+with open(path, encoding="utf-8") as f:
+    source = f.read()
+exec(compile(source, path, "exec"), {"__name__": "__main__", "__file__": path, "__builtins__": __builtins__})
+"""
+
+
+@dataclass
+class CodeExecutionResult:
+    """Outcome of :func:`execute_code`.
+
+    Attributes:
+        passed: Whether the program ran to completion with exit status 0.
+        status: One of ``"passed"``, ``"failed"`` (non-zero exit: failed assert, exception, syntax error) or
+            ``"timeout"``.
+        returncode: Exit status of the child process (None on timeout).
+        stderr: The last few KiB of the child's standard error, for diagnostics.
+    """
+
+    passed: bool
+    status: str
+    returncode: int | None
+    stderr: str = ""
+
+
+def _code_execution_allowed(allow_code_execution: bool) -> bool:
+    return allow_code_execution or os.environ.get(CODE_EXECUTION_ENV_VAR, "") == "1"
+
+
+def _check_code_execution_allowed(allow_code_execution: bool) -> None:
+    if not _code_execution_allowed(allow_code_execution):
+        raise ValueError(_CODE_EXECUTION_WARNING)
+
+
+def extract_code(completion: str) -> str:
+    """Python program in a completion.
+
+    Takes the fenced code blocks (```` ```python ... ``` ````, also an unterminated final block, as left by a
+    generation cut at its length limit). Python-tagged (or untagged) blocks are preferred over blocks in other
+    languages; among them the first that defines a function or class is returned, else the first. Without
+    fences, the whole completion is returned.
+
+    Args:
+        completion: Model completion.
+
+    Returns:
+        The code, with surrounding blank lines removed.
+    """
+    blocks = [(tag.lower(), body) for tag, body in _FENCE.findall(completion)]
+    if not blocks:
+        return completion.strip("\n")
+    python_blocks = [body for tag, body in blocks if tag in _PYTHON_TAGS or tag == ""]
+    candidates = python_blocks or [body for _, body in blocks]
+    for body in candidates:
+        if re.search(r"^\s*(def|class|async\s+def)\s", body, re.MULTILINE):
+            return body.strip("\n")
+    return candidates[0].strip("\n")
+
+
+def _kill_process_group(proc: subprocess.Popen) -> None:
+    try:
+        if hasattr(os, "killpg"):
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:  # pragma: no cover - Windows
+            proc.kill()
+    except (ProcessLookupError, PermissionError, OSError):
+        proc.kill()
+
+
+def execute_code(
+    program: str,
+    test_code: str = "",
+    timeout: float = 3.0,
+    *,
+    allow_code_execution: bool = False,
+    memory_limit_mb: int = 4096,
+    add_imports: bool = True,
+) -> CodeExecutionResult:
+    """Run a program followed by its tests in a separate Python process.
+
+    The source (a header of common standard-library imports, ``program``, then ``test_code``) is written to a
+    fresh temporary directory that is also the working directory of the child
+    (``subprocess.Popen([sys.executable, "-c", launcher, ...])``). Where the ``resource`` module exists, the
+    child's address space, CPU time, file size and core dumps are limited; the whole process group is killed at
+    the timeout.
+
+    Args:
+        program: Code under test.
+        test_code: Test code (asserts, or a ``check(...)`` call) run after the program.
+        timeout: Wall-clock limit in seconds.
+        allow_code_execution: Accept the risk of running untrusted code; alternatively set
+            ``HF_ALLOW_CODE_EVAL=1``.
+        memory_limit_mb: Address-space limit of the child in MiB (0 for none).
+        add_imports: Prepend imports of common standard-library modules and ``from typing import *``.
+
+    Returns:
+        A :class:`CodeExecutionResult`.
+
+    Raises:
+        ValueError: If code execution was not explicitly allowed.
+    """
+    _check_code_execution_allowed(allow_code_execution)
+    source = (_IMPORT_HEADER if add_imports else "") + program + "\n\n" + test_code + "\n"
+    cpu_seconds = max(1, int(math.ceil(timeout)) + 1)
+    with tempfile.TemporaryDirectory(prefix="t3d_code_eval_") as tmp:
+        path = os.path.join(tmp, "program.py")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(source)
+        stderr_path = os.path.join(tmp, "stderr.txt")
+        env = dict(os.environ)
+        env.update({"PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"})
+        with open(stderr_path, "wb") as stderr_file:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _CHILD_LAUNCHER, path, str(memory_limit_mb), str(cpu_seconds)],
+                cwd=tmp,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr_file,
+                start_new_session=hasattr(os, "killpg"),
+            )
+            try:
+                returncode: int | None = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _kill_process_group(proc)
+                proc.wait()
+                returncode = None
+        with open(stderr_path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            stderr = f.read().decode("utf-8", errors="replace")
+    if returncode is None:
+        return CodeExecutionResult(passed=False, status="timeout", returncode=None, stderr=stderr)
+    if returncode == 0:
+        return CodeExecutionResult(passed=True, status="passed", returncode=0, stderr=stderr)
+    return CodeExecutionResult(passed=False, status="failed", returncode=returncode, stderr=stderr)
+
+
+def code_passes(
+    program: str,
+    test_code: str,
+    timeout: float = 3.0,
+    *,
+    allow_code_execution: bool = False,
+    memory_limit_mb: int = 4096,
+) -> bool:
+    """Whether a program passes its tests; see :func:`execute_code`.
+
+    Args:
+        program: Code under test.
+        test_code: Test code run after the program (asserts or a ``check(entry_point)`` call).
+        timeout: Wall-clock limit in seconds; running longer counts as failing.
+        allow_code_execution: Accept the risk of running untrusted code; alternatively set
+            ``HF_ALLOW_CODE_EVAL=1``.
+        memory_limit_mb: Address-space limit of the child in MiB (0 for none).
+
+    Returns:
+        True only if the program and its tests ran to completion without error within the timeout.
+
+    Raises:
+        ValueError: If code execution was not explicitly allowed.
+    """
+    try:
+        result = execute_code(
+            program,
+            test_code,
+            timeout=timeout,
+            allow_code_execution=allow_code_execution,
+            memory_limit_mb=memory_limit_mb,
+        )
+    except ValueError:
+        raise
+    except Exception:  # noqa: BLE001 - failing to even start counts as failing
+        return False
+    return result.passed
+
+
+def code_scorer(
+    prediction: str,
+    reference: str,
+    *,
+    timeout: float = 3.0,
+    allow_code_execution: bool = False,
+    memory_limit_mb: int = 4096,
+) -> bool:
+    """Score a code completion: extract its program (:func:`extract_code`) and run the reference tests on it.
+
+    Args:
+        prediction: Model completion (fenced code block or raw code).
+        reference: Test program (HumanEval ``test`` + ``check(entry_point)``, or MBPP asserts).
+        timeout: Wall-clock limit in seconds.
+        allow_code_execution: Accept the risk of running untrusted code; alternatively set
+            ``HF_ALLOW_CODE_EVAL=1``.
+        memory_limit_mb: Address-space limit of the child in MiB (0 for none).
+
+    Returns:
+        True when the tests pass.
+
+    Raises:
+        ValueError: If code execution was not explicitly allowed.
+    """
+    return code_passes(
+        extract_code(prediction),
+        reference,
+        timeout=timeout,
+        allow_code_execution=allow_code_execution,
+        memory_limit_mb=memory_limit_mb,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------------------------------
+
+_SCORERS: dict[str, Callable[..., bool]] = {
+    "exact_match": exact_match,
+    "math": math_equal,
+    "code": code_scorer,
+}
+SCORER_NAMES: tuple[str, ...] = tuple(_SCORERS)
+
+
+def get_scorer(name: str, **kwargs: Any) -> Scorer:
+    """Look a scorer up by name.
+
+    Args:
+        name: One of ``"exact_match"``, ``"math"``, ``"code"``.
+        **kwargs: Keyword arguments bound to the scorer, e.g. ``normalize=True`` for ``exact_match`` or
+            ``allow_code_execution=True, timeout=5.0`` for ``code``.
+
+    Returns:
+        A callable ``(prediction, reference) -> bool``.
+
+    Raises:
+        ValueError: If the name is unknown, or if the ``code`` scorer is requested without opting in to code
+            execution.
+    """
+    if name not in _SCORERS:
+        raise ValueError(f"Unknown scorer {name!r}. Valid scorers: {', '.join(sorted(SCORER_NAMES))}.")
+    if name == "code":
+        _check_code_execution_allowed(bool(kwargs.get("allow_code_execution", False)))
+    fn = _SCORERS[name]
+    return partial(fn, **kwargs) if kwargs else fn
