@@ -1,0 +1,351 @@
+"""Batch collation of teacher trajectories into the training layouts of DESIGN §5.
+
+:class:`DataCollatorForTrajectory` turns rows ``{prompt_ids, completion_ids, step_map, example_index}`` (as made by
+:func:`t3d_trl.data.prepare_trajectory_dataset`) into model inputs and per-token training targets, fully vectorised
+over a ``[batch, max_len]`` grid (index arithmetic on padded tensors; no Python loop over rows or tokens).
+
+Block-causal family (SDAR, any decoder LM run with a 4D mask), per example with ``P`` prompt tokens, training
+block size ``B`` and ``tail = P mod B``::
+
+    [ left padding ; prompt (P) ; x0 = completion + EOS fill (C') ; prompt[P-tail:] + x_t (tail + C') ]
+      positions:     0 .. P-1     P .. P+C'-1                        P-tail .. P+C'-1 (the clean twins')
+      stream:        CLEAN        CLEAN                              NOISY
+
+and the attention rule of :mod:`t3d_trl.masks` on ``(block = position // B, stream, valid)``. Every row ends at
+the last column, so the noisy streams of all rows lie in the last ``W = max_rows(tail + C')`` columns: the model
+is asked for ``logits_to_keep = W`` logits and the per-token targets are returned on that window.
+
+Bidirectional family (LLaDA-style mask predictors): the single stream ``[left padding ; prompt ; x_t]`` with
+``x_t`` at a global step cut, a 2D attention mask, and targets on the last ``W = max_rows(C')`` columns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .masks import CLEAN, NOISY, block_ids, layout_attention_mask, to_additive_mask
+from .trajectory import (
+    random_state_mask,
+    random_token_replacement,
+    sample_current_block,
+    sample_mask_ratios,
+    trajectory_state_mask,
+    within_block_steps,
+)
+
+__all__ = ["DataCollatorForTrajectory"]
+
+_REQUIRED_KEYS = ("prompt_ids", "completion_ids", "step_map", "example_index")
+_STATE_SAMPLINGS = ("trajectory", "random")
+_STATE_ORDERS = ("latest", "earliest")
+_FAMILIES = ("block_causal", "bidirectional")
+_ATTENTION_LAYOUTS = ("dense", "eager", "flex")
+
+
+def _pad_rows(rows: Sequence[Any], pad_value: int) -> tuple[Tensor, Tensor]:
+    """Right-pad variable-length integer rows into ``[batch, max_len]`` with one flat tensor and a length mask.
+
+    ``out[r, j] = rows[r][j]`` for ``j < len(rows[r])`` and ``pad_value`` elsewhere.
+
+    Returns:
+        ``(padded int64 [batch, max_len], lengths int64 [batch])``.
+    """
+    tensors = [torch.as_tensor(row, dtype=torch.int64).reshape(-1) for row in rows]
+    lengths = torch.tensor([t.numel() for t in tensors], dtype=torch.int64)
+    width = int(lengths.max()) if len(tensors) else 0
+    out = torch.full((len(tensors), width), pad_value, dtype=torch.int64)
+    if width:
+        out[torch.arange(width)[None, :] < lengths[:, None]] = torch.cat(tensors)
+    return out, lengths
+
+
+def _gather(values: Tensor, index: Tensor) -> Tensor:
+    """``values[r, clamp(index[r, j])]`` (safe for out-of-range indices that the caller masks out)."""
+    if values.shape[1] == 0:
+        return torch.zeros(index.shape, dtype=values.dtype)
+    return values.gather(1, index.clamp(0, values.shape[1] - 1))
+
+
+@dataclass
+class DataCollatorForTrajectory:
+    """Collates teacher trajectories into training batches for T3D and its baselines.
+
+    For each example the completion ``x0`` (length ``C``) is first extended with ``A = (−(P + C)) mod B`` EOS
+    tokens so that it ends on a block boundary (``C' = C + A``); the appended EOS tokens count as decoded last
+    (step ``max_i step_i + 1``), only the first ``num_eos_tokens`` of them are trained on, and their path weight is
+    that of the last step, ``1/S``. A state ``x_t`` is sampled per example, deterministically from
+    ``(seed, example_index)``:
+
+    * ``state_sampling="trajectory"``: a ratio ``r`` with ``P(r) ∝ r^mask_ratio_power`` and, in every training
+      block of ``n`` completion tokens, the ``⌊r·n⌋`` latest-decoded tokens masked
+      (:func:`~t3d_trl.trajectory.trajectory_state_mask`);
+    * ``state_sampling="random"`` (the ``sft`` objective): every token masked with probability ``t ~ U(0, 1]``
+      (:func:`~t3d_trl.trajectory.random_state_mask`).
+
+    Masked positions hold ``mask_token_id``, or with probability ``random_token_ratio`` a uniform random token
+    (official ``random_ratio``; needs ``vocab_size``).
+
+    Outputs (``b`` rows, ``N`` columns, noisy window of ``W`` columns):
+
+    * ``input_ids``, ``position_ids``, ``block_ids``, ``stream_ids``, ``valid``: ``[b, N]``;
+    * ``attention_mask``: block-causal family: ``[b, 1, N, N]`` bool (``attention_layout="dense"``, sdpa), its
+      additive float32 form (``"eager"``), or absent (``"flex"``: build
+      :func:`~t3d_trl.masks.layout_block_mask` from ``block_ids``/``stream_ids``/``valid`` on device);
+      bidirectional family: the 2D ``[b, N]`` int64 ``valid`` mask;
+    * ``labels`` (x0 token at every window column, the input token outside the noisy stream), ``loss_mask``
+      (bool, masked trained completion tokens), ``path_weights`` (float32, ``w_i = (S − σ_i)/S`` over the training
+      blocks, 0 outside the completion): ``[b, W]``;
+    * ``example_index`` (int64) and ``mask_ratio`` (float32, ``r`` or ``t``): ``[b]``;
+    * ``logits_to_keep``: the int ``W``.
+
+    Args:
+        mask_token_id: id of the mask token.
+        pad_token_id: id used for padding (also the label of padding columns).
+        eos_token_id: id appended to complete the last block.
+        block_size: training block size ``B``.
+        num_eos_tokens: how many appended EOS tokens are trained on (official ``post_num: 2``).
+        state_sampling: ``"trajectory"`` or ``"random"``.
+        mask_ratios: candidate ratios ``r`` for trajectory states.
+        mask_ratio_power: exponent of ``P(r) ∝ r^power``.
+        state_order: ``"latest"`` (a real trajectory state) or ``"earliest"`` (the official code).
+        random_token_ratio: fraction of masked inputs replaced by random tokens.
+        vocab_size: vocabulary size, required when ``random_token_ratio > 0``.
+        seed: seed of the per-example hash.
+        family: ``"block_causal"`` or ``"bidirectional"``.
+        attention_layout: ``"dense"``, ``"eager"`` or ``"flex"`` (block-causal family only).
+        return_tensors: only ``"pt"``.
+    """
+
+    mask_token_id: int
+    pad_token_id: int
+    eos_token_id: int
+    block_size: int
+    num_eos_tokens: int = 2
+    state_sampling: str = "trajectory"
+    mask_ratios: Sequence[float] = (1.0, 0.75, 0.5, 0.25)
+    mask_ratio_power: float = 8.0
+    state_order: str = "latest"
+    random_token_ratio: float = 0.0
+    vocab_size: int | None = None
+    seed: int = 42
+    family: str = "block_causal"
+    attention_layout: str = "dense"
+    return_tensors: str = "pt"
+
+    def __post_init__(self) -> None:
+        for name in ("mask_token_id", "pad_token_id", "eos_token_id"):
+            if getattr(self, name) is None:
+                raise ValueError(f"DataCollatorForTrajectory needs `{name}`; got None.")
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {self.block_size}.")
+        if self.num_eos_tokens < 0:
+            raise ValueError(f"num_eos_tokens must be >= 0, got {self.num_eos_tokens}.")
+        for name, allowed in (
+            ("state_sampling", _STATE_SAMPLINGS),
+            ("state_order", _STATE_ORDERS),
+            ("family", _FAMILIES),
+            ("attention_layout", _ATTENTION_LAYOUTS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
+        if not 0.0 <= self.random_token_ratio <= 1.0:
+            raise ValueError(f"random_token_ratio must be in [0, 1], got {self.random_token_ratio}.")
+        if self.random_token_ratio > 0 and self.vocab_size is None:
+            raise ValueError("random_token_ratio > 0 needs `vocab_size` (random tokens are drawn from the vocabulary).")
+        if self.return_tensors != "pt":
+            raise ValueError(f"Only return_tensors='pt' is supported, got {self.return_tensors!r}.")
+        self.mask_ratios = tuple(float(r) for r in self.mask_ratios)
+
+    # ------------------------------------------------------------------------------------------------------------
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        """Collate trajectory rows into a training batch (see the class docstring for the outputs)."""
+        if not features:
+            raise ValueError("DataCollatorForTrajectory got an empty list of features.")
+        missing = [key for key in _REQUIRED_KEYS if key not in features[0]]
+        if missing:
+            raise ValueError(
+                f"Trajectory rows lack {missing}; expected keys {list(_REQUIRED_KEYS)}. "
+                "Prepare the dataset with `t3d_trl.data.prepare_trajectory_dataset`."
+            )
+        prompt, prompt_len = _pad_rows([f["prompt_ids"] for f in features], self.pad_token_id)
+        completion, completion_len = _pad_rows([f["completion_ids"] for f in features], self.pad_token_id)
+        steps, steps_len = _pad_rows([f["step_map"] for f in features], 0)
+        if not torch.equal(steps_len, completion_len):
+            bad = int(torch.nonzero(steps_len != completion_len)[0, 0])
+            raise ValueError(
+                f"step_map and completion_ids differ in length in batch row {bad} "
+                f"(example_index {features[bad]['example_index']})."
+            )
+        example_index = torch.as_tensor([int(f["example_index"]) for f in features], dtype=torch.int64)
+        comp = self._completion_targets(prompt_len, completion, completion_len, steps, example_index)
+        if self.family == "block_causal":
+            batch = self._block_causal_layout(prompt, prompt_len, comp)
+        else:
+            batch = self._bidirectional_layout(prompt, prompt_len, comp)
+        batch["example_index"] = example_index
+        batch["mask_ratio"] = comp["ratio"]
+        return batch
+
+    # ------------------------------------------------------------------------------------------------------------
+    def _completion_targets(
+        self,
+        prompt_len: Tensor,
+        completion: Tensor,
+        completion_len: Tensor,
+        steps: Tensor,
+        example_index: Tensor,
+    ) -> dict[str, Tensor]:
+        """Per-completion-token tensors ``[b, C'_max]`` aligned at the completion start (column ``j`` = token ``j``).
+
+        ``A = (−(P + C)) mod B`` EOS tokens are appended; ``block_j = (P + j) // B``; the state, the loss mask and the
+        path weights are computed here and placed into the layouts by index arithmetic.
+        """
+        size = self.block_size
+        appended = torch.remainder(-(prompt_len + completion_len), size)
+        full_len = completion_len + appended
+        width = int(full_len.max())
+        column = torch.arange(width)[None, :]
+        real = column < completion_len[:, None]
+        valid = column < full_len[:, None]
+        eos_fill = valid & ~real
+        trained = real | (eos_fill & (column - completion_len[:, None] < self.num_eos_tokens))
+        completion = F.pad(completion, (0, width - completion.shape[1]), value=self.pad_token_id)
+        steps = F.pad(steps, (0, width - steps.shape[1]), value=0)
+        x0 = torch.where(real, completion, torch.where(eos_fill, self.eos_token_id, self.pad_token_id))
+        # Appended EOS tokens are the latest-decoded tokens of their block: step max_i step_i + 1.
+        last_step = torch.where(real, steps, torch.full_like(steps, -1)).amax(dim=1, keepdim=True) if width else steps
+        steps = torch.where(real, steps, last_step + 1)
+        block = block_ids(prompt_len[:, None] + column, size)
+
+        if self.state_sampling == "trajectory":
+            ratio = sample_mask_ratios(example_index, self.seed, self.mask_ratios, self.mask_ratio_power)
+            state = trajectory_state_mask(steps, block, valid, ratio, order=self.state_order)
+        else:
+            state, ratio = random_state_mask(valid, example_index, self.seed)
+        loss = state & trained
+        if self.family == "bidirectional" and self.state_sampling == "trajectory":
+            # Global step cut: blocks before the current one c are clean, c holds the state, later ones are masked.
+            first_block = torch.div(prompt_len, size, rounding_mode="floor")
+            last_block = torch.div(prompt_len + full_len - 1, size, rounding_mode="floor")
+            current = first_block + sample_current_block(example_index, self.seed, last_block - first_block + 1)
+            current = current[:, None]
+            loss = state & trained & (block == current)
+            state = valid & ((block > current) | ((block == current) & state))
+
+        sigma, steps_in_block = within_block_steps(steps, block, real)
+        sigma = torch.where(eos_fill, steps_in_block - 1, sigma)
+        weights = (steps_in_block - sigma).to(torch.float32) / steps_in_block.to(torch.float32)
+        weights = torch.where(valid, weights, torch.zeros_like(weights))
+        noisy = random_token_replacement(
+            x0, state, example_index, self.seed, self.random_token_ratio, self.vocab_size, self.mask_token_id
+        )
+        return {
+            "x0": x0,
+            "noisy": noisy,
+            "length": full_len,
+            "loss": loss,
+            "weights": weights,
+            "ratio": ratio.to(torch.float32),
+        }
+
+    def _block_causal_layout(self, prompt: Tensor, prompt_len: Tensor, comp: dict[str, Tensor]) -> dict[str, Any]:
+        """``[pad ; prompt ; x0 ; prompt tail + x_t]`` with per-row offset ``o = column − pad_r``.
+
+        Segments in ``o``: prompt ``[0, P)``, clean ``[P, P + C')``, noisy tail ``[P + C', P + C' + tail)``, noisy
+        completion ``[P + C' + tail, n)`` with ``n = P + 2C' + tail``; positions ``o``, ``o``, ``o − C' − tail``,
+        ``o − C' − tail``.
+        """
+        size = self.block_size
+        full_len = comp["length"]
+        tail = torch.remainder(prompt_len, size)
+        noisy_len = tail + full_len
+        row_len = prompt_len + full_len + noisy_len
+        total, window = int(row_len.max()), int(noisy_len.max())
+        offset = torch.arange(total)[None, :] - (total - row_len)[:, None]
+        p, c, t = prompt_len[:, None], full_len[:, None], tail[:, None]
+        valid = offset >= 0
+        is_prompt = valid & (offset < p)
+        is_clean = (offset >= p) & (offset < p + c)
+        is_tail = (offset >= p + c) & (offset < p + c + t)
+        is_noisy = offset >= p + c + t
+        noisy_stream = is_tail | is_noisy
+
+        prompt_index = torch.where(is_prompt, offset, offset - c - t)  # tail: P − tail + (o − P − C')
+        completion_index = torch.where(is_clean, offset - p, offset - p - c - t)
+        prompt_tokens = _gather(prompt, prompt_index)
+        x0_tokens = _gather(comp["x0"], completion_index)
+        pad = torch.full_like(offset, self.pad_token_id)
+        input_ids = torch.where(
+            is_prompt | is_tail,
+            prompt_tokens,
+            torch.where(is_clean, x0_tokens, torch.where(is_noisy, _gather(comp["noisy"], completion_index), pad)),
+        )
+        position_ids = torch.where(
+            is_prompt | is_clean, offset, torch.where(noisy_stream, offset - c - t, torch.zeros_like(offset))
+        )
+        stream_ids = torch.where(noisy_stream, NOISY, CLEAN)
+        blocks = block_ids(position_ids, size)
+        labels = torch.where(is_noisy, x0_tokens, torch.where(is_tail, prompt_tokens, input_ids))
+        loss_mask = is_noisy & _gather(comp["loss"], completion_index)
+        weights = torch.where(is_noisy, _gather(comp["weights"], completion_index), torch.zeros(()))
+
+        batch: dict[str, Any] = {
+            "input_ids": input_ids,
+            "position_ids": position_ids,
+            "block_ids": blocks,
+            "stream_ids": stream_ids,
+            "valid": valid,
+        }
+        if self.attention_layout != "flex":
+            mask = layout_attention_mask(blocks, stream_ids, blocks, stream_ids, valid, query_valid=valid)
+            if self.attention_layout == "eager":
+                mask = to_additive_mask(mask, torch.float32)
+            batch["attention_mask"] = mask
+        batch.update(
+            labels=labels[:, total - window :],
+            loss_mask=loss_mask[:, total - window :],
+            path_weights=weights[:, total - window :],
+            logits_to_keep=window,
+        )
+        return batch
+
+    def _bidirectional_layout(self, prompt: Tensor, prompt_len: Tensor, comp: dict[str, Tensor]) -> dict[str, Any]:
+        """``[pad ; prompt ; x_t]`` with per-row offset ``o = column − pad_r``; positions ``o``; window ``max C'``."""
+        full_len = comp["length"]
+        row_len = prompt_len + full_len
+        total, window = int(row_len.max()), int(full_len.max())
+        offset = torch.arange(total)[None, :] - (total - row_len)[:, None]
+        p = prompt_len[:, None]
+        valid = offset >= 0
+        is_prompt = valid & (offset < p)
+        is_completion = offset >= p
+        completion_index = offset - p
+        x0_tokens = _gather(comp["x0"], completion_index)
+        pad = torch.full_like(offset, self.pad_token_id)
+        input_ids = torch.where(
+            is_prompt,
+            _gather(prompt, offset),
+            torch.where(is_completion, _gather(comp["noisy"], completion_index), pad),
+        )
+        position_ids = torch.where(valid, offset, torch.zeros_like(offset))
+        labels = torch.where(is_completion, x0_tokens, input_ids)
+        loss_mask = is_completion & _gather(comp["loss"], completion_index)
+        weights = torch.where(is_completion, _gather(comp["weights"], completion_index), torch.zeros(()))
+        return {
+            "input_ids": input_ids,
+            "position_ids": position_ids,
+            "attention_mask": valid.to(torch.int64),
+            "block_ids": block_ids(position_ids, self.block_size),
+            "stream_ids": torch.where(is_completion, NOISY, CLEAN),
+            "valid": valid,
+            "labels": labels[:, total - window :],
+            "loss_mask": loss_mask[:, total - window :],
+            "path_weights": weights[:, total - window :],
+            "logits_to_keep": window,
+        }

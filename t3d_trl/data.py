@@ -1,0 +1,378 @@
+"""Trajectory datasets: the format, its validation, and the mask-token check.
+
+One row per teacher rollout (DESIGN §4):
+
+==================  ==========================================================================================
+column              content
+==================  ==========================================================================================
+``prompt``          the prompt, as text or as chat messages (optional when ``prompt_ids`` is given)
+``completion``      the completion text (optional when ``completion_ids`` is given)
+``prompt_ids``      ``list[int]``, the prompt's token ids (chat template applied)
+``completion_ids``  ``list[int]``, the teacher's own token ids, ending with EOS if the teacher emitted it
+``step_map``        ``list[int]``, per completion token the 0-based denoising step, counted over the whole
+                    completion, that committed it
+``block_size``      the teacher's block size (column, or the ``block_size`` argument)
+``steps_per_block`` the teacher's denoising steps per block (informational)
+==================  ==========================================================================================
+
+Store token ids, not only text: re-tokenising a completion can change its token boundaries and break the alignment
+with ``step_map``. :func:`t3d_trl.generate_trajectories` writes rows in this format.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from datasets import Dataset
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BLOCK_SIZE",
+    "COMPLETION",
+    "COMPLETION_IDS",
+    "EXAMPLE_INDEX",
+    "PROMPT",
+    "PROMPT_IDS",
+    "STEPS_PER_BLOCK",
+    "STEP_MAP",
+    "TRAJECTORY_COLUMNS",
+    "prepare_trajectory_dataset",
+    "validate_mask_token",
+]
+
+PROMPT = "prompt"
+COMPLETION = "completion"
+PROMPT_IDS = "prompt_ids"
+COMPLETION_IDS = "completion_ids"
+STEP_MAP = "step_map"
+BLOCK_SIZE = "block_size"
+STEPS_PER_BLOCK = "steps_per_block"
+EXAMPLE_INDEX = "example_index"
+
+#: The columns of a trajectory dataset, in their conventional order.
+TRAJECTORY_COLUMNS = (PROMPT, COMPLETION, PROMPT_IDS, COMPLETION_IDS, STEP_MAP, BLOCK_SIZE, STEPS_PER_BLOCK)
+
+_TRUNCATIONS = ("keep_start", "error")
+_PROBLEM = "_t3d_problem"
+_PROMPT_LEN = "_t3d_prompt_len"
+_COMPLETION_LEN = "_t3d_completion_len"
+_HELPER_COLUMNS = (_PROBLEM, _PROMPT_LEN, _COMPLETION_LEN)
+
+_FORMAT_HELP = (
+    "A trajectory dataset has one row per teacher rollout with `prompt_ids` (or a text/chat `prompt`), "
+    "`completion_ids` (or a text `completion`), `step_map` (per completion token, the 0-based denoising step "
+    "that committed it) and the teacher's `block_size` (column or argument)."
+)
+_STEP_MAP_HELP = (
+    "`step_map` records, for every completion token, the teacher's denoising step that committed it; it cannot "
+    "be recovered from text. Record rollouts with `t3d_trl.generate_trajectories`, which writes `prompt_ids`, "
+    "`completion_ids` and `step_map`."
+)
+
+
+def _row_problem(prompt_length: int, completion_ids: list[int], step_map: list[int] | None, block_size: int) -> str:
+    """Empty string if the row is consistent, else a description of its first problem.
+
+    Checks ``len(step_map) = len(completion_ids)``, ``step_i ≥ 0``, and that steps are non-decreasing block by block:
+    with teacher blocks ``k_i = ⌊(P + i) / block_size⌋``, ``min_{i∈k} step_i ≥ max_{i∈k−1} step_i``.
+    """
+    if step_map is None:
+        return "step_map is None"
+    if completion_ids is None:
+        return "completion_ids is None"
+    if len(step_map) != len(completion_ids):
+        return f"len(step_map)={len(step_map)} != len(completion_ids)={len(completion_ids)}"
+    if len(step_map) == 0:
+        return ""
+    steps = np.asarray(step_map, dtype=np.int64)
+    if (steps < 0).any():
+        first = int(np.flatnonzero(steps < 0)[0])
+        return f"negative step {int(steps[first])} at completion token {first}"
+    if block_size is None or block_size < 1:
+        return f"invalid teacher block_size {block_size!r}"
+    blocks = (prompt_length + np.arange(steps.size)) // block_size
+    starts = np.flatnonzero(np.r_[True, blocks[1:] != blocks[:-1]])
+    lows = np.minimum.reduceat(steps, starts)
+    highs = np.maximum.reduceat(steps, starts)
+    bad = np.flatnonzero(lows[1:] < highs[:-1])
+    if bad.size:
+        k = int(bad[0]) + 1
+        return (
+            f"steps out of order: teacher block {int(blocks[starts[k]])} (block_size={block_size}, blocks aligned to "
+            f"absolute positions) has a token committed at step {int(lows[k])}, before step {int(highs[k - 1])} of "
+            "the previous block"
+        )
+    return ""
+
+
+def _is_messages(prompt: Any) -> bool:
+    return isinstance(prompt, (list, tuple)) and all(isinstance(m, dict) for m in prompt)
+
+
+def prepare_trajectory_dataset(
+    dataset: Dataset,
+    processing_class: Any = None,
+    *,
+    max_prompt_length: int | None = None,
+    max_completion_length: int | None = None,
+    block_size: int | None = None,
+    truncation: str = "keep_start",
+    num_proc: int | None = None,
+) -> tuple[Dataset, dict[str, int]]:
+    """Validate a trajectory dataset and bring it to the collator's format.
+
+    Decisions, in order:
+
+    1. Missing columns → ``ValueError`` naming them. ``prompt_ids``/``completion_ids`` absent but ``prompt``/
+       ``completion`` present → tokenised with ``processing_class`` (message prompts through the chat template with
+       ``add_generation_prompt=True``; completions without special tokens); ``step_map`` is required in all cases.
+       Columns that arrive as ids are never re-tokenised.
+    2. An ``example_index`` column (the original row index, the key of the per-example state hash) is added unless
+       already present.
+    3. Per row: ``len(step_map) = len(completion_ids)``, ``step_i ≥ 0``, and with teacher blocks
+       ``k_i = ⌊(P + i)/block_size⌋`` (``P`` the prompt length before truncation),
+       ``min_{i∈k} step_i ≥ max_{i∈k−1} step_i``; the first bad row raises ``ValueError`` with its index.
+    4. Empty completions are dropped (``stats['dropped_empty']``, logged).
+    5. Prompts longer than ``max_prompt_length`` keep their last tokens (``stats['truncated_prompts']``).
+    6. Completions longer than ``max_completion_length``: ``truncation="keep_start"`` keeps the first tokens and
+       their steps (``stats['truncated_completions']``, logged); ``"error"`` raises. The text ``completion`` column,
+       if any, is left as is.
+
+    Args:
+        dataset: a ``datasets.Dataset`` of teacher rollouts.
+        processing_class: tokenizer used only for columns that arrive as text.
+        max_prompt_length: keep at most this many (last) prompt tokens.
+        max_completion_length: limit on completion tokens.
+        block_size: the teacher's block size, used when the dataset has no ``block_size`` column.
+        truncation: ``"keep_start"`` or ``"error"`` for completions over the limit.
+        num_proc: processes for ``Dataset.map``/``filter``.
+
+    Returns:
+        ``(dataset, stats)``; ``stats`` counts ``num_rows_in``, ``num_rows_out``, ``tokenized_prompts``,
+        ``tokenized_completions``, ``dropped_empty``, ``truncated_prompts``, ``truncated_completions``.
+    """
+    if truncation not in _TRUNCATIONS:
+        raise ValueError(f"truncation must be one of {_TRUNCATIONS}, got {truncation!r}.")
+    for name, value in (("max_prompt_length", max_prompt_length), ("max_completion_length", max_completion_length)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be a positive integer or None, got {value}.")
+    columns = set(dataset.column_names)
+    missing = []
+    if PROMPT_IDS not in columns and PROMPT not in columns:
+        missing.append(f"`{PROMPT_IDS}` (or text `{PROMPT}`)")
+    if COMPLETION_IDS not in columns and COMPLETION not in columns:
+        missing.append(f"`{COMPLETION_IDS}` (or text `{COMPLETION}`)")
+    if missing:
+        raise ValueError(f"The trajectory dataset is missing {', '.join(missing)}. {_FORMAT_HELP}")
+    if STEP_MAP not in columns:
+        raise ValueError(f"The trajectory dataset is missing the `{STEP_MAP}` column. {_STEP_MAP_HELP}")
+    if BLOCK_SIZE not in columns and block_size is None:
+        raise ValueError(
+            f"The teacher's block size is unknown: add a `{BLOCK_SIZE}` column or pass `block_size=` "
+            "(it is needed to check that steps are ordered block by block)."
+        )
+    if block_size is not None and block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}.")
+
+    stats = {
+        "num_rows_in": len(dataset),
+        "num_rows_out": 0,
+        "tokenized_prompts": 0,
+        "tokenized_completions": 0,
+        "dropped_empty": 0,
+        "truncated_prompts": 0,
+        "truncated_completions": 0,
+    }
+    if EXAMPLE_INDEX not in columns:
+        dataset = dataset.map(
+            lambda batch, indices: {EXAMPLE_INDEX: list(indices)},
+            with_indices=True,
+            batched=True,
+            num_proc=num_proc,
+            desc="Indexing trajectories",
+        )
+
+    tokenize_prompt, tokenize_completion = PROMPT_IDS not in columns, COMPLETION_IDS not in columns
+    if tokenize_prompt or tokenize_completion:
+        if processing_class is None:
+            raise ValueError(
+                "The trajectory dataset has text columns to tokenise "
+                f"({'`prompt`' if tokenize_prompt else ''}{' and ' if tokenize_prompt and tokenize_completion else ''}"
+                f"{'`completion`' if tokenize_completion else ''}) but no `processing_class` was given."
+            )
+        dataset = dataset.map(
+            _tokenize_batch,
+            batched=True,
+            num_proc=num_proc,
+            fn_kwargs={
+                "processing_class": processing_class,
+                "tokenize_prompt": tokenize_prompt,
+                "tokenize_completion": tokenize_completion,
+            },
+            desc="Tokenising trajectories",
+        )
+        stats["tokenized_prompts"] = len(dataset) if tokenize_prompt else 0
+        stats["tokenized_completions"] = len(dataset) if tokenize_completion else 0
+        logger.warning(
+            "Tokenised %s of %d trajectory rows; `step_map` must match the new completion tokens "
+            "(store the teacher's own `completion_ids` to avoid re-tokenisation).",
+            " and ".join(n for n, f in (("prompts", tokenize_prompt), ("completions", tokenize_completion)) if f),
+            len(dataset),
+        )
+
+    dataset = dataset.map(
+        _check_batch,
+        batched=True,
+        num_proc=num_proc,
+        fn_kwargs={"default_block_size": block_size},
+        desc="Validating trajectories",
+    )
+    problems = dataset[_PROBLEM]
+    bad_rows = [i for i, problem in enumerate(problems) if problem]
+    if bad_rows:
+        first = bad_rows[0]
+        raise ValueError(
+            f"Invalid trajectory at row {first} (example_index {dataset[first][EXAMPLE_INDEX]}): "
+            f"{problems[first]}. {len(bad_rows)} row(s) have problems. {_FORMAT_HELP}"
+        )
+
+    completion_lengths = np.asarray(dataset[_COMPLETION_LEN], dtype=np.int64)
+    empty = completion_lengths == 0
+    stats["dropped_empty"] = int(empty.sum())
+    if empty.any():
+        logger.warning("Dropping %d trajectory row(s) with an empty completion.", stats["dropped_empty"])
+        keep = np.flatnonzero(~empty)
+        dataset = dataset.select(keep)
+        completion_lengths = completion_lengths[keep]
+    prompt_lengths = np.asarray(dataset[_PROMPT_LEN], dtype=np.int64)
+
+    no_rows = np.zeros(0, dtype=bool)
+    long_prompts = prompt_lengths > max_prompt_length if max_prompt_length is not None else no_rows
+    long_completions = completion_lengths > max_completion_length if max_completion_length is not None else no_rows
+    if long_completions.any() and truncation == "error":
+        first = int(np.flatnonzero(long_completions)[0])
+        raise ValueError(
+            f"Completion of row {first} (example_index {dataset[first][EXAMPLE_INDEX]}) has "
+            f"{int(completion_lengths[first])} tokens > max_completion_length={max_completion_length} "
+            f"({int(long_completions.sum())} row(s) over the limit). Raise the limit or use truncation='keep_start'."
+        )
+    stats["truncated_prompts"] = int(long_prompts.sum())
+    stats["truncated_completions"] = int(long_completions.sum())
+    if stats["truncated_prompts"]:
+        logger.warning(
+            "Left-truncating %d prompt(s) to their last %d tokens.", stats["truncated_prompts"], max_prompt_length
+        )
+    if stats["truncated_completions"]:
+        logger.warning(
+            "Truncating %d completion(s) (and their step_map) to their first %d tokens.",
+            stats["truncated_completions"],
+            max_completion_length,
+        )
+    if stats["truncated_prompts"] or stats["truncated_completions"]:
+        dataset = dataset.map(
+            _truncate_batch,
+            batched=True,
+            num_proc=num_proc,
+            fn_kwargs={"max_prompt_length": max_prompt_length, "max_completion_length": max_completion_length},
+            desc="Truncating trajectories",
+        )
+    dataset = dataset.remove_columns([c for c in _HELPER_COLUMNS if c in dataset.column_names])
+    stats["num_rows_out"] = len(dataset)
+    return dataset, stats
+
+
+def _tokenize_batch(
+    batch: dict[str, list], processing_class: Any, tokenize_prompt: bool, tokenize_completion: bool
+) -> dict[str, list]:
+    """Tokenise the text columns of a batch (only those without ids)."""
+    out: dict[str, list] = {}
+    if tokenize_prompt:
+        prompt_ids = []
+        for prompt in batch[PROMPT]:
+            if _is_messages(prompt):
+                text = processing_class.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+                prompt_ids.append(processing_class(text, add_special_tokens=False)["input_ids"])
+            elif isinstance(prompt, str):
+                prompt_ids.append(processing_class(prompt)["input_ids"])
+            else:
+                raise ValueError(f"`prompt` must be text or a list of chat messages, got {type(prompt).__name__}.")
+        out[PROMPT_IDS] = prompt_ids
+    if tokenize_completion:
+        completions = batch[COMPLETION]
+        if not all(isinstance(c, str) for c in completions):
+            raise ValueError("`completion` must be text when `completion_ids` is absent.")
+        out[COMPLETION_IDS] = processing_class(list(completions), add_special_tokens=False)["input_ids"]
+    return out
+
+
+def _check_batch(batch: dict[str, list], default_block_size: int | None) -> dict[str, list]:
+    """Per-row problem description (empty if consistent) and lengths."""
+    size = len(batch[COMPLETION_IDS])
+    block_sizes = batch[BLOCK_SIZE] if BLOCK_SIZE in batch else [default_block_size] * size
+    block_sizes = [default_block_size if b is None else b for b in block_sizes]
+    prompts = batch[PROMPT_IDS]
+    problems = [
+        _row_problem(len(prompt), completion, steps, block)
+        for prompt, completion, steps, block in zip(prompts, batch[COMPLETION_IDS], batch[STEP_MAP], block_sizes)
+    ]
+    return {
+        _PROBLEM: problems,
+        _PROMPT_LEN: [len(p) for p in prompts],
+        _COMPLETION_LEN: [len(c) if c is not None else 0 for c in batch[COMPLETION_IDS]],
+    }
+
+
+def _truncate_batch(
+    batch: dict[str, list], max_prompt_length: int | None, max_completion_length: int | None
+) -> dict[str, list]:
+    """Keep the last ``max_prompt_length`` prompt tokens and the first ``max_completion_length`` completion tokens."""
+    out: dict[str, list] = {}
+    if max_prompt_length is not None:
+        out[PROMPT_IDS] = [p[-max_prompt_length:] if len(p) > max_prompt_length else p for p in batch[PROMPT_IDS]]
+    if max_completion_length is not None:
+        out[COMPLETION_IDS] = [c[:max_completion_length] for c in batch[COMPLETION_IDS]]
+        out[STEP_MAP] = [s[:max_completion_length] for s in batch[STEP_MAP]]
+    return out
+
+
+def validate_mask_token(processing_class: Any, model_config: Any = None) -> int:
+    """Return the mask token id of a diffusion LM, from the tokenizer or else the model config.
+
+    The id is ``processing_class.mask_token_id`` if set, else ``model_config.mask_token_id``. It must lie in
+    ``[0, vocab_size)`` when the config states a ``vocab_size``.
+
+    Args:
+        processing_class: the tokenizer (may be ``None``).
+        model_config: the model's ``PretrainedConfig`` (may be ``None``).
+
+    Returns:
+        The mask token id.
+
+    Raises:
+        ValueError: if neither defines a mask token, or the id is outside the embedding matrix.
+    """
+    tokenizer_id = getattr(processing_class, "mask_token_id", None) if processing_class is not None else None
+    config_id = getattr(model_config, "mask_token_id", None) if model_config is not None else None
+    mask_token_id = tokenizer_id if tokenizer_id is not None else config_id
+    if mask_token_id is None:
+        raise ValueError(
+            "No mask token: diffusion training needs one. Add it to the tokenizer with "
+            "`tokenizer.add_special_tokens({'mask_token': '<|MASK|>'})` and resize the embeddings "
+            "(`model.resize_token_embeddings(len(tokenizer))`), or set `mask_token_id` on the model config."
+        )
+    if tokenizer_id is not None and config_id is not None and tokenizer_id != config_id:
+        logger.warning(
+            "The tokenizer's mask_token_id (%d) differs from the config's (%d); using the tokenizer's.",
+            tokenizer_id,
+            config_id,
+        )
+    vocab_size = getattr(model_config, "vocab_size", None) if model_config is not None else None
+    if vocab_size is not None and not 0 <= int(mask_token_id) < int(vocab_size):
+        raise ValueError(
+            f"mask_token_id {mask_token_id} is outside the model's vocabulary (vocab_size={vocab_size}); "
+            "resize the embeddings with `model.resize_token_embeddings(len(tokenizer))`."
+        )
+    return int(mask_token_id)
