@@ -8,11 +8,17 @@ from .generation import (
     FewStepDiffusionGenerationMixin,
     patch_model,
 )
+from .collator import DataCollatorForTrajectory
 from .sdar import register_sdar
+from .trainer import RefModelSyncCallback, T3DConfig, T3DTrainer
 
 register_sdar()
 
 __all__ = [
+    "DataCollatorForTrajectory",
+    "RefModelSyncCallback",
+    "T3DConfig",
+    "T3DTrainer",
     "DiffusionGenerateOutput",
     "DiffusionGenerationConfig",
     "FewStepDiffusionGenerationMixin",

@@ -21,7 +21,7 @@ import inspect
 import torch
 from transformers import DynamicCache
 
-from .masks import to_additive_mask
+from .masks import layout_block_mask, to_additive_mask
 
 #: attention kernels that accept an arbitrary (4D) attention mask
 MASKABLE_KERNELS = ("sdpa", "eager", "flex_attention")
@@ -78,6 +78,29 @@ class DiffusionAdapter:
         and the rest are read-only.
         """
         raise NotImplementedError
+
+    def training_forward(self, model, batch: dict, forward_parameters: set[str] | None = None) -> torch.Tensor:
+        """Logits ``[b, W, V]`` of the noisy window of a batch from :class:`~t3d_trl.collator.DataCollatorForTrajectory`.
+
+        Builds the flex-attention ``BlockMask`` on the batch's device when the collator left the mask to the model
+        (``attention_layout="flex"``), asks the model for only the window's logits (``logits_to_keep``) and aligns
+        shifted heads (the logit of token ``i`` is read at position ``i - 1``). ``forward_parameters`` names the
+        arguments the (unwrapped) model's forward accepts; by default those of ``model.forward``.
+        """
+        accepted = _forward_parameters(model) if forward_parameters is None else forward_parameters
+        window = int(batch["logits_to_keep"])
+        keep = window + 1 if self.shift_logits else window
+        mask = batch.get("attention_mask")
+        if mask is None:
+            mask = layout_block_mask(batch["block_ids"], batch["stream_ids"], batch["valid"])
+        kwargs = {"input_ids": batch["input_ids"], "attention_mask": mask}
+        if "position_ids" in accepted or self.family == "block_causal":
+            kwargs["position_ids"] = batch["position_ids"]
+        if "logits_to_keep" in accepted:
+            logits = model(**kwargs, logits_to_keep=keep).logits
+        else:
+            logits = model(**kwargs).logits[:, -keep:]
+        return logits[:, :-1] if self.shift_logits else logits
 
 
 class BlockCausalAdapter(DiffusionAdapter):

@@ -131,7 +131,7 @@ def layout_block_mask(block: torch.Tensor, stream: torch.Tensor, valid: torch.Te
         clean_rule = ~qn & ~kn & (kb <= qb)
         noisy_rule = qn & ((~kn & (kb < qb)) | (kn & (kb == qb)))
         keep = (clean_rule | noisy_rule) & valid[b, kv_idx]
-        return keep | (~valid[b, q_idx] & (q_idx == kv_idx))
+        return torch.where(valid[b, q_idx], keep, q_idx == kv_idx)
 
     batch, length = block.shape
     return create_block_mask(mask_mod, B=batch, H=None, Q_LEN=length, KV_LEN=length, device=block.device)

@@ -46,3 +46,30 @@ def tiny_qwen3_config(vocab_size: int = 48, **overrides) -> Qwen3Config:
 def tiny_qwen3(seed: int = 0, dtype=torch.float64, **overrides) -> Qwen3ForCausalLM:
     torch.manual_seed(seed)
     return Qwen3ForCausalLM(tiny_qwen3_config(**overrides)).to(dtype).eval()
+
+
+def rollout_rows(model, tokenizer, prompts, block_size: int = 4, max_new_tokens: int = 12) -> list[dict]:
+    """Teacher rollouts of ``prompts`` at one token per step, as trajectory rows (ids, step maps)."""
+    from t3d_trl import patch_model
+
+    patch_model(model, tokenizer, block_size=block_size)
+    rows = []
+    for prompt in prompts:
+        ids = tokenizer(prompt)["input_ids"]
+        out = model.generate(
+            torch.tensor([ids]), steps_per_block=block_size, max_new_tokens=max_new_tokens, return_dict_in_generate=True
+        )
+        keep = out.step_map[0] >= 0
+        completion = out.sequences[0, len(ids) :][keep].tolist()
+        rows.append(
+            {
+                "prompt": prompt,
+                "completion": tokenizer.decode(completion, skip_special_tokens=True),
+                "prompt_ids": ids,
+                "completion_ids": completion,
+                "step_map": out.step_map[0][keep].tolist(),
+                "block_size": block_size,
+                "steps_per_block": block_size,
+            }
+        )
+    return rows

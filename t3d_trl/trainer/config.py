@@ -1,0 +1,198 @@
+"""`T3DConfig`: the training arguments of trajectory self-distillation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+LOSS_TYPES = ("ddo", "path", "td", "sft", "dparallel")
+
+
+@dataclass
+class T3DConfig(TrainingArguments):
+    r"""Configuration of [`T3DTrainer`]: trajectory self-distillation for few-step diffusion decoding.
+
+    T3D (arXiv 2602.12262) trains a student, initialised from a diffusion LM, to jump from intermediate states of the
+    teacher's own decoding trajectories to the teacher's final tokens with trajectory Direct Discriminative
+    Optimization (DDO) against a stop-gradient reference, plus a path-consistency term. The baselines of the paper's
+    table (Naive TD, SFT, dParallel) are other `loss_type`s over the same data.
+
+    Only the parameters specific to T3D are listed here; see [`~transformers.TrainingArguments`] for the rest. The
+    paper's recipe (learning rate 1e-5, cosine schedule with 20 warm-up steps, ...) is in `docs/training.md` and
+    `examples/sdar.py`.
+    """
+
+    _VALID_DICT_FIELDS = TrainingArguments._VALID_DICT_FIELDS + ["model_init_kwargs"]
+
+    # Model
+    model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Keyword arguments for `from_pretrained` when `model` is a string (e.g. `dtype`, "
+            "`attn_implementation`). Remote code runs only with `trust_remote_code=True` here."
+        },
+    )
+    model_family: str | None = field(
+        default=None,
+        metadata={
+            "help": "`block_causal` (SDAR, decoder LMs run with block-causal masks) or `bidirectional` (LLaDA-style "
+            "mask predictors). Detected from the model when unset."
+        },
+    )
+    disable_dropout: bool = field(default=True, metadata={"help": "Disable dropout in the student and reference."})
+
+    # Objective
+    loss_type: list[str] = field(
+        default_factory=lambda: ["ddo", "path"],
+        metadata={
+            "help": "Objectives to combine: `ddo` (trajectory DDO, mode-seeking), `path` (path consistency), `td` "
+            "(Naive trajectory distillation, forward KL), `sft` (random masks of the teacher's output), `dparallel` "
+            "(certainty-forcing distillation). T3D is `['ddo', 'path']`."
+        },
+    )
+    loss_weights: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "Weight of each entry of `loss_type`. Defaults to 1 for every objective except `path`, which "
+            "gets `lambda_path`."
+        },
+    )
+    beta: float = field(
+        default=0.1,
+        metadata={"help": "β of DDO: scale of the log-ratio log p_θ − log p_ref inside the sigmoid (official 0.1)."},
+    )
+    alpha: float = field(default=0.5, metadata={"help": "α of DDO: weight of the fake (reference-sample) term."})
+    lambda_path: float = field(
+        default=0.2, metadata={"help": "λ: weight of the path-consistency loss when `loss_weights` is unset."}
+    )
+    logps_normalization: str = field(
+        default="mean",
+        metadata={"help": "How token log-probs make log p(x0|x_t): `mean` over masked tokens (official) or `sum`."},
+    )
+    reference_temperature: float = field(
+        default=0.0,
+        metadata={
+            "help": "Temperature at which fake tokens x̂ are drawn from the reference; 0 takes its argmax (official)."
+        },
+    )
+    dparallel_entropy_weight: float = field(
+        default=1.0, metadata={"help": "Weight of dParallel's entropy penalty on already-correct masked tokens."}
+    )
+
+    # Reference model
+    sync_ref_model: bool = field(
+        default=True,
+        metadata={
+            "help": "Refresh θ_ref from θ every `ref_model_sync_steps` optimizer steps (official multi-round "
+            "refinement). Incompatible with `precompute_ref_log_probs`."
+        },
+    )
+    ref_model_sync_steps: int = field(default=10, metadata={"help": "Optimizer steps between reference refreshes."})
+    ref_model_mixup_alpha: float = field(
+        default=1.0,
+        metadata={"help": "Refresh θ_ref ← α θ + (1 − α) θ_ref; 1.0 is a hard copy (official)."},
+    )
+    precompute_ref_log_probs: bool = field(
+        default=False,
+        metadata={
+            "help": "Compute the fake tokens and every reference log-prob once before training (needs a fixed "
+            "reference: `sync_ref_model=False` and `reference_temperature=0`), removing the reference forward from "
+            "the training step."
+        },
+    )
+
+    # Data
+    block_size: int | None = field(
+        default=None,
+        metadata={"help": "Training block size B; defaults to the teacher's block size recorded in the dataset."},
+    )
+    max_prompt_length: int | None = field(
+        default=512, metadata={"help": "Prompts longer than this keep their last tokens (counted and logged)."}
+    )
+    max_completion_length: int | None = field(
+        default=1024,
+        metadata={"help": "Completions longer than this are cut (counted and logged); see `completion_truncation`."},
+    )
+    completion_truncation: str = field(
+        default="keep_start",
+        metadata={"help": "`keep_start` cuts over-long completions to `max_completion_length`; `error` refuses them."},
+    )
+    num_eos_tokens: int = field(
+        default=2,
+        metadata={"help": "EOS tokens completing the last block that are trained on (official `post_num: 2`)."},
+    )
+    state_sampling: str | None = field(
+        default=None,
+        metadata={
+            "help": "`trajectory` (states of the teacher's trajectory) or `random` (random masks of its output). "
+            "Defaults to `random` when `loss_type == ['sft']`, else `trajectory`."
+        },
+    )
+    mask_ratios: list[float] = field(
+        default_factory=lambda: [1.0, 0.75, 0.5, 0.25],
+        metadata={"help": "Candidate fractions r of each block's tokens that are masked in a trajectory state."},
+    )
+    mask_ratio_power: float = field(
+        default=8.0,
+        metadata={"help": "Draw r with probability ∝ r^power (official 8: r = 1 about 91% of the time)."},
+    )
+    state_order: str = field(
+        default="latest",
+        metadata={
+            "help": "Mask the `latest`-decoded tokens of each block (a real trajectory state) or the `earliest` "
+            "(the official code)."
+        },
+    )
+    random_token_ratio: float = field(
+        default=0.1,
+        metadata={"help": "Fraction of masked inputs replaced by random tokens (official `random_ratio: 0.1`)."},
+    )
+    dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for dataset preparation."})
+
+    # Saving
+    save_merged_model: bool = field(
+        default=False,
+        metadata={"help": "With LoRA, `save_model` writes the merged model instead of the adapter."},
+    )
+
+    def __post_init__(self) -> None:
+        self.remove_unused_columns = False  # the collator needs the trajectory columns
+        super().__post_init__()
+        if isinstance(self.loss_type, str):
+            self.loss_type = [self.loss_type]
+        unknown = [name for name in self.loss_type if name not in LOSS_TYPES]
+        if unknown or not self.loss_type:
+            raise ValueError(f"Unknown loss_type {unknown or self.loss_type}; choose from {', '.join(LOSS_TYPES)}.")
+        if self.loss_weights is None:
+            self.loss_weights = [self.lambda_path if name == "path" else 1.0 for name in self.loss_type]
+        if len(self.loss_weights) != len(self.loss_type):
+            raise ValueError(
+                f"loss_weights has {len(self.loss_weights)} entries but loss_type has {len(self.loss_type)}; give "
+                "one weight per objective."
+            )
+        if self.state_sampling is None:
+            self.state_sampling = "random" if self.loss_type == ["sft"] else "trajectory"
+        if self.logps_normalization not in ("mean", "sum"):
+            raise ValueError(f"logps_normalization must be 'mean' or 'sum', got {self.logps_normalization!r}.")
+        if self.precompute_ref_log_probs and self.sync_ref_model:
+            raise ValueError(
+                "precompute_ref_log_probs=True needs a reference that never changes, but sync_ref_model=True "
+                "refreshes it during training. Set sync_ref_model=False to precompute, or keep the sync and "
+                "precompute_ref_log_probs=False."
+            )
+        if self.precompute_ref_log_probs and self.reference_temperature > 0:
+            raise ValueError(
+                "precompute_ref_log_probs=True needs deterministic fake tokens (reference_temperature=0); with "
+                f"reference_temperature={self.reference_temperature} they are resampled at every step."
+            )
+        if self.ref_model_sync_steps < 1:
+            raise ValueError(f"ref_model_sync_steps must be >= 1, got {self.ref_model_sync_steps}.")
+        if not 0.0 < self.ref_model_mixup_alpha <= 1.0:
+            raise ValueError(f"ref_model_mixup_alpha must lie in (0, 1], got {self.ref_model_mixup_alpha}.")
+
+    @property
+    def uses_reference(self) -> bool:
+        """Whether an objective needs the reference model (DDO does; the others do not)."""
+        return "ddo" in self.loss_type

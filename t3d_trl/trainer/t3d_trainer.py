@@ -1,0 +1,513 @@
+"""`T3DTrainer`: trajectory self-distillation of a diffusion LM (T3D, arXiv 2602.12262)."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+import os
+import textwrap
+from collections import defaultdict
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    Trainer,
+)
+from transformers.utils import is_peft_available
+
+from ..adapters import get_adapter
+from ..collator import DataCollatorForTrajectory
+from ..data import prepare_trajectory_dataset, validate_mask_token
+from ..generation import DiffusionGenerationConfig, patch_model
+from ..generation.custom_generate import write_custom_generate
+from ..losses import (
+    ddo_loss,
+    dparallel_loss,
+    path_loss,
+    sample_fake_tokens,
+    selective_log_softmax,
+    sequence_logps,
+    sft_loss,
+    td_loss,
+)
+from .callbacks import POLICY_ADAPTER, REF_ADAPTER, RefModelSyncCallback, adapter_parameters, mixup_
+from .config import T3DConfig
+
+if is_peft_available():
+    from peft import PeftConfig, PeftModel, get_peft_model
+
+logger = logging.getLogger(__name__)
+
+#: batch keys that are not model inputs
+_TARGET_KEYS = ("labels", "loss_mask", "path_weights", "example_index", "mask_ratio")
+#: precomputed reference columns
+_REF_COLUMNS = ("ref_real_logps", "ref_fake_logps", "ref_fake_tokens")
+_REF_CHECKPOINT = "ref_model.pt"
+
+_CITATION = textwrap.dedent("""\
+    @article{zhang2026t3d,
+        title   = {{T3D: Few-Step Diffusion Language Models via Trajectory Self-Distillation with Direct Discriminative Optimization}},
+        author  = {Tunyu Zhang and others},
+        year    = 2026,
+        journal = {arXiv preprint arXiv:2602.12262}
+    }""")
+
+
+class PrecomputedReferenceCollator:
+    """Wraps a trajectory collator and adds the precomputed reference columns of each row to the batch.
+
+    ``ref_fake_tokens`` of a row covers its own noisy stream (the valid columns of its noisy window); rows are
+    left-padded to the window width ``W`` like every other window tensor.
+    """
+
+    def __init__(self, collator: DataCollatorForTrajectory) -> None:
+        self.collator = collator
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collator(features)
+        window = int(batch["logits_to_keep"])
+        tokens = [torch.as_tensor(f["ref_fake_tokens"], dtype=torch.long) for f in features]
+        lengths = torch.tensor([len(t) for t in tokens])
+        fake = torch.full((len(features), window), self.collator.pad_token_id, dtype=torch.long)
+        fake[torch.arange(window)[None, :] >= (window - lengths)[:, None]] = torch.cat(tokens)
+        batch["ref_fake_tokens"] = fake
+        batch["ref_real_logps"] = torch.tensor([float(f["ref_real_logps"]) for f in features])
+        batch["ref_fake_logps"] = torch.tensor([float(f["ref_fake_logps"]) for f in features])
+        return batch
+
+
+class T3DTrainer(Trainer):
+    """Trainer for T3D: trajectory self-distillation with Direct Discriminative Optimization.
+
+    A student initialised from a diffusion LM learns, on the teacher's own decoding trajectories, to jump from an
+    intermediate state ``x_t`` to the teacher's final tokens ``x0``. Per micro-batch it runs exactly one student
+    forward with gradients and one reference forward without; every objective of ``args.loss_type`` (DDO's real and
+    fake terms, the path loss, the baselines) is computed from those two sets of logits.
+
+    Args:
+        model: the student, a model instance or a hub id / local path (loaded with ``args.model_init_kwargs``; remote
+            code only with ``trust_remote_code=True`` there).
+        ref_model: the reference θ_ref. Defaults to a frozen copy of ``model`` (with PEFT, a frozen copy of the
+            adapter, or the adapter-disabled base when the reference is never refreshed).
+        args: a :class:`T3DConfig`.
+        data_collator: defaults to :class:`~t3d_trl.collator.DataCollatorForTrajectory` configured from ``args``.
+        train_dataset: trajectories (see ``docs/training.md``): ``prompt_ids``, ``completion_ids``, ``step_map`` and the
+            teacher's ``block_size`` / ``steps_per_block``, as written by :func:`t3d_trl.generate_trajectories`.
+        eval_dataset: trajectories to evaluate the same losses and metrics on.
+        processing_class: the tokenizer (must have, or the model config must name, a mask token).
+        compute_metrics: passed to :class:`~transformers.Trainer`.
+        callbacks: extra callbacks.
+        optimizers: ``(optimizer, scheduler)``.
+        peft_config: a PEFT config to train a LoRA adapter instead of the full model.
+    """
+
+    _tag_names = ["trl", "t3d", "diffusion-lm", "few-step-decoding"]
+    _name = "T3D"
+    _paper = {
+        "title": "T3D: Few-Step Diffusion Language Models via Trajectory Self-Distillation with Direct "
+        "Discriminative Optimization",
+        "id": "2602.12262",
+        "citation": _CITATION,
+    }
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel,
+        ref_model: PreTrainedModel | None = None,
+        args: T3DConfig | None = None,
+        data_collator=None,
+        train_dataset: Dataset | None = None,
+        eval_dataset: Dataset | dict[str, Dataset] | None = None,
+        processing_class=None,
+        compute_metrics=None,
+        callbacks=None,
+        optimizers=(None, None),
+        peft_config: PeftConfig | None = None,
+    ) -> None:
+        if args is None:
+            name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "model")
+            args = T3DConfig(f"{str(name).split('/')[-1]}-T3D")
+        if train_dataset is None:
+            raise ValueError("`train_dataset` is required: a trajectory dataset (see t3d_trl.generate_trajectories).")
+        model_id = model if isinstance(model, str) else None
+        if isinstance(model, str):
+            model = self._load_model(model, args)
+        if processing_class is None:
+            processing_class = AutoTokenizer.from_pretrained(model_id or model.config._name_or_path)
+        if ref_model is model:
+            raise ValueError("`model` and `ref_model` cannot be the same object; leave ref_model=None for a copy.")
+
+        # PEFT: the reference is a frozen copy of the adapter ("ref"), or the adapter-disabled base
+        if peft_config is not None:
+            if not is_peft_available():
+                raise ImportError("peft_config needs the `peft` package: pip install peft")
+            model = get_peft_model(model, peft_config)
+        self.is_peft = is_peft_available() and isinstance(model, PeftModel)
+        if self.is_peft and ref_model is None and args.sync_ref_model and REF_ADAPTER not in model.peft_config:
+            model.add_adapter(REF_ADAPTER, model.peft_config[POLICY_ADAPTER])
+            mixup_(adapter_parameters(model, REF_ADAPTER), adapter_parameters(model, POLICY_ADAPTER), 1.0)
+            for param in adapter_parameters(model, REF_ADAPTER):
+                param.requires_grad_(False)
+
+        base = model.get_base_model() if self.is_peft else model
+        self.adapter = get_adapter(base, family=args.model_family)
+        self.adapter.check_model(base)
+        self._forward_parameters = set(inspect.signature(base.forward).parameters)
+        self.mask_token_id = validate_mask_token(processing_class, base.config)
+        if args.disable_dropout:
+            _disable_dropout(model)
+
+        # reference model
+        self.ref_model = None
+        if args.uses_reference and not self.is_peft:
+            self.ref_model = ref_model if ref_model is not None else _frozen_copy(model)
+            if args.disable_dropout:
+                _disable_dropout(self.ref_model)
+
+        # data
+        train_dataset, self.data_stats = self._prepare_dataset(train_dataset, processing_class, args, "train")
+        if eval_dataset is not None:
+            if isinstance(eval_dataset, dict):
+                eval_dataset = {k: self._prepare_dataset(v, processing_class, args, k)[0] for k, v in eval_dataset.items()}
+            else:
+                eval_dataset = self._prepare_dataset(eval_dataset, processing_class, args, "eval")[0]
+        self.block_size = args.block_size or int(train_dataset[0]["block_size"])
+        if data_collator is None:
+            data_collator = self._default_collator(processing_class, base, args)
+
+        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            optimizers=optimizers,
+        )
+        # the losses are means over examples: let the Trainer divide by the accumulation steps
+        self.model_accepts_loss_kwargs = False
+        if hasattr(self.model, "add_model_tags"):
+            self.model.add_model_tags(self._tag_names)
+
+        if self.ref_model is not None:
+            self.ref_model = self._prepare_reference(self.ref_model)
+        self.sync_callback = None
+        if args.sync_ref_model and args.uses_reference:
+            self.sync_callback = RefModelSyncCallback(self.ref_model, self.accelerator)
+            self.add_callback(self.sync_callback)
+        if args.precompute_ref_log_probs and args.uses_reference:
+            self.train_dataset = self._precompute_reference(self.train_dataset)
+            self.data_collator = PrecomputedReferenceCollator(self.data_collator)
+            self.ref_model = None  # the reference forward is gone from the step
+
+    # ------------------------------------------------------------------------------------------------ set-up
+    @staticmethod
+    def _load_model(name: str, args: T3DConfig) -> PreTrainedModel:
+        kwargs = dict(args.model_init_kwargs or {})
+        kwargs.setdefault("attn_implementation", "sdpa")
+        if isinstance(kwargs.get("dtype"), str) and kwargs["dtype"] != "auto":
+            kwargs["dtype"] = getattr(torch, kwargs["dtype"])
+        loader = AutoModelForMaskedLM if args.model_family == "bidirectional" else AutoModelForCausalLM
+        return loader.from_pretrained(name, **kwargs)
+
+    def _prepare_dataset(self, dataset, processing_class, args: T3DConfig, name: str):
+        dataset, stats = prepare_trajectory_dataset(
+            dataset,
+            processing_class,
+            max_prompt_length=args.max_prompt_length,
+            max_completion_length=args.max_completion_length,
+            truncation=args.completion_truncation,
+            num_proc=args.dataset_num_proc,
+        )
+        decisions = {k: v for k, v in stats.items() if k not in ("num_rows_in", "num_rows_out") and v}
+        logger.info("Prepared %s trajectories: %d rows in, %d out; %s", name, stats["num_rows_in"], stats["num_rows_out"], decisions)
+        if len(dataset) == 0:
+            raise ValueError(f"The {name} dataset has no usable rows after preparation ({stats}).")
+        return dataset, stats
+
+    def _default_collator(self, processing_class, base, args: T3DConfig) -> DataCollatorForTrajectory:
+        kernel = getattr(base.config, "_attn_implementation", "sdpa")
+        layout = {"eager": "eager", "flex_attention": "flex"}.get(kernel, "dense")
+        eos = processing_class.eos_token_id
+        pad = processing_class.pad_token_id if processing_class.pad_token_id is not None else eos
+        return DataCollatorForTrajectory(
+            mask_token_id=self.mask_token_id,
+            pad_token_id=pad,
+            eos_token_id=eos,
+            block_size=self.block_size,
+            num_eos_tokens=args.num_eos_tokens,
+            state_sampling=args.state_sampling,
+            mask_ratios=tuple(args.mask_ratios),
+            mask_ratio_power=args.mask_ratio_power,
+            state_order=args.state_order,
+            random_token_ratio=args.random_token_ratio,
+            vocab_size=base.config.get_text_config().vocab_size,
+            seed=args.data_seed if args.data_seed is not None else args.seed,
+            family=self.adapter.family,
+            attention_layout=layout if self.adapter.family == "block_causal" else "dense",
+        )
+
+    def _prepare_reference(self, ref_model):
+        """Place the reference like the student: sharded under ZeRO-3 / FSDP, a replica on each device otherwise."""
+        if self.is_deepspeed_enabled:
+            from trl.models.utils import prepare_deepspeed
+
+            return prepare_deepspeed(ref_model, self.accelerator)
+        if self.is_fsdp_enabled:
+            from trl.models.utils import prepare_fsdp
+
+            return prepare_fsdp(ref_model, self.accelerator)
+        return self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+
+    # ------------------------------------------------------------------------------------------ forwards
+    def _window_logits(self, model, batch: dict) -> torch.Tensor:
+        return self.adapter.training_forward(model, batch, self._forward_parameters)
+
+    @torch.no_grad()
+    def _reference_logits(self, batch: dict) -> torch.Tensor:
+        if self.ref_model is not None:
+            return self._window_logits(self.ref_model, batch)
+        model = self.accelerator.unwrap_model(self.model)
+        if REF_ADAPTER in model.peft_config:
+            from trl.trainer.utils import use_adapter
+
+            with use_adapter(model, REF_ADAPTER):
+                logits = self._window_logits(model, batch)
+            for param in adapter_parameters(model, REF_ADAPTER):
+                param.requires_grad_(False)
+            return logits
+        with model.disable_adapter():
+            return self._window_logits(model, batch)
+
+    def _reference_terms(self, batch: dict, labels, loss_mask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Fake tokens x̂ and the reference's sequence log-probs of x0 and x̂ (precomputed or from one forward)."""
+        if "ref_fake_tokens" in batch:
+            return batch["ref_fake_tokens"], batch["ref_real_logps"], batch["ref_fake_logps"]
+        ref_logits = self._reference_logits(batch)
+        generator = None
+        if self.args.reference_temperature > 0:
+            generator = torch.Generator(device=ref_logits.device).manual_seed(
+                hash((self.args.seed, self.state.global_step, self.accelerator.process_index)) % (2**63)
+            )
+        fake = sample_fake_tokens(ref_logits, loss_mask, labels, self.args.reference_temperature, generator)
+        normalization = self.args.logps_normalization
+        ref_real = sequence_logps(selective_log_softmax(ref_logits, labels), loss_mask, normalization)
+        ref_fake = sequence_logps(selective_log_softmax(ref_logits, fake), loss_mask, normalization)
+        return fake, ref_real, ref_fake
+
+    # ------------------------------------------------------------------------------------------ loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """One student forward with gradients (and one reference forward without) → the weighted objectives."""
+        args = self.args
+        mode = "train" if model.training else "eval"
+        labels, loss_mask, weights = inputs["labels"], inputs["loss_mask"], inputs["path_weights"]
+        logits = self._window_logits(model, inputs)
+        token_logps = selective_log_softmax(logits, labels)
+        metrics: dict[str, torch.Tensor] = {}
+        total = torch.zeros((), device=logits.device)
+        for name, weight in zip(args.loss_type, args.loss_weights):
+            if name == "ddo":
+                fake, ref_real, ref_fake = self._reference_terms(inputs, labels, loss_mask)
+                policy_real = sequence_logps(token_logps, loss_mask, args.logps_normalization)
+                policy_fake = sequence_logps(selective_log_softmax(logits, fake), loss_mask, args.logps_normalization)
+                loss, real, fake_loss = ddo_loss(policy_real, policy_fake, ref_real, ref_fake, args.beta, args.alpha)
+                metrics.update({
+                    "loss/ddo": loss.mean(), "loss/real": real.mean(), "loss/fake": fake_loss.mean(),
+                    "logps/real": policy_real.mean(), "logps/fake": policy_fake.mean(),
+                    "ref_logps/real": ref_real.mean(), "ref_logps/fake": ref_fake.mean(),
+                    "margins/real": (policy_real - ref_real).mean(), "margins/fake": (policy_fake - ref_fake).mean(),
+                })
+            elif name == "path":
+                loss = path_loss(token_logps, weights, loss_mask)
+                metrics["loss/path"] = loss.mean()
+            elif name == "td":
+                loss = td_loss(token_logps, loss_mask)
+                metrics["loss/td"] = loss.mean()
+            elif name == "sft":
+                loss = sft_loss(token_logps, loss_mask)
+                metrics["loss/sft"] = loss.mean()
+            else:  # dparallel
+                loss = dparallel_loss(logits, labels, loss_mask, args.dparallel_entropy_weight)
+                metrics["loss/dparallel"] = loss.mean()
+            total = total + weight * loss.mean()
+        with torch.no_grad():
+            correct = (logits.argmax(-1) == labels) & loss_mask
+            metrics["token_accuracy"] = correct.sum() / loss_mask.sum().clamp(min=1)
+            metrics["mask_ratio"] = inputs["mask_ratio"].float().mean()
+            metrics["num_masked_tokens"] = loss_mask.sum(-1).float().mean()
+        for key, value in metrics.items():
+            self._metrics[mode][key].append(self.accelerator.gather_for_metrics(value.detach().reshape(1)).float().mean().item())
+        return (total, {"logits": logits}) if return_outputs else total
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def _averaged_metrics(self, mode: str) -> dict[str, float]:
+        metrics = {key: sum(values) / len(values) for key, values in self._metrics[mode].items() if values}
+        self._metrics[mode].clear()
+        return metrics
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        for key, value in self._averaged_metrics("eval").items():
+            output.metrics[f"{metric_key_prefix}_{key}"] = value
+        return output
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.model.training:
+            logs = {**logs, **self._averaged_metrics("train")}
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------------------ precomputed reference
+    @torch.no_grad()
+    def _precompute_reference(self, dataset: Dataset) -> Dataset:
+        """Run the fixed reference once over the dataset (states are per-example deterministic) and store x̂ and the
+        reference log-probs as columns, so training needs no reference forward."""
+        from tqdm.auto import tqdm
+
+        loader = self.accelerator.prepare(
+            torch.utils.data.DataLoader(
+                dataset, batch_size=self.args.per_device_train_batch_size, collate_fn=self.data_collator, shuffle=False
+            )
+        )
+        index, fakes, reals, fake_logps = [], [], [], []
+        for batch in tqdm(loader, desc="Precomputing reference log-probs", disable=not self.is_world_process_zero()):
+            fake, ref_real, ref_fake = self._reference_terms(batch, batch["labels"], batch["loss_mask"])
+            valid = batch["valid"][:, -fake.shape[1]:] if self.adapter.family == "block_causal" else batch["attention_mask"][:, -fake.shape[1]:].bool()
+            gathered = self.accelerator.gather_for_metrics(
+                (batch["example_index"], fake, valid, ref_real, ref_fake)
+            )
+            ids, fake, valid, ref_real, ref_fake = gathered
+            index += ids.tolist()
+            fakes += [row[mask].tolist() for row, mask in zip(fake.cpu(), valid.cpu())]
+            reals += ref_real.tolist()
+            fake_logps += ref_fake.tolist()
+        order = {example: position for position, example in enumerate(index)}
+        rows = [order[int(example)] for example in dataset["example_index"]]
+        dataset = dataset.add_column("ref_fake_tokens", [fakes[i] for i in rows])
+        dataset = dataset.add_column("ref_real_logps", [reals[i] for i in rows])
+        return dataset.add_column("ref_fake_logps", [fake_logps[i] for i in rows])
+
+    # ------------------------------------------------------------------------------ checkpoints and saving
+    def _reference_state(self) -> dict[str, torch.Tensor] | None:
+        if self.sync_callback is None:
+            return None
+        if self.ref_model is not None:
+            return {k: v.detach().cpu() for k, v in self.accelerator.unwrap_model(self.ref_model).state_dict().items()}
+        model = self.accelerator.unwrap_model(self.model)
+        return {name: p.detach().cpu() for name, p in model.named_parameters() if f".{REF_ADAPTER}." in name}
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        state = self._reference_state()
+        if state is not None and self.args.should_save:
+            folder = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
+            torch.save(state, os.path.join(folder, _REF_CHECKPOINT))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = os.path.join(resume_from_checkpoint, _REF_CHECKPOINT)
+        if self.sync_callback is None or not os.path.isfile(path):
+            return
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if self.ref_model is not None:
+            self.accelerator.unwrap_model(self.ref_model).load_state_dict(state)
+        else:
+            params = dict(self.accelerator.unwrap_model(self.model).named_parameters())
+            mixup_([params[name] for name in state], [value.to(params[name].device) for value in state.values()], 1.0)
+
+    def generation_config(self) -> DiffusionGenerationConfig:
+        """The decoding defaults saved with the student: the training block size and the tokenizer's special tokens."""
+        base = self.accelerator.unwrap_model(self.model)
+        base = base.get_base_model() if self.is_peft else base
+        existing = getattr(base, "generation_config", None)
+        return DiffusionGenerationConfig.from_generation_config(
+            existing if existing is not None and hasattr(existing, "block_size") else None,
+            block_size=self.block_size,
+            mask_token_id=self.mask_token_id,
+            eos_token_id=self.processing_class.eos_token_id,
+            pad_token_id=self.processing_class.pad_token_id,
+        )
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """Save the student (LoRA adapter, or merged with ``save_merged_model``), the tokenizer, its
+        :class:`DiffusionGenerationConfig` (so it decodes few-step without arguments) and a model card."""
+        output_dir = output_dir or self.args.output_dir
+        if self.is_peft and self.args.save_merged_model:
+            merged = copy.deepcopy(self.accelerator.unwrap_model(self.model)).merge_and_unload()
+            if self.args.should_save:
+                patch_model(merged, self.processing_class).generation_config = self.generation_config()
+                merged.save_pretrained(output_dir)
+                self.processing_class.save_pretrained(output_dir)
+        else:
+            super().save_model(output_dir, _internal_call)
+        if self.args.should_save:
+            self.generation_config().save_pretrained(output_dir)
+            write_custom_generate(output_dir)
+            if not _internal_call:
+                self.create_model_card(output_dir=output_dir)
+
+    def create_model_card(
+        self, model_name: str | None = None, dataset_name: str | None = None, tags=None, output_dir=None, **kwargs
+    ):
+        """Write ``README.md``: a model card naming T3D, the base model, the dataset and the citation."""
+        if not self.is_world_process_zero():
+            return
+        output_dir = output_dir or self.args.output_dir
+        from trl.trainer.utils import generate_model_card
+
+        base = self.accelerator.unwrap_model(self.model)
+        base = base.get_base_model() if self.is_peft else base
+        base_model = getattr(base.config, "_name_or_path", None) or None
+        if base_model is not None and os.path.isdir(base_model):
+            base_model = None
+        dataset_name = dataset_name or getattr(getattr(self.train_dataset, "info", None), "dataset_name", None)
+        card = generate_model_card(
+            base_model=base_model,
+            model_name=model_name or os.path.basename(os.path.normpath(output_dir)),
+            hub_model_id=self.hub_model_id if hasattr(self, "hub_model_id") and self.hub_model_id else model_name or "",
+            dataset_name=dataset_name,
+            tags=list(self._tag_names) + list(tags or []),
+            wandb_url=None,
+            trackio_url=None,
+            trainer_name=self._name,
+            trainer_citation=self._paper["citation"],
+            paper_title=self._paper["title"],
+            paper_id=self._paper["id"],
+        )
+        text = str(card) + (
+            "\n## Few-step decoding\n\n"
+            "This model was distilled with [t3d-trl](https://github.com/t3d-trl/t3d-trl) to decode in few steps per "
+            f"block (training block size {self.block_size}). Its `generation_config.json` carries the mask token and "
+            "block size, and `custom_generate/generate.py` decodes without t3d-trl installed:\n\n"
+            "```python\nmodel.generate(input_ids, custom_generate=\"<this repo>\", trust_remote_code=True, "
+            "steps_per_block=1)\n```\n"
+        )
+        with open(os.path.join(output_dir, "README.md"), "w", encoding="utf-8") as handle:
+            handle.write(text)
+
+
+def _frozen_copy(model: PreTrainedModel) -> PreTrainedModel:
+    ref = copy.deepcopy(model)
+    ref.eval()
+    for param in ref.parameters():
+        param.requires_grad_(False)
+    return ref
+
+
+def _disable_dropout(model: torch.nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0

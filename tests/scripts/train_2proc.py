@@ -1,0 +1,47 @@
+"""One T3D optimizer step on a tiny model; writes the first step's logged metrics (run under accelerate launch).
+
+Usage: python train_2proc.py OUTPUT_DIR PER_DEVICE_BATCH_SIZE
+"""
+
+import json
+import os
+import sys
+
+import torch
+from datasets import Dataset
+
+from t3d_trl import T3DConfig, T3DTrainer
+from tiny import rollout_rows, tiny_qwen3, tiny_tokenizer
+
+PROMPTS = ["abc", "hello wor", "what is 2+3?", "abcdefgh", "xyz", "12+34=", "k", "the cat"]
+
+
+def main(output_dir: str, per_device_batch_size: int) -> None:
+    tokenizer = tiny_tokenizer()
+    trajectories = Dataset.from_list(rollout_rows(tiny_qwen3(dtype=torch.float32), tokenizer, PROMPTS))
+    args = T3DConfig(
+        output_dir=output_dir,
+        per_device_train_batch_size=per_device_batch_size,
+        max_steps=1,
+        logging_steps=1,
+        learning_rate=1e-3,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        random_token_ratio=0.1,
+        dataloader_drop_last=True,
+    )
+    trainer = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=args, train_dataset=trajectories, processing_class=tokenizer)
+    trainer.train()
+    if trainer.is_world_process_zero():
+        log = next(h for h in trainer.state.log_history if "loss" in h)
+        log["world_size"] = trainer.accelerator.num_processes
+        os.makedirs(output_dir, exist_ok=True)
+        with open(os.path.join(output_dir, "first_step.json"), "w") as handle:
+            json.dump(log, handle)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]))
