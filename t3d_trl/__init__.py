@@ -9,6 +9,7 @@ from .generation import (
     patch_model,
 )
 from .collator import DataCollatorForTrajectory
+from .rollout import generate_trajectories, push_trajectories_to_hub
 from .sdar import register_sdar
 from .trainer import RefModelSyncCallback, T3DConfig, T3DTrainer
 
@@ -19,6 +20,8 @@ __all__ = [
     "RefModelSyncCallback",
     "T3DConfig",
     "T3DTrainer",
+    "generate_trajectories",
+    "push_trajectories_to_hub",
     "DiffusionGenerateOutput",
     "DiffusionGenerationConfig",
     "FewStepDiffusionGenerationMixin",

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from .report import EvalResult, plot_accuracy_vs_tokens_per_step, write_json, write_markdown
-from .scorers import SCORER_NAMES, _check_code_execution_allowed, get_scorer
+from .scorers import _check_code_execution_allowed, available_scorers, get_scorer
 
 
 __all__ = ["DecodingSetting", "evaluate_few_step"]
@@ -318,9 +318,9 @@ def evaluate_few_step(
         scorer_names = [s or "exact_match" for s in dataset["scorer"]]
     else:
         scorer_names = ["exact_match"] * len(prompts)
-    unknown = sorted(set(scorer_names) - set(SCORER_NAMES))
+    unknown = sorted(set(scorer_names) - set(available_scorers()))
     if unknown:
-        raise ValueError(f"Unknown scorer(s) {unknown} in the dataset. Valid scorers: {', '.join(SCORER_NAMES)}.")
+        raise ValueError(f"Unknown scorer(s) {unknown} in the dataset. Valid scorers: {', '.join(available_scorers())}.")
     scorers: dict[str, Any] = {}
     for name in set(scorer_names):
         if name == "code":

@@ -34,6 +34,8 @@ __all__ = [
     "CodeExecutionResult",
     "Scorer",
     "SCORER_NAMES",
+    "available_scorers",
+    "register_scorer",
     "code_passes",
     "code_scorer",
     "exact_match",
@@ -511,6 +513,18 @@ _SCORERS: dict[str, Callable[..., bool]] = {
 SCORER_NAMES: tuple[str, ...] = tuple(_SCORERS)
 
 
+def register_scorer(name: str, scorer: Callable[[str, str], bool]) -> None:
+    """Make ``scorer(prediction, reference) -> bool`` available to :func:`get_scorer` and the evaluation runner."""
+    if name in ("exact_match", "math", "code"):
+        raise ValueError(f"{name!r} is a built-in scorer; register yours under another name.")
+    _SCORERS[name] = scorer
+
+
+def available_scorers() -> tuple[str, ...]:
+    """Names of the built-in and registered scorers."""
+    return tuple(_SCORERS)
+
+
 def get_scorer(name: str, **kwargs: Any) -> Scorer:
     """Look a scorer up by name.
 
@@ -527,7 +541,7 @@ def get_scorer(name: str, **kwargs: Any) -> Scorer:
             execution.
     """
     if name not in _SCORERS:
-        raise ValueError(f"Unknown scorer {name!r}. Valid scorers: {', '.join(sorted(SCORER_NAMES))}.")
+        raise ValueError(f"Unknown scorer {name!r}. Valid scorers: {', '.join(sorted(_SCORERS))}.")
     if name == "code":
         _check_code_execution_allowed(bool(kwargs.get("allow_code_execution", False)))
     fn = _SCORERS[name]

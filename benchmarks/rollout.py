@@ -1,0 +1,132 @@
+"""Overhead of `generate_trajectories` over a plain `model.generate` call.
+
+A small Qwen3-shaped block diffusion model (hidden 128, 4 layers, vocab 100, float32, random weights, built from a
+config) decodes 64 prompts with block size 4, 4 steps per block and 64 new tokens, greedily, in one batch of 64:
+
+* ``generate``: ``model.generate(input_ids, attention_mask, return_dict_in_generate=False)`` on prompts that are
+  already tokenised and padded (only the call is timed);
+* ``rollout``: ``generate_trajectories(model, tokenizer, dataset, batch_size=64)`` from the text prompts (times
+  tokenisation, batching, the same decoding with ``return_dict_in_generate=True``, cutting at EOS, decoding the
+  completions and building the ``datasets.Dataset``).
+
+The two are repeated in interleaved order (``generate, rollout, rollout, generate, ...``) after one warm-up each,
+and the ratio of the medians (and of the best runs, which other load on the machine disturbs less) is printed
+(target: <= 1.05). Runs on CPU in well under two minutes::
+
+    python benchmarks/rollout.py [--repeats 5] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import string
+import time
+
+import torch
+from datasets import Dataset
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+from t3d_trl import patch_model
+from t3d_trl.rollout import generate_trajectories, resolve_generation_config
+
+SETTINGS = {"block_size": 4, "steps_per_block": 4, "max_new_tokens": 64, "temperature": 0.0}
+NUM_PROMPTS = 64
+TARGET = 1.05
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """A character-level tokenizer: 4 special tokens and the 95 printable ASCII characters (vocab 99)."""
+    specials = ["<pad>", "<eos>", "<mask>", "<bos>"]
+    characters = [chr(code) for code in range(32, 127)]
+    backend = Tokenizer(models.WordLevel({t: i for i, t in enumerate(specials + characters)}, unk_token="<pad>"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", mask_token="<mask>", bos_token="<bos>"
+    )
+
+
+def build_model(vocab_size: int = 100) -> Qwen3ForCausalLM:
+    torch.manual_seed(0)
+    config = Qwen3Config(
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=512,
+        attn_implementation="sdpa",
+        tie_word_embeddings=False,
+    )
+    return Qwen3ForCausalLM(config).to(torch.float32).eval()
+
+
+def build_prompts(count: int = NUM_PROMPTS) -> list[str]:
+    rng = random.Random(0)
+    alphabet = string.ascii_lowercase + string.digits + " +-=?"
+    return ["".join(rng.choice(alphabet) for _ in range(rng.randint(8, 48))) for _ in range(count)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs of each (after one warm-up)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch.set_num_threads (default 1: steadier timings on a shared CPU)"
+    )
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    tokenizer = build_tokenizer()
+    model = patch_model(build_model(), tokenizer)
+    prompts = build_prompts()
+    dataset = Dataset.from_dict({"prompt": prompts})
+    config = resolve_generation_config(model, SETTINGS)  # the settings generate_trajectories decodes with
+
+    tokenizer.padding_side = "left"
+    batch = tokenizer(prompts, padding=True, return_tensors="pt")
+
+    def plain() -> float:
+        start = time.perf_counter()
+        model.generate(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            generation_config=config,
+            return_dict_in_generate=False,
+        )
+        return time.perf_counter() - start
+
+    def rollout() -> float:
+        start = time.perf_counter()
+        generate_trajectories(model, tokenizer, dataset, SETTINGS, batch_size=NUM_PROMPTS, progress=False)
+        return time.perf_counter() - start
+
+    plain(), rollout()  # warm-up
+    times: dict[str, list[float]] = {"generate": [], "rollout": []}
+    for repeat in range(args.repeats):
+        order = (("generate", plain), ("rollout", rollout))
+        for name, run in order if repeat % 2 == 0 else order[::-1]:
+            times[name].append(run())
+
+    result = generate_trajectories(model, tokenizer, dataset, SETTINGS, batch_size=NUM_PROMPTS, progress=False)
+    tokens = sum(len(ids) for ids in result["completion_ids"])
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    ratio = medians["rollout"] / medians["generate"]
+    best_ratio = min(times["rollout"]) / min(times["generate"])  # less sensitive to other load on the machine
+    print(
+        f"{NUM_PROMPTS} prompts, {tokens} completion tokens, block {SETTINGS['block_size']}, "
+        f"{SETTINGS['steps_per_block']} steps/block, {SETTINGS['max_new_tokens']} new tokens, "
+        f"{torch.get_num_threads()} threads"
+    )
+    for name, values in times.items():
+        print(f"{name:>9}: median {medians[name]:.3f} s  (runs: {', '.join(f'{v:.3f}' for v in values)})")
+    print(f"rollout / generate = {ratio:.3f} (medians), {best_ratio:.3f} (best runs)  (target <= {TARGET})  "
+          f"{'OK' if ratio <= TARGET else 'OVER TARGET'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,833 @@
+"""Teacher rollouts into the trajectory format (DESIGN §4).
+
+:func:`generate_trajectories` runs a block diffusion teacher over the prompts of a dataset with the few-step
+``generate()`` of :func:`t3d_trl.patch_model` and returns one row per prompt with the teacher's own token ids and,
+for every completion token, the denoising step that committed it (``step_map``). The rows are what
+:func:`t3d_trl.data.prepare_trajectory_dataset` and the T3D trainer read.
+
+Three properties hold by construction:
+
+* **Order and batch independence.** Prompts are sorted by length (longest first), cut into batches of
+  ``batch_size`` and the results are put back in the dataset's order. Batches are a function of the tokenised
+  prompts and ``batch_size`` only, and a sampling generator is seeded from ``(seed, batch index)``, so a rerun gives
+  the same rows.
+* **Multi-process = one process.** Under ``accelerate launch`` the *batches* (not the prompts) are dealt out to the
+  processes, so every batch has the same content and the same generator seed as in a one-process run; the rows are
+  gathered and every process returns the same dataset, identical to a one-process run.
+* **Resumable.** With ``output_dir`` every finished batch is written to ``output_dir/shards`` (atomically) as soon
+  as it finishes; a rerun with the same settings reads the finished rows back (it never recomputes them) and only
+  generates the rest. The final dataset (``output_dir/dataset``) and the ``done`` marker are written only once every
+  prompt has its row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+from array import array
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset, Value
+
+try:  # datasets >= 4
+    from datasets import List
+except ImportError:  # datasets 3
+    from datasets import Sequence as List
+from transformers import GenerationConfig
+
+from .generation import DiffusionGenerationConfig, FewStepDiffusionGenerationMixin, patch_model
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ROLLOUT_COLUMNS",
+    "ROLLOUT_METADATA_KEY",
+    "generate_trajectories",
+    "push_trajectories_to_hub",
+    "resolve_generation_config",
+    "rollout_config",
+    "trajectory_dataset_card",
+    "trajectory_dataset_card_text",
+]
+
+#: columns :func:`generate_trajectories` adds to the dataset (the prompt column is kept as given)
+ROLLOUT_COLUMNS = ("completion", "prompt_ids", "completion_ids", "step_map", "block_size", "steps_per_block", "nfe")
+#: key of the rollout record in the JSON of ``Dataset.info.description``
+ROLLOUT_METADATA_KEY = "t3d_trl_rollout"
+
+#: ``max_new_tokens`` the decoding engine uses when a config leaves it unset
+DEFAULT_MAX_NEW_TOKENS = 256
+
+_CONFIG_FILE = "rollout_config.json"
+_DONE_FILE = "done"
+_SHARD_DIR = "shards"
+_DATASET_DIR = "dataset"
+_SHARD_PATTERN = re.compile(r"^batch(\d{6,})\.jsonl$")
+_CONFIG_META_FIELDS = ("transformers_version", "_from_model_config", "_commit_hash", "_original_object_hash")
+
+_ROLLOUT_FEATURES = {
+    "completion": Value("string"),
+    "prompt_ids": List(Value("int64")),
+    "completion_ids": List(Value("int64")),
+    "step_map": List(Value("int64")),
+    "block_size": Value("int64"),
+    "steps_per_block": Value("int64"),
+    "nfe": Value("int64"),
+}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Settings
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def resolve_generation_config(
+    model: Any, generation_config: GenerationConfig | Mapping[str, Any] | None = None
+) -> DiffusionGenerationConfig:
+    """The decoding settings a rollout uses: the model's defaults overridden by ``generation_config``.
+
+    Args:
+        model: a model patched with :func:`t3d_trl.patch_model` (its ``generation_config`` holds the defaults).
+        generation_config: ``None`` (the model's defaults), a ``dict`` of :class:`DiffusionGenerationConfig` fields
+            (each one overrides the default), or a :class:`~transformers.GenerationConfig` /
+            :class:`DiffusionGenerationConfig` whose fields that differ from a fresh ``DiffusionGenerationConfig()``
+            override the defaults (so a config built as ``DiffusionGenerationConfig(steps_per_block=2)`` keeps the
+            model's mask, EOS and pad tokens). To force greedy decoding on a model that samples by default, pass
+            ``{"temperature": 0}``.
+
+    Returns:
+        A new :class:`DiffusionGenerationConfig` with ``max_new_tokens`` made explicit (the engine's default,
+        ``256``, when unset).
+
+    Raises:
+        ValueError: for fields that are not generation settings, invalid values, or no mask token.
+        TypeError: for a ``generation_config`` of another type.
+    """
+    config = DiffusionGenerationConfig.from_generation_config(getattr(model, "generation_config", None))
+    if generation_config is None:
+        overrides: dict[str, Any] = {}
+    elif isinstance(generation_config, Mapping):
+        overrides = dict(generation_config)
+    elif isinstance(generation_config, GenerationConfig):
+        defaults = DiffusionGenerationConfig().to_dict()
+        overrides = {
+            key: value
+            for key, value in generation_config.to_dict().items()
+            if key not in _CONFIG_META_FIELDS and defaults.get(key, _Missing) != value
+        }
+    else:
+        raise TypeError(
+            "`generation_config` must be a DiffusionGenerationConfig, a GenerationConfig or a dict of its fields, "
+            f"got {type(generation_config).__name__}."
+        )
+    unused = config.update(**overrides)
+    if unused:
+        raise ValueError(f"`generation_config` has fields that are not generation settings: {sorted(unused)}.")
+    if config.max_new_tokens is None:
+        config.update(max_new_tokens=DEFAULT_MAX_NEW_TOKENS)
+    if config.mask_token_id is None:
+        raise ValueError(
+            "No mask token: set `mask_token_id` in `generation_config`, or give the tokenizer a mask token "
+            "(tokenizer.add_special_tokens({'mask_token': '<|MASK|>'})) before calling generate_trajectories."
+        )
+    if config.eos_token_id is None:
+        logger.warning("No EOS token in the generation config: every completion will run to max_new_tokens.")
+    return config
+
+
+class _Missing:
+    """Sentinel for a field absent from the defaults."""
+
+
+def _config_dict(config: GenerationConfig) -> dict[str, Any]:
+    values = config.to_dict()
+    for key in _CONFIG_META_FIELDS:
+        values.pop(key, None)
+    return json.loads(json.dumps(values, sort_keys=True, default=str))
+
+
+def _model_name(model: Any) -> str | None:
+    name = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None)
+    return str(name) if name else None
+
+
+def _sha256(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def rollout_config(dataset: Dataset) -> dict[str, Any] | None:
+    """The rollout record stored by :func:`generate_trajectories` in ``dataset.info.description``.
+
+    Args:
+        dataset: a dataset returned by :func:`generate_trajectories` (or loaded with ``load_from_disk`` /
+            ``load_dataset``).
+
+    Returns:
+        The record (``model_name_or_path``, ``generation_config`` — the teacher's full
+        ``DiffusionGenerationConfig.to_dict()`` —, ``batch_size``, ``seed``, ``fingerprint``...), or ``None`` when
+        the dataset carries none.
+    """
+    description = getattr(dataset.info, "description", None)
+    if not description:
+        return None
+    try:
+        payload = json.loads(description)
+    except (TypeError, ValueError):
+        return None
+    return payload.get(ROLLOUT_METADATA_KEY) if isinstance(payload, dict) else None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Prompts
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _is_messages(prompt: Any) -> bool:
+    return isinstance(prompt, (list, tuple)) and len(prompt) > 0 and all(isinstance(m, Mapping) for m in prompt)
+
+
+def _tokenizer_of(processing_class: Any) -> Any:
+    return getattr(processing_class, "tokenizer", processing_class)
+
+
+def _tokenize_prompts(processing_class: Any, prompts: Sequence[Any], prompt_column: str) -> list[list[int]]:
+    """Prompt ids as the model sees them.
+
+    Chat messages go through ``apply_chat_template(..., add_generation_prompt=True, tokenize=False)`` and the text is
+    tokenised without special tokens (the template already wrote them); text prompts are tokenised with the
+    tokenizer's usual special tokens. Each kind is tokenised in one batched call.
+    """
+    tokenizer = _tokenizer_of(processing_class)
+    chat_rows, chat_texts, text_rows, texts = [], [], [], []
+    for row, prompt in enumerate(prompts):
+        if _is_messages(prompt):
+            chat_rows.append(row)
+            chat_texts.append(
+                processing_class.apply_chat_template(
+                    [dict(message) for message in prompt], add_generation_prompt=True, tokenize=False
+                )
+            )
+        elif isinstance(prompt, str):
+            text_rows.append(row)
+            texts.append(prompt)
+        else:
+            raise ValueError(
+                f"Row {row}: `{prompt_column}` must be text or a list of chat messages "
+                f"({{'role': ..., 'content': ...}}), got {type(prompt).__name__}."
+            )
+    prompt_ids: list[list[int]] = [[] for _ in prompts]
+    for rows, batch, special in ((chat_rows, chat_texts, False), (text_rows, texts, True)):
+        if rows:
+            encoded = tokenizer(batch, add_special_tokens=special)["input_ids"]
+            for row, ids in zip(rows, encoded):
+                prompt_ids[row] = [int(i) for i in ids]
+    empty = [row for row, ids in enumerate(prompt_ids) if not ids]
+    if empty:
+        raise ValueError(
+            f"Row {empty[0]}: the prompt is empty after tokenisation ({len(empty)} such row(s)); every prompt needs "
+            "at least one token."
+        )
+    return prompt_ids
+
+
+def _hash_prompt_ids(prompt_ids: Sequence[Sequence[int]]) -> str:
+    """SHA-256 of the tokenised prompts (lengths and ids, in dataset order)."""
+    digest = hashlib.sha256()
+    for ids in prompt_ids:
+        digest.update(len(ids).to_bytes(8, "little"))
+        digest.update(array("q", ids).tobytes())
+    return digest.hexdigest()
+
+
+def _check_lengths(
+    prompt_ids: Sequence[Sequence[int]], config: DiffusionGenerationConfig, model: Any, max_prompt_length: int | None
+) -> None:
+    """Refuse prompts over ``max_prompt_length`` or whose rollout would run past the model's position limit."""
+    lengths = [len(ids) for ids in prompt_ids]
+    if max_prompt_length is not None:
+        over = [row for row, length in enumerate(lengths) if length > max_prompt_length]
+        if over:
+            row = over[0]
+            raise ValueError(
+                f"Row {row}: the prompt has {lengths[row]} tokens, over max_prompt_length={max_prompt_length} "
+                f"({len(over)} prompt(s) are over the limit). Raise max_prompt_length or filter the long prompts "
+                "out of the dataset first."
+            )
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if limit is None:
+        return
+    block, new = config.block_size, config.max_new_tokens
+    needed = [block * math.ceil((length + new) / block) for length in lengths]
+    over = [row for row, need in enumerate(needed) if need > limit]
+    if over:
+        row = over[0]
+        raise ValueError(
+            f"Row {row}: the prompt ({lengths[row]} tokens) plus max_new_tokens={new}, rounded up to whole blocks of "
+            f"{block}, needs {needed[row]} positions, but the model supports {limit} "
+            f"(config.max_position_embeddings); {len(over)} prompt(s) are over the limit. Lower max_new_tokens or "
+            "shorten/filter the prompts."
+        )
+
+
+def _plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Row indices sorted by prompt length, longest first (ties in dataset order), cut into batches."""
+    order = sorted(range(len(lengths)), key=lambda row: (-lengths[row], row))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Generation
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _batch_seed(seed: int, batch_index: int) -> int:
+    digest = hashlib.sha256(f"t3d_trl.rollout:{seed}:{batch_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def _model_device(model: Any) -> torch.device:
+    device = getattr(model, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    return next(model.parameters()).device
+
+
+def _generate_batch(
+    model: Any,
+    config: DiffusionGenerationConfig,
+    prompt_ids: Sequence[list[int]],
+    rows: Sequence[int],
+    pad_token_id: int,
+    seed: int,
+    batch_index: int,
+) -> list[dict[str, Any]]:
+    """Roll out one batch (left padded) and cut each row's completion at its first EOS."""
+    device = _model_device(model)
+    width = max(len(prompt_ids[row]) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids = prompt_ids[row]
+        input_ids[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[i, width - len(ids) :] = 1
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    kwargs: dict[str, Any] = {}
+    if config.effective_temperature > 0:
+        kwargs["generator"] = torch.Generator(device=device).manual_seed(_batch_seed(seed, batch_index))
+    output = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        generation_config=config,
+        return_dict_in_generate=True,
+        **kwargs,
+    )
+    step_map = getattr(output, "step_map", None)
+    if step_map is None:
+        raise TypeError(
+            "model.generate(..., return_dict_in_generate=True) returned no `step_map`: the model does not decode with "
+            "t3d-trl's few-step diffusion generate(). Patch it with t3d_trl.patch_model(model, tokenizer)."
+        )
+    generated = output.sequences[:, width:].cpu()
+    step_map = step_map.cpu()
+    nfe = output.nfe.cpu()
+    results = []
+    for i, row in enumerate(rows):
+        kept = step_map[i] >= 0
+        length = int(kept.sum())
+        if not bool(kept[:length].all()):
+            raise RuntimeError(
+                f"Row {row}: the engine's step_map has committed tokens after padding ({step_map[i].tolist()}); "
+                "this is a bug in the decoding engine."
+            )
+        results.append(
+            {
+                "index": int(row),
+                "prompt_ids": list(prompt_ids[row]),
+                "completion_ids": generated[i, :length].tolist(),
+                "step_map": step_map[i, :length].tolist(),
+                "nfe": int(nfe[i]),
+            }
+        )
+    return results
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Output directory
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace`` (never a half-written file)."""
+    temporary = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def _shard_path(output_dir: Path, batch_index: int) -> Path:
+    return output_dir / _SHARD_DIR / f"batch{batch_index:06d}.jsonl"
+
+
+def _write_shard(output_dir: Path, batch_index: int, rows: Sequence[dict[str, Any]]) -> None:
+    _atomic_write(_shard_path(output_dir, batch_index), "".join(json.dumps(row) + "\n" for row in rows))
+
+
+#: entries of the settings record that are informational (not part of the fingerprint)
+_INFORMATIONAL = ("fingerprint", "dataset_fingerprint", "t3d_trl_version")
+
+
+def _describe_difference(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    differences = []
+    for key in sorted(set(old) | set(new)):
+        if not prefix and key in _INFORMATIONAL:
+            continue
+        before, after = old.get(key, "<unset>"), new.get(key, "<unset>")
+        if isinstance(before, Mapping) and isinstance(after, Mapping):
+            differences += _describe_difference(before, after, f"{prefix}{key}.")
+        elif before != after:
+            differences.append(f"{prefix}{key}: {before!r} -> {after!r}")
+    return differences
+
+
+def _prepare_output_dir(
+    output_dir: Path, record: dict[str, Any], batches: Sequence[Sequence[int]], prompt_ids: Sequence[list[int]]
+) -> tuple[dict[int, list[dict[str, Any]]], bool]:
+    """Check (or write) the settings record of ``output_dir`` and read back the finished batches.
+
+    Returns:
+        ``(finished, done)``: the rows of every finished batch by batch index, and whether the ``done`` marker is
+        there.
+    """
+    config_path = output_dir / _CONFIG_FILE
+    if config_path.is_file():
+        stored = json.loads(config_path.read_text(encoding="utf-8"))
+        if stored.get("fingerprint") != record["fingerprint"]:
+            differences = _describe_difference(stored, record) or ["(settings fingerprint)"]
+            raise ValueError(
+                f"{output_dir} holds a rollout made with other settings, so it cannot be resumed: "
+                + "; ".join(differences)
+                + ". Use a new output_dir, or delete this one to start over."
+            )
+    else:
+        leftovers = [name for name in (_SHARD_DIR, _DATASET_DIR, _DONE_FILE) if (output_dir / name).exists()]
+        if leftovers:
+            raise ValueError(
+                f"{output_dir} has {', '.join(leftovers)} but no {_CONFIG_FILE}: it is not a t3d-trl rollout "
+                "directory (or a damaged one). Use a new output_dir."
+            )
+        output_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(config_path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    (output_dir / _SHARD_DIR).mkdir(parents=True, exist_ok=True)
+
+    finished: dict[int, list[dict[str, Any]]] = {}
+    for path in sorted((output_dir / _SHARD_DIR).iterdir()):
+        match = _SHARD_PATTERN.match(path.name)
+        if match is None:
+            continue  # temporary files of an interrupted write, or foreign files
+        batch_index = int(match.group(1))
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        expected = list(batches[batch_index]) if batch_index < len(batches) else None
+        if expected is None or [row["index"] for row in rows] != expected:
+            raise ValueError(
+                f"Shard {path} does not match this rollout's batches (rows {[r.get('index') for r in rows]}, "
+                f"expected {expected}). The output_dir is damaged; use a new one."
+            )
+        for row in rows:
+            if row["prompt_ids"] != prompt_ids[row["index"]]:
+                raise ValueError(
+                    f"Shard {path}: row {row['index']} was made from other prompt ids; use a new output_dir."
+                )
+        finished[batch_index] = rows
+    return finished, (output_dir / _DONE_FILE).is_file()
+
+
+def _default_state() -> Any:
+    """``accelerate.PartialState()``, on CPU processes when launched without an accelerator.
+
+    ``PartialState()`` alone does not see a multi-process CPU launch (``torchrun`` / ``accelerate launch
+    --multi_gpu`` on a machine without GPUs, or ``ACCELERATE_USE_CPU`` set): every process would then believe it is
+    alone and roll out every prompt. ``Accelerator`` reads ``ACCELERATE_USE_CPU``; this does the same, and also
+    selects CPU processes when several processes are launched and no accelerator is available. An already
+    initialised state (e.g. of an ``Accelerator`` made earlier) is returned as it is.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    has_accelerator = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+    launched = int(os.environ.get("LOCAL_RANK", -1)) != -1 or int(os.environ.get("WORLD_SIZE", 1)) > 1
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or (launched and not has_accelerator))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def generate_trajectories(
+    model: Any,
+    processing_class: Any,
+    dataset: Dataset,
+    generation_config: DiffusionGenerationConfig | Mapping[str, Any] | None = None,
+    *,
+    prompt_column: str = "prompt",
+    batch_size: int = 16,
+    max_prompt_length: int | None = None,
+    output_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    accelerator: Any = None,
+) -> Dataset:
+    """Roll out a block diffusion teacher over the prompts of ``dataset`` and record its trajectories.
+
+    Each prompt (text, or chat messages put through ``processing_class.apply_chat_template(...,
+    add_generation_prompt=True)``) is decoded by ``model.generate`` with the teacher's settings. The result has one
+    row per prompt, in the dataset's order, with every input column kept and these columns added:
+
+    ===================  ==========================================================================================
+    ``completion``       the decoded completion (special tokens skipped)
+    ``prompt_ids``       ``list[int]``, the exact ids fed to the model (no padding)
+    ``completion_ids``   ``list[int]``, the teacher's ids up to and including its first EOS (never re-tokenised)
+    ``step_map``         ``list[int]``, per completion token the 0-based denoising step, counted over the whole
+                         completion, that committed it (same length as ``completion_ids``)
+    ``block_size``       the teacher's block size
+    ``steps_per_block``  the teacher's denoising steps per block
+    ``nfe``              forward passes the teacher spent on the row
+    ===================  ==========================================================================================
+
+    Input columns with these names are replaced. The teacher's settings (``model_name_or_path``, the full
+    ``DiffusionGenerationConfig.to_dict()``, ``batch_size``, ``seed``...) are stored as JSON in
+    ``dataset.info.description`` (read them with :func:`rollout_config`) and in ``output_dir/rollout_config.json``.
+
+    Under ``accelerate launch`` the batches are dealt out to the processes and the rows gathered: every process
+    returns the same dataset, identical to a one-process run (put the model on ``PartialState().device`` first).
+
+    With ``output_dir``, each finished batch is written to ``output_dir/shards/batchNNNNNN.jsonl`` as it finishes
+    (atomically; ``output_dir`` must be shared by the processes). Rerunning with the same ``output_dir`` and settings
+    reads the finished rows back and only generates the missing ones; other settings are refused. The full dataset is
+    saved with ``save_to_disk(output_dir/"dataset")`` and a ``done`` marker written once every prompt has its row.
+    The resume check covers the decoding settings, the tokenised prompts, ``batch_size``, ``seed`` and the model's
+    name, config and dtype, but not its weights: use a new ``output_dir`` for a new checkpoint under the same name.
+
+    Args:
+        model: the teacher, a block diffusion model; patched with :func:`t3d_trl.patch_model` if it is not yet.
+        processing_class: its tokenizer (or a processor with a ``tokenizer``), with a mask token.
+        dataset: a ``datasets.Dataset`` with a prompt column.
+        generation_config: decoding settings overriding the model's defaults (see :func:`resolve_generation_config`):
+            a :class:`DiffusionGenerationConfig` or a ``dict`` of its fields (``block_size``, ``steps_per_block``,
+            ``remasking``, ``temperature``, ``max_new_tokens``...).
+        prompt_column: the column holding the prompts.
+        batch_size: prompts per ``generate`` call.
+        max_prompt_length: refuse prompts with more tokens than this (``None``: only the model's position limit).
+        output_dir: directory for resumable shards, ``rollout_config.json``, the final ``dataset`` and ``done``.
+        seed: seed of the sampling generators (one per batch, seeded from ``(seed, batch index)``); unused when
+            decoding greedily.
+        progress: show a tqdm progress bar (main process only).
+        accelerator: an ``accelerate.Accelerator`` or ``PartialState`` (default: ``PartialState()``).
+
+    Returns:
+        The trajectory dataset.
+
+    Raises:
+        ValueError: no prompt column, an empty dataset, a prompt over ``max_prompt_length`` or over the model's
+            position limit (raised before any generation, naming the row), invalid settings, or an ``output_dir``
+            made with other settings.
+    """
+    from accelerate.utils import broadcast_object_list, gather_object
+    from tqdm.auto import tqdm
+
+    if not isinstance(dataset, Dataset):
+        raise TypeError(f"`dataset` must be a datasets.Dataset, got {type(dataset).__name__}.")
+    if prompt_column not in dataset.column_names:
+        raise ValueError(
+            f"The dataset has no `{prompt_column}` column (columns: {dataset.column_names}). Pass the prompt column "
+            "with `prompt_column=`."
+        )
+    if len(dataset) == 0:
+        raise ValueError("The dataset is empty: there are no prompts to roll out.")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+    if max_prompt_length is not None and max_prompt_length < 1:
+        raise ValueError(f"`max_prompt_length` must be a positive integer or None, got {max_prompt_length!r}.")
+
+    state = accelerator if accelerator is not None else _default_state()
+    num_processes, process_index = int(state.num_processes), int(state.process_index)
+    is_main = bool(state.is_main_process)
+    distributed = num_processes > 1
+
+    if not isinstance(model, FewStepDiffusionGenerationMixin):
+        model = patch_model(model, processing_class)
+    if getattr(model, "training", False):
+        logger.warning("The teacher is in training mode (dropout is active); call model.eval() before rolling out.")
+    config = resolve_generation_config(model, generation_config)
+
+    prompts = list(dataset[prompt_column])
+    prompt_ids = _tokenize_prompts(processing_class, prompts, prompt_column)
+    _check_lengths(prompt_ids, config, model, max_prompt_length)
+    batches = _plan_batches([len(ids) for ids in prompt_ids], batch_size)
+
+    settings = {
+        "model_name_or_path": _model_name(model),
+        "model_class": type(model).__name__,
+        "model_dtype": str(getattr(model, "dtype", None)),
+        "model_config_sha256": _sha256(model.config.to_dict()) if hasattr(model, "config") else None,
+        "generation_config": _config_dict(config),
+        "prompt_column": prompt_column,
+        "batch_size": batch_size,
+        "seed": seed,
+        "max_prompt_length": max_prompt_length,
+        "num_prompts": len(prompt_ids),
+        "prompts_sha256": _hash_prompt_ids(prompt_ids),
+        "dataset_fingerprint": getattr(dataset, "_fingerprint", None),
+    }
+    from . import __version__
+
+    # the dataset's own fingerprint is informational (it is random for some in-memory datasets); the prompts' ids
+    # are what the rollout depends on
+    fingerprint = _sha256({key: value for key, value in settings.items() if key not in _INFORMATIONAL})
+    record = {**settings, "fingerprint": fingerprint, "t3d_trl_version": __version__}
+
+    directory = Path(output_dir) if output_dir is not None else None
+    finished: dict[int, list[dict[str, Any]]] = {}
+    already_done = False
+    if directory is not None:
+        outcome: list[Any] = [None]
+        if is_main:
+            try:
+                outcome = [("ok", *_prepare_output_dir(directory, record, batches, prompt_ids))]
+            except Exception as error:  # sent to every process so that all of them raise
+                outcome = [("error", error)]
+        if distributed:
+            outcome = broadcast_object_list(outcome, from_process=0)
+        if outcome[0][0] == "error":
+            raise outcome[0][1]
+        _, finished, already_done = outcome[0]
+
+    pending = [index for index in range(len(batches)) if index not in finished]
+    mine = pending[process_index::num_processes]
+    pad_token_id = config.pad_token_id
+    if pad_token_id is None:
+        pad_token_id = getattr(_tokenizer_of(processing_class), "pad_token_id", None)
+    if pad_token_id is None:
+        pad_token_id = config.mask_token_id
+
+    bar = tqdm(
+        total=sum(len(batches[index]) for index in mine),
+        desc="Teacher rollouts" if not distributed else f"Teacher rollouts (process {process_index})",
+        unit="prompt",
+        disable=not (progress and is_main),
+    )
+    new_rows: list[dict[str, Any]] = []
+    try:
+        for batch_index in mine:
+            rows = _generate_batch(model, config, prompt_ids, batches[batch_index], pad_token_id, seed, batch_index)
+            if directory is not None:
+                _write_shard(directory, batch_index, rows)
+            new_rows.extend(rows)
+            bar.update(len(rows))
+    finally:
+        bar.close()
+
+    if distributed:
+        new_rows = gather_object(new_rows)
+    by_index = {row["index"]: row for rows in finished.values() for row in rows}
+    for row in new_rows:
+        if row["index"] in by_index:
+            raise RuntimeError(f"Row {row['index']} was generated twice; this is a bug in generate_trajectories.")
+        by_index[row["index"]] = row
+    if sorted(by_index) != list(range(len(prompt_ids))):
+        missing = sorted(set(range(len(prompt_ids))) - set(by_index))
+        raise RuntimeError(f"Rows {missing[:10]} have no rollout; this is a bug in generate_trajectories.")
+
+    result = _assemble(dataset, processing_class, [by_index[row] for row in range(len(prompt_ids))], config, record)
+    if directory is not None:
+        if is_main and not already_done:
+            result.save_to_disk(str(directory / _DATASET_DIR))
+            marker = {"num_rows": len(result), "fingerprint": fingerprint}
+            _atomic_write(directory / _DONE_FILE, json.dumps(marker) + "\n")
+        if distributed:
+            state.wait_for_everyone()
+    return result
+
+
+def _assemble(
+    dataset: Dataset,
+    processing_class: Any,
+    rows: Sequence[dict[str, Any]],
+    config: DiffusionGenerationConfig,
+    record: dict[str, Any],
+) -> Dataset:
+    """The input dataset with the rollout columns added and the rollout record in ``info.description``."""
+    tokenizer = _tokenizer_of(processing_class)
+    completion_ids = [row["completion_ids"] for row in rows]
+    columns: dict[str, list[Any]] = {
+        "completion": tokenizer.batch_decode(completion_ids, skip_special_tokens=True),
+        "prompt_ids": [row["prompt_ids"] for row in rows],
+        "completion_ids": completion_ids,
+        "step_map": [row["step_map"] for row in rows],
+        "block_size": [int(config.block_size)] * len(rows),
+        "steps_per_block": [int(config.steps_per_block)] * len(rows),
+        "nfe": [row["nfe"] for row in rows],
+    }
+    replaced = [name for name in ROLLOUT_COLUMNS if name in dataset.column_names]
+    if replaced:
+        logger.warning("generate_trajectories replaces the input column(s) %s with the rollout's.", replaced)
+        dataset = dataset.remove_columns(replaced)
+    for name in ROLLOUT_COLUMNS:
+        dataset = dataset.add_column(name, columns[name], feature=_ROLLOUT_FEATURES[name])
+    dataset.info.description = json.dumps({ROLLOUT_METADATA_KEY: record}, sort_keys=True)
+    return dataset
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Hub
+# --------------------------------------------------------------------------------------------------------------------
+
+_CARD_TAGS = ["t3d-trl", "trajectories", "diffusion-language-model", "distillation"]
+
+
+def trajectory_dataset_card_text(dataset: Dataset, repo_id: str | None = None) -> str:
+    """The markdown body of a trajectory dataset's card: what the rows are, every column, the teacher's settings.
+
+    Args:
+        dataset: a dataset returned by :func:`generate_trajectories`.
+        repo_id: the Hub repository (used in the loading snippet).
+
+    Returns:
+        Markdown text (without the YAML header).
+    """
+    record = rollout_config(dataset) or {}
+    config = record.get("generation_config", {})
+    prompt_column = record.get("prompt_column", "prompt")
+    teacher = record.get("model_name_or_path") or "an unrecorded model"
+    name = repo_id or "path/to/trajectories"
+    lines = [f"# Teacher trajectories of {teacher}", ""]
+    lines += [
+        f"{len(dataset)} teacher rollouts recorded with [t3d-trl](https://github.com/t3d-trl/t3d-trl)'s "
+        "`generate_trajectories`, for trajectory self-distillation (T3D, "
+        "[arXiv 2602.12262](https://arxiv.org/abs/2602.12262)). Each row holds the teacher's own completion token "
+        "ids and, for every completion token, the denoising step at which the teacher committed it.",
+        "",
+    ]
+    if {"completion_ids", "nfe"} <= set(dataset.column_names) and len(dataset):
+        lengths = [len(ids) for ids in dataset["completion_ids"]]
+        forwards = list(dataset["nfe"])
+        tokens, calls = sum(lengths), sum(forwards)
+        lines += [
+            "## Statistics",
+            "",
+            f"- rows: {len(dataset)}",
+            f"- completion tokens: {tokens} (mean {tokens / len(dataset):.1f} per row)",
+            f"- teacher forwards (NFE): {calls} (mean {calls / len(dataset):.1f} per row)",
+            f"- tokens per forward: {tokens / calls:.2f}" if calls else "- tokens per forward: n/a",
+            "",
+        ]
+    lines += [
+        "## Columns",
+        "",
+        "| column | content |",
+        "|---|---|",
+        f"| `{prompt_column}` | the prompt as given (text or chat messages) |",
+        "| `completion` | the decoded completion (special tokens skipped) |",
+        "| `prompt_ids` | the exact token ids fed to the teacher (chat template applied, no padding) |",
+        "| `completion_ids` | the teacher's generated ids up to and including its first EOS (never re-tokenised) |",
+        "| `step_map` | per completion token, the 0-based denoising step (counted over the whole completion) that "
+        "committed it; same length as `completion_ids` |",
+        "| `block_size` | the teacher's block size |",
+        "| `steps_per_block` | the teacher's denoising steps per block |",
+        "| `nfe` | forward passes the teacher spent on the row |",
+    ]
+    others = [c for c in dataset.column_names if c not in ROLLOUT_COLUMNS and c != prompt_column]
+    if others:
+        lines.append(f"| {', '.join(f'`{c}`' for c in others)} | columns of the source dataset, kept as they were |")
+    lines += ["", "## Teacher settings", ""]
+    if config:
+        keys = ("block_size", "steps_per_block", "remasking", "temperature", "top_k", "top_p", "max_new_tokens",
+                "confidence_threshold", "entropy_bound")
+        lines += [f"- teacher: `{teacher}`"]
+        lines += [f"- `{key}`: `{config.get(key)}`" for key in keys if key in config]
+        lines += [f"- `batch_size`: `{record.get('batch_size')}`, `seed`: `{record.get('seed')}`", ""]
+        lines += ["Full decoding configuration (`DiffusionGenerationConfig.to_dict()`):", "", "```json"]
+        lines += [json.dumps(config, indent=2, sort_keys=True), "```", ""]
+    else:
+        lines += ["Not recorded.", ""]
+    lines += [
+        "## Usage",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        "from t3d_trl.data import prepare_trajectory_dataset",
+        "",
+        f'trajectories = load_dataset("{name}", split="train")',
+        "trajectories, stats = prepare_trajectory_dataset(trajectories)",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def trajectory_dataset_card(dataset: Dataset, repo_id: str | None = None, base_card: Any = None) -> Any:
+    """A ``huggingface_hub.DatasetCard`` for a trajectory dataset.
+
+    Args:
+        dataset: a dataset returned by :func:`generate_trajectories`.
+        repo_id: the Hub repository.
+        base_card: an existing card (e.g. the one ``Dataset.push_to_hub`` wrote) whose YAML metadata is kept.
+
+    Returns:
+        The card, with the t3d-trl tags added and :func:`trajectory_dataset_card_text` as its body.
+    """
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    data = base_card.data if base_card is not None else DatasetCardData()
+    tags = list(getattr(data, "tags", None) or [])
+    data.tags = tags + [tag for tag in _CARD_TAGS if tag not in tags]
+    return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{trajectory_dataset_card_text(dataset, repo_id)}")
+
+
+def push_trajectories_to_hub(dataset: Dataset, repo_id: str, **kwargs: Any) -> Any:
+    """Push a trajectory dataset to the Hub with a dataset card describing its columns and the teacher's settings.
+
+    Runs ``dataset.push_to_hub(repo_id, **kwargs)``, uploads the rollout record (:func:`rollout_config`) as
+    ``rollout_config.json`` (``datasets`` does not keep ``info.description`` on the Hub), then replaces the body of
+    the ``README.md`` ``push_to_hub`` wrote by :func:`trajectory_dataset_card_text` (keeping its YAML metadata, plus
+    t3d-trl tags).
+
+    Args:
+        dataset: a dataset returned by :func:`generate_trajectories`.
+        repo_id: the dataset repository, ``"user/name"``.
+        kwargs: arguments of :meth:`datasets.Dataset.push_to_hub` (``private``, ``token``, ``revision``, ``split``...).
+
+    Returns:
+        The ``CommitInfo`` of the card's commit.
+    """
+    from huggingface_hub import DatasetCard, HfApi
+
+    dataset.push_to_hub(repo_id, **kwargs)
+    token, revision = kwargs.get("token"), kwargs.get("revision")
+    record = rollout_config(dataset)
+    if record is not None:
+        HfApi(token=token).upload_file(
+            path_or_fileobj=(json.dumps(record, indent=2, sort_keys=True) + "\n").encode(),
+            path_in_repo=_CONFIG_FILE,
+            repo_id=repo_id,
+            repo_type="dataset",
+            revision=revision,
+            commit_message="Teacher rollout settings",
+        )
+    try:
+        base = DatasetCard.load(repo_id, repo_type="dataset", token=token)
+    except Exception:  # no README on the Hub: start from an empty card
+        base = None
+    card = trajectory_dataset_card(dataset, repo_id, base_card=base)
+    return card.push_to_hub(
+        repo_id, token=token, repo_type="dataset", revision=revision, commit_message="Trajectory dataset card"
+    )

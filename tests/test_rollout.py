@@ -1,0 +1,372 @@
+"""Tests of `t3d_trl.rollout`: teacher rollouts into the trajectory format."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset, load_from_disk
+from tiny import tiny_qwen3, tiny_tokenizer
+
+import t3d_trl
+from t3d_trl.data import prepare_trajectory_dataset
+from t3d_trl.generation import DiffusionGenerationConfig
+from t3d_trl.rollout import (
+    ROLLOUT_COLUMNS,
+    generate_trajectories,
+    push_trajectories_to_hub,
+    rollout_config,
+    trajectory_dataset_card,
+    trajectory_dataset_card_text,
+)
+
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS / "scripts"))
+import rollout_2proc  # noqa: E402  (the multi-process worker: same teacher, prompts and settings)
+
+GEN = {"max_new_tokens": 8, "steps_per_block": 2}
+TEXT_PROMPTS = ["abc", "hello world", "x", "what is 2+2?", "zz top", "a b c d e f g", "q"]
+CHAT_PROMPTS = [
+    [{"role": "user", "content": "hi"}],
+    [{"role": "system", "content": "be brief"}, {"role": "user", "content": "2+2?"}],
+    [{"role": "user", "content": "count to five please"}],
+    [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c?"}],
+    [{"role": "user", "content": "zz"}],
+]
+GENERATED = [name for name in ROLLOUT_COLUMNS if name != "completion"] + ["completion"]
+
+
+def teacher(**overrides):
+    """The tiny teacher with EOS made likely (it replaces the token "3"), so completions end at different lengths."""
+    tokenizer = tiny_tokenizer()
+    model = tiny_qwen3(seed=0, **overrides)
+    with torch.no_grad():
+        model.lm_head.weight[tokenizer.eos_token_id] = model.lm_head.weight[tokenizer.convert_tokens_to_ids("3")] * 1.01
+    return model, tokenizer
+
+
+class GenerateSpy:
+    """Replaces ``model.generate`` (instance attribute) to count calls and optionally crash after some of them."""
+
+    def __init__(self, model, crash_after: int | None = None) -> None:
+        t3d_trl.patch_model(model, tiny_tokenizer())
+        self.model, self.crash_after, self.calls = model, crash_after, 0
+        model.generate = self
+
+    def __call__(self, *args, **kwargs):
+        if self.crash_after is not None and self.calls >= self.crash_after:
+            raise KeyboardInterrupt("simulated kill")
+        self.calls += 1
+        return type(self.model).generate(self.model, *args, **kwargs)
+
+
+def rollout_rows(dataset: Dataset) -> list[dict]:
+    return [{name: row[name] for name in GENERATED} for row in dataset]
+
+
+@pytest.fixture(scope="module")
+def text_dataset() -> Dataset:
+    return Dataset.from_dict({"prompt": TEXT_PROMPTS, "id": list(range(len(TEXT_PROMPTS)))})
+
+
+@pytest.fixture(scope="module")
+def reference(text_dataset):
+    """An uninterrupted greedy rollout of the text prompts (batch size 2)."""
+    model, tokenizer = teacher()
+    return generate_trajectories(model, tokenizer, text_dataset, GEN, batch_size=2, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Format
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["text", "chat"])
+def test_rollout_format_and_order(kind):
+    model, tokenizer = teacher()
+    prompts = TEXT_PROMPTS if kind == "text" else CHAT_PROMPTS
+    dataset = Dataset.from_dict({"prompt": prompts, "id": list(range(len(prompts))), "extra": ["e"] * len(prompts)})
+    result = generate_trajectories(model, tokenizer, dataset, GEN, batch_size=3, progress=False)
+
+    assert len(result) == len(prompts)
+    assert result.column_names == ["prompt", "id", "extra", *ROLLOUT_COLUMNS]
+    assert result["id"] == list(range(len(prompts))) and result["extra"] == ["e"] * len(prompts)
+    lengths = set()
+    for row, prompt in zip(result, prompts):
+        assert row["prompt"] == prompt  # as given, in the input order
+        if kind == "text":
+            expected_ids = tokenizer(prompt)["input_ids"]
+        else:
+            text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+            expected_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            assert text.endswith("assistant: ")
+        assert row["prompt_ids"] == expected_ids
+        ids, steps = row["completion_ids"], row["step_map"]
+        assert 1 <= len(ids) <= GEN["max_new_tokens"] and len(steps) == len(ids)
+        assert tokenizer.pad_token_id not in ids and tokenizer.mask_token_id not in ids
+        if tokenizer.eos_token_id in ids:  # cut right after the first EOS
+            assert ids.index(tokenizer.eos_token_id) == len(ids) - 1
+        else:
+            assert len(ids) == GEN["max_new_tokens"]
+        assert min(steps) == 0 and all(step >= 0 for step in steps)
+        assert row["completion"] == tokenizer.decode(ids, skip_special_tokens=True)
+        assert row["block_size"] == 4 and row["steps_per_block"] == 2
+        assert row["nfe"] >= max(steps) + 1  # tokens after EOS in its block cost steps but are dropped
+        lengths.add(len(ids))
+    if kind == "text":
+        assert len(lengths) > 1, "the test teacher should stop at different lengths"
+
+    record = rollout_config(result)
+    assert record["generation_config"]["steps_per_block"] == 2
+    assert record["generation_config"]["max_new_tokens"] == 8
+    assert record["generation_config"]["mask_token_id"] == tokenizer.mask_token_id
+    assert record["batch_size"] == 3 and record["num_prompts"] == len(prompts)
+    assert "model_name_or_path" in record
+    # the rows are a valid trajectory dataset for the trainer's data pipeline
+    prepared, stats = prepare_trajectory_dataset(result)
+    assert stats["num_rows_in"] == len(prompts) and stats["tokenized_prompts"] == 0
+
+
+def test_rows_equal_one_by_one(reference, text_dataset):
+    model, tokenizer = teacher()
+    for index in range(len(text_dataset)):
+        alone = generate_trajectories(model, tokenizer, text_dataset.select([index]), GEN, batch_size=1, progress=False)
+        assert rollout_rows(alone) == rollout_rows(reference.select([index])), f"row {index}"
+
+
+def test_rows_equal_direct_generate(reference, text_dataset):
+    """The recorded ids and steps are what ``model.generate`` gives for the prompt alone."""
+    model, tokenizer = teacher()
+    t3d_trl.patch_model(model, tokenizer)
+    for index in (0, 4):
+        prompt_ids = torch.tensor([reference[index]["prompt_ids"]])
+        out = model.generate(input_ids=prompt_ids, return_dict_in_generate=True, **GEN)
+        length = len(reference[index]["completion_ids"])
+        assert out.sequences[0, prompt_ids.shape[1] :][:length].tolist() == reference[index]["completion_ids"]
+        assert out.step_map[0, :length].tolist() == reference[index]["step_map"]
+        assert int(out.nfe[0]) == reference[index]["nfe"]
+
+
+def test_generation_config_forms(reference, text_dataset):
+    """A DiffusionGenerationConfig overrides only the fields it sets; a dict the same."""
+    model, tokenizer = teacher()
+    result = generate_trajectories(
+        model, tokenizer, text_dataset, DiffusionGenerationConfig(**GEN), batch_size=2, progress=False
+    )
+    assert rollout_rows(result) == rollout_rows(reference)
+    assert rollout_config(result)["generation_config"]["mask_token_id"] == tokenizer.mask_token_id
+    with pytest.raises(ValueError, match="not generation settings"):
+        generate_trajectories(model, tokenizer, text_dataset, {"no_such_field": 1}, progress=False)
+
+
+def test_sampling_is_reproducible(text_dataset):
+    model, tokenizer = teacher()
+    settings = {**GEN, "temperature": 1.0}
+    first = generate_trajectories(model, tokenizer, text_dataset, settings, batch_size=3, seed=1, progress=False)
+    again = generate_trajectories(model, tokenizer, text_dataset, settings, batch_size=3, seed=1, progress=False)
+    other = generate_trajectories(model, tokenizer, text_dataset, settings, batch_size=3, seed=2, progress=False)
+    assert rollout_rows(first) == rollout_rows(again)
+    assert [r["completion_ids"] for r in first] != [r["completion_ids"] for r in other]
+    assert rollout_config(first)["generation_config"]["do_sample"] is True
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Resuming
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_resume_after_kill(tmp_path, reference, text_dataset):
+    out = tmp_path / "rollout"
+    model, tokenizer = teacher()
+    spy = GenerateSpy(model, crash_after=2)
+    with pytest.raises(KeyboardInterrupt):
+        generate_trajectories(model, tokenizer, text_dataset, GEN, batch_size=2, output_dir=out, progress=False)
+    shards = sorted(p.name for p in (out / "shards").iterdir())
+    assert shards == ["batch000000.jsonl", "batch000001.jsonl"]  # 7 prompts / 2 = 4 batches, 2 finished
+    assert not (out / "done").exists() and not (out / "dataset").exists()
+    assert json.loads((out / "rollout_config.json").read_text())["generation_config"]["steps_per_block"] == 2
+
+    spy = GenerateSpy(model)
+    resumed = generate_trajectories(model, tokenizer, text_dataset, GEN, batch_size=2, output_dir=out, progress=False)
+    assert spy.calls == 2  # only the unfinished batches are generated
+    assert rollout_rows(resumed) == rollout_rows(reference)
+    assert resumed["id"] == list(range(len(text_dataset)))
+    indices = [json.loads(line)["index"] for p in (out / "shards").iterdir() for line in p.read_text().splitlines()]
+    assert sorted(indices) == list(range(len(text_dataset)))  # every prompt exactly once
+    assert (out / "done").exists()
+    assert rollout_rows(load_from_disk(str(out / "dataset"))) == rollout_rows(reference)
+    assert rollout_config(load_from_disk(str(out / "dataset")))["fingerprint"] == rollout_config(resumed)["fingerprint"]
+
+    spy = GenerateSpy(model)
+    again = generate_trajectories(model, tokenizer, text_dataset, GEN, batch_size=2, output_dir=out, progress=False)
+    assert spy.calls == 0 and rollout_rows(again) == rollout_rows(reference)
+
+
+def test_resume_reads_rows_back(tmp_path, text_dataset):
+    """Finished rows come from disk, not from recomputation."""
+    out = tmp_path / "rollout"
+    model, tokenizer = teacher()
+    GenerateSpy(model, crash_after=1)
+    with pytest.raises(KeyboardInterrupt):
+        generate_trajectories(model, tokenizer, text_dataset, GEN, batch_size=2, output_dir=out, progress=False)
+    shard = out / "shards" / "batch000000.jsonl"
+    rows = [json.loads(line) for line in shard.read_text().splitlines()]
+    rows[0]["nfe"] = 999
+    shard.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    GenerateSpy(model)
+    resumed = generate_trajectories(model, tokenizer, text_dataset, GEN, batch_size=2, output_dir=out, progress=False)
+    assert resumed[rows[0]["index"]]["nfe"] == 999
+
+
+def test_resume_refuses_other_settings(tmp_path, text_dataset):
+    out = tmp_path / "rollout"
+    model, tokenizer = teacher()
+    GenerateSpy(model, crash_after=1)
+    with pytest.raises(KeyboardInterrupt):
+        generate_trajectories(model, tokenizer, text_dataset, GEN, batch_size=2, output_dir=out, progress=False)
+    spy = GenerateSpy(model)
+    with pytest.raises(ValueError, match=r"other settings.*steps_per_block: 2 -> 4"):
+        generate_trajectories(
+            model, tokenizer, text_dataset, {**GEN, "steps_per_block": 4}, batch_size=2, output_dir=out, progress=False
+        )
+    with pytest.raises(ValueError, match="other settings.*batch_size"):
+        generate_trajectories(model, tokenizer, text_dataset, GEN, batch_size=3, output_dir=out, progress=False)
+    changed = Dataset.from_dict({"prompt": TEXT_PROMPTS[:-1] + ["other"]})
+    with pytest.raises(ValueError, match="other settings.*prompts_sha256"):
+        generate_trajectories(model, tokenizer, changed, GEN, batch_size=2, output_dir=out, progress=False)
+    assert spy.calls == 0
+    assert not (out / "done").exists() and not (out / "dataset").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("missing_column", r"no `prompt` column .*columns: \['question'\]"),
+        ("empty", "dataset is empty"),
+        ("max_prompt_length", r"Row 1: the prompt has 11 tokens, over max_prompt_length=10"),
+        ("position_limit", r"Row 1: the prompt \(11 tokens\) plus max_new_tokens=8.*needs 20 positions.*supports 16"),
+    ],
+)
+def test_bad_input_is_refused_before_generation(tmp_path, case, match):
+    model, tokenizer = teacher(max_position_embeddings=16 if case == "position_limit" else 256)
+    spy = GenerateSpy(model)
+    kwargs = {}
+    dataset = Dataset.from_dict({"prompt": TEXT_PROMPTS})
+    if case == "missing_column":
+        dataset = Dataset.from_dict({"question": TEXT_PROMPTS})
+    elif case == "empty":
+        dataset = Dataset.from_dict({"prompt": []})
+    elif case == "max_prompt_length":
+        kwargs["max_prompt_length"] = 10
+    out = tmp_path / "rollout"
+    with pytest.raises(ValueError, match=match):
+        generate_trajectories(model, tokenizer, dataset, GEN, output_dir=out, progress=False, **kwargs)
+    assert spy.calls == 0
+    assert not (out / "done").exists() and not (out / "dataset").exists()
+
+
+def test_other_bad_arguments(text_dataset):
+    model, tokenizer = teacher()
+    with pytest.raises(TypeError, match="datasets.Dataset"):
+        generate_trajectories(model, tokenizer, [{"prompt": "a"}], GEN)
+    with pytest.raises(ValueError, match="batch_size"):
+        generate_trajectories(model, tokenizer, text_dataset, GEN, batch_size=0)
+    with pytest.raises(ValueError, match="Row 0: `prompt` must be text or a list of chat messages"):
+        generate_trajectories(model, tokenizer, Dataset.from_dict({"prompt": [3]}), GEN)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Multi-process
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_rollout_equals_one_process(tmp_path):
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+        str(TESTS / "scripts" / "rollout_2proc.py"), str(tmp_path),
+    ]  # fmt: skip
+    # no GPU, no ACCELERATE_USE_CPU: generate_trajectories must see the two CPU processes by itself
+    env = {key: value for key, value in os.environ.items() if key != "ACCELERATE_USE_CPU"}
+    path = os.pathsep.join([str(TESTS.parent), str(TESTS)])
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=path)
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env, cwd=TESTS.parent)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert [(tmp_path / f"world_size_rank{r}.txt").read_text() for r in (0, 1)] == ["2", "2"]
+
+    model, tokenizer, dataset = rollout_2proc.build()
+    runs = (("greedy", rollout_2proc.GREEDY, 0), ("sampled", rollout_2proc.SAMPLED, rollout_2proc.SEED))
+    for name, settings, seed in runs:
+        single = generate_trajectories(
+            model, tokenizer, dataset, settings, batch_size=rollout_2proc.BATCH_SIZE, seed=seed, progress=False
+        ).to_list()
+        for rank in (0, 1):  # every process returns the whole dataset, identical to a 1-process run
+            assert json.loads((tmp_path / f"{name}_rank{rank}.json").read_text()) == single, (name, rank)
+    shards = tmp_path / "greedy_dir" / "shards"
+    assert len(list(shards.iterdir())) == 4 and (tmp_path / "greedy_dir" / "done").exists()
+    assert load_from_disk(str(tmp_path / "greedy_dir" / "dataset")).to_list() == json.loads(
+        (tmp_path / "greedy_rank0.json").read_text()
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Hub
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_dataset_card_text(reference):
+    text = trajectory_dataset_card_text(reference, "me/trajectories")
+    for column in ("prompt", *ROLLOUT_COLUMNS, "id"):
+        assert f"`{column}`" in text
+    assert "`steps_per_block`: `2`" in text and "`max_new_tokens`: `8`" in text
+    assert '"remasking": "low_confidence_static"' in text  # the full config
+    assert 'load_dataset("me/trajectories"' in text
+    assert f"rows: {len(reference)}" in text
+    card = trajectory_dataset_card(reference, "me/trajectories")
+    assert "t3d-trl" in card.data.tags and card.text.strip().startswith("# Teacher trajectories")
+
+
+def test_push_trajectories_to_hub_offline(monkeypatch, reference):
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    calls = {}
+    monkeypatch.setattr(Dataset, "push_to_hub", lambda self, repo_id, **kw: calls.setdefault("dataset", (repo_id, kw)))
+    existing = DatasetCard(f"---\n{DatasetCardData(tags=['mine'], license='mit').to_yaml()}\n---\n\nold text")
+    monkeypatch.setattr(DatasetCard, "load", classmethod(lambda cls, *a, **kw: existing))
+
+    def fake_push(self, repo_id, **kw):
+        calls["card"] = (repo_id, kw, str(self))
+        return "commit"
+
+    monkeypatch.setattr(DatasetCard, "push_to_hub", fake_push)
+    from huggingface_hub import HfApi
+
+    monkeypatch.setattr(HfApi, "upload_file", lambda self, **kw: calls.setdefault("upload", kw))
+    assert push_trajectories_to_hub(reference, "me/traj", private=True, token="x") == "commit"
+    assert calls["dataset"] == ("me/traj", {"private": True, "token": "x"})
+    repo_id, kwargs, content = calls["card"]
+    assert repo_id == "me/traj" and kwargs["repo_type"] == "dataset" and kwargs["token"] == "x"
+    assert "license: mit" in content and "- mine" in content and "- t3d-trl" in content
+    assert "old text" not in content and "## Teacher settings" in content
+    upload = calls["upload"]
+    assert upload["path_in_repo"] == "rollout_config.json" and upload["repo_type"] == "dataset"
+    assert json.loads(upload["path_or_fileobj"]) == rollout_config(reference)
