@@ -21,7 +21,7 @@ import inspect
 import torch
 from transformers import DynamicCache
 
-from .masks import layout_block_mask, to_additive_mask
+from .masks import layout_attention_mask, layout_block_mask, to_additive_mask
 
 #: attention kernels that accept an arbitrary (4D) attention mask
 MASKABLE_KERNELS = ("sdpa", "eager", "flex_attention")
@@ -79,20 +79,37 @@ class DiffusionAdapter:
         """
         raise NotImplementedError
 
-    def training_forward(self, model, batch: dict, forward_parameters: set[str] | None = None) -> torch.Tensor:
+    def layout_mask(self, kernel: str, batch: dict, dtype: torch.dtype = torch.float32):
+        """The training-layout mask built from a batch's ``block_ids``/``stream_ids``/``valid`` on their device: a
+        flex ``BlockMask``, the additive mask of eager attention, or the boolean mask of sdpa."""
+        block, stream, valid = batch["block_ids"], batch["stream_ids"], batch["valid"]
+        if kernel == "flex_attention":
+            return layout_block_mask(block, stream, valid)
+        mask = layout_attention_mask(block, stream, block, stream, valid, query_valid=valid)
+        return to_additive_mask(mask, dtype) if kernel == "eager" else mask
+
+    def training_forward(
+        self,
+        model,
+        batch: dict,
+        forward_parameters: set[str] | None = None,
+        kernel: str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
         """Logits ``[b, W, V]`` of the noisy window of a batch from :class:`~t3d_trl.collator.DataCollatorForTrajectory`.
 
         Builds the flex-attention ``BlockMask`` on the batch's device when the collator left the mask to the model
         (``attention_layout="flex"``), asks the model for only the window's logits (``logits_to_keep``) and aligns
         shifted heads (the logit of token ``i`` is read at position ``i - 1``). ``forward_parameters`` names the
-        arguments the (unwrapped) model's forward accepts; by default those of ``model.forward``.
+        arguments the (unwrapped) model's forward accepts; by default those of ``model.forward``; ``kernel`` and ``dtype``
+        are the attention implementation and parameter dtype of the unwrapped model.
         """
         accepted = _forward_parameters(model) if forward_parameters is None else forward_parameters
         window = int(batch["logits_to_keep"])
         keep = window + 1 if self.shift_logits else window
         mask = batch.get("attention_mask")
-        if mask is None:
-            mask = layout_block_mask(batch["block_ids"], batch["stream_ids"], batch["valid"])
+        if mask is None:  # the collator left the mask to the device
+            mask = self.layout_mask(kernel or attention_kernel(model), batch, dtype)
         kwargs = {"input_ids": batch["input_ids"], "attention_mask": mask}
         if "position_ids" in accepted or self.family == "block_causal":
             kwargs["position_ids"] = batch["position_ids"]

@@ -45,7 +45,7 @@ _REQUIRED_KEYS = ("prompt_ids", "completion_ids", "step_map", "example_index")
 _STATE_SAMPLINGS = ("trajectory", "random")
 _STATE_ORDERS = ("latest", "earliest")
 _FAMILIES = ("block_causal", "bidirectional")
-_ATTENTION_LAYOUTS = ("dense", "eager", "flex")
+_ATTENTION_LAYOUTS = ("dense", "eager", "flex", "deferred")
 
 
 def _pad_rows(rows: Sequence[Any], pad_value: int) -> tuple[Tensor, Tensor]:
@@ -95,7 +95,9 @@ class DataCollatorForTrajectory:
 
     * ``input_ids``, ``position_ids``, ``block_ids``, ``stream_ids``, ``valid``: ``[b, N]``;
     * ``attention_mask``: block-causal family: ``[b, 1, N, N]`` bool (``attention_layout="dense"``, sdpa), its
-      additive float32 form (``"eager"``), or absent (``"flex"``: build
+      additive float32 form (``"eager"``), or absent (``"flex"`` / ``"deferred"``: the model-side adapter builds
+      the mask on the accelerator — a flex ``BlockMask`` or the dense mask — from ``block_ids``/``stream_ids``/``valid``;
+      :class:`~t3d_trl.T3DTrainer` uses ``"deferred"``, which keeps the ``N²`` mask off the host. For ``"flex"``, build
       :func:`~t3d_trl.masks.layout_block_mask` from ``block_ids``/``stream_ids``/``valid`` on device);
       bidirectional family: the 2D ``[b, N]`` int64 ``valid`` mask;
     * ``labels`` (x0 token at every window column, the input token outside the noisy stream), ``loss_mask``
@@ -118,7 +120,7 @@ class DataCollatorForTrajectory:
         vocab_size: vocabulary size, required when ``random_token_ratio > 0``.
         seed: seed of the per-example hash.
         family: ``"block_causal"`` or ``"bidirectional"``.
-        attention_layout: ``"dense"``, ``"eager"`` or ``"flex"`` (block-causal family only).
+        attention_layout: ``"dense"``, ``"eager"``, ``"flex"`` or ``"deferred"`` (block-causal family only).
         return_tensors: only ``"pt"``.
     """
 
@@ -302,7 +304,7 @@ class DataCollatorForTrajectory:
             "stream_ids": stream_ids,
             "valid": valid,
         }
-        if self.attention_layout != "flex":
+        if self.attention_layout not in ("flex", "deferred"):
             mask = layout_attention_mask(blocks, stream_ids, blocks, stream_ids, valid, query_valid=valid)
             if self.attention_layout == "eager":
                 mask = to_additive_mask(mask, torch.float32)

@@ -183,6 +183,7 @@ def test_lora_save_adapter_and_merged(tmp_path, tokenizer, trajectories):
         files = set(os.listdir(out))
         assert {"generation_config.json", "README.md", "custom_generate"} <= files
         assert ("adapter_config.json" in files) != merged
+        assert "ref" not in files  # the reference adapter is training state, not part of the model
         if merged:
             loaded = patch_model(AutoModelForCausalLM.from_pretrained(out))
             assert loaded.generation_config.block_size == 4
@@ -215,6 +216,30 @@ def test_precomputed_reference_matches_live_reference(tmp_path, tokenizer, traje
     for a, b in zip(step_logs(live), step_logs(pre)):
         for key in ("loss", "loss/real", "loss/fake", "ref_logps/real", "ref_logps/fake"):
             assert a[key] == pytest.approx(b[key], abs=1e-5), key
+
+
+def test_precomputed_reference_with_different_completion_lengths(tmp_path, tokenizer, trajectories):
+    cut = trajectories.map(
+        lambda row, index: {k: row[k][: 3 + index % 3 * 4] for k in ("completion_ids", "step_map")}, with_indices=True
+    )
+    args = make_args(tmp_path, max_steps=2, sync_ref_model=False, precompute_ref_log_probs=True,
+                     per_device_train_batch_size=3)
+    trainer = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=args, train_dataset=cut, processing_class=tokenizer)
+    noisy_lengths = [len(row["ref_fake_tokens"]) for row in trainer.train_dataset]
+    prompt_tails = [len(row["prompt_ids"]) % 4 for row in trainer.train_dataset]
+    completions = [len(row["completion_ids"]) for row in trainer.train_dataset]
+    for noisy, tail, completion in zip(noisy_lengths, prompt_tails, completions):
+        assert noisy == tail + completion + (-(tail + completion)) % 4  # the row's own noisy stream
+    trainer.train()
+
+
+def test_peft_with_a_separate_reference_is_refused(tmp_path, tokenizer, trajectories):
+    from peft import LoraConfig
+
+    with pytest.raises(ValueError, match="ref_model=None"):
+        T3DTrainer(tiny_qwen3(dtype=torch.float32), ref_model=tiny_qwen3(seed=1, dtype=torch.float32),
+                   args=make_args(tmp_path), train_dataset=trajectories, processing_class=tokenizer,
+                   peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
 
 
 def test_precompute_with_sync_is_refused(tmp_path):

@@ -6,6 +6,7 @@ import copy
 import inspect
 import logging
 import os
+import shutil
 import textwrap
 from collections import defaultdict
 from typing import Any
@@ -26,6 +27,7 @@ from ..collator import DataCollatorForTrajectory
 from ..data import prepare_trajectory_dataset, validate_mask_token
 from ..generation import DiffusionGenerationConfig, patch_model
 from ..generation.custom_generate import write_custom_generate
+from ..masks import NOISY
 from ..losses import (
     ddo_loss,
     dparallel_loss,
@@ -149,6 +151,11 @@ class T3DTrainer(Trainer):
                 raise ImportError("peft_config needs the `peft` package: pip install peft")
             model = get_peft_model(model, peft_config)
         self.is_peft = is_peft_available() and isinstance(model, PeftModel)
+        if self.is_peft and ref_model is not None:
+            raise ValueError(
+                "With a PEFT model the reference is a frozen copy of the adapter (or the adapter-disabled base when "
+                "sync_ref_model=False); a separate `ref_model` is not supported. Leave ref_model=None."
+            )
         if self.is_peft and ref_model is None and args.sync_ref_model and REF_ADAPTER not in model.peft_config:
             model.add_adapter(REF_ADAPTER, model.peft_config[POLICY_ADAPTER])
             mixup_(adapter_parameters(model, REF_ADAPTER), adapter_parameters(model, POLICY_ADAPTER), 1.0)
@@ -159,6 +166,7 @@ class T3DTrainer(Trainer):
         self.adapter = get_adapter(base, family=args.model_family)
         self.adapter.check_model(base)
         self._forward_parameters = set(inspect.signature(base.forward).parameters)
+        self._attention_kernel = getattr(base.config, "_attn_implementation", None) or "eager"
         self.mask_token_id = validate_mask_token(processing_class, base.config)
         if args.disable_dropout:
             _disable_dropout(model)
@@ -225,6 +233,7 @@ class T3DTrainer(Trainer):
             processing_class,
             max_prompt_length=args.max_prompt_length,
             max_completion_length=args.max_completion_length,
+            block_size=args.block_size,
             truncation=args.completion_truncation,
             num_proc=args.dataset_num_proc,
         )
@@ -235,8 +244,6 @@ class T3DTrainer(Trainer):
         return dataset, stats
 
     def _default_collator(self, processing_class, base, args: T3DConfig) -> DataCollatorForTrajectory:
-        kernel = getattr(base.config, "_attn_implementation", "sdpa")
-        layout = {"eager": "eager", "flex_attention": "flex"}.get(kernel, "dense")
         eos = processing_class.eos_token_id
         pad = processing_class.pad_token_id if processing_class.pad_token_id is not None else eos
         return DataCollatorForTrajectory(
@@ -253,7 +260,8 @@ class T3DTrainer(Trainer):
             vocab_size=base.config.get_text_config().vocab_size,
             seed=args.data_seed if args.data_seed is not None else args.seed,
             family=self.adapter.family,
-            attention_layout=layout if self.adapter.family == "block_causal" else "dense",
+            # the N² mask is built on the accelerator by the adapter, not on the host
+            attention_layout="deferred" if self.adapter.family == "block_causal" else "dense",
         )
 
     def _prepare_reference(self, ref_model):
@@ -270,7 +278,9 @@ class T3DTrainer(Trainer):
 
     # ------------------------------------------------------------------------------------------ forwards
     def _window_logits(self, model, batch: dict) -> torch.Tensor:
-        return self.adapter.training_forward(model, batch, self._forward_parameters)
+        return self.adapter.training_forward(
+            model, batch, self._forward_parameters, self._attention_kernel, self.accelerator.unwrap_model(model).dtype
+        )
 
     @torch.no_grad()
     def _reference_logits(self, batch: dict) -> torch.Tensor:
@@ -344,8 +354,9 @@ class T3DTrainer(Trainer):
             metrics["token_accuracy"] = correct.sum() / loss_mask.sum().clamp(min=1)
             metrics["mask_ratio"] = inputs["mask_ratio"].float().mean()
             metrics["num_masked_tokens"] = loss_mask.sum(-1).float().mean()
-        for key, value in metrics.items():
-            self._metrics[mode][key].append(self.accelerator.gather_for_metrics(value.detach().reshape(1)).float().mean().item())
+        values = self.accelerator.gather_for_metrics(torch.stack([v.detach().float() for v in metrics.values()])[None])
+        for key, value in zip(metrics, values.mean(0).tolist()):
+            self._metrics[mode][key].append(value)
         return (total, {"logits": logits}) if return_outputs else total
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -385,13 +396,16 @@ class T3DTrainer(Trainer):
         index, fakes, reals, fake_logps = [], [], [], []
         for batch in tqdm(loader, desc="Precomputing reference log-probs", disable=not self.is_world_process_zero()):
             fake, ref_real, ref_fake = self._reference_terms(batch, batch["labels"], batch["loss_mask"])
-            valid = batch["valid"][:, -fake.shape[1]:] if self.adapter.family == "block_causal" else batch["attention_mask"][:, -fake.shape[1]:].bool()
+            window = fake.shape[1]
+            noisy = batch["valid"][:, -window:]
+            if self.adapter.family == "block_causal":  # the row's own noisy stream, not clean columns of short rows
+                noisy = noisy & (batch["stream_ids"][:, -window:] == NOISY)
             gathered = self.accelerator.gather_for_metrics(
-                (batch["example_index"], fake, valid, ref_real, ref_fake)
+                (batch["example_index"], fake, noisy, ref_real, ref_fake)
             )
-            ids, fake, valid, ref_real, ref_fake = gathered
+            ids, fake, noisy, ref_real, ref_fake = gathered
             index += ids.tolist()
-            fakes += [row[mask].tolist() for row, mask in zip(fake.cpu(), valid.cpu())]
+            fakes += [row[mask].tolist() for row, mask in zip(fake.cpu(), noisy.cpu())]
             reals += ref_real.tolist()
             fake_logps += ref_fake.tolist()
         order = {example: position for position, example in enumerate(index)}
@@ -408,6 +422,13 @@ class T3DTrainer(Trainer):
             return {k: v.detach().cpu() for k, v in self.accelerator.unwrap_model(self.ref_model).state_dict().items()}
         model = self.accelerator.unwrap_model(self.model)
         return {name: p.detach().cpu() for name, p in model.named_parameters() if f".{REF_ADAPTER}." in name}
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        super()._save(output_dir, state_dict)
+        # the reference adapter is training state (kept in checkpoints as ref_model.pt), not part of the model
+        reference_folder = os.path.join(output_dir or self.args.output_dir, REF_ADAPTER)
+        if self.is_peft and os.path.isdir(reference_folder):
+            shutil.rmtree(reference_folder)
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
@@ -508,6 +529,9 @@ def _frozen_copy(model: PreTrainedModel) -> PreTrainedModel:
 
 
 def _disable_dropout(model: torch.nn.Module) -> None:
+    """Zero every dropout: ``nn.Dropout`` modules and the attention dropout attention modules read at forward."""
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0

@@ -1,0 +1,492 @@
+"""Cost of one T3D optimizer step against the official four-forward scheme, and collator throughput.
+
+Training step. A small Qwen3-shaped block diffusion model (hidden 256, 4 layers, intermediate 768, vocab 512,
+float32, ``sdpa``, random weights, built from a config) is trained on one fixed batch collated by the trainer's own
+``DataCollatorForTrajectory`` (8 synthetic trajectories, prompt 64 + completion 128 tokens, teacher block 4 with one
+token per step, so the layout ``[prompt ; x0 ; x_t]`` has 320 tokens and a 128-token noisy window). Two ways to make
+one optimizer step of T3D (``loss_type=["ddo", "path"]``) are compared on the same model, reference and optimizer:
+
+* ``t3d``: ``trainer.training_step(trainer.model, batch)`` of a ``T3DTrainer`` followed by ``optimizer.step()``:
+  one student forward with gradients and one reference forward without (DESIGN §6, "Cost");
+* ``official``: the official scheme, written here with the same ``t3d_trl.losses`` functions and the same
+  ``adapter.training_forward``: four full forwards on the same input: the reference twice without gradients (one
+  gives x̂ and log p_ref(x0|x_t), the other log p_ref(x̂|x_t)) and the student twice with gradients (one gives the
+  real term and the path loss, the other the fake term), one backward through both student graphs, then
+  ``optimizer.step()``.
+
+After warm-up the two run interleaved (``t3d, official, official, t3d, ...``); the ratio of the median wall times is
+the result (target ``t3d / official <= 0.55``). Peak memory of a step: on CUDA, ``torch.cuda.max_memory_allocated``
+minus the memory allocated before the step; on CPU, each variant runs in a fresh subprocess (with a fixed glibc mmap
+threshold, so freed tensors go back to the OS) that reports the growth of its peak resident set (``VmHWM``, reset
+just before the steps; ``ru_maxrss`` where it cannot be reset) over the resident set just before its steps (model,
+reference, optimizer state and batch already allocated). After the timed steps, both variants' losses are computed
+at the same weights; they must agree (the two schemes optimise the same objective).
+
+Collator. Examples per second of ``DataCollatorForTrajectory`` on batches of 16 trajectories of prompt 128 +
+completion 192 tokens (a 512-token layout), from Python-list rows as a ``datasets.Dataset`` yields them, with the
+official state sampling (``r^8`` ratios, 10% random tokens), for ``attention_layout="dense"`` (the ``[b, 1, N, N]``
+boolean mask for ``sdpa``) and ``"flex"`` (only the per-token vectors; the mask is built on device). Target
+>= 2,000 examples/s.
+
+Runs in about 2 minutes on 2 idle CPU cores (``--quick``: about one; on a loaded machine longer, and the wall-time
+ratio becomes noisy: the CPU-time ratio is printed too); ``--profile`` adds operator tables::
+
+    python benchmarks/training_step.py [--quick] [--repeats 5] [--threads 1] [--device auto] [--no-memory] [--profile] [--strict]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import inspect
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import datasets
+import torch
+from datasets import Dataset
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+from transformers.utils import logging as hf_logging
+
+from t3d_trl import DataCollatorForTrajectory, T3DConfig, T3DTrainer
+from t3d_trl.adapters import get_adapter
+from t3d_trl.losses import ddo_loss, path_loss, sample_fake_tokens, selective_log_softmax, sequence_logps
+
+VOCAB_SIZE = 512
+BLOCK_SIZE = 4
+STEP = {"batch": 8, "prompt": 64, "completion": 128}
+COLLATOR = {"batch": 16, "prompt": 128, "completion": 192}
+STEP_TARGET = 0.55
+COLLATOR_TARGET = 2000.0
+SPECIAL_TOKENS = ["<pad>", "<eos>", "<mask>", "<bos>"]
+
+
+# ---------------------------------------------------------------------------------------------------- set-up
+def build_tokenizer(vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer with pad/eos/mask/bos and ``vocab_size − 4`` words ``w4 .. w{V-1}``."""
+    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
+    vocab.update({f"w{i}": i for i in range(len(SPECIAL_TOKENS), vocab_size)})
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", mask_token="<mask>", bos_token="<bos>"
+    )
+
+
+def build_model(vocab_size: int = VOCAB_SIZE) -> Qwen3ForCausalLM:
+    torch.manual_seed(0)
+    config = Qwen3Config(
+        vocab_size=vocab_size,
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        max_position_embeddings=1024,
+        attn_implementation="sdpa",
+        tie_word_embeddings=False,
+    )
+    return Qwen3ForCausalLM(config).to(torch.float32)
+
+
+def synthetic_rows(
+    count: int, prompt_length: int, completion_length: int, block_size: int = BLOCK_SIZE, seed: int = 0
+) -> list[dict]:
+    """Trajectory rows with random tokens and valid step maps: a teacher decoding one token per step, in a random
+    order inside each block (blocks aligned to absolute positions), block after block."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        prompt = [rng.randrange(len(SPECIAL_TOKENS), VOCAB_SIZE) for _ in range(prompt_length)]
+        completion = [rng.randrange(len(SPECIAL_TOKENS), VOCAB_SIZE) for _ in range(completion_length)]
+        step_map, position, block_index = [], prompt_length, 0
+        while len(step_map) < completion_length:
+            size = min(block_size - position % block_size, completion_length - len(step_map))
+            order = list(range(size))
+            rng.shuffle(order)
+            step_map += [block_index * block_size + step for step in order]
+            position += size
+            block_index += 1
+        rows.append(
+            {
+                "prompt_ids": prompt,
+                "completion_ids": completion,
+                "step_map": step_map,
+                "block_size": block_size,
+                "steps_per_block": block_size,
+            }
+        )
+    return rows
+
+
+def build_trainer(device: str, output_dir: str) -> tuple[T3DTrainer, dict]:
+    """A ``T3DTrainer`` (official defaults: ``["ddo", "path"]``, β 0.1, α 0.5, λ 0.2, 10% random tokens) with its
+    optimizer, and one batch from its own collator, already on ``device``."""
+    tokenizer = build_tokenizer()
+    dataset = Dataset.from_list(synthetic_rows(STEP["batch"], STEP["prompt"], STEP["completion"]))
+    args = T3DConfig(
+        output_dir=output_dir,
+        per_device_train_batch_size=STEP["batch"],
+        learning_rate=1e-5,
+        weight_decay=0.01,
+        max_steps=1000,
+        use_cpu=device == "cpu",
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+    )
+    trainer = T3DTrainer(build_model(), args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer.create_optimizer_and_scheduler(num_training_steps=args.max_steps)
+    # set by Trainer's training loop; training_step divides the loss by it
+    trainer.current_gradient_accumulation_steps = 1
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(STEP["batch"])])
+    batch = {k: v.to(trainer.args.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return trainer, batch
+
+
+def make_steps(trainer: T3DTrainer, batch: dict):
+    """The two optimizer steps, as closures over the same model, reference and optimizer, and a check that both
+    compute the same loss."""
+    model, ref_model, optimizer, args = trainer.model, trainer.ref_model, trainer.optimizer, trainer.args
+    adapter = get_adapter(model)
+    accepted = set(inspect.signature(model.forward).parameters)
+    labels, loss_mask, weights = batch["labels"], batch["loss_mask"], batch["path_weights"]
+    norm = args.logps_normalization
+    lambda_path = args.loss_weights[args.loss_type.index("path")]
+
+    def t3d_step() -> None:
+        trainer.training_step(model, batch)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        trainer._metrics["train"].clear()
+
+    def official_loss() -> torch.Tensor:
+        with torch.no_grad():  # reference forward 1: x̂ and log p_ref(x0 | x_t)
+            ref_logits = adapter.training_forward(ref_model, batch, accepted)
+            fake = sample_fake_tokens(ref_logits, loss_mask, labels, args.reference_temperature)
+            ref_real = sequence_logps(selective_log_softmax(ref_logits, labels), loss_mask, norm)
+            del ref_logits
+            ref_logits = adapter.training_forward(ref_model, batch, accepted)  # reference forward 2: log p_ref(x̂)
+            ref_fake = sequence_logps(selective_log_softmax(ref_logits, fake), loss_mask, norm)
+            del ref_logits
+        real_logps = selective_log_softmax(adapter.training_forward(model, batch, accepted), labels)  # student 1
+        policy_real = sequence_logps(real_logps, loss_mask, norm)
+        fake_logits = adapter.training_forward(model, batch, accepted)  # student forward 2: the fake term
+        policy_fake = sequence_logps(selective_log_softmax(fake_logits, fake), loss_mask, norm)
+        ddo, _, _ = ddo_loss(policy_real, policy_fake, ref_real, ref_fake, args.beta, args.alpha)
+        return ddo.mean() + lambda_path * path_loss(real_logps, weights, loss_mask).mean()
+
+    def official_step() -> None:
+        model.train()
+        official_loss().backward()  # one backward through both student graphs
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def loss_gap() -> float:
+        """|T3DTrainer.compute_loss − the official scheme's loss| at the current weights (both the same objective)."""
+        model.train()
+        with torch.no_grad():
+            ours = trainer.compute_loss(model, batch)
+            theirs = official_loss()
+        trainer._metrics["train"].clear()
+        return abs(float(ours) - float(theirs))
+
+    return {"t3d": t3d_step, "official": official_step}, loss_gap
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+# ------------------------------------------------------------------------------------------------- measuring
+def time_steps(steps: dict, device: str, warmup: int, repeats: int) -> tuple[dict, dict]:
+    """Wall and process CPU seconds of each step, interleaved ``a, b, b, a, ...`` after ``warmup`` rounds."""
+    for _ in range(warmup):
+        for run in steps.values():
+            run()
+    wall: dict[str, list[float]] = {name: [] for name in steps}
+    cpu: dict[str, list[float]] = {name: [] for name in steps}
+    order = list(steps.items())
+    for repeat in range(repeats):
+        for name, run in order if repeat % 2 == 0 else order[::-1]:
+            synchronize(device)
+            start, start_cpu = time.perf_counter(), time.process_time()
+            run()
+            synchronize(device)
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    return wall, cpu
+
+
+def _proc_status_kib(field: str) -> int | None:
+    """A ``/proc/self/status`` field in KiB (Linux), or ``None``."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _max_rss() -> int:
+    """``ru_maxrss`` in bytes (kilobytes on Linux, bytes on macOS)."""
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the process's peak RSS (``VmHWM``) to its current RSS (Linux >= 4.0); ``False`` where impossible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _init_optimizer_state(trainer: T3DTrainer) -> None:
+    """Allocate the optimizer state with a zero-gradient step, so that it is part of the baseline."""
+    for param in trainer.model.parameters():
+        if param.requires_grad:
+            param.grad = torch.zeros_like(param)
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+
+
+def memory_worker(variant: str, steps: int) -> None:
+    """Subprocess entry: growth of the resident set's peak over ``steps`` steps of ``variant`` (CPU).
+
+    The baseline is the RSS just before the steps (model, reference, optimizer state and batch allocated). The peak
+    is ``VmHWM`` after resetting it to the current RSS (``/proc/self/clear_refs``); where that is impossible, the
+    ``ru_maxrss`` growth. ``ru_maxrss`` alone is not enough: after ``fork`` + ``exec`` it starts from the parent's
+    RSS at the fork, so the steps of a small child may never raise it.
+    """
+    hf_logging.set_verbosity_error()
+    with tempfile.TemporaryDirectory() as output_dir:
+        trainer, batch = build_trainer("cpu", output_dir)
+        run = make_steps(trainer, batch)[0][variant]
+        _init_optimizer_state(trainer)
+        gc.collect()
+        reset = _reset_peak_rss()
+        rss_kib = _proc_status_kib("VmRSS")
+        before = rss_kib * 1024 if rss_kib is not None else _max_rss()
+        max_rss_before = _max_rss()
+        for _ in range(steps):
+            run()
+        hwm_kib = _proc_status_kib("VmHWM")
+        max_rss = _max_rss()
+    peak = hwm_kib * 1024 if reset and hwm_kib is not None else max_rss
+    report = {"variant": variant, "rss_before": before, "peak": peak, "source": "VmHWM" if reset else "ru_maxrss"}
+    report.update(max_rss_before=max_rss_before, max_rss=max_rss)
+    print(json.dumps(report))
+
+
+def cpu_memory(variant: str, steps: int, threads: int) -> dict:
+    """Run :func:`memory_worker` in a fresh process; glibc's fixed mmap threshold returns freed tensors to the OS,
+    so the RSS follows live memory."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
+    command = [sys.executable, os.path.abspath(__file__), "--memory-worker", variant, "--memory-steps", str(steps)]
+    command += ["--threads", str(threads)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"memory worker {variant} failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["delta"] = result["peak"] - result["rss_before"]
+    return result
+
+
+def cuda_memory(steps: dict) -> dict[str, int]:
+    deltas = {}
+    for name, run in steps.items():
+        gc.collect()
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        run()
+        torch.cuda.synchronize()
+        deltas[name] = torch.cuda.max_memory_allocated() - before
+    return deltas
+
+
+def collator_inputs(layout: str) -> tuple[DataCollatorForTrajectory, list[list[dict]]]:
+    """The collator with the official state sampling and 8 batches of ``COLLATOR``-shaped Python-list rows."""
+    rows = synthetic_rows(COLLATOR["batch"] * 8, COLLATOR["prompt"], COLLATOR["completion"], seed=1)
+    for index, row in enumerate(rows):
+        row["example_index"] = index
+    batches = [rows[i : i + COLLATOR["batch"]] for i in range(0, len(rows), COLLATOR["batch"])]
+    collator = DataCollatorForTrajectory(
+        mask_token_id=2,
+        pad_token_id=0,
+        eos_token_id=1,
+        block_size=BLOCK_SIZE,
+        num_eos_tokens=2,
+        random_token_ratio=0.1,
+        vocab_size=VOCAB_SIZE,
+        attention_layout=layout,
+    )
+    return collator, batches
+
+
+def collator_throughput(layout: str, seconds: float) -> tuple[float, float, int, int]:
+    """Examples per second (wall clock, process CPU) of the collator on ``COLLATOR``-shaped batches; also the layout
+    length and window."""
+    collator, batches = collator_inputs(layout)
+    sample = collator(batches[0])
+    for batch in batches:  # warm-up
+        collator(batch)
+    calls, start, start_cpu = 0, time.perf_counter(), time.process_time()
+    while True:
+        collator(batches[calls % len(batches)])
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds and calls >= 20:
+            break
+    examples = calls * COLLATOR["batch"]
+    cpu = time.process_time() - start_cpu
+    return examples / elapsed, examples / cpu, sample["input_ids"].shape[1], int(sample["logits_to_keep"])
+
+
+def print_profile(title: str, run, calls: int, rows: int = 12) -> None:
+    """The ``torch.profiler`` table of ``calls`` runs (self CPU time, top ``rows`` operators)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(calls):
+            run()
+    events = prof.key_averages()
+    total_ops = sum(event.count for event in events)
+    print(f"--- profile: {title} ({calls} calls, {total_ops / calls:.0f} operator calls per call)")
+    print(events.table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 repeats, 1 s per collator layout (< 1.5 minutes)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed steps of each variant (default 5, quick 2)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch.set_num_threads (default 1: steadier timings on a shared CPU, and the setting of DataLoader "
+        "workers; 0 keeps torch's default)",
+    )
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument("--profile", action="store_true", help="print torch.profiler tables of the steps and collator")
+    parser.add_argument("--strict", action="store_true", help="exit with status 1 when a target fails")
+    parser.add_argument("--memory-worker", choices=("t3d", "official"), help=argparse.SUPPRESS)
+    parser.add_argument("--memory-steps", type=int, default=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    datasets.disable_progress_bars()
+    if args.memory_worker:
+        memory_worker(args.memory_worker, args.memory_steps)
+        return
+    hf_logging.set_verbosity_error()
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    repeats = args.repeats or (2 if args.quick else 5)
+    collator_seconds = 1.0 if args.quick else 3.0
+    results: list[bool] = []
+
+    with tempfile.TemporaryDirectory() as output_dir:
+        trainer, batch = build_trainer(device, output_dir)
+        steps, loss_gap = make_steps(trainer, batch)
+        load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        times, cpu_times = time_steps(steps, device, warmup=1, repeats=repeats)
+        gap = loss_gap()  # after some steps, so that the student differs from the reference
+        memory = cuda_memory(steps) if device == "cuda" and not args.no_memory else None
+        if args.profile:
+            for name, run in steps.items():
+                print_profile(f"{name} step", run, 1)
+        width, window = batch["input_ids"].shape[1], int(batch["logits_to_keep"])
+        masked = int(batch["loss_mask"].sum())
+        del trainer, batch, steps, loss_gap
+    gc.collect()
+
+    print(
+        f"training step: batch {STEP['batch']}, prompt {STEP['prompt']} + completion {STEP['completion']} tokens, "
+        f"layout {width} tokens, window {window}, {masked} masked targets, block {BLOCK_SIZE}, hidden 256, 4 layers, "
+        f"vocab {VOCAB_SIZE}, float32, sdpa, {device}, {torch.get_num_threads()} thread(s), {repeats} repeats"
+    )
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    cpu_medians = {name: statistics.median(values) for name, values in cpu_times.items()}
+    for name, values in times.items():
+        print(
+            f"  {name:>8}: median {medians[name]:.3f} s wall, {cpu_medians[name]:.3f} s CPU  "
+            f"(wall runs: {', '.join(f'{v:.3f}' for v in values)})"
+        )
+    results.append(gap <= 1e-4)
+    print(f"  same objective: |loss(t3d) − loss(official)| = {gap:.1e} at the trained weights  {verdict(gap <= 1e-4)}")
+    ratio = medians["t3d"] / medians["official"]
+    best_ratio = min(times["t3d"]) / min(times["official"])
+    cpu_ratio = cpu_medians["t3d"] / cpu_medians["official"]
+    results.append(ratio <= STEP_TARGET)
+    print(
+        f"  time   t3d / official = {ratio:.3f} (wall medians), {best_ratio:.3f} (best wall runs), {cpu_ratio:.3f} "
+        f"(CPU medians)  (target <= {STEP_TARGET})  {verdict(ratio <= STEP_TARGET)}"
+    )
+    if load_before > os.cpu_count():
+        print(
+            f"  warning: load average {load_before:.1f} on {os.cpu_count()} cores when timing started; wall times "
+            "are disturbed by other processes (the CPU-time ratio much less)"
+        )
+
+    if not args.no_memory:
+        if device == "cuda":
+            deltas, how = memory, "torch.cuda.max_memory_allocated − allocated before the step"
+        else:
+            memory_steps = 1 if args.quick else 2
+            reports = {name: cpu_memory(name, memory_steps, args.threads) for name in ("t3d", "official")}
+            deltas = {name: report["delta"] for name, report in reports.items()}
+            source = {report["source"] for report in reports.values()}
+            how = f"peak RSS growth over {memory_steps} step(s) in a fresh process ({'/'.join(sorted(source))})"
+        for name, delta in deltas.items():
+            print(f"  {name:>8}: peak memory of a step {delta / 2**20:8.1f} MiB  ({how})")
+        print(f"  memory t3d / official = {deltas['t3d'] / max(deltas['official'], 1):.3f}")
+
+    print(
+        f"collator: batch {COLLATOR['batch']}, prompt {COLLATOR['prompt']} + completion {COLLATOR['completion']} "
+        f"tokens, block {BLOCK_SIZE}, official state sampling, {torch.get_num_threads()} thread(s)"
+    )
+    for layout in ("dense", "flex"):
+        rate, cpu_rate, length, window = collator_throughput(layout, collator_seconds)
+        results.append(rate >= COLLATOR_TARGET)
+        print(
+            f"  {layout:>5}: {rate:8.0f} examples/s wall, {cpu_rate:8.0f} per CPU second  (layout {length} tokens, "
+            f"window {window})  (target >= {COLLATOR_TARGET:.0f})  {verdict(rate >= COLLATOR_TARGET)}"
+        )
+        if args.profile:
+            collator, batches = collator_inputs(layout)
+            print_profile(f"collator {layout}", lambda: collator(batches[0]), 10)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    if load > os.cpu_count():
+        print(
+            f"  warning: load average {load:.1f} on {os.cpu_count()} cores; with 1 thread the per-CPU-second rate is "
+            "what an idle core gives"
+        )
+    print(f"overall: {verdict(all(results))}")
+    if args.strict and not all(results):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
