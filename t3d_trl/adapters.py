@@ -16,6 +16,7 @@ one class here and registering it in :func:`get_adapter`.
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -31,7 +32,12 @@ BIDIRECTIONAL_MODEL_TYPES = ("llada", "llada_moe", "dream", "mdlm")
 
 
 def _forward_parameters(model) -> set[str]:
-    return set(inspect.signature(model.forward).parameters)
+    return _class_forward_parameters(type(model))
+
+
+@functools.lru_cache(maxsize=None)
+def _class_forward_parameters(cls: type) -> frozenset[str]:
+    return frozenset(inspect.signature(cls.forward).parameters)
 
 
 def attention_kernel(model) -> str:
@@ -70,8 +76,10 @@ class DiffusionAdapter:
         attention_mask: torch.Tensor,
         cache=None,
         num_tokens_to_store: int = 0,
+        num_logits: int | None = None,
     ) -> torch.Tensor:
-        """Run the model on ``input_ids`` and return logits ``[batch, Q, V]``.
+        """Run the model on ``input_ids`` and return logits ``[batch, Q, V]`` (the last ``num_logits`` only, when given
+        and the model can skip the others).
 
         ``attention_mask`` is the boolean ``[batch, 1, Q, K]`` layout mask (block-causal families) or the ``[batch, K]``
         padding mask (bidirectional family). With a cache, the first ``num_tokens_to_store`` inputs are appended to it
@@ -166,12 +174,15 @@ class BlockCausalAdapter(DiffusionAdapter):
         name = "cache" if "cache" in _forward_parameters(model) else "past_key_values"
         return {name: cache, "use_cache": True}
 
-    def block_forward(self, model, input_ids, position_ids, attention_mask, cache=None, num_tokens_to_store=0):
+    def block_forward(
+        self, model, input_ids, position_ids, attention_mask, cache=None, num_tokens_to_store=0, num_logits=None
+    ):
         outputs = model(
             input_ids=input_ids,
             position_ids=position_ids,
             attention_mask=self.format_mask(model, attention_mask),
             **self._cache_kwargs(model, cache),
+            **_logits_kwargs(model, num_logits),
         )
         read_only = input_ids.shape[1] - num_tokens_to_store
         if cache is not None and read_only > 0:
@@ -187,20 +198,24 @@ class StoreKVAdapter(BlockCausalAdapter):
     all of them and crops the read-only tail when the cache can crop, and otherwise runs as two forwards.
     """
 
-    def block_forward(self, model, input_ids, position_ids, attention_mask, cache=None, num_tokens_to_store=0):
+    def block_forward(
+        self, model, input_ids, position_ids, attention_mask, cache=None, num_tokens_to_store=0, num_logits=None
+    ):
         num_queries = input_ids.shape[1]
         fused = 0 < num_tokens_to_store < num_queries
         if fused and not hasattr(cache, "crop"):
             head, tail = slice(0, num_tokens_to_store), slice(num_tokens_to_store, None)
             stored = self._run(model, input_ids, position_ids, attention_mask, cache, head, store=True)
-            rest = self._run(model, input_ids, position_ids, attention_mask, cache, tail, store=False)
+            rest = self._run(model, input_ids, position_ids, attention_mask, cache, tail, store=False, num_logits=num_logits)
             return torch.cat([stored, rest], dim=1)
-        logits = self._run(model, input_ids, position_ids, attention_mask, cache, slice(None), num_tokens_to_store > 0)
+        logits = self._run(
+            model, input_ids, position_ids, attention_mask, cache, slice(None), num_tokens_to_store > 0, num_logits
+        )
         if fused:
             cache.crop(-(num_queries - num_tokens_to_store))
         return logits
 
-    def _run(self, model, input_ids, position_ids, attention_mask, cache, queries: slice, store: bool):
+    def _run(self, model, input_ids, position_ids, attention_mask, cache, queries: slice, store: bool, num_logits=None):
         # keys of a query slice: the cache before this call plus the inputs up to the slice's end
         key_end = queries.stop if queries.stop is not None else input_ids.shape[1]
         num_keys = attention_mask.shape[-1] - input_ids.shape[1] + key_end
@@ -211,8 +226,16 @@ class StoreKVAdapter(BlockCausalAdapter):
             past_key_values=cache,
             use_cache=cache is not None,
             store_kv=store,
+            **_logits_kwargs(model, num_logits),
         )
         return outputs.logits
+
+
+def _logits_kwargs(model, num_logits: int | None) -> dict:
+    """``logits_to_keep`` for models that can skip the LM head on the other positions."""
+    if num_logits is None or "logits_to_keep" not in _forward_parameters(model):
+        return {}
+    return {"logits_to_keep": num_logits}
 
 
 class BidirectionalAdapter(DiffusionAdapter):
@@ -221,7 +244,9 @@ class BidirectionalAdapter(DiffusionAdapter):
     family = "bidirectional"
     supports_cache = False
 
-    def block_forward(self, model, input_ids, position_ids, attention_mask, cache=None, num_tokens_to_store=0):
+    def block_forward(
+        self, model, input_ids, position_ids, attention_mask, cache=None, num_tokens_to_store=0, num_logits=None
+    ):
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask.long()}
         if "position_ids" in _forward_parameters(model):
             kwargs["position_ids"] = position_ids

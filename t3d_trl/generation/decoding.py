@@ -187,17 +187,21 @@ def diffusion_generate(
         start = canvas.start + block_index * block_size
         end = start + block_size
         if use_cache and not fuse_store and stored < start:  # separate store pass (the reference scheme)
-            _forward(model, adapter, tokens, positions, block, canvas.valid, active, stored, start, 0, cache)
+            store_mask = _layout_mask(block, canvas.valid, active, stored, start, 0)
+            _forward(model, adapter, tokens, positions, canvas.valid, active, stored, start, 0, cache, store_mask)
             nfe[active] += 1
             stored = start
         masked = canvas.generated[active, start:end]
+        mask, mask_start = None, None
         for step in range(max_steps):
             needs_work = masked.any(-1)
             if not bool(needs_work.any()):
                 break
             context_start = stored if use_cache else 0
+            if context_start != mask_start and adapter.family != "bidirectional":  # reused by later steps
+                mask, mask_start = _layout_mask(block, canvas.valid, active, context_start, start, block_size), context_start
             logits = _forward(
-                model, adapter, tokens, positions, block, canvas.valid, active, context_start, start, block_size, cache
+                model, adapter, tokens, positions, canvas.valid, active, context_start, start, block_size, cache, mask
             )
             if use_cache:
                 stored = start
@@ -234,17 +238,15 @@ def diffusion_generate(
     return DiffusionGenerateOutput(sequences=sequences, step_map=step_map, nfe=nfe, trajectory=trajectory)
 
 
-def _forward(model, adapter, tokens, positions, block, valid, rows, context_start, block_start, block_size, cache):
-    """Forward ``rows`` on canvas columns ``[context_start, block_start + block_size)``.
+def _layout_mask(block, valid, rows, context_start, block_start, block_size):
+    """Attention mask of a forward of ``rows`` on canvas columns ``[context_start, block_start + block_size)``.
 
     Columns ``[context_start, block_start)`` are clean context (stored in the cache when there is one), columns
     ``[block_start, block_start + block_size)`` are the block being denoised (noisy stream, never stored).
     """
     end = block_start + block_size
-    if adapter.family == "bidirectional":
-        return adapter.block_forward(model, tokens[rows], positions[rows], valid[rows])[:, :end]
-    stream = torch.where(torch.arange(end, device=tokens.device) >= block_start, NOISY, CLEAN).expand(len(rows), -1)
-    mask = layout_attention_mask(
+    stream = torch.where(torch.arange(end, device=block.device) >= block_start, NOISY, CLEAN).expand(len(rows), -1)
+    return layout_attention_mask(
         block[rows, context_start:end],
         stream[:, context_start:end],
         block[rows, :end],
@@ -253,6 +255,15 @@ def _forward(model, adapter, tokens, positions, block, valid, rows, context_star
         query_valid=valid[rows, context_start:end],
         query_offset=context_start,
     )
+
+
+def _forward(model, adapter, tokens, positions, valid, rows, context_start, block_start, block_size, cache, mask):
+    """Forward ``rows`` on canvas columns ``[context_start, block_start + block_size)`` with ``mask``; returns logits
+    of at least the block's columns (and the column before it for shifted heads)."""
+    end = block_start + block_size
+    num_logits = block_size + (1 if adapter.shift_logits else 0)
+    if adapter.family == "bidirectional":
+        return adapter.block_forward(model, tokens[rows], positions[rows], valid[rows])[:, :end]
     return adapter.block_forward(
         model,
         tokens[rows, context_start:end],
@@ -260,6 +271,7 @@ def _forward(model, adapter, tokens, positions, block, valid, rows, context_star
         mask,
         cache,
         num_tokens_to_store=block_start - context_start if cache is not None else 0,
+        num_logits=num_logits if block_size else None,
     )
 
 
