@@ -1,0 +1,76 @@
+"""The demo: its tasks and scorers, and a miniature end-to-end run of the pipeline."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+
+from t3d_trl.demo import TASKS, DemoConfig, run_demo
+from t3d_trl.demo.pipeline import build_tokenizer, markdown_table, summarise
+from t3d_trl.demo.tasks import PROMPT_LENGTH, evaluation_prompts, is_digit_sum, is_one_of, is_permutation, training_pairs
+
+
+def test_scorers_on_handmade_answers():
+    assert is_one_of("cat", "cat|dog") and not is_one_of("cot", "cat|dog")
+    assert is_digit_sum("159", "15") and not is_digit_sum("158", "15") and not is_digit_sum("1509", "15")
+    assert is_permutation("cab", "abc") and not is_permutation("aab", "abc") and not is_permutation("abcd", "abc")
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_generated_answers_are_valid_and_prompts_align_to_blocks(name):
+    tokenizer = build_tokenizer()
+    scorer = {"one_of": is_one_of, "digit_sum": is_digit_sum, "permutation": is_permutation}[TASKS[name].scorer]
+    rng = random.Random(0)
+    answers = set()
+    for _ in range(200):
+        prompt, answer, reference = TASKS[name].sample(rng)
+        assert len(tokenizer(prompt)["input_ids"]) == PROMPT_LENGTH  # answers start on a block boundary
+        assert len(answer) == 3 and scorer(answer, reference)
+        answers.add((prompt, answer))
+    prompts = {p for p, _ in answers}
+    assert len(answers) > len(prompts)  # several valid answers per prompt: the task is multimodal
+    rows = evaluation_prompts(name, 10, seed=1)
+    assert len({r["prompt"] for r in rows}) == len(rows)
+    assert all(r["task"] == name for r in training_pairs([name], 5, seed=2))
+
+
+def test_summary_table_recomputes_averages_and_improvement():
+    config = DemoConfig(tasks=("words", "sums"), eval_block_sizes=(4,), tokens_per_step=(1, 4))
+    results = [
+        {"accuracy": {
+            "Teacher": {"B4-TokPS1": {"words": 100.0, "sums": 50.0}, "B4-TokPS4": {"words": 20.0, "sums": 0.0}},
+            "T3D": {"B4-TokPS1": {"words": 90.0, "sums": 50.0}, "B4-TokPS4": {"words": 60.0, "sums": 20.0}},
+        }},
+        {"accuracy": {
+            "Teacher": {"B4-TokPS1": {"words": 100.0, "sums": 70.0}, "B4-TokPS4": {"words": 40.0, "sums": 0.0}},
+            "T3D": {"B4-TokPS1": {"words": 100.0, "sums": 60.0}, "B4-TokPS4": {"words": 80.0, "sums": 20.0}},
+        }},
+    ]
+    summary = summarise(results, config)
+    assert summary["averages"]["T3D"][4]["mean"] == pytest.approx(45.0)  # (40 + 50) / 2
+    assert summary["averages"]["T3D"][4]["std"] == pytest.approx(5.0)
+    assert summary["averages"]["Teacher"][4]["mean"] == pytest.approx(15.0)
+    table = markdown_table(summary, config)
+    assert "| 4 | T3D | 70.0 ± 10.0 | 20.0 | 45.0 ± 5.0 | +200.0 |" in table
+
+
+def test_miniature_demo_runs_end_to_end(tmp_path):
+    config = DemoConfig(
+        output_dir=str(tmp_path), tasks=("words", "perm"), hidden_size=32, num_layers=1, teacher_steps=12,
+        teacher_batch_size=16, rollouts_per_task=8, student_steps=11, student_batch_size=8,
+        eval_prompts_per_task=4, methods=("SFT", "T3D"),
+    )
+    report = run_demo(config)
+    for name in ("results.json", "results.md", "accuracy_vs_tokens_per_step.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["summary"]["methods"] == ["Teacher", "SFT", "T3D"]
+    assert (tmp_path / "seed0" / "teacher" / "generation_config.json").exists()
+    identity = report["ddo_identity"]
+    assert [line.split(":")[0] for line in identity] == ["step    1", "step   11"]
+    assert all(abs(float(line.split("= ")[1].split()[0]) - math.log(2)) < 1e-5 for line in identity)
+    accuracy = saved["seeds"][0]["accuracy"]
+    assert set(accuracy["Teacher"]) == {"B4-TokPS1", "B4-TokPS2", "B4-TokPS4", "B8-TokPS1", "B8-TokPS2", "B8-TokPS4"}
