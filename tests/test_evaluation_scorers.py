@@ -180,5 +180,5 @@ def test_get_scorer_registry():
     assert get_scorer("exact_match")("a", " a ")
     assert get_scorer("exact_match", normalize=True)("The A.", "a")
     assert get_scorer("math")("\\boxed{\\frac{1}{2}}", "0.5")
-    with pytest.raises(ValueError, match="code, exact_match, math"):
+    with pytest.raises(ValueError, match="Valid scorers: .*code.*exact_match.*math"):
         get_scorer("bleu")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset, load_from_disk
-from tiny import tiny_qwen3, tiny_tokenizer
+from tiny import free_port, tiny_qwen3, tiny_tokenizer
 
 import t3d_trl
 from t3d_trl.data import prepare_trajectory_dataset
@@ -291,18 +290,12 @@ def test_other_bad_arguments(text_dataset):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_process_rollout_equals_one_process(tmp_path):
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
         str(TESTS / "scripts" / "rollout_2proc.py"), str(tmp_path),
     ]  # fmt: skip
     # no GPU, no ACCELERATE_USE_CPU: generate_trajectories must see the two CPU processes by itself

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 
 from t3d_trl import T3DConfig, T3DTrainer, patch_model
 
-from tiny import rollout_rows, tiny_qwen3, tiny_tokenizer
+from tiny import free_port, rollout_rows, tiny_qwen3, tiny_tokenizer
 
 PROMPTS = ["abc", "hello wor", "what is 2+3?", "abcdefgh", "xyz", "12+34=", "k", "the cat"]
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -249,13 +249,17 @@ def test_precompute_with_sync_is_refused(tmp_path):
         make_args(tmp_path, precompute_ref_log_probs=True, sync_ref_model=False, reference_temperature=0.5)
 
 
-def test_resume_from_checkpoint_continues_exactly(tmp_path, tokenizer, trajectories):
+@pytest.mark.parametrize("lora", [False, True])
+def test_resume_from_checkpoint_continues_exactly(tmp_path, tokenizer, trajectories, lora):
+    from peft import LoraConfig
+
+    peft_config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights="gaussian") if lora else None
     common = dict(max_steps=8, ref_model_sync_steps=3, save_strategy="steps", save_steps=4)
     full = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=make_args(tmp_path / "full", **common),
-                      train_dataset=trajectories, processing_class=tokenizer)
+                      train_dataset=trajectories, processing_class=tokenizer, peft_config=peft_config)
     full.train()
-    first = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=make_args(tmp_path / "cut", **dict(common, max_steps=8)),
-                       train_dataset=trajectories, processing_class=tokenizer)
+    first = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=make_args(tmp_path / "cut", **common),
+                       train_dataset=trajectories, processing_class=tokenizer, peft_config=peft_config)
 
     class Interrupt(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -266,7 +270,7 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path, tokenizer, trajector
     with pytest.raises(KeyboardInterrupt):
         first.train()
     resumed = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=make_args(tmp_path / "cut", **common),
-                         train_dataset=trajectories, processing_class=tokenizer)
+                         train_dataset=trajectories, processing_class=tokenizer, peft_config=peft_config)
     resumed.train(resume_from_checkpoint=str(tmp_path / "cut" / "checkpoint-4"))
     expected = {log["step"]: log for log in step_logs(full)}
     for log in step_logs(resumed):
@@ -322,7 +326,7 @@ def test_two_processes_give_the_one_process_first_step_loss(tmp_path):
     assert single.returncode == 0, single.stderr[-3000:]
     double = subprocess.run(
         # on a CPU-only machine `--multi_gpu` starts 2 gloo processes (accelerate's `--cpu` starts one without MPI)
-        ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+        ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port()), "--num_machines", "1", "--mixed_precision", "no",
          "--dynamo_backend", "no", str(script), str(tmp_path / "two"), "4"],
         env=env, capture_output=True, text=True, timeout=600,
     )

@@ -74,3 +74,12 @@ def rollout_rows(model, tokenizer, prompts, block_size: int = 4, max_new_tokens:
             }
         )
     return rows
+
+
+def free_port() -> int:
+    """A free TCP port on localhost, so concurrent multi-process tests do not share accelerate's default port."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -124,8 +124,12 @@ class DiffusionGenerationConfig(GenerationConfig):
         values = {} if config is None else config.to_dict()
         for key in ("transformers_version", "_from_model_config", "_commit_hash", "_original_object_hash"):
             values.pop(key, None)
-        values.update(overrides)
-        return cls(**values)
+        values.update({key: value for key, value in overrides.items() if key in DIFFUSION_FIELDS})
+        diffusion_config = cls(**values)
+        unused = diffusion_config.update(**{k: v for k, v in overrides.items() if k not in DIFFUSION_FIELDS})
+        if unused:
+            raise ValueError(f"Unknown generation settings {sorted(unused)}; see DiffusionGenerationConfig's fields.")
+        return diffusion_config
 
 
 def _normalise_sampling(kwargs: dict[str, Any], current_do_sample: bool | None = None) -> None:
@@ -138,5 +142,5 @@ def _normalise_sampling(kwargs: dict[str, Any], current_do_sample: bool | None =
     if temperature == 0.0:
         kwargs["temperature"] = None
         kwargs["do_sample"] = False
-    elif "do_sample" not in kwargs and not current_do_sample:
+    elif kwargs.get("do_sample") is None and not current_do_sample:
         kwargs["do_sample"] = True

@@ -136,7 +136,7 @@ class T3DConfig(TrainingArguments):
     )
     mask_ratio_power: float = field(
         default=8.0,
-        metadata={"help": "Draw r with probability ∝ r^power (official 8: r = 1 about 91% of the time)."},
+        metadata={"help": "Draw r with probability ∝ r^power (official 8: r = 1 in about 0.91 of the draws)."},
     )
     state_order: str = field(
         default="latest",

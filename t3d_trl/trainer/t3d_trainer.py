@@ -447,7 +447,8 @@ class T3DTrainer(Trainer):
             self.accelerator.unwrap_model(self.ref_model).load_state_dict(state)
         else:
             params = dict(self.accelerator.unwrap_model(self.model).named_parameters())
-            mixup_([params[name] for name in state], [value.to(params[name].device) for value in state.values()], 1.0)
+            names = list(state)
+            mixup_([params[name] for name in names], [state[name].to(params[name].device) for name in names], 1.0)
 
     def generation_config(self) -> DiffusionGenerationConfig:
         """The decoding defaults saved with the student: the training block size and the tokenizer's special tokens."""

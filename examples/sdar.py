@@ -1,0 +1,253 @@
+# /// script
+# dependencies = ["t3d-trl", "deepspeed"]
+# ///
+"""Distil a block diffusion LM (SDAR) into a few-step decoder with T3D: teacher rollouts, then training.
+
+The script rolls the teacher out over the prompts of a dataset (or takes an existing trajectory dataset with
+``--trajectories_path``), trains the student (initialised from the teacher) with :class:`t3d_trl.T3DTrainer`, saves
+it (weights, tokenizer, few-step ``generation_config.json``, ``custom_generate/``, model card) and, with
+``--push_to_hub``, pushes it. Flags come in three groups, parsed by ``trl.TrlParser`` (a ``--config file.yaml``
+works too): the script's own (dataset, rollout), the model's (``ModelArguments``) and every field of
+:class:`t3d_trl.T3DConfig` / ``TrainingArguments``.
+
+# The official T3D recipe (DESIGN §7): SDAR-4B-Chat on MATH, 8 GPUs, DeepSpeed ZeRO-1
+
+```bash
+accelerate launch --config_file examples/accelerate_configs/deepspeed_zero1.yaml examples/sdar.py \\
+    --model_name_or_path JetLM/SDAR-4B-Chat --dtype bfloat16 \\
+    --dataset_name DigitalLearningGmbH/MATH-lighteval --dataset_split train \\
+    --prompt_column problem --prompt_template math --as_chat \\
+    --rollout_block_size 4 --rollout_steps_per_block 4 --rollout_temperature 0.1 \\
+    --rollout_remasking low_confidence_static --rollout_max_new_tokens 2000 --rollout_batch_size 16 \\
+    --block_size 8 --max_prompt_length 512 --max_completion_length 1024 \\
+    --learning_rate 1e-5 --weight_decay 0.01 --max_grad_norm 1.0 \\
+    --lr_scheduler_type cosine_with_min_lr --lr_scheduler_kwargs '{"min_lr_rate": 0.1}' --warmup_steps 20 \\
+    --per_device_train_batch_size 1 --gradient_accumulation_steps 32 \\
+    --bf16 --gradient_checkpointing --num_train_epochs 30 \\
+    --logging_steps 1 --save_steps 500 --report_to none \\
+    --output_dir SDAR-4B-Chat-T3D
+```
+
+T3D's objective defaults are the official ones (``--loss_type ddo path --beta 0.1 --alpha 0.5 --lambda_path 0.2
+--reference_temperature 0``, reference refreshed every 10 optimizer steps: ``--ref_model_sync_steps 10``). The
+rollouts are written, resumably, to ``<output_dir>/rollouts`` (``--rollout_dir``): a rerun reads the finished
+batches back. The same recipe as a YAML file: ``examples/configs/sdar_t3d.yaml``
+(``accelerate launch ... examples/sdar.py --config examples/configs/sdar_t3d.yaml``).
+
+Other accelerate configs (``examples/accelerate_configs/``, 8 processes each; change ``num_processes``):
+
+* ``ddp.yaml`` — plain data parallelism (small models, or LoRA: ``--use_peft --lora_r 64``);
+* ``deepspeed_zero1.yaml`` — the official setting: optimizer states sharded;
+* ``deepspeed_zero2.yaml`` — gradients sharded too;
+* ``deepspeed_zero3.yaml`` — parameters sharded too. ZeRO-3 loads the model sharded, which cannot generate: roll
+  out first with the ``t3d-trl rollout`` command under ``ddp.yaml``, then train with
+  ``--trajectories_path <rollout dir>``;
+* ``fsdp.yaml`` — PyTorch FSDP2 (full sharding of the transformer layers; the full state dict is gathered on save).
+
+Two stages instead of one (rollouts on one cluster, training on another, or the same rollouts for several runs)::
+
+    accelerate launch --config_file examples/accelerate_configs/ddp.yaml -m t3d_trl.cli rollout \\
+        --config examples/configs/rollout.yaml --model_name_or_path JetLM/SDAR-4B-Chat --output_dir rollouts/math
+    accelerate launch --config_file examples/accelerate_configs/deepspeed_zero3.yaml examples/sdar.py \\
+        --model_name_or_path JetLM/SDAR-4B-Chat --trajectories_path rollouts/math [training flags as above]
+
+# Tiny offline run (no download, a CPU is enough)
+
+Without ``--model_name_or_path`` the script builds the demo's character tokenizer and a tiny Qwen3 teacher from a
+config (``t3d_trl.demo.pipeline``), trains it for ``--tiny_teacher_steps`` steps as a block diffusion LM on the
+demo tasks' ground-truth answers, rolls it out over ``--max_samples`` demo prompts (8 new tokens each) and trains
+T3D on the result. Besides the student it writes ``<output_dir>/teacher`` (the tiny teacher), ``prompts.jsonl``
+(prompts with references and scorer names) and ``trajectories/``, which the offline configs of
+``examples/configs/`` use (``t3d-trl rollout --config examples/configs/rollout.yaml``, then ``train``, ``eval``)::
+
+    python examples/sdar.py --max_steps 20 --output_dir tiny-t3d
+    CUDA_VISIBLE_DEVICES="" accelerate launch --multi_gpu --num_processes 2 examples/sdar.py \\
+        --use_cpu --max_steps 5 --output_dir tiny-t3d
+
+On a machine without GPUs, ``accelerate launch --cpu --num_processes 2`` starts a single process (accelerate needs
+MPI for several CPU processes); ``--multi_gpu --num_processes 2`` with no visible GPU starts two processes that
+talk over gloo, and ``--use_cpu`` keeps the Trainer on the CPU.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+from dataclasses import dataclass, field
+
+import torch
+from accelerate import PartialState
+from trl import TrlParser
+
+from t3d_trl import T3DConfig, T3DTrainer, generate_trajectories, patch_model, push_trajectories_to_hub
+from t3d_trl.scripts import (
+    DatasetArguments,
+    LoraArguments,
+    ModelArguments,
+    escape_help_percent,
+    format_prompts,
+    load_dataset_from_args,
+    load_model,
+    load_tokenizer,
+    model_init_kwargs,
+    peft_config_from_args,
+)
+from t3d_trl.scripts.tiny import tiny_prompts, tiny_teacher
+
+logger = logging.getLogger("examples.sdar")
+
+
+@dataclass
+class ScriptArguments(DatasetArguments):
+    """The prompts (``--dataset_name`` / ``--dataset_path``), the teacher's rollout settings, or an existing
+    trajectory dataset (``--trajectories_path``)."""
+
+    prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompts (text or messages)."})
+    prompt_template: str | None = field(
+        default=None,
+        metadata={"help": "Template applied to text prompts (`{prompt}` placeholder), or `math` for the GSM8K/MATH500 "
+                  "evaluation prompt."},
+    )
+    as_chat: bool = field(default=False, metadata={"help": "Wrap text prompts as a user message (chat template)."})
+    trajectories_path: str | None = field(
+        default=None,
+        metadata={"help": "Train on existing trajectories instead of rolling out: a `t3d-trl rollout` output "
+                  "directory, a `save_to_disk` directory, a data file or a Hub dataset id."},
+    )
+    rollout_dir: str | None = field(
+        default=None, metadata={"help": "Resumable rollout directory (default `<output_dir>/rollouts`)."}
+    )
+    rollout_block_size: int = field(default=4, metadata={"help": "Teacher block size (official 4)."})
+    rollout_steps_per_block: int = field(default=4, metadata={"help": "Teacher steps per block (official 4)."})
+    rollout_remasking: str = field(default="low_confidence_static", metadata={"help": "Teacher remasking strategy."})
+    rollout_temperature: float = field(default=0.1, metadata={"help": "Teacher sampling temperature (official 0.1)."})
+    rollout_top_k: int | None = field(default=None, metadata={"help": "Teacher top-k."})
+    rollout_top_p: float | None = field(default=None, metadata={"help": "Teacher top-p."})
+    rollout_max_new_tokens: int = field(default=2000, metadata={"help": "Teacher token budget (official 2000)."})
+    rollout_batch_size: int = field(default=16, metadata={"help": "Prompts per teacher `generate` call."})
+    rollout_max_prompt_length: int | None = field(
+        default=None, metadata={"help": "Refuse prompts longer than this before rolling out."}
+    )
+    hub_dataset_id: str | None = field(
+        default=None, metadata={"help": "Also push the trajectories to this Hub dataset repository."}
+    )
+    tiny_teacher_steps: int = field(
+        default=60,
+        metadata={"help": "Without --model_name_or_path: training steps of the tiny offline teacher (0: untrained)."},
+    )
+
+
+def rollout_settings(script_args: ScriptArguments, tiny: bool) -> dict:
+    settings = {
+        "block_size": script_args.rollout_block_size,
+        "steps_per_block": script_args.rollout_steps_per_block,
+        "remasking": script_args.rollout_remasking,
+        "temperature": script_args.rollout_temperature,
+        "max_new_tokens": script_args.rollout_max_new_tokens,
+    }
+    if script_args.rollout_top_k is not None:
+        settings["top_k"] = script_args.rollout_top_k
+    if script_args.rollout_top_p is not None:
+        settings["top_p"] = script_args.rollout_top_p
+    if tiny:  # the tiny teacher's answers are 3-4 characters and its positions stop at 64
+        settings["max_new_tokens"] = min(settings["max_new_tokens"], 8)
+    return settings
+
+
+def main(script_args: ScriptArguments, model_args: ModelArguments, lora_args: LoraArguments, training_args: T3DConfig):
+    state = PartialState()  # set up by T3DConfig (gloo processes with --use_cpu)
+    tiny = model_args.model_name_or_path is None
+    student = model_args.model_name_or_path
+
+    if tiny:
+        if script_args.trajectories_path is not None:
+            raise ValueError("--trajectories_path needs --model_name_or_path (the model the trajectories came from).")
+        teacher, tokenizer = tiny_teacher(
+            os.path.join(training_args.output_dir, "teacher"),
+            steps=script_args.tiny_teacher_steps,
+            seed=training_args.seed,
+            use_cpu=training_args.use_cpu,
+        )
+        prompts = tiny_prompts(script_args.max_samples or 96, seed=training_args.seed)
+        settings = rollout_settings(script_args, tiny=True)
+        # the saved teacher (and so the student) decodes with the rollout's block settings, greedily by default
+        block_settings = {k: v for k, v in settings.items() if k not in ("temperature", "top_k", "top_p")}
+        patch_model(teacher, tokenizer, **block_settings)
+        if state.is_main_process:  # for the CLI configs of examples/configs/ (offline runs)
+            teacher.save_pretrained(os.path.join(training_args.output_dir, "teacher"))
+            tokenizer.save_pretrained(os.path.join(training_args.output_dir, "teacher"))
+            prompts.to_json(os.path.join(training_args.output_dir, "prompts.jsonl"))
+        trajectories = generate_trajectories(
+            teacher, tokenizer, prompts, settings, batch_size=script_args.rollout_batch_size, seed=training_args.seed,
+            progress=False,
+        )  # fmt: skip
+        if state.is_main_process:
+            trajectories.save_to_disk(os.path.join(training_args.output_dir, "trajectories"))
+        student = teacher  # the student starts from the teacher (the reference is a frozen copy)
+    else:
+        tokenizer = load_tokenizer(model_args)
+        if script_args.trajectories_path is not None:
+            source = script_args.trajectories_path
+            local = os.path.exists(source)
+            args = DatasetArguments(dataset_path=source if local else None, dataset_name=None if local else source)
+            with state.main_process_first():
+                trajectories = load_dataset_from_args(args)
+        else:
+            from transformers.integrations import is_deepspeed_zero3_enabled
+
+            if is_deepspeed_zero3_enabled():
+                raise ValueError(
+                    "Under DeepSpeed ZeRO-3 the teacher would be loaded sharded and cannot generate. Roll out first "
+                    "(accelerate launch --config_file examples/accelerate_configs/ddp.yaml -m t3d_trl.cli rollout "
+                    "...), then pass --trajectories_path."
+                )
+            with state.main_process_first():
+                prompts = load_dataset_from_args(script_args)
+                prompts = format_prompts(prompts, script_args.prompt_column, script_args.prompt_template,
+                                         script_args.as_chat)
+            teacher = load_model(model_args, training_args.model_family, tokenizer, device=training_args.device)
+            trajectories = generate_trajectories(
+                teacher, tokenizer, prompts, rollout_settings(script_args, tiny=False),
+                prompt_column=script_args.prompt_column, batch_size=script_args.rollout_batch_size,
+                max_prompt_length=script_args.rollout_max_prompt_length,
+                output_dir=script_args.rollout_dir or os.path.join(training_args.output_dir, "rollouts"),
+                seed=training_args.seed,
+            )  # fmt: skip
+            del teacher  # the student is loaded afresh by the trainer (sharded under ZeRO / FSDP)
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        init_kwargs = model_init_kwargs(model_args)
+        init_kwargs.update(training_args.model_init_kwargs or {})
+        training_args.model_init_kwargs = init_kwargs
+
+    if script_args.hub_dataset_id and script_args.trajectories_path is None and state.is_main_process:
+        push_trajectories_to_hub(trajectories, script_args.hub_dataset_id)
+    state.wait_for_everyone()
+
+    trainer = T3DTrainer(
+        model=student,
+        args=training_args,
+        train_dataset=trajectories,
+        processing_class=tokenizer,
+        peft_config=peft_config_from_args(lora_args),
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name or script_args.trajectories_path)
+        trainer.accelerator.print(f"Model pushed to https://huggingface.co/{trainer.hub_model_id}")
+    if hasattr(trainer, "end"):  # transformers >= 5.18: finish the trackers, destroy the process group
+        trainer.end()
+
+
+def make_parser() -> TrlParser:
+    parser = TrlParser((ScriptArguments, ModelArguments, LoraArguments, T3DConfig), prog="examples/sdar.py")
+    return escape_help_percent(parser)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    main(*make_parser().parse_args_and_config())

@@ -1,0 +1,112 @@
+"""Command-line arguments of ``t3d-trl demo``, derived from :class:`t3d_trl.demo.DemoConfig`.
+
+Every ``DemoConfig`` field becomes an optional flag (tuples become lists, dicts take JSON or a YAML mapping); an
+unset flag keeps the quick default, or the full-study value with ``--full``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from typing import Any
+
+__all__ = ["demo_arguments_class", "demo_config_from_args", "full_demo_config"]
+
+
+def _demo_config_class() -> type:
+    from ..demo import DemoConfig
+
+    return DemoConfig
+
+
+def _cli_type(annotation: Any) -> tuple[Any, str]:
+    """The parser type of a ``DemoConfig`` field (always optional) and a note on how to give it."""
+    origin = typing.get_origin(annotation)
+    arguments = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin in (typing.Union, types.UnionType) and len(arguments) == 1:
+        return _cli_type(arguments[0])
+    if origin is tuple:
+        item = arguments[0] if arguments else str
+        return list[item] | None, "a list"
+    if origin is list:
+        item = arguments[0] if arguments else str
+        return list[item] | None, "a list"
+    if annotation is dict or origin is dict:
+        return str | None, "JSON object, or a mapping in the YAML file"
+    if annotation in (int, float, str, bool):
+        return annotation | None, ""
+    return str | None, ""
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, tuple):
+        value = list(value)
+    return json.dumps(value) if isinstance(value, (list, dict)) else repr(value)
+
+
+def demo_arguments_class() -> type:
+    """A dataclass with one optional field per ``DemoConfig`` field, plus ``full`` and ``print_config``."""
+    config_class = _demo_config_class()
+    hints = typing.get_type_hints(config_class)
+    quick = config_class()
+    full = full_demo_config()
+    specs: list[tuple[str, Any, Any]] = []
+    for spec in dataclasses.fields(config_class):
+        if not spec.init:
+            continue
+        parser_type, note = _cli_type(hints[spec.name])
+        quick_value, full_value = getattr(quick, spec.name), getattr(full, spec.name)
+        text = f"DemoConfig.{spec.name} (default {_describe(quick_value)}"
+        if full_value != quick_value:
+            text += f"; with --full {_describe(full_value)}"
+        text += ")" + (f"; {note}" if note else "") + "."
+        specs.append((spec.name, parser_type, dataclasses.field(default=None, metadata={"help": text})))
+    specs.append(("full", bool, dataclasses.field(
+        default=False,
+        metadata={"help": "Run the full study (more seeds, longer budgets) instead of the quick demo; other flags "
+                  "still override single settings."},
+    )))
+    specs.append(("print_config", bool, dataclasses.field(
+        default=False, metadata={"help": "Print the resolved DemoConfig as JSON and exit without running."}
+    )))
+    cls = dataclasses.make_dataclass("DemoArguments", specs)
+    cls.__module__ = __name__
+    cls.__doc__ = "Arguments of `t3d-trl demo`: overrides of `t3d_trl.demo.DemoConfig`."
+    return cls
+
+
+def full_demo_config(**overrides: Any) -> Any:
+    """The full-study ``DemoConfig`` (:meth:`DemoConfig.full`) with ``overrides``."""
+    return _demo_config_class().full(**overrides)
+
+
+def demo_config_from_args(args: Any) -> Any:
+    """The ``DemoConfig`` of parsed :func:`demo_arguments_class` arguments."""
+    config_class = _demo_config_class()
+    hints = typing.get_type_hints(config_class)
+    overrides: dict[str, Any] = {}
+    for spec in dataclasses.fields(config_class):
+        value = getattr(args, spec.name, None)
+        if value is None or not spec.init:
+            continue
+        annotation = hints[spec.name]
+        origin = typing.get_origin(annotation)
+        if origin in (typing.Union, types.UnionType):
+            inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+            annotation = inner[0] if len(inner) == 1 else annotation
+            origin = typing.get_origin(annotation)
+        if origin is tuple and isinstance(value, (list, tuple)):
+            value = tuple(value)
+        elif (annotation is dict or origin is dict) and isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"--{spec.name} must be a JSON object, got {value!r}.") from error
+            if not isinstance(value, dict):
+                raise ValueError(f"--{spec.name} must be a JSON object, got {value!r}.")
+        overrides[spec.name] = value
+    if args.full:
+        return full_demo_config(**overrides)
+    return config_class(**overrides)

@@ -1,0 +1,240 @@
+"""Loading helpers shared by the ``t3d-trl`` command line and the example scripts."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .arguments import DatasetArguments, LoraArguments, ModelArguments
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "escape_help_percent",
+    "format_prompts",
+    "load_dataset_from_args",
+    "resolve_prompt_template",
+    "load_local_dataset",
+    "load_model",
+    "load_tokenizer",
+    "model_init_kwargs",
+    "peft_config_from_args",
+]
+
+#: the files `generate_trajectories(output_dir=...)` writes next to the final dataset
+_ROLLOUT_DIR_MARKERS = ("rollout_config.json", "dataset")
+_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".ndjson": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def escape_help_percent(parser: Any) -> Any:
+    """Escape lone ``%`` in the help texts of ``parser``'s arguments (argparse %-formats help strings)."""
+    for action in getattr(parser, "_actions", []):
+        if isinstance(action.help, str):
+            action.help = re.sub(r"(?<!%)%(?![(%])", "%%", action.help)
+    return parser
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Datasets
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def load_local_dataset(path: str | os.PathLike, split: str = "train") -> Any:
+    """A dataset stored on this machine.
+
+    Args:
+        path: a ``save_to_disk`` directory (a ``Dataset``, or a ``DatasetDict`` of which ``split`` is taken), a
+            ``t3d-trl rollout`` / ``generate_trajectories(output_dir=...)`` directory (its ``dataset/`` is read), a
+            directory of data files, or a ``.json``/``.jsonl``/``.parquet``/``.csv``/``.arrow`` file.
+        split: the split of a ``DatasetDict`` or of a directory of data files.
+
+    Returns:
+        A ``datasets.Dataset``.
+    """
+    from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"No dataset at {str(path)!r}.")
+    if path.is_dir():
+        if all((path / name).exists() for name in _ROLLOUT_DIR_MARKERS):
+            return load_local_dataset(path / "dataset", split)
+        if (path / "rollout_config.json").exists():
+            raise ValueError(
+                f"{path} is an unfinished rollout directory (no `dataset/` yet): rerun `t3d-trl rollout` with the same "
+                "settings to finish it."
+            )
+        if (path / "state.json").exists() or (path / "dataset_dict.json").exists():
+            data = load_from_disk(str(path))
+            if isinstance(data, DatasetDict):
+                if split not in data:
+                    raise ValueError(f"{path} has splits {list(data)}, not {split!r}; pick one with the split flag.")
+                data = data[split]
+            return data
+        return load_dataset(str(path), split=split)
+    suffix = path.suffix.lower()
+    if suffix == ".arrow":
+        return Dataset.from_file(str(path))
+    if suffix == ".gz" and Path(path.stem).suffix.lower() in _FILE_BUILDERS:
+        suffix = Path(path.stem).suffix.lower()
+    if suffix not in _FILE_BUILDERS:
+        raise ValueError(
+            f"Unsupported dataset file {str(path)!r}: use .json, .jsonl, .parquet, .csv or .arrow, or a save_to_disk "
+            "directory."
+        )
+    return load_dataset(_FILE_BUILDERS[suffix], data_files=str(path), split="train")
+
+
+def load_dataset_from_args(args: DatasetArguments) -> Any:
+    """The dataset named by ``--dataset_path`` (local) or ``--dataset_name`` (local path or Hub id).
+
+    Raises:
+        ValueError: when neither is given.
+    """
+    from datasets import load_dataset
+
+    if args.dataset_path is not None:
+        dataset = load_local_dataset(args.dataset_path, args.dataset_split)
+    elif args.dataset_name is not None and os.path.exists(args.dataset_name):
+        dataset = load_local_dataset(args.dataset_name, args.dataset_split)
+    elif args.dataset_name is not None:
+        dataset = load_dataset(args.dataset_name, args.dataset_config, split=args.dataset_split)
+    else:
+        raise ValueError("No dataset: pass --dataset_path (a local directory or file) or --dataset_name (a Hub id).")
+    if args.max_samples is not None:
+        if args.max_samples < 1:
+            raise ValueError(f"--max_samples must be positive, got {args.max_samples}.")
+        dataset = dataset.select(range(min(args.max_samples, len(dataset))))
+    return dataset
+
+
+def resolve_prompt_template(template: str | None) -> str | None:
+    """``"math"`` is the GSM8K/MATH500 evaluation prompt (:data:`t3d_trl.evaluation.MATH_PROMPT_TEMPLATE`); other
+    templates must hold ``{prompt}`` (or ``{question}``), replaced by the prompt."""
+    if template is None:
+        return None
+    if template.strip().lower() == "math":
+        from ..evaluation import MATH_PROMPT_TEMPLATE
+
+        template = MATH_PROMPT_TEMPLATE
+    template = template.replace("{question}", "{prompt}")
+    if "{prompt}" not in template:
+        raise ValueError(
+            f"--prompt_template {template!r} has no `{{prompt}}` placeholder; give e.g. "
+            "'{prompt} Answer briefly.' or `math`."
+        )
+    return template
+
+
+def format_prompts(dataset: Any, prompt_column: str, template: str | None = None, as_chat: bool = False) -> Any:
+    """Apply ``template`` (see :func:`resolve_prompt_template`) to text prompts and/or wrap them as a user chat
+    message (so the tokenizer's chat template is applied at rollout)."""
+    template = resolve_prompt_template(template)
+    if template is None and not as_chat:
+        return dataset
+    if prompt_column not in dataset.column_names:
+        raise ValueError(f"The dataset has no `{prompt_column}` column (columns: {dataset.column_names}).")
+
+    def convert(row: dict[str, Any]) -> dict[str, Any]:
+        prompt = row[prompt_column]
+        if not isinstance(prompt, str):  # already chat messages
+            return {prompt_column: prompt}
+        if template is not None:
+            prompt = template.replace("{prompt}", prompt)
+        return {prompt_column: [{"role": "user", "content": prompt}] if as_chat else prompt}
+
+    return dataset.map(convert, desc="Formatting prompts")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def load_tokenizer(args: ModelArguments) -> Any:
+    """The tokenizer of ``args.tokenizer_name_or_path`` (or the model), with ``--mask_token`` set if given."""
+    from transformers import AutoTokenizer
+
+    name = args.tokenizer_name_or_path or args.model_name_or_path
+    if name is None:
+        raise ValueError("No model: pass --model_name_or_path (a Hub id or a local directory).")
+    tokenizer = AutoTokenizer.from_pretrained(
+        name, revision=args.model_revision, trust_remote_code=args.trust_remote_code
+    )
+    if args.mask_token is not None and getattr(tokenizer, "mask_token", None) != args.mask_token:
+        token_id = tokenizer.convert_tokens_to_ids(args.mask_token)
+        if token_id is None or token_id == getattr(tokenizer, "unk_token_id", object()):
+            raise ValueError(
+                f"--mask_token {args.mask_token!r} is not in the tokenizer's vocabulary. Add it and resize the "
+                "embeddings first (tokenizer.add_special_tokens({'mask_token': ...}); "
+                "model.resize_token_embeddings(len(tokenizer))), then save the model."
+            )
+        tokenizer.mask_token = args.mask_token
+    return tokenizer
+
+
+def model_init_kwargs(args: ModelArguments) -> dict[str, Any]:
+    """Keyword arguments of ``from_pretrained`` for ``args`` (``trust_remote_code`` only when asked)."""
+    kwargs: dict[str, Any] = {"attn_implementation": args.attn_implementation, "dtype": args.dtype}
+    if args.model_revision is not None:
+        kwargs["revision"] = args.model_revision
+    if args.trust_remote_code:
+        kwargs["trust_remote_code"] = True
+    return kwargs
+
+
+def load_model(args: ModelArguments, family: str | None = None, tokenizer: Any = None, device: Any = None) -> Any:
+    """Load a diffusion LM with ``AutoModelForCausalLM`` (block-causal) or ``AutoModelForMaskedLM``
+    (``family="bidirectional"``), put it on ``device`` in eval mode and give it the few-step ``generate`` of
+    :func:`t3d_trl.patch_model`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    from ..generation import patch_model
+
+    if args.model_name_or_path is None:
+        raise ValueError("No model: pass --model_name_or_path (a Hub id or a local directory).")
+    kwargs = model_init_kwargs(args)
+    if kwargs["dtype"] != "auto":
+        kwargs["dtype"] = getattr(torch, kwargs["dtype"])
+    loader = AutoModelForMaskedLM if family == "bidirectional" else AutoModelForCausalLM
+    model = loader.from_pretrained(args.model_name_or_path, **kwargs)
+    if device is not None:
+        model.to(device)
+    model.eval()
+    return patch_model(model, tokenizer, family=family)
+
+
+def peft_config_from_args(args: LoraArguments) -> Any:
+    """A ``peft.LoraConfig`` from ``--use_peft`` and the ``--lora_*`` flags (``None`` without ``--use_peft``)."""
+    if not args.use_peft:
+        return None
+    try:
+        from peft import LoraConfig
+    except ImportError as error:  # pragma: no cover - peft is a dependency
+        raise ImportError("--use_peft needs the `peft` package: pip install peft") from error
+    target = args.lora_target_modules
+    if target == ["all-linear"]:
+        target = "all-linear"  # PEFT's keyword is a string, not a module name
+    return LoraConfig(
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=target,
+        task_type="CAUSAL_LM",
+    )
+
+
+def as_plain(value: Any) -> Any:
+    """``value`` with mappings/sequences turned into JSON-friendly dicts/lists (for records of the settings)."""
+    if isinstance(value, Mapping):
+        return {str(k): as_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [as_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)

@@ -1,0 +1,373 @@
+"""The ``t3d-trl`` command line: help, YAML + flag parsing, and a tiny rollout -> train -> eval chain."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from datasets import load_from_disk
+
+from t3d_trl.cli import main, parse_command
+from t3d_trl.evaluation import EvalResult, read_json
+from t3d_trl.scripts import EvalArguments, load_local_dataset
+from t3d_trl.scripts.commands import average_results, decoding_settings, load_eval_sets, resolve_scorer
+from t3d_trl.scripts.demo_arguments import demo_config_from_args, full_demo_config
+from t3d_trl.scripts.utils import format_prompts, resolve_prompt_template
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "examples" / "configs"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "eval"
+
+
+def _env() -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key != "ACCELERATE_USE_CPU"}
+    env.update(
+        HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
+        CUDA_VISIBLE_DEVICES="", PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
+    )  # fmt: skip
+    return env
+
+
+def _run(args: list[str], cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+    completed = subprocess.run(
+        [sys.executable, "-m", "t3d_trl.cli", *args], cwd=cwd, env=_env(), capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+    assert completed.returncode == 0, f"{args}\n{completed.stdout[-3000:]}\n{completed.stderr[-5000:]}"
+    return completed
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Help
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_help_runs_as_a_program():
+    """`t3d-trl train --help` as a program: the console script (or `python -m t3d_trl.cli` without it)."""
+    script = shutil.which("t3d-trl")
+    command = [script] if script else [sys.executable, "-m", "t3d_trl.cli"]
+    completed = subprocess.run([*command, "train", "--help"], env=_env(), capture_output=True, text=True, timeout=240)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    for flag in ("--loss_type", "--beta", "--mask_ratio_power", "--model_name_or_path", "--dataset_path",
+                 "--use_peft", "--learning_rate"):  # fmt: skip
+        assert flag in completed.stdout, flag
+    assert "usage: t3d-trl train" in completed.stdout and "examples:" in completed.stdout
+
+
+@pytest.mark.parametrize(
+    "command, flags",
+    [
+        ("rollout", ["--block_size", "--steps_per_block", "--temperature", "--output_dir", "--prompt_template"]),
+        ("train", ["--loss_type", "--ref_model_sync_steps", "--lora_r"]),
+        ("eval", ["--eval_dataset", "--block_sizes", "--tokens_per_step", "--scorer", "--allow_code_execution"]),
+        ("demo", ["--full", "--seeds", "--student_steps", "--print_config"]),
+    ],
+)
+def test_subcommand_help(command, flags, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: t3d-trl {command}")
+    for flag in flags:
+        assert flag in text, flag
+
+
+def test_top_level_help_and_errors(capsys):
+    assert main([]) == 0
+    assert "rollout" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    with pytest.raises(SystemExit) as exit_info:
+        main(["distill"])
+    assert exit_info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Parsing
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_yaml_config_with_command_line_overrides(tmp_path, monkeypatch):
+    monkeypatch.setenv("T3D_CLI_TEST_VARIABLE", "unset")
+    config = {
+        "env": {"T3D_CLI_TEST_VARIABLE": "from-yaml"},
+        "model_name_or_path": "some/model",
+        "dataset_path": "rollouts/x",
+        "output_dir": str(tmp_path / "out"),
+        "loss_type": ["ddo", "path"],
+        "mask_ratios": [1.0, 0.5],
+        "beta": 0.2,
+        "learning_rate": 1.0e-5,
+        "lr_scheduler_kwargs": {"min_lr_rate": 0.1},
+        "lr_scheduler_type": "cosine_with_min_lr",
+        "save_strategy": "no",
+        "use_cpu": True,
+        "use_peft": True,
+        "lora_target_modules": ["q_proj", "v_proj"],
+        "report_to": "none",
+    }
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(config))
+    script_args, model_args, lora_args, training_args = parse_command(
+        "train", ["--config", str(path), "--beta", "0.3", "--loss_type", "td", "--dtype", "float32"]
+    )
+    assert os.environ["T3D_CLI_TEST_VARIABLE"] == "from-yaml"
+    assert script_args.dataset_path == "rollouts/x" and script_args.dataset_split == "train"
+    assert model_args.model_name_or_path == "some/model" and model_args.dtype == "float32"
+    assert model_args.attn_implementation == "sdpa" and model_args.trust_remote_code is False
+    assert lora_args.use_peft and lora_args.lora_target_modules == ["q_proj", "v_proj"]
+    assert training_args.beta == 0.3  # the flag wins over the file
+    assert training_args.loss_type == ["td"]
+    assert training_args.mask_ratios == [1.0, 0.5] and training_args.learning_rate == 1e-5
+    assert training_args.lr_scheduler_kwargs == {"min_lr_rate": 0.1}
+    assert training_args.output_dir == str(tmp_path / "out") and training_args.use_cpu
+
+    rollout = yaml.safe_load((CONFIGS / "rollout.yaml").read_text())
+    model_args, rollout_args, generation_args = parse_command(
+        "rollout", ["--config", str(CONFIGS / "rollout.yaml"), "--temperature", "0", "--max_samples", "3"]
+    )
+    assert model_args.model_name_or_path == rollout["model_name_or_path"]
+    assert rollout_args.output_dir == rollout["output_dir"] and rollout_args.max_samples == 3
+    assert generation_args.to_dict() == {
+        "block_size": 4, "steps_per_block": 4, "remasking": "low_confidence_static", "temperature": 0.0,
+        "max_new_tokens": 8,
+    }  # fmt: skip
+
+    _, eval_args = parse_command("eval", ["--config", str(CONFIGS / "eval.yaml"), "--tokens_per_step", "2"])
+    assert eval_args.block_sizes == [4, 8] and eval_args.tokens_per_step == [2]
+    assert eval_args.scorer_modules == ["t3d_trl.demo.tasks"] and eval_args.as_chat
+
+
+def test_unknown_yaml_key_is_refused(tmp_path):
+    path = tmp_path / "rollout.yaml"
+    path.write_text("model_name_or_path: m\nnot_a_flag: 1\n")
+    with pytest.raises(ValueError, match="not_a_flag"):
+        parse_command("rollout", ["--config", str(path)])
+
+
+def test_demo_arguments_override_the_quick_and_full_settings(tmp_path, capsys):
+    import dataclasses
+    import typing
+
+    from t3d_trl.demo import DemoConfig
+
+    (demo_args,) = parse_command("demo", ["--config", str(CONFIGS / "demo.yaml"), "--seeds", "3", "4"])
+    config = demo_config_from_args(demo_args)
+    assert config.seeds == (3, 4) and isinstance(config.tasks, tuple) and config.output_dir == "t3d-demo"
+    full = full_demo_config()
+    (demo_args,) = parse_command("demo", ["--full", "--student_steps", "7"])
+    config = demo_config_from_args(demo_args)
+    assert config.student_steps == 7 and config.seeds == full.seeds
+    hints = typing.get_type_hints(DemoConfig)  # dict fields take JSON on the command line, mappings in YAML
+    for name in [f.name for f in dataclasses.fields(DemoConfig) if typing.get_origin(hints[f.name]) is dict][:1]:
+        (demo_args,) = parse_command("demo", [f"--{name}", '{"x": {"beta": 0.2}}'])
+        assert getattr(demo_config_from_args(demo_args), name) == {"x": {"beta": 0.2}}
+        path = tmp_path / "demo.yaml"
+        path.write_text(yaml.safe_dump({name: {"y": {"beta": 0.3}}}))
+        (demo_args,) = parse_command("demo", ["--config", str(path)])
+        assert getattr(demo_config_from_args(demo_args), name) == {"y": {"beta": 0.3}}
+    output_dir = tmp_path / "demo"
+    assert main(["demo", "--full", "--methods", "T3D", "--output_dir", str(output_dir), "--print_config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["methods"] == ["T3D"] and printed["seeds"] == list(full.seeds)
+    assert not output_dir.exists()  # --print_config does not run the demo
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Helpers of the subcommands
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_decoding_settings_skip_pairs_that_do_not_divide():
+    settings = decoding_settings(EvalArguments(block_sizes=[4, 8], tokens_per_step=[1, 3, 8]))
+    assert [(s.block_size, s.steps_per_block) for s in settings] == [(4, 4), (8, 8), (8, 1)]
+    dynamic = decoding_settings(EvalArguments(block_sizes=[4], tokens_per_step=[1], remasking="low_confidence_dynamic",
+                                              confidence_threshold=0.9))  # fmt: skip
+    assert dynamic[0].name == "B4-S4-dynamic0.9"
+    with pytest.raises(ValueError, match="No decoding setting"):
+        decoding_settings(EvalArguments(block_sizes=[4], tokens_per_step=[3]))
+
+
+def test_average_results_pool_speed_and_average_accuracy():
+    def result(dataset, accuracy, samples, tokens, seconds, nfe):
+        return EvalResult(
+            setting="B4-S2-static", block_size=4, steps_per_block=2, remasking="low_confidence_static", threshold=None,
+            accuracy=accuracy, num_samples=samples, num_correct=round(accuracy * samples), tokens_per_second=0.0,
+            latency_per_sample=0.0, avg_nfe=nfe / samples, avg_gen_length=tokens / samples,
+            tokens_per_forward=tokens / nfe, dataset=dataset, total_time_s=seconds, total_generated_tokens=tokens,
+            total_nfe=nfe,
+        )  # fmt: skip
+
+    sets = {"a": [result("a", 0.5, 10, 100, 2.0, 50)], "b": [result("b", 1.0, 30, 500, 3.0, 200)]}
+    (average,) = average_results(sets)
+    assert average.accuracy == pytest.approx(0.75)  # unweighted over the sets, as the paper's "Average"
+    assert average.tokens_per_second == pytest.approx(600 / 5.0)
+    assert average.latency_per_sample == pytest.approx(5.0 / 40)
+    assert average.avg_nfe == pytest.approx(250 / 40) and average.tokens_per_forward == pytest.approx(600 / 250)
+    assert average.dataset == "average" and average.num_correct == 35
+
+
+def test_eval_sets_registered_and_local(tmp_path):
+    custom = tmp_path / "mine.jsonl"
+    custom.write_text(json.dumps({"prompt": "w:beast=", "reference": "bear|deer"}) + "\n")
+    with pytest.raises(ValueError, match="one file per registered evaluation set"):
+        files = [str(FIXTURES / "gsm8k.jsonl")]
+        load_eval_sets(EvalArguments(eval_dataset=["gsm8k", "math500"], eval_data_files=files))
+    args = EvalArguments(eval_dataset=["gsm8k"], eval_data_files=[str(FIXTURES / "gsm8k.jsonl")], eval_limit=2)
+    ((label, dataset),) = load_eval_sets(args)
+    assert label == "gsm8k" and len(dataset) == 2 and dataset[0]["scorer"] == "math"
+    assert isinstance(dataset[0]["prompt"], list)  # chat messages by default
+    ((label, dataset),) = load_eval_sets(EvalArguments(eval_dataset=[str(custom)]))
+    assert label == "mine" and dataset[0]["reference"] == "bear|deer"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "x"}) + "\n")
+    with pytest.raises(ValueError, match="prompt` and `reference"):
+        load_eval_sets(EvalArguments(eval_dataset=[str(bad)]))
+
+
+@pytest.fixture
+def forget_module_scorers():
+    """Remove the `module:function` scorers a test registers (the registry is global to the process)."""
+    from t3d_trl.evaluation import scorers
+
+    yield
+    for name in [name for name in scorers._SCORERS if ":" in name]:
+        del scorers._SCORERS[name]
+
+
+def test_scorer_given_as_module_function(forget_module_scorers):
+    from t3d_trl.evaluation import available_scorers, get_scorer
+
+    name = resolve_scorer("t3d_trl.demo.tasks:is_one_of")
+    assert name in available_scorers() and get_scorer(name)("bear", "bear|deer")
+    assert resolve_scorer("math") == "math" and resolve_scorer(None) is None
+    with pytest.raises(ValueError, match="cannot import"):
+        resolve_scorer("t3d_trl.demo.tasks:no_such_function")
+
+
+def test_prompt_formatting_and_local_datasets(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    dataset = Dataset.from_dict({"question": ["1+1?"]})
+    formatted = format_prompts(dataset, "question", "math", as_chat=True)
+    assert formatted[0]["question"] == [
+        {"role": "user", "content": "1+1?\nPlease reason step by step, and put your final answer within \\boxed{}."}
+    ]
+    assert format_prompts(dataset, "question", "Q: {prompt} A:")[0]["question"] == "Q: 1+1? A:"
+    with pytest.raises(ValueError, match="placeholder"):
+        resolve_prompt_template("no placeholder")
+    DatasetDict({"train": dataset, "test": dataset.map(lambda r: {"question": "2+2?"})}).save_to_disk(tmp_path / "dd")
+    assert load_local_dataset(tmp_path / "dd", "test")[0]["question"] == "2+2?"
+    (tmp_path / "rollout" / "dataset").parent.mkdir()
+    dataset.save_to_disk(tmp_path / "rollout" / "dataset")
+    (tmp_path / "rollout" / "rollout_config.json").write_text("{}")
+    assert load_local_dataset(tmp_path / "rollout")[0]["question"] == "1+1?"  # a rollout dir reads its dataset/
+    with pytest.raises(ValueError, match="Unsupported"):
+        (tmp_path / "x.txt").write_text("")
+        load_local_dataset(tmp_path / "x.txt")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# End to end: rollout -> train -> eval through files, with the shipped example configs
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _tiny_workspace(root: Path) -> None:
+    """What `examples/sdar.py` writes in tiny mode, made directly: an untrained tiny Qwen3 teacher with the demo's
+    tokenizer (and a chat template) in tiny-t3d/teacher, and demo prompts in tiny-t3d/prompts.jsonl."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from t3d_trl.demo.pipeline import build_tokenizer
+    from t3d_trl.scripts.tiny import tiny_prompts
+
+    tokenizer = build_tokenizer()
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    torch.manual_seed(0)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=512, attn_implementation="sdpa",
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    model = Qwen3ForCausalLM(config)
+    with torch.no_grad():  # make EOS likely, so completions have different lengths
+        model.lm_head.weight[tokenizer.eos_token_id] += 0.5 * model.lm_head.weight.std() * 10
+    model.save_pretrained(root / "tiny-t3d" / "teacher")
+    tokenizer.save_pretrained(root / "tiny-t3d" / "teacher")
+    tiny_prompts(12, seed=0).to_json(root / "tiny-t3d" / "prompts.jsonl")
+
+
+@pytest.mark.slow
+def test_rollout_train_eval_chain(tmp_path, monkeypatch, capsys):
+    _tiny_workspace(tmp_path)
+
+    # rollout (in this process): the shipped config, overridden on the command line
+    monkeypatch.chdir(tmp_path)
+    assert main(["rollout", "--config", str(CONFIGS / "rollout.yaml"), "--max_samples", "10", "--batch_size", "4"]) == 0
+    trajectories = load_from_disk(str(tmp_path / "rollouts" / "tiny" / "dataset"))
+    assert len(trajectories) == 10 and (tmp_path / "rollouts" / "tiny" / "done").exists()
+    assert {"prompt_ids", "completion_ids", "step_map", "nfe"} <= set(trajectories.column_names)
+    assert all(len(s) == len(c) for s, c in zip(trajectories["step_map"], trajectories["completion_ids"]))
+    assert set(trajectories["block_size"]) == {4} and set(trajectories["steps_per_block"]) == {4}
+
+    # train (as a program, `python -m t3d_trl.cli`): the student on those trajectories; the rollout directory
+    # itself is the dataset path
+    _run(["train", "--config", str(CONFIGS / "train.yaml"), "--max_steps", "2", "--logging_steps", "1",
+          "--per_device_train_batch_size", "4", "--dtype", "float32"], tmp_path)  # fmt: skip
+    student = tmp_path / "tiny-t3d-cli"
+    for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "README.md"):
+        assert (student / name).exists(), name
+    generation = json.loads((student / "generation_config.json").read_text())
+    assert generation["block_size"] == 4 and generation["mask_token_id"] is not None
+
+    # eval (in this process): the student on the demo prompts (custom scorers registered by a module) and on a
+    # GSM8K file (chat prompts)
+    assert main(
+        ["eval", "--config", str(CONFIGS / "eval.yaml"),
+         "--eval_dataset", "tiny-t3d/prompts.jsonl", "gsm8k", "--eval_data_files", str(FIXTURES / "gsm8k.jsonl"),
+         "--eval_limit", "2", "--block_sizes", "4", "--tokens_per_step", "2", "4"]
+    ) == 0  # fmt: skip
+    assert "Average over" in capsys.readouterr().out
+    out = tmp_path / "eval" / "tiny"
+    report = json.loads((out / "results.json").read_text())
+    assert report["model_name_or_path"] == "tiny-t3d-cli"
+    assert [s["steps_per_block"] for s in report["settings"]] == [2, 1]
+    assert {r["dataset"] for r in report["results"]} == {"prompts", "gsm8k"} and len(report["average"]) == 2
+    results = read_json(out / "results.json")
+    assert all(0.0 <= r.accuracy <= 1.0 and r.num_samples == 2 for r in results)
+    assert all(math.isfinite(r.avg_nfe) and r.avg_nfe > 0 for r in results)
+    for name in ("results.md", "accuracy_vs_tokens_per_step.png"):
+        assert (out / name).stat().st_size > 0
+        assert (out / "gsm8k" / name).stat().st_size > 0
+    assert (out / "prompts" / "samples_B4-S2-static.jsonl").exists()
+    assert "| Setting |" in (out / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_demo_command_runs_a_micro_study(tmp_path, capsys):
+    """`t3d-trl demo` flags reach `run_demo` (a micro study: one task, one method, a few steps)."""
+    import torch
+
+    threads = torch.get_num_threads()  # run_demo sets the thread count of this process
+    try:
+        assert main([
+            "demo", "--output_dir", str(tmp_path), "--tasks", "words", "--methods", "T3D", "--seeds", "0",
+            "--hidden_size", "32", "--num_layers", "1", "--teacher_steps", "3", "--teacher_batch_size", "8",
+            "--rollouts_per_task", "4", "--student_steps", "2", "--student_batch_size", "4",
+            "--eval_prompts_per_task", "3", "--eval_block_sizes", "4", "--tokens_per_step", "1", "4",
+        ]) == 0  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert report["config"]["methods"] == ["T3D"] and report["config"]["tasks"] == ["words"]
+    assert (tmp_path / "results.md").exists() and (tmp_path / "accuracy_vs_tokens_per_step.png").exists()
