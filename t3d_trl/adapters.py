@@ -16,6 +16,7 @@ one class here and registering it in :func:`get_adapter`.
 
 from __future__ import annotations
 
+import abc
 import functools
 import inspect
 
@@ -45,7 +46,7 @@ def attention_kernel(model) -> str:
     return getattr(model.config, "_attn_implementation", None) or "eager"
 
 
-class DiffusionAdapter:
+class DiffusionAdapter(abc.ABC):
     """Interface between the decoding / training code and one model family."""
 
     #: ``"block_causal"`` or ``"bidirectional"``
@@ -68,6 +69,7 @@ class DiffusionAdapter:
     def select_rows(self, cache, rows: torch.Tensor) -> None:
         """Keep only the batch rows ``rows`` of ``cache`` (finished sequences stop costing compute)."""
 
+    @abc.abstractmethod
     def block_forward(
         self,
         model,
@@ -85,7 +87,6 @@ class DiffusionAdapter:
         padding mask (bidirectional family). With a cache, the first ``num_tokens_to_store`` inputs are appended to it
         and the rest are read-only.
         """
-        raise NotImplementedError
 
     def layout_mask(self, kernel: str, batch: dict, dtype: torch.dtype = torch.float32):
         """The training-layout mask built from a batch's ``block_ids``/``stream_ids``/``valid`` on their device: a

@@ -7,6 +7,8 @@ positions, and a row with masks left commits at least one.
 
 from __future__ import annotations
 
+import abc
+
 import torch
 
 
@@ -29,17 +31,16 @@ def top_k_commit(scores: torch.Tensor, masked: torch.Tensor, k: int | torch.Tens
     return masked & (ranked < k)
 
 
-class RemaskingStrategy:
+class RemaskingStrategy(abc.ABC):
     """Base class: ``select`` returns the positions a step commits."""
 
     name: str = ""
     #: whether ``select`` follows the static ``k``-per-step schedule (and so ends a block in ``S`` steps)
     follows_schedule: bool = True
 
-    def select(
-        self, confidence: torch.Tensor, entropy: torch.Tensor, masked: torch.Tensor, k: int
-    ) -> torch.Tensor:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def select(self, confidence: torch.Tensor, entropy: torch.Tensor, masked: torch.Tensor, k: int) -> torch.Tensor:
+        """The boolean ``[batch, B]`` mask of masked positions to commit this step."""
 
 
 class LowConfidenceStatic(RemaskingStrategy):
