@@ -161,18 +161,19 @@ def _train(model, tokenizer, dataset, args: T3DConfig, block_sizes) -> T3DTraine
     return trainer
 
 
-def ground_truth_dataset(tokenizer, config: DemoConfig, seed: int) -> Dataset:
-    """Ground-truth answers as trajectory rows (their ``step_map`` is left to right; ``sft`` ignores it)."""
-    rows = training_pairs(config.tasks, config.teacher_steps * 4, seed)
+def ground_truth_dataset(tokenizer, tasks, num_rows: int, seed: int, block_size: int = 4) -> Dataset:
+    """Ground-truth answers of ``tasks`` as trajectory rows, to train a teacher with the ``sft`` objective (their
+    ``step_map`` is left to right; ``sft`` masks at random and ignores it)."""
+    rows = training_pairs(tasks, num_rows, seed)
     prompt_ids = tokenizer([r["prompt"] for r in rows])["input_ids"]
     answer_ids = tokenizer([r["answer"] for r in rows])["input_ids"]
     records = []
     for row, prompt, answer in zip(rows, prompt_ids, answer_ids):
-        completion = answer + [tokenizer.eos_token_id]
+        completion = list(answer) + [tokenizer.eos_token_id]
         records.append({
-            "prompt": row["prompt"], "completion": row["answer"], "prompt_ids": prompt, "completion_ids": completion,
-            "step_map": list(range(len(completion))), "block_size": config.rollout_block_size,
-            "steps_per_block": config.rollout_block_size,
+            "prompt": row["prompt"], "completion": row["answer"], "prompt_ids": list(prompt),
+            "completion_ids": completion, "step_map": list(range(len(completion))), "block_size": block_size,
+            "steps_per_block": block_size,
         })
     return Dataset.from_list(records)
 
@@ -231,7 +232,10 @@ def run_seed(config: DemoConfig, seed: int, tokenizer) -> dict[str, Any]:
         str(root / "teacher"), config.teacher_steps, config.teacher_batch_size, config.teacher_learning_rate, seed,
         loss_type=["sft"], sync_ref_model=False, random_token_ratio=0.0, num_eos_tokens=1,
     )
-    _train(teacher, tokenizer, ground_truth_dataset(tokenizer, config, seed), teacher_args, config.train_block_sizes)
+    ground_truth = ground_truth_dataset(
+        tokenizer, config.tasks, config.teacher_steps * 4, seed, block_size=config.rollout_block_size
+    )
+    _train(teacher, tokenizer, ground_truth, teacher_args, config.train_block_sizes)
     patch_model(teacher, tokenizer, block_size=config.rollout_block_size, steps_per_block=config.rollout_block_size,
                 max_new_tokens=8)
     teacher.eval()

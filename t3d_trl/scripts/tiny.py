@@ -31,25 +31,6 @@ def tiny_prompts(num_prompts: int = 96, seed: int = 0, tasks: tuple[str, ...] = 
     return Dataset.from_list(rows)
 
 
-def _ground_truth(tokenizer: Any, num_rows: int, seed: int, tasks: tuple[str, ...], block_size: int) -> Any:
-    """Ground-truth answers as trajectory rows (left-to-right ``step_map``; the ``sft`` objective ignores it)."""
-    from datasets import Dataset
-
-    from ..demo.tasks import training_pairs
-
-    rows = training_pairs(tasks, num_rows, seed)
-    prompt_ids = tokenizer([r["prompt"] for r in rows])["input_ids"]
-    answer_ids = tokenizer([r["answer"] for r in rows])["input_ids"]
-    records = []
-    for row, prompt, answer in zip(rows, prompt_ids, answer_ids):
-        completion = list(answer) + [tokenizer.eos_token_id]
-        records.append({
-            "prompt": row["prompt"], "prompt_ids": list(prompt), "completion_ids": completion,
-            "step_map": list(range(len(completion))), "block_size": block_size, "steps_per_block": block_size,
-        })
-    return Dataset.from_list(records)
-
-
 def tiny_teacher(
     output_dir: str,
     steps: int = 150,
@@ -67,7 +48,7 @@ def tiny_teacher(
     Returns:
         ``(teacher, tokenizer)``; the teacher is in eval mode on the training device.
     """
-    from ..demo.pipeline import DemoConfig, build_teacher, build_tokenizer
+    from ..demo.pipeline import DemoConfig, build_teacher, build_tokenizer, ground_truth_dataset
     from ..trainer import T3DConfig, T3DTrainer
 
     tokenizer = build_tokenizer()
@@ -94,7 +75,7 @@ def tiny_teacher(
             seed=seed,
             disable_tqdm=True,
         )
-        dataset = _ground_truth(tokenizer, steps * batch_size, seed, tasks, block_size=4)
+        dataset = ground_truth_dataset(tokenizer, tasks, steps * batch_size, seed, block_size=4)
         trainer = T3DTrainer(teacher, args=args, train_dataset=dataset, processing_class=tokenizer)
         trainer.train()
         logger.info("Tiny teacher trained for %d steps (last loss %s)", steps,
