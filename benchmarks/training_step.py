@@ -25,7 +25,8 @@ at the same weights; they must agree (the two schemes optimise the same objectiv
 Collator. Examples per second of ``DataCollatorForTrajectory`` on batches of 16 trajectories of prompt 128 +
 completion 192 tokens (a 512-token layout), from Python-list rows as a ``datasets.Dataset`` yields them, with the
 official state sampling (``r^8`` ratios, 10% random tokens), for ``attention_layout="dense"`` (the ``[b, 1, N, N]``
-boolean mask for ``sdpa``) and ``"flex"`` (only the per-token vectors; the mask is built on device). Target
+boolean mask for ``sdpa``) and ``"deferred"`` (T3DTrainer's collation: only the per-token vectors; the mask is built
+on the device). Target
 >= 2,000 examples/s.
 
 Runs in about 2 minutes on 2 idle CPU cores (``--quick``: about one; on a loaded machine longer, and the wall-time
@@ -467,12 +468,18 @@ def main() -> None:
         f"collator: batch {COLLATOR['batch']}, prompt {COLLATOR['prompt']} + completion {COLLATOR['completion']} "
         f"tokens, block {BLOCK_SIZE}, official state sampling, {torch.get_num_threads()} thread(s)"
     )
-    for layout in ("dense", "flex"):
+    # "deferred" is what T3DTrainer collates (the mask is built on the device); "dense" also materialises the
+    # [b, 1, N, N] mask on the host, for standalone use, and has no target
+    for layout in ("deferred", "dense"):
         rate, cpu_rate, length, window = collator_throughput(layout, collator_seconds)
-        results.append(rate >= COLLATOR_TARGET)
+        target = f"(target >= {COLLATOR_TARGET:.0f})  {verdict(rate >= COLLATOR_TARGET)}"
+        if layout == "deferred":
+            results.append(rate >= COLLATOR_TARGET)
+        else:
+            target = "(no target: the N² mask is built on the host)"
         print(
-            f"  {layout:>5}: {rate:8.0f} examples/s wall, {cpu_rate:8.0f} per CPU second  (layout {length} tokens, "
-            f"window {window})  (target >= {COLLATOR_TARGET:.0f})  {verdict(rate >= COLLATOR_TARGET)}"
+            f"  {layout:>8}: {rate:8.0f} examples/s wall, {cpu_rate:8.0f} per CPU second  (layout {length} tokens, "
+            f"window {window})  {target}"
         )
         if args.profile:
             collator, batches = collator_inputs(layout)
