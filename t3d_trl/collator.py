@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .losses import path_weights
 from .masks import CLEAN, NOISY, block_ids, layout_attention_mask, to_additive_mask
 from .trajectory import (
     random_state_mask,
@@ -242,7 +243,7 @@ class DataCollatorForTrajectory:
 
         sigma, steps_in_block = within_block_steps(steps, block, real)
         sigma = torch.where(eos_fill, steps_in_block - 1, sigma)
-        weights = (steps_in_block - sigma).to(torch.float32) / steps_in_block.to(torch.float32)
+        weights = path_weights(sigma, steps_in_block).to(torch.float32)  # w_i = (S − σ_i)/S per training block
         weights = torch.where(valid, weights, torch.zeros_like(weights))
         noisy = random_token_replacement(
             x0, state, example_index, self.seed, self.random_token_ratio, self.vocab_size, self.mask_token_id
