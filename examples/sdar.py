@@ -239,8 +239,7 @@ def main(script_args: ScriptArguments, model_args: ModelArguments, lora_args: Lo
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name or script_args.trajectories_path)
         trainer.accelerator.print(f"Model pushed to https://huggingface.co/{trainer.hub_model_id}")
-    if hasattr(trainer, "end"):  # transformers >= 5.18: finish the trackers, destroy the process group
-        trainer.end()
+    trainer.end()  # release the DDP / DeepSpeed wrappers, finish the trackers, destroy the process group
 
 
 def make_parser() -> TrlParser:

@@ -153,9 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "rollout":
         commands.rollout(*parsed)
     elif command == "train":
-        trainer = commands.train(*parsed)
-        if hasattr(trainer, "end"):  # transformers >= 5.18: finish trackers, destroy the process group
-            trainer.end()
+        commands.train(*parsed).end()  # finish the trackers, destroy the process group
     elif command == "eval":
         commands.evaluate(*parsed)
     else:

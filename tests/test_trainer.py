@@ -334,5 +334,7 @@ def test_two_processes_give_the_one_process_first_step_loss(tmp_path):
     one = json.loads((tmp_path / "one" / "first_step.json").read_text())
     two = json.loads((tmp_path / "two" / "first_step.json").read_text())
     assert two["world_size"] == 2 and one["world_size"] == 1
+    # `end()` frees the DDP wrapper before destroying the process group (otherwise exit can deadlock in gloo)
+    assert two["wrapped_before_end"] == 1 and two["wrapped_after_end"] == 0
     for key in ("loss", "loss/real", "loss/path"):
         assert two[key] == pytest.approx(one[key], abs=1e-5), key

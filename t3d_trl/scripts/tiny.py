@@ -78,6 +78,7 @@ def tiny_teacher(
         dataset = ground_truth_dataset(tokenizer, tasks, steps * batch_size, seed, block_size=4)
         trainer = T3DTrainer(teacher, args=args, train_dataset=dataset, processing_class=tokenizer)
         trainer.train()
+        trainer.release_wrappers()  # the DDP wrapper must not outlive the process group (see its docstring)
         logger.info("Tiny teacher trained for %d steps (last loss %s)", steps,
                     next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None))
     teacher.eval()

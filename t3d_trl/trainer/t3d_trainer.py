@@ -450,6 +450,32 @@ class T3DTrainer(Trainer):
             names = list(state)
             mixup_([params[name] for name in names], [state[name].to(params[name].device) for name in names], 1.0)
 
+    def release_wrappers(self) -> None:
+        """Drop the distributed wrappers of the trained model (DDP, DeepSpeed engine, FSDP) and the prepared
+        optimizer and data loaders, keeping the unwrapped ``trainer.model``.
+
+        A DDP wrapper's reducer holds a reference to the process group. If the wrapper outlives
+        ``destroy_process_group()``, freeing it later destroys the gloo group while holding the GIL, and that can
+        deadlock against a gloo worker thread that is still releasing its last collective (PyTorch issue 56297):
+        the process then never exits. :meth:`end` calls this first; call it yourself when a script trains more
+        than one model.
+        """
+        import gc
+
+        self.accelerator.free_memory()
+        self.model_wrapped = self.model
+        self.optimizer = self.lr_scheduler = None
+        gc.collect()
+
+    def end(self) -> None:
+        """Finish the trackers and destroy the distributed process group, after :meth:`release_wrappers`.
+
+        Call it once at the very end of a script, after everything that needs the other processes
+        (``train``, ``evaluate``, ``save_model``, ``push_to_hub``).
+        """
+        self.release_wrappers()
+        self.accelerator.end_training()
+
     def generation_config(self) -> DiffusionGenerationConfig:
         """The decoding defaults saved with the student: the training block size and the tokenizer's special tokens."""
         base = self.accelerator.unwrap_model(self.model)

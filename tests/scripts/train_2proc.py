@@ -35,12 +35,26 @@ def main(output_dir: str, per_device_batch_size: int) -> None:
     )
     trainer = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=args, train_dataset=trajectories, processing_class=tokenizer)
     trainer.train()
-    if trainer.is_world_process_zero():
-        log = next(h for h in trainer.state.log_history if "loss" in h)
-        log["world_size"] = trainer.accelerator.num_processes
+    is_main = trainer.is_world_process_zero()
+    log = next(h for h in trainer.state.log_history if "loss" in h)
+    log["world_size"] = trainer.accelerator.num_processes
+    log["wrapped_before_end"] = _live_ddp_wrappers()
+    # a DDP wrapper alive after the process group is destroyed can deadlock the process at exit
+    trainer.end()
+    log["wrapped_after_end"] = _live_ddp_wrappers()
+    if is_main:
         os.makedirs(output_dir, exist_ok=True)
         with open(os.path.join(output_dir, "first_step.json"), "w") as handle:
             json.dump(log, handle)
+
+
+def _live_ddp_wrappers() -> int:
+    import gc
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    gc.collect()
+    return sum(isinstance(obj, DistributedDataParallel) for obj in gc.get_objects())
 
 
 if __name__ == "__main__":
