@@ -6,8 +6,8 @@ rollouts, training) talks to a model through one of these adapters, so supportin
 one class here and registering it in :func:`get_adapter`.
 
 * :class:`BlockCausalAdapter`: any transformers decoder LM (Qwen3, Llama, SDAR loaded natively as Qwen3) run as
-  a block-causal diffusion model through 4D attention masks and a ``DynamicCache`` that is cropped after
-  forwards that must not write it.
+  a block-causal diffusion model through 4D attention masks and a ``DynamicCache`` (with in-place buffered
+  layers) that is cropped after forwards that must not write it.
 * :class:`StoreKVAdapter`: remote-code models following SDAR's cache interface (a ``store_kv`` flag on
   ``forward``: ``False`` reads the cache without writing it, ``True`` appends).
 * :class:`BidirectionalAdapter`: mask predictors with full attention (``AutoModelForMaskedLM``, LLaDA-style);
@@ -23,6 +23,7 @@ import inspect
 import torch
 from transformers import DynamicCache
 
+from .cache import buffered_cache
 from .masks import layout_attention_mask, layout_block_mask, to_additive_mask
 
 #: attention kernels that accept an arbitrary (4D) attention mask
@@ -62,8 +63,8 @@ class DiffusionAdapter(abc.ABC):
     def check_model(self, model) -> None:
         """Raise a `ValueError` before any compute if ``model`` cannot run this family's forwards."""
 
-    def new_cache(self, model):
-        """A fresh cache for one ``generate`` call (``None`` without a cache)."""
+    def new_cache(self, model, capacity: int | None = None):
+        """A fresh cache for one ``generate`` call of at most ``capacity`` tokens per row (``None`` without a cache)."""
         return None
 
     def select_rows(self, cache, rows: torch.Tensor) -> None:
@@ -144,8 +145,10 @@ class BlockCausalAdapter(DiffusionAdapter):
                 f"model.set_attn_implementation('sdpa')."
             )
 
-    def new_cache(self, model):
-        return DynamicCache(config=model.config)
+    def new_cache(self, model, capacity: int | None = None):
+        """A ``DynamicCache`` whose layers write in place into a buffer of ``capacity`` tokens
+        (:class:`~t3d_trl.cache.BufferedLayer`) instead of concatenating at every forward."""
+        return buffered_cache(model.config, capacity or 256)
 
     def select_rows(self, cache, rows: torch.Tensor) -> None:
         cache.batch_select_indices(rows)
@@ -198,6 +201,10 @@ class StoreKVAdapter(BlockCausalAdapter):
     writing. A forward that stores only its first tokens (the fused "store block k + denoise block k+1") stores
     all of them and crops the read-only tail when the cache can crop, and otherwise runs as two forwards.
     """
+
+    def new_cache(self, model, capacity: int | None = None):
+        """A plain ``DynamicCache``: remote code may read its layers in ways a buffered layer does not foresee."""
+        return DynamicCache(config=model.config)
 
     def block_forward(
         self, model, input_ids, position_ids, attention_mask, cache=None, num_tokens_to_store=0, num_logits=None

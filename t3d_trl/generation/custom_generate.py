@@ -3,7 +3,7 @@
 transformers loads a checkpoint's ``custom_generate/generate.py`` when asked
 (``model.generate(..., custom_generate=path, trust_remote_code=True)``, or automatically for
 ``from_pretrained(path, trust_remote_code=True)``). The file is assembled from the very modules t3d-trl decodes
-with (masks, adapters, configuration, sampling, remasking, decoding), so both paths run the same code.
+with (masks, cache, adapters, configuration, sampling, remasking, decoding), so both paths run the same code.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ _PACKAGE = Path(__file__).resolve().parent.parent
 #: modules in dependency order; each may import only the standard library, torch, transformers and earlier ones
 SOURCE_MODULES = (
     "masks.py",
+    "cache.py",
     "adapters.py",
     "generation/configuration.py",
     "generation/sampling.py",

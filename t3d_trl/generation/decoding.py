@@ -179,7 +179,7 @@ def diffusion_generate(
     steps_done = torch.zeros(batch, dtype=torch.long, device=device)
     nfe = torch.zeros(batch, dtype=torch.long, device=device)
     active = torch.arange(batch, device=device)
-    cache = adapter.new_cache(model) if use_cache else None
+    cache = adapter.new_cache(model, capacity=width) if use_cache else None
     stored = 0  # canvas columns already in the cache
     carry = None  # shifted heads: the logits of the column before the block
 

@@ -1,0 +1,131 @@
+"""A prefix KV cache for block diffusion decoding that writes in place instead of concatenating.
+
+Every denoising forward appends the current block's keys and values to the cache and crops them off again (the
+block is not final yet), and every first step of a block also appends the finished previous block for good.
+transformers' ``DynamicLayer`` does this with ``torch.cat``, which copies the whole cache at every forward: for a
+cache of ``n`` tokens and a block of ``B``, ``O(n)`` memory traffic per layer and step where ``O(B)`` would do.
+:class:`BufferedLayer` keeps the keys and values in a buffer preallocated for the whole decode, writes the new
+tokens at the end of the valid prefix and returns views of the prefix, so that
+
+* ``update`` copies only the new tokens: ``buffer[..., n : n + q, :] = new`` and returns ``buffer[..., : n + q, :]``;
+* ``crop(-k)`` is ``n -= k`` (no copy).
+
+The views are valid until the next ``update`` or ``crop``, which is how attention uses them (within one forward).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+__all__ = ["BufferedLayer", "buffered_cache"]
+
+
+class BufferedLayer(DynamicLayer):
+    """A ``DynamicLayer`` whose keys and values live in a preallocated buffer (see the module docstring).
+
+    Args:
+        capacity: tokens the buffer holds before it grows (it then doubles, copying the valid prefix once).
+    """
+
+    def __init__(self, capacity: int = 256) -> None:
+        super().__init__()
+        if capacity < 1:
+            raise ValueError(f"`capacity` must be a positive number of tokens, got {capacity}.")
+        self.capacity = int(capacity)
+        self.length = 0
+        self._key_buffer: torch.Tensor | None = None
+        self._value_buffer: torch.Tensor | None = None
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.device = key_states.device
+        self._key_buffer = key_states.new_empty((*key_states.shape[:-2], self.capacity, key_states.shape[-1]))
+        self._value_buffer = value_states.new_empty((*value_states.shape[:-2], self.capacity, value_states.shape[-1]))
+        self.length = 0
+        self.is_initialized = True
+        self._refresh_views()
+
+    def _refresh_views(self) -> None:
+        self.keys = self._key_buffer[..., : self.length, :]
+        self.values = self._value_buffer[..., : self.length, :]
+
+    def _grow(self, needed: int) -> None:
+        capacity = max(needed, 2 * self.capacity)
+        keys, values = self._key_buffer, self._value_buffer
+        self._key_buffer = keys.new_empty((*keys.shape[:-2], capacity, keys.shape[-1]))
+        self._value_buffer = values.new_empty((*values.shape[:-2], capacity, values.shape[-1]))
+        self._key_buffer[..., : self.length, :] = keys[..., : self.length, :]
+        self._value_buffer[..., : self.length, :] = values[..., : self.length, :]
+        self.capacity = capacity
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """Write ``key_states``/``value_states`` after the valid prefix; return views of the whole prefix."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        if end > self.capacity:
+            self._grow(end)
+        self._key_buffer[..., self.length : end, :] = key_states
+        self._value_buffer[..., self.length : end, :] = value_states
+        self.length = end
+        self._refresh_views()
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length if self.is_initialized else 0
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Drop the last ``-tokens_to_remove`` tokens (a negative count, as ``DynamicLayer.crop``); no copy."""
+        if tokens_to_remove > 0:
+            raise ValueError(
+                f"`crop` takes a negative number of tokens to remove, got {tokens_to_remove} (use -{tokens_to_remove})."
+            )
+        if tokens_to_remove == 0 or not self.is_initialized:
+            return
+        self.length = max(0, self.length + tokens_to_remove)
+        self._refresh_views()
+
+    def _index_batch(self, index) -> None:
+        if not self.is_initialized:
+            return
+        self._key_buffer = self._key_buffer[index]
+        self._value_buffer = self._value_buffer[index]
+        self._refresh_views()
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep the batch rows ``indices`` (finished sequences leave the batch)."""
+        self._index_batch(indices.to(self.device) if self.is_initialized else indices)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.is_initialized:
+            rows = torch.arange(self._key_buffer.shape[0], device=self.device).repeat_interleave(repeats)
+            self._index_batch(rows)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._index_batch(beam_idx.to(self.device) if self.is_initialized else beam_idx)
+
+    def offload(self) -> None:
+        if self.is_initialized:
+            self._key_buffer = self._key_buffer.to("cpu", non_blocking=True)
+            self._value_buffer = self._value_buffer.to("cpu", non_blocking=True)
+            self._refresh_views()
+
+    def prefetch(self) -> None:
+        if self.is_initialized and self._key_buffer.device != self.device:
+            self._key_buffer = self._key_buffer.to(self.device, non_blocking=True)
+            self._value_buffer = self._value_buffer.to(self.device, non_blocking=True)
+            self._refresh_views()
+
+    def reset(self) -> None:
+        self._key_buffer = self._value_buffer = None
+        self.length = 0
+        super().reset()
+
+
+def buffered_cache(config, capacity: int = 256) -> DynamicCache:
+    """A ``DynamicCache`` for ``config`` whose full-attention layers are :class:`BufferedLayer` s of ``capacity``
+    tokens (other layer kinds, e.g. sliding-window layers, are kept as transformers makes them)."""
+    cache = DynamicCache(config=config)
+    cache.layers = [BufferedLayer(capacity) if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
