@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from datasets import Dataset, Value
+from datasets import Dataset, Features, Value, concatenate_datasets
 
 try:  # datasets >= 4
     from datasets import List
@@ -681,8 +681,10 @@ def _assemble(
     if replaced:
         logger.warning("generate_trajectories replaces the input column(s) %s with the rollout's.", replaced)
         dataset = dataset.remove_columns(replaced)
-    for name in ROLLOUT_COLUMNS:
-        dataset = dataset.add_column(name, columns[name], feature=_ROLLOUT_FEATURES[name])
+    # one concatenation instead of a fingerprinted copy of the table per added column
+    features = Features({name: _ROLLOUT_FEATURES[name] for name in ROLLOUT_COLUMNS})
+    added = Dataset.from_dict({name: columns[name] for name in ROLLOUT_COLUMNS}, features=features)
+    dataset = concatenate_datasets([dataset.flatten_indices() if dataset._indices is not None else dataset, added], axis=1)
     dataset.info.description = json.dumps({ROLLOUT_METADATA_KEY: record}, sort_keys=True)
     return dataset
 
