@@ -86,24 +86,25 @@ class BufferedLayer(DynamicLayer):
         self.length = max(0, self.length + tokens_to_remove)
         self._refresh_views()
 
-    def _index_batch(self, index) -> None:
+    def _index_batch(self, index: torch.Tensor) -> None:
+        """Keep (or repeat, or reorder) the batch rows ``index`` of the buffers."""
         if not self.is_initialized:
             return
+        index = index.to(self.device)
         self._key_buffer = self._key_buffer[index]
         self._value_buffer = self._value_buffer[index]
         self._refresh_views()
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         """Keep the batch rows ``indices`` (finished sequences leave the batch)."""
-        self._index_batch(indices.to(self.device) if self.is_initialized else indices)
+        self._index_batch(indices)
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         if self.is_initialized:
-            rows = torch.arange(self._key_buffer.shape[0], device=self.device).repeat_interleave(repeats)
-            self._index_batch(rows)
+            self._index_batch(torch.arange(self._key_buffer.shape[0]).repeat_interleave(repeats))
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self._index_batch(beam_idx.to(self.device) if self.is_initialized else beam_idx)
+        self._index_batch(beam_idx)
 
     def offload(self) -> None:
         if self.is_initialized:

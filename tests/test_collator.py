@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from t3d_trl.collator import DataCollatorForTrajectory
 from t3d_trl.masks import CLEAN, NOISY, layout_block_mask, to_additive_mask
 from t3d_trl.trajectory import sample_current_block
+from tiny import tiny_qwen3
 
 PAD, EOS, MASK, VOCAB = 0, 1, 39, 40
 BLOCK = 4
@@ -240,24 +240,8 @@ def test_invalid_options():
         _collator()([dict(ROW_A, step_map=[0, 1])])
 
 
-def _tiny_qwen3() -> Qwen3ForCausalLM:
-    torch.manual_seed(0)
-    config = Qwen3Config(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        max_position_embeddings=128,
-        attn_implementation="sdpa",
-    )
-    return Qwen3ForCausalLM(config).double().eval()
-
-
 def test_noisy_window_logits_equal_blockwise_forward_float64():
-    model = _tiny_qwen3()
+    model = tiny_qwen3(vocab_size=VOCAB, max_position_embeddings=128)
     rows = [ROW_A, ROW_B, ROW_C]
     collator = _collator(mask_ratios=(1.0, 0.75, 0.5), mask_ratio_power=0.0)
     batch = collator(rows)
