@@ -49,6 +49,27 @@ def tiny_qwen3(seed: int = 0, dtype=torch.float64, **overrides) -> Qwen3ForCausa
     return Qwen3ForCausalLM(tiny_qwen3_config(**overrides)).to(dtype).eval()
 
 
+def tiny_t3d_args(output_dir: str, **overrides):
+    """A `T3DConfig` for short CPU runs of the tiny model (no saving, no reporting), with ``overrides``."""
+    from t3d_trl import T3DConfig
+
+    values = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=4,
+        max_steps=6,
+        logging_steps=1,
+        learning_rate=1e-3,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        random_token_ratio=0.0,
+    )
+    values.update(overrides)
+    return T3DConfig(**values)
+
+
 def rollout_rows(model, tokenizer, prompts, block_size: int = 4, max_new_tokens: int = 12) -> list[dict]:
     """Teacher rollouts of ``prompts`` at one token per step, as trajectory rows (ids, step maps)."""
     from t3d_trl import patch_model
