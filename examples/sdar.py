@@ -92,6 +92,7 @@ from t3d_trl.scripts import (
     load_tokenizer,
     model_init_kwargs,
     peft_config_from_args,
+    train_and_save,
 )
 from t3d_trl.scripts.tiny import tiny_prompts, tiny_teacher
 
@@ -233,12 +234,7 @@ def main(script_args: ScriptArguments, model_args: ModelArguments, lora_args: Lo
         processing_class=tokenizer,
         peft_config=peft_config_from_args(lora_args),
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
-    trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
-    if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset_name or script_args.trajectories_path)
-        trainer.accelerator.print(f"Model pushed to https://huggingface.co/{trainer.hub_model_id}")
+    train_and_save(trainer, dataset_name=script_args.dataset_name or script_args.trajectories_path)
     trainer.end()  # release the DDP / DeepSpeed wrappers, finish the trackers, destroy the process group
 
 

@@ -22,6 +22,7 @@ from .utils import (
     load_tokenizer,
     model_init_kwargs,
     peft_config_from_args,
+    train_and_save,
 )
 
 __all__ = [
@@ -40,4 +41,5 @@ __all__ = [
     "load_tokenizer",
     "model_init_kwargs",
     "peft_config_from_args",
+    "train_and_save",
 ]

@@ -29,6 +29,7 @@ from .utils import (
     load_tokenizer,
     model_init_kwargs,
     peft_config_from_args,
+    train_and_save,
 )
 
 logger = logging.getLogger(__name__)
@@ -138,12 +139,7 @@ def train(
         processing_class=tokenizer,
         peft_config=peft_config_from_args(lora_args),
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
-    trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
-    if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset_name)
-        trainer.accelerator.print(f"Model pushed to https://huggingface.co/{trainer.hub_model_id}")
+    train_and_save(trainer, dataset_name=script_args.dataset_name)
     return trainer
 
 

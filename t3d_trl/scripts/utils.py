@@ -238,3 +238,15 @@ def as_plain(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
+
+
+def train_and_save(trainer, dataset_name: str | None = None) -> None:
+    """``trainer.train()`` (resuming from ``args.resume_from_checkpoint``), save the model to ``args.output_dir``,
+    and push it to the Hub (its card naming ``dataset_name``) when ``args.push_to_hub``."""
+    args = trainer.args
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.save_model(args.output_dir)
+    trainer.accelerator.print(f"Model saved to {args.output_dir}")
+    if args.push_to_hub:
+        trainer.push_to_hub(dataset_name=dataset_name)
+        trainer.accelerator.print(f"Model pushed to https://huggingface.co/{trainer.hub_model_id}")
