@@ -6,7 +6,10 @@ from typing import Any
 
 from transformers import GenerationConfig
 
-REMASKING_STRATEGIES = ("low_confidence_static", "low_confidence_dynamic", "sequential", "entropy_bounded")
+from .remasking import remasking_class, remasking_names, remasking_parameters
+
+#: ``max_new_tokens`` of decoding when a config leaves it unset
+DEFAULT_MAX_NEW_TOKENS = 256
 
 DIFFUSION_FIELDS = (
     "block_size",
@@ -33,10 +36,12 @@ class DiffusionGenerationConfig(GenerationConfig):
             Denoising steps ``S`` per block, ``1 <= S <= B``; tokens per step is ``B / S``. Defaults to
             ``block_size`` (one token per step, the teacher's "full-step" decoding).
         remasking (`str`, defaults to ``"low_confidence_static"``):
-            Which masked positions a step commits: ``"low_confidence_static"`` (the ``k`` most confident),
-            ``"low_confidence_dynamic"`` (all above ``confidence_threshold``, at least ``k``), ``"sequential"``
-            (the ``k`` leftmost) or ``"entropy_bounded"`` (lowest-entropy positions whose cumulative entropy stays
-            under ``entropy_bound``, at least one). ``k`` is ``B // S`` plus one in the first ``B % S`` steps.
+            Which masked positions a step commits, a registered strategy
+            (:func:`t3d_trl.generation.remasking.register_remasking`): ``"low_confidence_static"`` (the ``k`` most
+            confident), ``"low_confidence_dynamic"`` (all above ``confidence_threshold``, at least ``k``),
+            ``"sequential"`` (the ``k`` leftmost) or ``"entropy_bounded"`` (lowest-entropy positions whose cumulative
+            entropy stays under ``entropy_bound``, at least one). ``k`` is ``B // S`` plus one in the first ``B % S``
+            steps. A registered strategy's own settings are fields of this config too.
         confidence_threshold (`float`, defaults to 0.9):
             Probability threshold of ``"low_confidence_dynamic"``.
         entropy_bound (`float`, defaults to 1.0):
@@ -71,6 +76,9 @@ class DiffusionGenerationConfig(GenerationConfig):
         self.entropy_bound = entropy_bound
         self.mask_token_id = mask_token_id
         self.output_trajectory = output_trajectory
+        for field, default in remasking_parameters().items():  # settings of strategies registered later
+            if not hasattr(self, field) and field not in kwargs:
+                setattr(self, field, default)
         _normalise_sampling(kwargs)
         super().__init__(**kwargs)
         self.validate_diffusion()
@@ -89,6 +97,9 @@ class DiffusionGenerationConfig(GenerationConfig):
             The keyword arguments that are not fields of this config.
         """
         _normalise_sampling(kwargs, current_do_sample=self.do_sample)
+        for field in remasking_parameters():  # a strategy registered after this config was built
+            if field in kwargs and not hasattr(self, field):
+                setattr(self, field, kwargs[field])
         unused = super().update(**kwargs)
         self.validate_diffusion()
         return unused
@@ -103,14 +114,11 @@ class DiffusionGenerationConfig(GenerationConfig):
                 f"{self.steps_per_block!r}. Use steps_per_block=1 for one step per block or "
                 f"steps_per_block={self.block_size} for one token per step."
             )
-        if self.remasking not in REMASKING_STRATEGIES:
-            raise ValueError(
-                f"Unknown remasking strategy {self.remasking!r}; choose one of {', '.join(REMASKING_STRATEGIES)}."
-            )
-        if not 0.0 <= float(self.confidence_threshold) <= 1.0:
-            raise ValueError(f"`confidence_threshold` must lie in [0, 1], got {self.confidence_threshold!r}.")
-        if float(self.entropy_bound) <= 0.0:
-            raise ValueError(f"`entropy_bound` must be positive, got {self.entropy_bound!r}.")
+        remasking_class(self.remasking)  # raises for an unknown name, listing the accepted ones
+        defaults = remasking_parameters()
+        for name in remasking_names():
+            strategy = remasking_class(name)
+            strategy.check_parameters({field: getattr(self, field, defaults[field]) for field in strategy.parameters})
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError(f"`max_new_tokens` must be at least 1, got {self.max_new_tokens!r}.")
 
@@ -124,9 +132,10 @@ class DiffusionGenerationConfig(GenerationConfig):
         values = {} if config is None else config.to_dict()
         for key in ("transformers_version", "_from_model_config", "_commit_hash", "_original_object_hash"):
             values.pop(key, None)
-        values.update({key: value for key, value in overrides.items() if key in DIFFUSION_FIELDS})
+        constructor_fields = (*DIFFUSION_FIELDS, *remasking_parameters())
+        values.update({key: value for key, value in overrides.items() if key in constructor_fields})
         diffusion_config = cls(**values)
-        unused = diffusion_config.update(**{k: v for k, v in overrides.items() if k not in DIFFUSION_FIELDS})
+        unused = diffusion_config.update(**{k: v for k, v in overrides.items() if k not in constructor_fields})
         if unused:
             raise ValueError(f"Unknown generation settings {sorted(unused)}; see DiffusionGenerationConfig's fields.")
         return diffusion_config

@@ -3,11 +3,18 @@
 Each strategy maps the step's per-position ``confidence`` and ``entropy`` ``[batch, B]``, the ``masked`` positions
 ``[batch, B]`` and the scheduled count ``k`` to a boolean ``commit`` mask. Committed positions are always masked
 positions, and a row with masks left commits at least one.
+
+Strategies live in a registry (:data:`REMASKING`) and are built from a generation config by name
+(:func:`remasking_strategy`). A strategy's settings are fields of the generation config, declared in its
+:attr:`RemaskingStrategy.parameters` with their defaults, so a new strategy with a parameter is one class and one
+:func:`register_remasking` call (see ``docs/design.md``, "Adding a remasking strategy").
 """
 
 from __future__ import annotations
 
 import abc
+import math
+from typing import Any, ClassVar
 
 import torch
 
@@ -32,14 +39,37 @@ def top_k_commit(scores: torch.Tensor, masked: torch.Tensor, k: int | torch.Tens
 
 
 class RemaskingStrategy(abc.ABC):
-    """Base class: ``select`` returns the positions a step commits."""
+    """Base class: ``select`` returns the positions a step commits.
 
-    name: str = ""
+    Subclasses set :attr:`name`, declare the generation-config fields they read in :attr:`parameters` (field name →
+    default) and receive them as keyword arguments of ``__init__``; :meth:`check_parameters` validates them.
+    """
+
+    #: registry name (the value of ``remasking`` in the generation config)
+    name: ClassVar[str] = ""
+    #: generation-config fields the strategy reads, with their defaults
+    parameters: ClassVar[dict[str, Any]] = {}
     #: whether ``select`` follows the static ``k``-per-step schedule (and so ends a block in ``S`` steps)
-    follows_schedule: bool = True
+    follows_schedule: ClassVar[bool] = True
+
+    @classmethod
+    def check_parameters(cls, values: dict[str, Any]) -> None:
+        """Raise a `ValueError` naming the field, the value and what is accepted for an invalid parameter."""
+
+    @classmethod
+    def from_config(cls, config: Any) -> RemaskingStrategy:
+        """The strategy with its parameters read from ``config`` (a generation config)."""
+        return cls(**{field: getattr(config, field, default) for field, default in cls.parameters.items()})
 
     @abc.abstractmethod
-    def select(self, confidence: torch.Tensor, entropy: torch.Tensor, masked: torch.Tensor, k: int) -> torch.Tensor:
+    def select(
+        self,
+        confidence: torch.Tensor,
+        entropy: torch.Tensor,
+        masked: torch.Tensor,
+        k: int,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """The boolean ``[batch, B]`` mask of masked positions to commit this step."""
 
 
@@ -48,19 +78,30 @@ class LowConfidenceStatic(RemaskingStrategy):
 
     name = "low_confidence_static"
 
-    def select(self, confidence, entropy, masked, k):
+    def select(self, confidence, entropy, masked, k, generator=None):
         return top_k_commit(confidence, masked, k)
 
 
+def _check_probability(name: str, value: Any) -> None:
+    if not isinstance(value, (int, float)) or math.isnan(value) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"`{name}` must be a number in [0, 1], got {value!r}.")
+
+
 class LowConfidenceDynamic(RemaskingStrategy):
-    """Commit every masked position with confidence above ``threshold``; if fewer than ``k``, the ``k`` most confident."""
+    """Commit every masked position with confidence above ``confidence_threshold``; if fewer than ``k``, the ``k``
+    most confident."""
 
     name = "low_confidence_dynamic"
+    parameters = {"confidence_threshold": 0.9}
 
-    def __init__(self, threshold: float) -> None:
-        self.threshold = threshold
+    def __init__(self, confidence_threshold: float = 0.9) -> None:
+        self.threshold = confidence_threshold
 
-    def select(self, confidence, entropy, masked, k):
+    @classmethod
+    def check_parameters(cls, values):
+        _check_probability("confidence_threshold", values["confidence_threshold"])
+
+    def select(self, confidence, entropy, masked, k, generator=None):
         above = masked & (confidence > self.threshold)
         enough = above.sum(-1, keepdim=True) >= k
         return torch.where(enough, above, top_k_commit(confidence, masked, k))
@@ -71,24 +112,32 @@ class Sequential(RemaskingStrategy):
 
     name = "sequential"
 
-    def select(self, confidence, entropy, masked, k):
+    def select(self, confidence, entropy, masked, k, generator=None):
         return masked & (masked.cumsum(-1) <= k)
 
 
 class EntropyBounded(RemaskingStrategy):
-    """Commit the lowest-entropy masked positions whose cumulative entropy stays within ``bound`` (at least one).
+    """Commit the lowest-entropy masked positions whose cumulative entropy stays within ``entropy_bound`` (at least
+    one).
 
     With masked positions sorted by entropy ``H_(1) <= H_(2) <= ...``, commit ``(j)`` iff ``j = 1`` or
     ``Σ_{i<=j} H_(i) <= bound``. The step count per block is adaptive (at most ``B``).
     """
 
     name = "entropy_bounded"
+    parameters = {"entropy_bound": 1.0}
     follows_schedule = False
 
-    def __init__(self, bound: float) -> None:
-        self.bound = bound
+    def __init__(self, entropy_bound: float = 1.0) -> None:
+        self.bound = entropy_bound
 
-    def select(self, confidence, entropy, masked, k):
+    @classmethod
+    def check_parameters(cls, values):
+        bound = values["entropy_bound"]
+        if not isinstance(bound, (int, float)) or math.isnan(bound) or bound <= 0:
+            raise ValueError(f"`entropy_bound` must be a positive number of nats, got {bound!r}.")
+
+    def select(self, confidence, entropy, masked, k, generator=None):
         entropy = entropy.masked_fill(~masked, float("inf"))
         sorted_entropy, order = torch.sort(entropy, dim=-1, stable=True)
         cumulative = sorted_entropy.cumsum(-1)
@@ -99,17 +148,68 @@ class EntropyBounded(RemaskingStrategy):
         return keep & masked
 
 
-def get_remasking_strategy(name: str, confidence_threshold: float = 0.9, entropy_bound: float = 1.0) -> RemaskingStrategy:
-    """Instantiate the strategy called ``name`` with its parameter."""
-    if name == "low_confidence_static":
-        return LowConfidenceStatic()
-    if name == "low_confidence_dynamic":
-        return LowConfidenceDynamic(confidence_threshold)
-    if name == "sequential":
-        return Sequential()
-    if name == "entropy_bounded":
-        return EntropyBounded(entropy_bound)
-    raise ValueError(
-        f"Unknown remasking strategy {name!r}; choose one of low_confidence_static, low_confidence_dynamic, "
-        "sequential, entropy_bounded."
-    )
+#: registered strategies by name
+REMASKING: dict[str, type[RemaskingStrategy]] = {}
+#: other names accepted for a registered strategy (e.g. the reference implementations' names)
+REMASKING_ALIASES: dict[str, str] = {}
+
+
+def register_remasking(strategy: type[RemaskingStrategy], aliases: tuple[str, ...] = ()) -> type[RemaskingStrategy]:
+    """Register a :class:`RemaskingStrategy` subclass under its ``name`` (and ``aliases``).
+
+    Raises:
+        ValueError: if the name or an alias is taken, or a parameter clashes with another strategy's default.
+    """
+    for name in (strategy.name, *aliases):
+        taken = REMASKING.get(name) or REMASKING.get(REMASKING_ALIASES.get(name, ""))
+        if not name or (taken is not None and taken is not strategy):
+            raise ValueError(f"Cannot register remasking strategy {strategy.__name__} as {name!r}: name taken or empty.")
+    for field, default in strategy.parameters.items():
+        known = remasking_parameters()
+        if field in known and known[field] != default:
+            raise ValueError(f"Remasking parameter {field!r} already has the default {known[field]!r}.")
+    REMASKING[strategy.name] = strategy
+    REMASKING_ALIASES.update({alias: strategy.name for alias in aliases})
+    return strategy
+
+
+def remasking_names() -> tuple[str, ...]:
+    """Every accepted ``remasking`` value: registered names, then aliases."""
+    return (*REMASKING, *REMASKING_ALIASES)
+
+
+def remasking_parameters() -> dict[str, Any]:
+    """The generation-config fields of every registered strategy, with their defaults."""
+    return {field: default for strategy in REMASKING.values() for field, default in strategy.parameters.items()}
+
+
+for _strategy in (LowConfidenceStatic, LowConfidenceDynamic, Sequential, EntropyBounded):
+    register_remasking(_strategy)
+
+
+def remasking_class(name: str) -> type[RemaskingStrategy]:
+    """The strategy registered as ``name`` (or under the alias ``name``).
+
+    Raises:
+        ValueError: naming the accepted values.
+    """
+    name = REMASKING_ALIASES.get(name, name)
+    if name not in REMASKING:
+        raise ValueError(f"Unknown remasking strategy {name!r}; choose one of {', '.join(remasking_names())}.")
+    return REMASKING[name]
+
+
+def get_remasking_strategy(name: str, **parameters: Any) -> RemaskingStrategy:
+    """Instantiate the strategy called ``name`` with ``parameters`` (its declared fields; others are refused)."""
+    cls = remasking_class(name)
+    unknown = sorted(set(parameters) - set(cls.parameters))
+    if unknown:
+        raise ValueError(f"Remasking strategy {name!r} takes {sorted(cls.parameters) or 'no parameters'}, got {unknown}.")
+    values = {**cls.parameters, **parameters}
+    cls.check_parameters(values)
+    return cls(**values)
+
+
+def remasking_strategy(config: Any) -> RemaskingStrategy:
+    """The strategy a generation config asks for (``config.remasking``), with its parameters from the config."""
+    return remasking_class(config.remasking).from_config(config)
