@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "certainty_forcing_loss",
     "ddo_loss",
     "dparallel_loss",
     "path_loss",
@@ -266,17 +267,39 @@ def sft_loss(token_logps: Tensor, loss_mask: Tensor) -> Tensor:
     return -_masked_mean(token_logps, loss_mask)
 
 
+def certainty_forcing_loss(
+    token_logps: Tensor, entropy: Tensor, correct: Tensor, loss_mask: Tensor, entropy_weight: float = 1.0
+) -> Tensor:
+    """Certainty-forcing distillation (dParallel, arXiv 2509.26488) from per-token quantities.
+
+    L = −(1/|M|) Σ_{i∈M} log p_θ(x0_i | x_t) + entropy_weight · (1/|C|) Σ_{i∈C} H_i
+
+    with C ⊆ M the positions the student already predicts correctly. The entropy term is 0 for rows with empty C.
+
+    Args:
+        token_logps: log p_θ(x0_i | x_t), shape ``[B, L]``.
+        entropy: H_i, the student's predictive entropy, shape ``[B, L]``.
+        correct: Bool mask of C, shape ``[B, L]``.
+        loss_mask: Bool mask of M, shape ``[B, L]``.
+        entropy_weight: Weight of the entropy term.
+
+    Returns:
+        Per-example losses, shape ``[B]``; 0 for rows with empty M.
+    """
+    return td_loss(token_logps, loss_mask) + entropy_weight * _masked_mean(entropy, correct & loss_mask)
+
+
 def dparallel_loss(
     logits: Tensor, labels: Tensor, loss_mask: Tensor, entropy_weight: float = 1.0
 ) -> Tensor:
-    """Certainty-forcing distillation (dParallel, arXiv 2509.26488).
+    """Certainty-forcing distillation (dParallel, arXiv 2509.26488) from logits.
 
     C = {i ∈ M : argmax_v p_θ(v | x_t)_i = x0_i}
     H_i = −Σ_v p_θ(v | x_t)_i log p_θ(v | x_t)_i
     L = −(1/|M|) Σ_{i∈M} log p_θ(x0_i | x_t) + entropy_weight · (1/|C|) Σ_{i∈C} H_i
 
-    The entropy term is 0 for rows with empty C: the student is pushed towards
-    certainty only where it is already right.
+    (:func:`certainty_forcing_loss` on the quantities above.) The entropy term is 0 for rows with empty C: the
+    student is pushed towards certainty only where it is already right.
 
     Args:
         logits: Student logits, shape ``[B, L, V]``.
@@ -293,4 +316,4 @@ def dparallel_loss(
     finite_log_probs = log_probs.masked_fill(torch.isneginf(log_probs), 0.0)
     entropy = -(log_probs.exp() * finite_log_probs).sum(-1)
     correct = loss_mask & (logits.argmax(-1) == labels)
-    return td_loss(token_logps, loss_mask) + entropy_weight * _masked_mean(entropy, correct)
+    return certainty_forcing_loss(token_logps, entropy, correct, loss_mask, entropy_weight)

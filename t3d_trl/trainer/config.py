@@ -7,7 +7,8 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-LOSS_TYPES = ("ddo", "path", "td", "sft", "dparallel")
+from ..models.families import FAMILIES
+from ..objectives import OBJECTIVES, objective_names
 
 
 @dataclass
@@ -37,8 +38,8 @@ class T3DConfig(TrainingArguments):
     model_family: str | None = field(
         default=None,
         metadata={
-            "help": "`block_causal` (SDAR, decoder LMs run with block-causal masks) or `bidirectional` (LLaDA-style "
-            "mask predictors). Detected from the model when unset."
+            "help": "A registered model family: `block_causal` (SDAR, decoder LMs run with block-causal masks) or "
+            "`bidirectional` (LLaDA-style mask predictors). Detected from the model when unset."
         },
     )
     disable_dropout: bool = field(default=True, metadata={"help": "Disable dropout in the student and reference."})
@@ -127,7 +128,8 @@ class T3DConfig(TrainingArguments):
         default=None,
         metadata={
             "help": "`trajectory` (states of the teacher's trajectory) or `random` (random masks of its output). "
-            "Defaults to `random` when `loss_type == ['sft']`, else `trajectory`."
+            "Defaults to `random` when every objective trains on random masks (`loss_type == ['sft']`), else "
+            "`trajectory`."
         },
     )
     mask_ratios: list[float] = field(
@@ -166,18 +168,24 @@ class T3DConfig(TrainingArguments):
         super().__post_init__()
         if isinstance(self.loss_type, str):
             self.loss_type = [self.loss_type]
-        unknown = [name for name in self.loss_type if name not in LOSS_TYPES]
+        unknown = [name for name in self.loss_type if name not in OBJECTIVES]
         if unknown or not self.loss_type:
-            raise ValueError(f"Unknown loss_type {unknown or self.loss_type}; choose from {', '.join(LOSS_TYPES)}.")
+            raise ValueError(
+                f"Unknown loss_type {unknown or self.loss_type}; choose from {', '.join(objective_names())} "
+                "(or register one with t3d_trl.register_objective)."
+            )
+        if self.model_family is not None and self.model_family not in FAMILIES:
+            raise ValueError(f"Unknown model_family {self.model_family!r}; choose from {', '.join(FAMILIES)}.")
         if self.loss_weights is None:
-            self.loss_weights = [self.lambda_path if name == "path" else 1.0 for name in self.loss_type]
+            self.loss_weights = [self._default_weight(name) for name in self.loss_type]
         if len(self.loss_weights) != len(self.loss_type):
             raise ValueError(
                 f"loss_weights has {len(self.loss_weights)} entries but loss_type has {len(self.loss_type)}; give "
                 "one weight per objective."
             )
         if self.state_sampling is None:
-            self.state_sampling = "random" if self.loss_type == ["sft"] else "trajectory"
+            random_only = all(OBJECTIVES[name].state_sampling == "random" for name in self.loss_type)
+            self.state_sampling = "random" if random_only else "trajectory"
         if self.logps_normalization not in ("mean", "sum"):
             raise ValueError(f"logps_normalization must be 'mean' or 'sum', got {self.logps_normalization!r}.")
         if self.precompute_ref_log_probs and self.sync_ref_model:
@@ -196,7 +204,11 @@ class T3DConfig(TrainingArguments):
         if not 0.0 < self.ref_model_mixup_alpha <= 1.0:
             raise ValueError(f"ref_model_mixup_alpha must lie in (0, 1], got {self.ref_model_mixup_alpha}.")
 
+    def _default_weight(self, name: str) -> float:
+        field_name = OBJECTIVES[name].weight_field
+        return float(getattr(self, field_name)) if field_name else 1.0
+
     @property
     def uses_reference(self) -> bool:
         """Whether an objective needs the reference model (DDO does; the others do not)."""
-        return "ddo" in self.loss_type
+        return any(OBJECTIVES[name].needs_reference for name in self.loss_type)

@@ -1,0 +1,270 @@
+"""Training objectives as a registry: one student and one reference forward give every requested objective.
+
+:func:`compute_objectives` takes the student's window logits, the batch of the trajectory collator and the
+training config, and returns the weighted total loss and the metrics of every objective in ``config.loss_type``.
+Each quantity an objective needs is computed at most once and shared (:class:`StudentScores`): the student's
+log-normaliser ``log Z_i = log Σ_v exp(logit_{i,v})`` is computed once for the label and fake-token log-probs, and
+the reference's once in :func:`reference_terms`, so a T3D step computes two full-vocabulary normalisers (the
+official scheme computes four).
+
+Registered objectives (see ``docs/training.md``):
+
+====================  ===========================================================================  ==============
+name                  per-example loss (pure maths in :mod:`t3d_trl.losses`)                       reference
+====================  ===========================================================================  ==============
+``ddo``               trajectory DDO, real + α · fake (:func:`~t3d_trl.losses.ddo_loss`)            yes
+``path``              step-weighted path consistency (:func:`~t3d_trl.losses.path_loss`)            no
+``td``                Naive TD, forward KL on trajectory states (:func:`~t3d_trl.losses.td_loss`)   no
+``sft``               masked-diffusion cross-entropy on random masks (:func:`~t3d_trl.losses.sft_loss`)  no
+``dparallel``         certainty-forcing distillation (:func:`~t3d_trl.losses.certainty_forcing_loss`)  no
+====================  ===========================================================================  ==============
+
+A new objective is one function ``(scores, batch, config, reference) -> (loss [b], metrics)`` and one
+:func:`register_objective` call (``docs/design.md``, "Adding an objective").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .losses import (
+    certainty_forcing_loss,
+    ddo_loss,
+    path_loss,
+    sample_fake_tokens,
+    sequence_logps,
+    sft_loss,
+    td_loss,
+)
+
+__all__ = [
+    "OBJECTIVES",
+    "Objective",
+    "ReferenceTerms",
+    "StudentScores",
+    "compute_objectives",
+    "objective_names",
+    "reference_terms",
+    "register_objective",
+]
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _upcast(tensor: Tensor) -> Tensor:
+    return tensor.float() if tensor.dtype in _LOW_PRECISION else tensor
+
+
+class StudentScores:
+    """The student's window logits ``[b, W, V]`` and the per-token quantities derived from them, each computed once.
+
+    * ``log_normalizer``: ``log Z_i = logsumexp_v logit_{i,v}`` (float32 for half-precision logits);
+    * :meth:`log_probs`: ``log p(x_i) = logit_{i,x_i} − log Z_i`` at any ids (labels, fake tokens);
+    * ``label_log_probs``: :meth:`log_probs` at the batch's labels;
+    * ``entropy``: ``H_i = log Z_i − Σ_v p_{i,v} logit_{i,v}``;
+    * ``predictions``: ``argmax_v logit_{i,v}``.
+    """
+
+    def __init__(self, logits: Tensor, labels: Tensor) -> None:
+        self.logits = logits
+        self.labels = labels
+
+    @cached_property
+    def log_normalizer(self) -> Tensor:
+        return torch.logsumexp(_upcast(self.logits), dim=-1)
+
+    def log_probs(self, index: Tensor) -> Tensor:
+        """``log p(index_i) = logit_{i, index_i} − log Z_i``, shape ``[b, W]``."""
+        picked = self.logits.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+        return _upcast(picked) - self.log_normalizer
+
+    @cached_property
+    def label_log_probs(self) -> Tensor:
+        return self.log_probs(self.labels)
+
+    @cached_property
+    def entropy(self) -> Tensor:
+        logits = _upcast(self.logits)
+        log_probs = logits - self.log_normalizer[..., None]
+        finite = log_probs.masked_fill(torch.isneginf(log_probs), 0.0)
+        return -(log_probs.exp() * finite).sum(-1)
+
+    @cached_property
+    def predictions(self) -> Tensor:
+        return self.logits.argmax(-1)
+
+
+@dataclass
+class ReferenceTerms:
+    """What DDO needs from the reference θ_ref: the fake tokens x̂ ``[b, W]`` and the sequence log-probs
+    ``log p_ref(x0 | x_t)`` and ``log p_ref(x̂ | x_t)`` ``[b]`` (from a live forward or precomputed columns)."""
+
+    fake_tokens: Tensor
+    real_logps: Tensor
+    fake_logps: Tensor
+
+
+def reference_terms(
+    ref_logits: Tensor,
+    labels: Tensor,
+    loss_mask: Tensor,
+    temperature: float = 0.0,
+    normalization: str = "mean",
+    generator: torch.Generator | None = None,
+) -> ReferenceTerms:
+    """Fake tokens drawn from the reference (:func:`~t3d_trl.losses.sample_fake_tokens`) and the reference's sequence
+    log-probs of the labels and of the fake tokens, sharing one log-normaliser."""
+    with torch.no_grad():
+        scores = StudentScores(ref_logits, labels)
+        fake = sample_fake_tokens(ref_logits, loss_mask, labels, temperature, generator)
+        real_logps = sequence_logps(scores.label_log_probs, loss_mask, normalization)
+        fake_logps = sequence_logps(scores.log_probs(fake), loss_mask, normalization)
+    return ReferenceTerms(fake, real_logps, fake_logps)
+
+
+ObjectiveFunction = Callable[[StudentScores, dict, Any, "ReferenceTerms | None"], tuple[Tensor, dict[str, Tensor]]]
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A registered objective.
+
+    Attributes:
+        name: the ``loss_type`` value.
+        function: ``(scores, batch, config, reference) -> (loss [b], metrics)``; ``batch`` holds ``labels``,
+            ``loss_mask`` and ``path_weights`` on the window, ``config`` the training arguments.
+        needs_reference: whether ``reference`` (a :class:`ReferenceTerms`) must be given.
+        state_sampling: the states it trains on by default: ``"trajectory"`` or ``"random"``.
+        weight_field: the config field holding its default weight (``None``: 1).
+    """
+
+    name: str
+    function: ObjectiveFunction
+    needs_reference: bool = False
+    state_sampling: str = "trajectory"
+    weight_field: str | None = None
+
+
+#: registered objectives by name
+OBJECTIVES: dict[str, Objective] = {}
+
+
+def register_objective(
+    name: str,
+    function: ObjectiveFunction,
+    *,
+    needs_reference: bool = False,
+    state_sampling: str = "trajectory",
+    weight_field: str | None = None,
+    overwrite: bool = False,
+) -> Objective:
+    """Register ``function`` as the objective ``name`` (a ``loss_type`` value of :class:`~t3d_trl.T3DConfig`).
+
+    Raises:
+        ValueError: if ``name`` is taken (unless ``overwrite=True``) or ``state_sampling`` is unknown.
+    """
+    if name in OBJECTIVES and not overwrite:
+        raise ValueError(f"An objective named {name!r} is already registered; pass overwrite=True to replace it.")
+    if state_sampling not in ("trajectory", "random"):
+        raise ValueError(f"state_sampling must be 'trajectory' or 'random', got {state_sampling!r}.")
+    objective = Objective(name, function, needs_reference, state_sampling, weight_field)
+    OBJECTIVES[name] = objective
+    return objective
+
+
+def objective_names() -> tuple[str, ...]:
+    """The registered objective names."""
+    return tuple(OBJECTIVES)
+
+
+# ------------------------------------------------------------------------------------------------ the objectives
+def _ddo(scores: StudentScores, batch: dict, config: Any, reference: ReferenceTerms | None):
+    loss_mask, normalization = batch["loss_mask"], config.logps_normalization
+    policy_real = sequence_logps(scores.label_log_probs, loss_mask, normalization)
+    policy_fake = sequence_logps(scores.log_probs(reference.fake_tokens), loss_mask, normalization)
+    loss, real, fake = ddo_loss(
+        policy_real, policy_fake, reference.real_logps, reference.fake_logps, config.beta, config.alpha
+    )
+    metrics = {
+        "loss/ddo": loss, "loss/real": real, "loss/fake": fake,
+        "logps/real": policy_real, "logps/fake": policy_fake,
+        "ref_logps/real": reference.real_logps, "ref_logps/fake": reference.fake_logps,
+        "margins/real": policy_real - reference.real_logps, "margins/fake": policy_fake - reference.fake_logps,
+    }
+    return loss, metrics
+
+
+def _path(scores, batch, config, reference):
+    loss = path_loss(scores.label_log_probs, batch["path_weights"], batch["loss_mask"])
+    return loss, {"loss/path": loss}
+
+
+def _td(scores, batch, config, reference):
+    loss = td_loss(scores.label_log_probs, batch["loss_mask"])
+    return loss, {"loss/td": loss}
+
+
+def _sft(scores, batch, config, reference):
+    loss = sft_loss(scores.label_log_probs, batch["loss_mask"])
+    return loss, {"loss/sft": loss}
+
+
+def _dparallel(scores, batch, config, reference):
+    loss_mask = batch["loss_mask"]
+    correct = loss_mask & (scores.predictions == batch["labels"])
+    loss = certainty_forcing_loss(
+        scores.label_log_probs, scores.entropy, correct, loss_mask, config.dparallel_entropy_weight
+    )
+    return loss, {"loss/dparallel": loss}
+
+
+register_objective("ddo", _ddo, needs_reference=True)
+register_objective("path", _path, weight_field="lambda_path")
+register_objective("td", _td)
+register_objective("sft", _sft, state_sampling="random")
+register_objective("dparallel", _dparallel)
+
+
+# ------------------------------------------------------------------------------------------------ assembly
+def compute_objectives(
+    logits: Tensor, batch: dict, config: Any, reference: ReferenceTerms | None = None
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The weighted sum of the objectives of ``config.loss_type`` and their metrics.
+
+    ``loss = Σ_k weight_k · mean_b loss_k`` with ``weight_k = config.loss_weights[k]``. Metrics are batch means
+    (scalar tensors, detached): every objective's own, plus ``token_accuracy`` (argmax = label over the masked
+    positions), ``mask_ratio`` and ``num_masked_tokens``.
+
+    Args:
+        logits: the student's window logits ``[b, W, V]``.
+        batch: a batch of :class:`~t3d_trl.collator.DataCollatorForTrajectory` (``labels``, ``loss_mask``,
+            ``path_weights``, ``mask_ratio``).
+        config: the training arguments (:class:`~t3d_trl.T3DConfig`).
+        reference: the reference terms, required when an objective needs them.
+
+    Returns:
+        ``(loss, metrics)``.
+    """
+    scores = StudentScores(logits, batch["labels"])
+    total = torch.zeros((), device=logits.device)
+    metrics: dict[str, Tensor] = {}
+    for name, weight in zip(config.loss_type, config.loss_weights):
+        objective = OBJECTIVES[name]
+        if objective.needs_reference and reference is None:
+            raise ValueError(f"The {name!r} objective needs the reference terms, but none were given.")
+        loss, values = objective.function(scores, batch, config, reference)
+        total = total + weight * loss.mean()
+        metrics.update({key: value.detach().float().mean() for key, value in values.items()})
+    loss_mask = batch["loss_mask"]
+    with torch.no_grad():
+        correct = (scores.predictions == batch["labels"]) & loss_mask
+        metrics["token_accuracy"] = correct.sum() / loss_mask.sum().clamp(min=1)
+        metrics["mask_ratio"] = batch["mask_ratio"].float().mean()
+        metrics["num_masked_tokens"] = loss_mask.sum(-1).float().mean()
+    return total, metrics
