@@ -127,7 +127,7 @@ def decode(model, input_ids, steps, new_tokens, variant):
         model.generation_config, steps_per_block=steps, max_new_tokens=new_tokens, return_dict_in_generate=True
     )
     wall, cpu = time.perf_counter(), time.process_time()
-    out = diffusion_generate(model, model.diffusion_adapter, input_ids, None, config, **VARIANTS[variant][1])
+    out = diffusion_generate(model, model.diffusion_family, input_ids, None, config, **VARIANTS[variant][1])
     return time.perf_counter() - wall, time.process_time() - cpu, out
 
 

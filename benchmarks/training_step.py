@@ -58,7 +58,7 @@ from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 from transformers.utils import logging as hf_logging
 
 from t3d_trl import DataCollatorForTrajectory, T3DConfig, T3DTrainer
-from t3d_trl.adapters import get_adapter
+from t3d_trl.models.families import get_family
 from t3d_trl.losses import ddo_loss, path_loss, sample_fake_tokens, selective_log_softmax, sequence_logps
 
 VOCAB_SIZE = 512
@@ -159,7 +159,7 @@ def make_steps(trainer: T3DTrainer, batch: dict):
     """The two optimizer steps, as closures over the same model, reference and optimizer, and a check that both
     compute the same loss."""
     model, ref_model, optimizer, args = trainer.model, trainer.ref_model, trainer.optimizer, trainer.args
-    adapter = get_adapter(model)
+    family = get_family(model)
     accepted = set(inspect.signature(model.forward).parameters)
     labels, loss_mask, weights = batch["labels"], batch["loss_mask"], batch["path_weights"]
     norm = args.logps_normalization
@@ -173,16 +173,16 @@ def make_steps(trainer: T3DTrainer, batch: dict):
 
     def official_loss() -> torch.Tensor:
         with torch.no_grad():  # reference forward 1: x̂ and log p_ref(x0 | x_t)
-            ref_logits = adapter.training_forward(ref_model, batch, accepted)
+            ref_logits = family.training_forward(ref_model, batch, accepted)
             fake = sample_fake_tokens(ref_logits, loss_mask, labels, args.reference_temperature)
             ref_real = sequence_logps(selective_log_softmax(ref_logits, labels), loss_mask, norm)
             del ref_logits
-            ref_logits = adapter.training_forward(ref_model, batch, accepted)  # reference forward 2: log p_ref(x̂)
+            ref_logits = family.training_forward(ref_model, batch, accepted)  # reference forward 2: log p_ref(x̂)
             ref_fake = sequence_logps(selective_log_softmax(ref_logits, fake), loss_mask, norm)
             del ref_logits
-        real_logps = selective_log_softmax(adapter.training_forward(model, batch, accepted), labels)  # student 1
+        real_logps = selective_log_softmax(family.training_forward(model, batch, accepted), labels)  # student 1
         policy_real = sequence_logps(real_logps, loss_mask, norm)
-        fake_logits = adapter.training_forward(model, batch, accepted)  # student forward 2: the fake term
+        fake_logits = family.training_forward(model, batch, accepted)  # student forward 2: the fake term
         policy_fake = sequence_logps(selective_log_softmax(fake_logits, fake), loss_mask, norm)
         ddo, _, _ = ddo_loss(policy_real, policy_fake, ref_real, ref_fake, args.beta, args.alpha)
         return ddo.mean() + lambda_path * path_loss(real_logps, weights, loss_mask).mean()

@@ -132,7 +132,7 @@ def main() -> None:
     patch_model(model, tokenizer, block_size=args.block_size, max_new_tokens=args.max_new_tokens,
                 remasking=args.remasking)
     config = model.generation_config
-    print(f"family: {model.diffusion_adapter.family}, mask token id {config.mask_token_id}, "
+    print(f"family: {model.diffusion_family.name}, mask token id {config.mask_token_id}, "
           f"eos {config.eos_token_id}, block size {config.block_size}, remasking {config.remasking}\n")
 
     tokenizer.padding_side = "left"

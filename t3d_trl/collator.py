@@ -1,4 +1,4 @@
-"""Batch collation of teacher trajectories into the training layouts of DESIGN §5.
+"""Batch collation of teacher trajectories into the training layouts (``docs/design.md``, "Training layouts").
 
 :class:`DataCollatorForTrajectory` turns rows ``{prompt_ids, completion_ids, step_map, example_index}`` (as made by
 :func:`t3d_trl.data.prepare_trajectory_dataset`) into model inputs and per-token training targets, fully vectorised
@@ -29,12 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .layouts import ATTENTION_LAYOUTS
 from .losses import path_weights
-from .masks import CLEAN, NOISY, block_ids, layout_attention_mask, to_additive_mask
+from .masks import block_ids
+from .models.families import FAMILIES, family_class
 from .trajectory import (
     random_state_mask,
     random_token_replacement,
-    sample_current_block,
     sample_mask_ratios,
     trajectory_state_mask,
     within_block_steps,
@@ -45,8 +46,6 @@ __all__ = ["DataCollatorForTrajectory"]
 _REQUIRED_KEYS = ("prompt_ids", "completion_ids", "step_map", "example_index")
 _STATE_SAMPLINGS = ("trajectory", "random")
 _STATE_ORDERS = ("latest", "earliest")
-_FAMILIES = ("block_causal", "bidirectional")
-_ATTENTION_LAYOUTS = ("dense", "eager", "flex", "deferred")
 
 
 def _pad_rows(rows: Sequence[Any], pad_value: int) -> tuple[Tensor, Tensor]:
@@ -64,13 +63,6 @@ def _pad_rows(rows: Sequence[Any], pad_value: int) -> tuple[Tensor, Tensor]:
     if width:
         out[torch.arange(width)[None, :] < lengths[:, None]] = torch.cat(tensors)
     return out, lengths
-
-
-def _gather(values: Tensor, index: Tensor) -> Tensor:
-    """``values[r, clamp(index[r, j])]`` (safe for out-of-range indices that the caller masks out)."""
-    if values.shape[1] == 0:
-        return torch.zeros(index.shape, dtype=values.dtype)
-    return values.gather(1, index.clamp(0, values.shape[1] - 1))
 
 
 @dataclass
@@ -96,7 +88,7 @@ class DataCollatorForTrajectory:
 
     * ``input_ids``, ``position_ids``, ``block_ids``, ``stream_ids``, ``valid``: ``[b, N]``;
     * ``attention_mask``: block-causal family: ``[b, 1, N, N]`` bool (``attention_layout="dense"``, sdpa), its
-      additive float32 form (``"eager"``), or absent (``"flex"`` / ``"deferred"``: the model-side adapter builds
+      additive float32 form (``"eager"``), or absent (``"flex"`` / ``"deferred"``: the model family builds
       the mask on the accelerator — a flex ``BlockMask`` or the dense mask — from ``block_ids``/``stream_ids``/``valid``;
       :class:`~t3d_trl.T3DTrainer` uses ``"deferred"``, which keeps the ``N²`` mask off the host. For ``"flex"``, build
       :func:`~t3d_trl.masks.layout_block_mask` from ``block_ids``/``stream_ids``/``valid`` on device);
@@ -120,7 +112,7 @@ class DataCollatorForTrajectory:
         random_token_ratio: fraction of masked inputs replaced by random tokens.
         vocab_size: vocabulary size, required when ``random_token_ratio > 0``.
         seed: seed of the per-example hash.
-        family: ``"block_causal"`` or ``"bidirectional"``.
+        family: a registered model family (``"block_causal"``, ``"bidirectional"``), which decides the layout.
         attention_layout: ``"dense"``, ``"eager"``, ``"flex"`` or ``"deferred"`` (block-causal family only).
         return_tensors: only ``"pt"``.
     """
@@ -152,8 +144,8 @@ class DataCollatorForTrajectory:
         for name, allowed in (
             ("state_sampling", _STATE_SAMPLINGS),
             ("state_order", _STATE_ORDERS),
-            ("family", _FAMILIES),
-            ("attention_layout", _ATTENTION_LAYOUTS),
+            ("family", tuple(FAMILIES)),
+            ("attention_layout", ATTENTION_LAYOUTS),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
@@ -187,10 +179,9 @@ class DataCollatorForTrajectory:
             )
         example_index = torch.as_tensor([int(f["example_index"]) for f in features], dtype=torch.int64)
         comp = self._completion_targets(prompt_len, completion, completion_len, steps, example_index)
-        if self.family == "block_causal":
-            batch = self._block_causal_layout(prompt, prompt_len, comp)
-        else:
-            batch = self._bidirectional_layout(prompt, prompt_len, comp)
+        batch = family_class(self.family).training_layout(
+            prompt, prompt_len, comp, self.block_size, self.pad_token_id, self.attention_layout
+        )
         batch["example_index"] = example_index
         batch["mask_ratio"] = comp["ratio"]
         return batch
@@ -229,17 +220,10 @@ class DataCollatorForTrajectory:
         if self.state_sampling == "trajectory":
             ratio = sample_mask_ratios(example_index, self.seed, self.mask_ratios, self.mask_ratio_power)
             state = trajectory_state_mask(steps, block, valid, ratio, order=self.state_order)
+            state, loss = family_class(self.family).trajectory_state(state, trained, block, valid, example_index, self.seed)
         else:
             state, ratio = random_state_mask(valid, example_index, self.seed)
-        loss = state & trained
-        if self.family == "bidirectional" and self.state_sampling == "trajectory":
-            # Global step cut: blocks before the current one c are clean, c holds the state, later ones are masked.
-            first_block = torch.div(prompt_len, size, rounding_mode="floor")
-            last_block = torch.div(prompt_len + full_len - 1, size, rounding_mode="floor")
-            current = first_block + sample_current_block(example_index, self.seed, last_block - first_block + 1)
-            current = current[:, None]
-            loss = state & trained & (block == current)
-            state = valid & ((block > current) | ((block == current) & state))
+            loss = state & trained
 
         sigma, steps_in_block = within_block_steps(steps, block, real)
         sigma = torch.where(eos_fill, steps_in_block - 1, sigma)
@@ -255,100 +239,4 @@ class DataCollatorForTrajectory:
             "loss": loss,
             "weights": weights,
             "ratio": ratio.to(torch.float32),
-        }
-
-    def _block_causal_layout(self, prompt: Tensor, prompt_len: Tensor, comp: dict[str, Tensor]) -> dict[str, Any]:
-        """``[pad ; prompt ; x0 ; prompt tail + x_t]`` with per-row offset ``o = column − pad_r``.
-
-        Segments in ``o``: prompt ``[0, P)``, clean ``[P, P + C')``, noisy tail ``[P + C', P + C' + tail)``, noisy
-        completion ``[P + C' + tail, n)`` with ``n = P + 2C' + tail``; positions ``o``, ``o``, ``o − C' − tail``,
-        ``o − C' − tail``.
-        """
-        size = self.block_size
-        full_len = comp["length"]
-        tail = torch.remainder(prompt_len, size)
-        noisy_len = tail + full_len
-        row_len = prompt_len + full_len + noisy_len
-        total, window = int(row_len.max()), int(noisy_len.max())
-        offset = torch.arange(total)[None, :] - (total - row_len)[:, None]
-        p, c, t = prompt_len[:, None], full_len[:, None], tail[:, None]
-        valid = offset >= 0
-        is_prompt = valid & (offset < p)
-        is_clean = (offset >= p) & (offset < p + c)
-        is_tail = (offset >= p + c) & (offset < p + c + t)
-        is_noisy = offset >= p + c + t
-        noisy_stream = is_tail | is_noisy
-
-        prompt_index = torch.where(is_prompt, offset, offset - c - t)  # tail: P − tail + (o − P − C')
-        completion_index = torch.where(is_clean, offset - p, offset - p - c - t)
-        prompt_tokens = _gather(prompt, prompt_index)
-        x0_tokens = _gather(comp["x0"], completion_index)
-        pad = torch.full_like(offset, self.pad_token_id)
-        input_ids = torch.where(
-            is_prompt | is_tail,
-            prompt_tokens,
-            torch.where(is_clean, x0_tokens, torch.where(is_noisy, _gather(comp["noisy"], completion_index), pad)),
-        )
-        position_ids = torch.where(
-            is_prompt | is_clean, offset, torch.where(noisy_stream, offset - c - t, torch.zeros_like(offset))
-        )
-        stream_ids = torch.where(noisy_stream, NOISY, CLEAN)
-        blocks = block_ids(position_ids, size)
-        labels = torch.where(is_noisy, x0_tokens, torch.where(is_tail, prompt_tokens, input_ids))
-        loss_mask = is_noisy & _gather(comp["loss"], completion_index)
-        weights = torch.where(is_noisy, _gather(comp["weights"], completion_index), torch.zeros(()))
-
-        batch: dict[str, Any] = {
-            "input_ids": input_ids,
-            "position_ids": position_ids,
-            "block_ids": blocks,
-            "stream_ids": stream_ids,
-            "valid": valid,
-        }
-        if self.attention_layout not in ("flex", "deferred"):
-            mask = layout_attention_mask(blocks, stream_ids, blocks, stream_ids, valid, query_valid=valid)
-            if self.attention_layout == "eager":
-                mask = to_additive_mask(mask, torch.float32)
-            batch["attention_mask"] = mask
-        batch.update(
-            labels=labels[:, total - window :],
-            loss_mask=loss_mask[:, total - window :],
-            path_weights=weights[:, total - window :],
-            logits_to_keep=window,
-        )
-        return batch
-
-    def _bidirectional_layout(self, prompt: Tensor, prompt_len: Tensor, comp: dict[str, Tensor]) -> dict[str, Any]:
-        """``[pad ; prompt ; x_t]`` with per-row offset ``o = column − pad_r``; positions ``o``; window ``max C'``."""
-        full_len = comp["length"]
-        row_len = prompt_len + full_len
-        total, window = int(row_len.max()), int(full_len.max())
-        offset = torch.arange(total)[None, :] - (total - row_len)[:, None]
-        p = prompt_len[:, None]
-        valid = offset >= 0
-        is_prompt = valid & (offset < p)
-        is_completion = offset >= p
-        completion_index = offset - p
-        x0_tokens = _gather(comp["x0"], completion_index)
-        pad = torch.full_like(offset, self.pad_token_id)
-        input_ids = torch.where(
-            is_prompt,
-            _gather(prompt, offset),
-            torch.where(is_completion, _gather(comp["noisy"], completion_index), pad),
-        )
-        position_ids = torch.where(valid, offset, torch.zeros_like(offset))
-        labels = torch.where(is_completion, x0_tokens, input_ids)
-        loss_mask = is_completion & _gather(comp["loss"], completion_index)
-        weights = torch.where(is_completion, _gather(comp["weights"], completion_index), torch.zeros(()))
-        return {
-            "input_ids": input_ids,
-            "position_ids": position_ids,
-            "attention_mask": valid.to(torch.int64),
-            "block_ids": block_ids(position_ids, self.block_size),
-            "stream_ids": torch.where(is_completion, NOISY, CLEAN),
-            "valid": valid,
-            "labels": labels[:, total - window :],
-            "loss_mask": loss_mask[:, total - window :],
-            "path_weights": weights[:, total - window :],
-            "logits_to_keep": window,
         }

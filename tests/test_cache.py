@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from t3d_trl.cache import BufferedLayer, buffered_cache
+from t3d_trl.models.cache import BufferedLayer, buffered_cache
 from tiny import tiny_qwen3
 
 

@@ -12,6 +12,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, BertConfig, BertForMaskedLM, GenerationMixin
 
 import t3d_trl
+import t3d_trl.generation
+import t3d_trl.models.sdar
 from t3d_trl import DiffusionGenerationConfig, patch_model
 from t3d_trl.generation import num_transfer_tokens
 from t3d_trl.generation.remasking import get_remasking_strategy
@@ -93,7 +95,7 @@ def test_forwards_per_block_equal_steps_with_fused_store(model, tokenizer):
         assert out.nfe.tolist() == [steps * num_blocks]
         unfused = t3d_trl.generation.diffusion_generate(
             model,
-            model.diffusion_adapter,
+            model.diffusion_family,
             ids,
             None,
             DiffusionGenerationConfig.from_generation_config(
@@ -336,8 +338,9 @@ def _write_sdar_checkpoint(path: Path, remote_code: bool) -> None:
 
 def test_sdar_checkpoint_loads_natively_as_qwen3(tmp_path, tokenizer):
     _write_sdar_checkpoint(tmp_path, remote_code=True)
+    t3d_trl.register_sdar()
     model = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float64)  # no remote code
-    assert type(model) is t3d_trl.sdar.SDARForCausalLM
+    assert type(model) is t3d_trl.models.sdar.SDARForCausalLM
     patch_model(model, tokenizer, block_size=4, max_new_tokens=12)
     reference = patch_model(tiny_qwen3(), tokenizer, block_size=4, max_new_tokens=12)
     batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
@@ -351,7 +354,7 @@ def test_sdar_remote_code_store_kv_interface(tmp_path, tokenizer):
     model = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float64, trust_remote_code=True)
     assert type(model).__module__.startswith("transformers_modules")
     patch_model(model, tokenizer, block_size=4, max_new_tokens=12)
-    assert type(model.diffusion_adapter).__name__ == "StoreKVAdapter"
+    assert type(model.diffusion_family).__name__ == "StoreKVFamily"
     reference = patch_model(tiny_qwen3(), tokenizer, block_size=4, max_new_tokens=12)
     batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
     for steps in (1, 2):
@@ -371,7 +374,7 @@ def _tiny_bert(tokenizer):
 
 def test_bidirectional_mask_predictor(tmp_path, tokenizer):
     model = patch_model(_tiny_bert(tokenizer), tokenizer, block_size=4, steps_per_block=2, max_new_tokens=10)
-    assert model.diffusion_adapter.family == "bidirectional"
+    assert model.diffusion_family.name == "bidirectional"
     batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
     out = model.generate(**batch, return_dict_in_generate=True)
     width = batch["input_ids"].shape[1]

@@ -1,4 +1,4 @@
-"""The block diffusion decoding loop (DESIGN §3).
+"""The block diffusion decoding loop (semantics: ``docs/generation.md``).
 
 Prompts are laid on a *canvas* whose block grid matches every row's absolute block grid: row ``r`` with ``L_r``
 prompt tokens gets ``T - B * (L_r // B)`` padding columns in front, ``T = B * max_r (L_r // B)``, so that its
@@ -19,10 +19,9 @@ from dataclasses import dataclass
 import torch
 from transformers.utils import ModelOutput
 
-from ..adapters import DiffusionAdapter
-from ..masks import CLEAN, NOISY, layout_attention_mask
-from .configuration import DiffusionGenerationConfig
-from .remasking import get_remasking_strategy, num_transfer_tokens
+from ..models.families import ModelFamily
+from .configuration import DEFAULT_MAX_NEW_TOKENS, DiffusionGenerationConfig
+from .remasking import num_transfer_tokens, remasking_strategy
 from .sampling import sample_tokens
 
 
@@ -120,7 +119,7 @@ def check_position_limit(model, canvas: Canvas) -> None:
 @torch.no_grad()
 def diffusion_generate(
     model,
-    adapter: DiffusionAdapter,
+    family: ModelFamily,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     config: DiffusionGenerationConfig,
@@ -132,8 +131,8 @@ def diffusion_generate(
     """Decode ``input_ids`` block by block with ``config`` (see the module docstring for the semantics).
 
     Args:
-        model: a model of ``adapter``'s family.
-        adapter: the family adapter (:func:`t3d_trl.adapters.get_adapter`).
+        model: a model of ``family``.
+        family: the model's family (:func:`t3d_trl.models.families.get_family`).
         input_ids: ``[batch, L]`` prompts, padded on either side.
         attention_mask: ``[batch, L]`` 1 on prompt tokens, 0 on padding (``None``: no padding).
         config: the decoding settings; ``mask_token_id`` must be set.
@@ -158,15 +157,15 @@ def diffusion_generate(
     if bool((attention_mask.sum(1) == 0).any()):
         raise ValueError("Every prompt needs at least one token; found a row whose attention_mask is all zeros.")
     block_size, steps = config.block_size, config.steps_per_block
-    max_new_tokens = config.max_new_tokens or 256
+    max_new_tokens = config.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
     mask_id = config.mask_token_id
     eos_ids = torch.tensor(_as_id_list(config.eos_token_id), dtype=torch.long, device=input_ids.device)
     pad_id = config.pad_token_id if config.pad_token_id is not None else (int(eos_ids[0]) if eos_ids.numel() else mask_id)
-    strategy = get_remasking_strategy(config.remasking, config.confidence_threshold, config.entropy_bound)
+    strategy = remasking_strategy(config)
     schedule = num_transfer_tokens(block_size, steps)
     max_steps = steps if strategy.follows_schedule else block_size
     temperature = config.effective_temperature
-    use_cache = use_cache and adapter.supports_cache
+    use_cache = use_cache and family.supports_cache
 
     canvas = build_canvas(input_ids, attention_mask, block_size, max_new_tokens, mask_id)
     check_position_limit(model, canvas)
@@ -179,7 +178,7 @@ def diffusion_generate(
     steps_done = torch.zeros(batch, dtype=torch.long, device=device)
     nfe = torch.zeros(batch, dtype=torch.long, device=device)
     active = torch.arange(batch, device=device)
-    cache = adapter.new_cache(model, capacity=width) if use_cache else None
+    cache = family.new_cache(model, capacity=width) if use_cache else None
     stored = 0  # canvas columns already in the cache
     carry = None  # shifted heads: the logits of the column before the block
 
@@ -187,8 +186,8 @@ def diffusion_generate(
         start = canvas.start + block_index * block_size
         end = start + block_size
         if use_cache and not fuse_store and stored < start:  # separate store pass (the reference scheme)
-            store_mask = _layout_mask(block, canvas.valid, active, stored, start, 0)
-            _forward(model, adapter, tokens, positions, canvas.valid, active, stored, start, 0, cache, store_mask)
+            store_mask = family.decode_mask(block, canvas.valid, active, stored, start, 0)
+            family.denoise_forward(model, tokens, positions, canvas.valid, active, stored, start, 0, cache, store_mask)
             nfe[active] += 1
             stored = start
         masked = canvas.generated[active, start:end]
@@ -198,19 +197,20 @@ def diffusion_generate(
             if not bool(needs_work.any()):
                 break
             context_start = stored if use_cache else 0
-            if context_start != mask_start and adapter.family != "bidirectional":  # reused by later steps
-                mask, mask_start = _layout_mask(block, canvas.valid, active, context_start, start, block_size), context_start
-            logits = _forward(
-                model, adapter, tokens, positions, canvas.valid, active, context_start, start, block_size, cache, mask
+            if context_start != mask_start:  # reused by the later steps of the block
+                mask = family.decode_mask(block, canvas.valid, active, context_start, start, block_size)
+                mask_start = context_start
+            logits = family.denoise_forward(
+                model, tokens, positions, canvas.valid, active, context_start, start, block_size, cache, mask
             )
             if use_cache:
                 stored = start
             block_logits = logits[:, -block_size:]
-            if adapter.shift_logits:
+            if family.shift_logits:
                 carry = logits[:, -block_size - 1] if logits.shape[1] > block_size else carry
                 block_logits = torch.cat([carry[:, None], logits[:, -block_size:-1]], dim=1)
             sampled, confidence, entropy = sample_tokens(block_logits, temperature, config.top_k, config.top_p, generator)
-            commit = strategy.select(confidence, entropy, masked, schedule[step] if step < steps else 1)
+            commit = strategy.select(confidence, entropy, masked, schedule[step] if step < steps else 1, generator)
             window = tokens[active, start:end]
             tokens[active, start:end] = torch.where(commit, sampled.to(tokens.dtype), window)
             step_map[active, start:end] = torch.where(commit, steps_done[active, None], step_map[active, start:end])
@@ -228,7 +228,7 @@ def diffusion_generate(
             if active.numel() == 0:
                 break
             if cache is not None:
-                adapter.select_rows(cache, keep.nonzero().squeeze(-1))
+                family.select_rows(cache, keep.nonzero().squeeze(-1))
 
     generated, step_map = _generated_part(tokens, step_map, canvas.gen_start, max_new_tokens, eos_ids, pad_id)
     sequences = torch.cat([input_ids, generated.to(input_ids.dtype)], dim=1)
@@ -236,43 +236,6 @@ def diffusion_generate(
         return sequences
     trajectory = _trajectory(generated, step_map, mask_id) if config.output_trajectory else None
     return DiffusionGenerateOutput(sequences=sequences, step_map=step_map, nfe=nfe, trajectory=trajectory)
-
-
-def _layout_mask(block, valid, rows, context_start, block_start, block_size):
-    """Attention mask of a forward of ``rows`` on canvas columns ``[context_start, block_start + block_size)``.
-
-    Columns ``[context_start, block_start)`` are clean context (stored in the cache when there is one), columns
-    ``[block_start, block_start + block_size)`` are the block being denoised (noisy stream, never stored).
-    """
-    end = block_start + block_size
-    stream = torch.where(torch.arange(end, device=block.device) >= block_start, NOISY, CLEAN).expand(len(rows), -1)
-    return layout_attention_mask(
-        block[rows, context_start:end],
-        stream[:, context_start:end],
-        block[rows, :end],
-        stream,
-        valid[rows, :end],
-        query_valid=valid[rows, context_start:end],
-        query_offset=context_start,
-    )
-
-
-def _forward(model, adapter, tokens, positions, valid, rows, context_start, block_start, block_size, cache, mask):
-    """Forward ``rows`` on canvas columns ``[context_start, block_start + block_size)`` with ``mask``; returns logits
-    of at least the block's columns (and the column before it for shifted heads)."""
-    end = block_start + block_size
-    num_logits = block_size + (1 if adapter.shift_logits else 0)
-    if adapter.family == "bidirectional":
-        return adapter.block_forward(model, tokens[rows], positions[rows], valid[rows])[:, :end]
-    return adapter.block_forward(
-        model,
-        tokens[rows, context_start:end],
-        positions[rows, context_start:end],
-        mask,
-        cache,
-        num_tokens_to_store=block_start - context_start if cache is not None else 0,
-        num_logits=num_logits if block_size else None,
-    )
 
 
 def _generated_part(tokens, step_map, gen_start, max_new_tokens, eos_ids, pad_id):
@@ -313,7 +276,7 @@ def generate_with_model(
     generation_config=None,
     attention_mask: torch.Tensor | None = None,
     *,
-    adapter: DiffusionAdapter | None = None,
+    family: ModelFamily | None = None,
     use_cache: bool = True,
     generator: torch.Generator | None = None,
     **kwargs,
@@ -323,7 +286,7 @@ def generate_with_model(
     Settings come from ``generation_config`` (or the model's own ``generation_config``), updated by the
     ``kwargs`` that are generation-config fields (``steps_per_block=1``, ``max_new_tokens=...``).
     """
-    from ..adapters import get_adapter
+    from ..models.families import get_family
 
     input_ids = inputs if inputs is not None else kwargs.pop("input_ids", None)
     if input_ids is None:
@@ -340,8 +303,8 @@ def generate_with_model(
         raise ValueError(
             f"generate() got arguments that are neither generation settings nor supported inputs: {sorted(unused)}."
         )
-    adapter = adapter if adapter is not None else get_adapter(model)
-    adapter.check_model(model)
+    family = family if family is not None else get_family(model)
+    family.check_model(model)
     return diffusion_generate(
-        model, adapter, input_ids, attention_mask, config, use_cache=use_cache, generator=generator
+        model, family, input_ids, attention_mask, config, use_cache=use_cache, generator=generator
     )

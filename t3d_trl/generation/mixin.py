@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from transformers import GenerationConfig
 
-from ..adapters import DiffusionAdapter, get_adapter
+from ..models.families import ModelFamily, get_family
 from .configuration import DiffusionGenerationConfig
 from .decoding import generate_with_model
 
@@ -29,7 +29,8 @@ class FewStepDiffusionGenerationMixin:
     ``step_map``, ``nfe`` and, with ``output_trajectory=True``, ``trajectory``.
     """
 
-    diffusion_adapter: DiffusionAdapter | None = None
+    #: the model family that runs the decoding forwards (set by :func:`patch_model`)
+    diffusion_family: ModelFamily | None = None
 
     @classmethod
     def can_generate(cls) -> bool:
@@ -61,7 +62,7 @@ class FewStepDiffusionGenerationMixin:
             inputs,
             generation_config,
             attention_mask,
-            adapter=self.diffusion_adapter,
+            family=self.diffusion_family,
             use_cache=use_cache,
             generator=generator,
             **kwargs,
@@ -122,7 +123,8 @@ def patch_model(
     Args:
         model: a transformers model (``AutoModelForCausalLM``, ``AutoModelForMaskedLM``, SDAR remote code...).
         processing_class: its tokenizer, to take the mask, EOS and pad token ids from.
-        family: ``"block_causal"`` or ``"bidirectional"``; detected from the model when omitted.
+        family: a registered model family (``"block_causal"``, ``"bidirectional"``; see
+            :mod:`t3d_trl.models.families`); detected from the model when omitted.
         shift_logits: set for heads whose logits at position ``i`` predict token ``i + 1``.
         generation_defaults: fields of :class:`DiffusionGenerationConfig` (``block_size=4``, ``steps_per_block=1``...).
 
@@ -144,5 +146,5 @@ def patch_model(
     defaults.update(generation_defaults)
     model.__class__ = _patched_class(type(model))
     model.generation_config = DiffusionGenerationConfig.from_generation_config(base, **defaults)
-    model.diffusion_adapter = get_adapter(model, family=family, shift_logits=shift_logits)
+    model.diffusion_family = get_family(model, family=family, shift_logits=shift_logits)
     return model

@@ -13,31 +13,16 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from transformers import (
-    AutoModelForCausalLM,
-    AutoModelForMaskedLM,
-    AutoTokenizer,
-    PreTrainedModel,
-    Trainer,
-)
+from transformers import AutoTokenizer, PreTrainedModel, Trainer
 from transformers.utils import is_peft_available
 
-from ..adapters import get_adapter
 from ..collator import DataCollatorForTrajectory
 from ..data import prepare_trajectory_dataset, validate_mask_token
 from ..generation import DiffusionGenerationConfig, patch_model
 from ..generation.custom_generate import write_custom_generate
 from ..masks import NOISY
-from ..losses import (
-    ddo_loss,
-    dparallel_loss,
-    path_loss,
-    sample_fake_tokens,
-    selective_log_softmax,
-    sequence_logps,
-    sft_loss,
-    td_loss,
-)
+from ..models.families import get_family, load_pretrained
+from ..objectives import ReferenceTerms, compute_objectives, reference_terms
 from .callbacks import POLICY_ADAPTER, REF_ADAPTER, RefModelSyncCallback, adapter_parameters, mixup_
 from .config import T3DConfig
 
@@ -163,8 +148,8 @@ class T3DTrainer(Trainer):
                 param.requires_grad_(False)
 
         base = model.get_base_model() if self.is_peft else model
-        self.adapter = get_adapter(base, family=args.model_family)
-        self.adapter.check_model(base)
+        self.family = get_family(base, family=args.model_family)
+        self.family.check_model(base)
         self._forward_parameters = set(inspect.signature(base.forward).parameters)
         self._attention_kernel = getattr(base.config, "_attn_implementation", None) or "eager"
         self.mask_token_id = validate_mask_token(processing_class, base.config)
@@ -224,8 +209,7 @@ class T3DTrainer(Trainer):
         kwargs.setdefault("attn_implementation", "sdpa")
         if isinstance(kwargs.get("dtype"), str) and kwargs["dtype"] != "auto":
             kwargs["dtype"] = getattr(torch, kwargs["dtype"])
-        loader = AutoModelForMaskedLM if args.model_family == "bidirectional" else AutoModelForCausalLM
-        return loader.from_pretrained(name, **kwargs)
+        return load_pretrained(name, args.model_family, **kwargs)
 
     def _prepare_dataset(self, dataset, processing_class, args: T3DConfig, name: str):
         dataset, stats = prepare_trajectory_dataset(
@@ -259,9 +243,8 @@ class T3DTrainer(Trainer):
             random_token_ratio=args.random_token_ratio,
             vocab_size=base.config.get_text_config().vocab_size,
             seed=args.data_seed if args.data_seed is not None else args.seed,
-            family=self.adapter.family,
-            # the N² mask is built on the accelerator by the adapter, not on the host
-            attention_layout="deferred" if self.adapter.family == "block_causal" else "dense",
+            family=self.family.name,
+            attention_layout=self.family.training_attention_layout,
         )
 
     def _prepare_reference(self, ref_model):
@@ -278,7 +261,7 @@ class T3DTrainer(Trainer):
 
     # ------------------------------------------------------------------------------------------ forwards
     def _window_logits(self, model, batch: dict) -> torch.Tensor:
-        return self.adapter.training_forward(
+        return self.family.training_forward(
             model, batch, self._forward_parameters, self._attention_kernel, self.accelerator.unwrap_model(model).dtype
         )
 
@@ -298,66 +281,39 @@ class T3DTrainer(Trainer):
         with model.disable_adapter():
             return self._window_logits(model, batch)
 
-    def _reference_terms(self, batch: dict, labels, loss_mask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _reference_terms(self, batch: dict) -> ReferenceTerms:
         """Fake tokens x̂ and the reference's sequence log-probs of x0 and x̂ (precomputed or from one forward)."""
         if "ref_fake_tokens" in batch:
-            return batch["ref_fake_tokens"], batch["ref_real_logps"], batch["ref_fake_logps"]
+            return ReferenceTerms(batch["ref_fake_tokens"], batch["ref_real_logps"], batch["ref_fake_logps"])
         ref_logits = self._reference_logits(batch)
         generator = None
         if self.args.reference_temperature > 0:
             generator = torch.Generator(device=ref_logits.device).manual_seed(
                 hash((self.args.seed, self.state.global_step, self.accelerator.process_index)) % (2**63)
             )
-        fake = sample_fake_tokens(ref_logits, loss_mask, labels, self.args.reference_temperature, generator)
-        normalization = self.args.logps_normalization
-        ref_real = sequence_logps(selective_log_softmax(ref_logits, labels), loss_mask, normalization)
-        ref_fake = sequence_logps(selective_log_softmax(ref_logits, fake), loss_mask, normalization)
-        return fake, ref_real, ref_fake
+        return reference_terms(
+            ref_logits,
+            batch["labels"],
+            batch["loss_mask"],
+            self.args.reference_temperature,
+            self.args.logps_normalization,
+            generator,
+        )
 
     # ------------------------------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """One student forward with gradients (and one reference forward without) → the weighted objectives."""
-        args = self.args
-        mode = "train" if model.training else "eval"
-        labels, loss_mask, weights = inputs["labels"], inputs["loss_mask"], inputs["path_weights"]
         logits = self._window_logits(model, inputs)
-        token_logps = selective_log_softmax(logits, labels)
-        metrics: dict[str, torch.Tensor] = {}
-        total = torch.zeros((), device=logits.device)
-        for name, weight in zip(args.loss_type, args.loss_weights):
-            if name == "ddo":
-                fake, ref_real, ref_fake = self._reference_terms(inputs, labels, loss_mask)
-                policy_real = sequence_logps(token_logps, loss_mask, args.logps_normalization)
-                policy_fake = sequence_logps(selective_log_softmax(logits, fake), loss_mask, args.logps_normalization)
-                loss, real, fake_loss = ddo_loss(policy_real, policy_fake, ref_real, ref_fake, args.beta, args.alpha)
-                metrics.update({
-                    "loss/ddo": loss.mean(), "loss/real": real.mean(), "loss/fake": fake_loss.mean(),
-                    "logps/real": policy_real.mean(), "logps/fake": policy_fake.mean(),
-                    "ref_logps/real": ref_real.mean(), "ref_logps/fake": ref_fake.mean(),
-                    "margins/real": (policy_real - ref_real).mean(), "margins/fake": (policy_fake - ref_fake).mean(),
-                })
-            elif name == "path":
-                loss = path_loss(token_logps, weights, loss_mask)
-                metrics["loss/path"] = loss.mean()
-            elif name == "td":
-                loss = td_loss(token_logps, loss_mask)
-                metrics["loss/td"] = loss.mean()
-            elif name == "sft":
-                loss = sft_loss(token_logps, loss_mask)
-                metrics["loss/sft"] = loss.mean()
-            else:  # dparallel
-                loss = dparallel_loss(logits, labels, loss_mask, args.dparallel_entropy_weight)
-                metrics["loss/dparallel"] = loss.mean()
-            total = total + weight * loss.mean()
-        with torch.no_grad():
-            correct = (logits.argmax(-1) == labels) & loss_mask
-            metrics["token_accuracy"] = correct.sum() / loss_mask.sum().clamp(min=1)
-            metrics["mask_ratio"] = inputs["mask_ratio"].float().mean()
-            metrics["num_masked_tokens"] = loss_mask.sum(-1).float().mean()
+        reference = self._reference_terms(inputs) if self.args.uses_reference else None
+        loss, metrics = compute_objectives(logits, inputs, self.args, reference)
+        self._record_metrics(metrics, "train" if model.training else "eval")
+        return (loss, {"logits": logits}) if return_outputs else loss
+
+    def _record_metrics(self, metrics: dict[str, torch.Tensor], mode: str) -> None:
+        """Average the micro-batch's metrics over processes (one gather) and keep them until the next log."""
         values = self.accelerator.gather_for_metrics(torch.stack([v.detach().float() for v in metrics.values()])[None])
         for key, value in zip(metrics, values.mean(0).tolist()):
             self._metrics[mode][key].append(value)
-        return (total, {"logits": logits}) if return_outputs else total
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
@@ -395,11 +351,11 @@ class T3DTrainer(Trainer):
         )
         index, fakes, reals, fake_logps = [], [], [], []
         for batch in tqdm(loader, desc="Precomputing reference log-probs", disable=not self.is_world_process_zero()):
-            fake, ref_real, ref_fake = self._reference_terms(batch, batch["labels"], batch["loss_mask"])
+            terms = self._reference_terms(batch)
+            fake, ref_real, ref_fake = terms.fake_tokens, terms.real_logps, terms.fake_logps
             window = fake.shape[1]
-            noisy = batch["valid"][:, -window:]
-            if self.adapter.family == "block_causal":  # the row's own noisy stream, not clean columns of short rows
-                noisy = noisy & (batch["stream_ids"][:, -window:] == NOISY)
+            # the row's own noisy stream, not the clean columns a short row has in the window
+            noisy = batch["valid"][:, -window:] & (batch["stream_ids"][:, -window:] == NOISY)
             gathered = self.accelerator.gather_for_metrics(
                 (batch["example_index"], fake, noisy, ref_real, ref_fake)
             )

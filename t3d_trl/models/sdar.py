@@ -2,14 +2,17 @@
 
 SDAR (JetAstra/SDAR) is Qwen3 trained as a block diffusion model: its ``config.json`` has Qwen3's fields and its
 weights carry Qwen3's parameter names, but its published remote code needs flash-attn and does not import under
-transformers 5. Importing t3d-trl registers ``model_type: sdar`` with the ``AutoModel*`` classes, mapped onto
-transformers' own Qwen3 implementation, so::
+transformers 5. :func:`register_sdar` registers ``model_type: sdar`` with the ``AutoModel*`` classes, mapped onto
+transformers' own Qwen3 implementation. t3d-trl calls it where it loads models
+(:func:`t3d_trl.models.families.load_pretrained`, ``T3DTrainer`` given a model name, the command line); importing
+t3d-trl does not. After it::
 
+    t3d_trl.register_sdar()
     model = AutoModelForCausalLM.from_pretrained("JetLM/SDAR-1.7B-Chat", attn_implementation="sdpa")
 
 loads without remote code and runs with every attention kernel transformers offers (``sdpa``, ``eager``,
 ``flex_attention``). Passing ``trust_remote_code=True`` still loads the checkpoint's own code, which
-:class:`t3d_trl.adapters.StoreKVAdapter` drives through its ``store_kv`` cache interface.
+:class:`t3d_trl.models.families.StoreKVFamily` drives through its ``store_kv`` cache interface.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ class SDARForCausalLM(Qwen3ForCausalLM):
     config_class = SDARConfig
 
 
+_registered = False
+
+
 def register_sdar() -> None:
     """Register ``model_type: sdar`` with ``AutoConfig``, ``AutoModel`` and ``AutoModelForCausalLM``.
 
@@ -43,6 +49,9 @@ def register_sdar() -> None:
     they are implemented), so the mapping counts as built-in: without ``trust_remote_code`` the checkpoint loads
     natively, with it the checkpoint's own code wins, as for any architecture transformers ships.
     """
+    global _registered
+    if _registered:
+        return
     from transformers.models.qwen3 import configuration_qwen3, modeling_qwen3
 
     for module, classes in ((configuration_qwen3, (SDARConfig,)), (modeling_qwen3, (SDARModel, SDARForCausalLM))):
@@ -52,3 +61,4 @@ def register_sdar() -> None:
     AutoConfig.register("sdar", SDARConfig, exist_ok=True)
     AutoModel.register(SDARConfig, SDARModel, exist_ok=True)
     AutoModelForCausalLM.register(SDARConfig, SDARForCausalLM, exist_ok=True)
+    _registered = True
