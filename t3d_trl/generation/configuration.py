@@ -80,8 +80,7 @@ class DiffusionGenerationConfig(GenerationConfig):
             if not hasattr(self, field) and field not in kwargs:
                 setattr(self, field, default)
         _normalise_sampling(kwargs)
-        super().__init__(**kwargs)
-        self.validate_diffusion()
+        super().__init__(**kwargs)  # ends with self.validate()
 
     @property
     def effective_temperature(self) -> float:
@@ -100,9 +99,13 @@ class DiffusionGenerationConfig(GenerationConfig):
         for field in remasking_parameters():  # a strategy registered after this config was built
             if field in kwargs and not hasattr(self, field):
                 setattr(self, field, kwargs[field])
-        unused = super().update(**kwargs)
+        return super().update(**kwargs)  # ends with self.validate()
+
+    def validate(self, strict: bool = False, user_set_attributes: set[str] | None = None) -> None:
+        """transformers' checks, then :meth:`validate_diffusion`. transformers calls it when the config is built,
+        updated and saved, so an invalid config is refused then, not when it is reloaded."""
+        super().validate(strict=strict, user_set_attributes=user_set_attributes)
         self.validate_diffusion()
-        return unused
 
     def validate_diffusion(self) -> None:
         """Check the diffusion fields and raise a `ValueError` that says what to change."""
@@ -121,6 +124,10 @@ class DiffusionGenerationConfig(GenerationConfig):
             strategy.check_parameters({field: getattr(self, field, defaults[field]) for field in strategy.parameters})
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError(f"`max_new_tokens` must be at least 1, got {self.max_new_tokens!r}.")
+        samples = self.num_return_sequences
+        if samples is not None and (not isinstance(samples, int) or samples < 1):
+            raise ValueError(f"`num_return_sequences` must be a positive integer, got {samples!r}.")
+
 
     @classmethod
     def from_generation_config(cls, config: GenerationConfig | None, **overrides: Any) -> DiffusionGenerationConfig:

@@ -1,10 +1,19 @@
 """The block diffusion decoding loop (semantics: ``docs/generation.md``).
 
-Prompts are laid on a *canvas* whose block grid matches every row's absolute block grid: row ``r`` with ``L_r``
-prompt tokens gets ``T - B * (L_r // B)`` padding columns in front, ``T = B * max_r (L_r // B)``, so that its
-whole prompt blocks end at column ``T`` and the prompt's tail shares the first decoded block (columns
-``[T, T + B)``) with the row's first generated tokens. All rows then decode the same canvas block in lock-step,
-and each row computes exactly what it would compute alone.
+Prompts are laid on a *canvas* whose block grid matches every row's own block grid, which the model family decides
+(:attr:`~t3d_trl.models.families.ModelFamily.decoding_grid`):
+
+* ``"absolute"`` (block-causal models such as SDAR, whose attention fixes the grid): row ``r`` with ``L_r`` prompt
+  tokens gets ``T - B * (L_r // B)`` padding columns in front, ``T = B * max_r (L_r // B)``, so that its whole prompt
+  blocks end at column ``T`` and the prompt's tail shares the first decoded block (columns ``[T, T + B)``) with the
+  row's first generated tokens;
+* ``"response"`` (bidirectional mask predictors such as LLaDA, whose blocks are only a decoding schedule): row ``r``
+  gets ``T - L_r`` padding columns, ``T = max_r L_r``, and its first decoded block starts at its first generated
+  token.
+
+All rows then decode the same canvas block in lock-step, and each row computes exactly what it would compute alone.
+The mask token is never committed (its logit is excluded before sampling), and greedy decoding ignores ``top_k`` /
+``top_p`` (they only shape sampling).
 
 Per block and step, masked positions are sampled and committed by a remasking strategy. With a cache
 (block-causal family) the finished block is stored in the same forward as the first denoising step of the next
@@ -17,10 +26,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
+
+logger = logging.get_logger(__name__)
 
 from ..models.families import ModelFamily
-from .configuration import DEFAULT_MAX_NEW_TOKENS, DiffusionGenerationConfig
+from .configuration import DEFAULT_MAX_NEW_TOKENS, DIFFUSION_FIELDS, DiffusionGenerationConfig
 from .remasking import num_transfer_tokens, remasking_strategy
 from .sampling import sample_tokens
 
@@ -76,22 +87,37 @@ class Canvas:
 
 
 def build_canvas(
-    input_ids: torch.Tensor, attention_mask: torch.Tensor, block_size: int, max_new_tokens: int, mask_token_id: int
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    block_size: int,
+    max_new_tokens: int,
+    mask_token_id: int,
+    grid: str = "absolute",
 ) -> Canvas:
-    """Lay the prompts on a canvas aligned to the absolute block grid (see module docstring)."""
+    """Lay the prompts on a canvas whose decoding blocks are aligned to ``grid`` (see the module docstring).
+
+    Row ``r`` with ``L_r`` prompt tokens starts decoding at position ``s_r = B · ⌊L_r / B⌋`` on the ``"absolute"``
+    grid (the prompt's tail shares the first decoded block) and at ``s_r = L_r`` on the ``"response"`` grid (blocks
+    start at the first generated position, as LLaDA's decoder does). It gets ``T − s_r`` padding columns in front,
+    ``T = max_r s_r``, so that every row's first decoded block is canvas columns ``[T, T + B)``.
+    """
+    if grid not in ("absolute", "response"):
+        raise ValueError(f"Unknown decoding grid {grid!r}; use 'absolute' or 'response'.")
     input_ids, attention_mask = _left_align(input_ids, attention_mask)
     batch, width = input_ids.shape
     device = input_ids.device
     lengths = attention_mask.sum(1)
-    full_blocks = torch.div(lengths, block_size, rounding_mode="floor")
-    tails = lengths - full_blocks * block_size
-    blocks_to_decode = torch.div(tails + max_new_tokens + block_size - 1, block_size, rounding_mode="floor")
-    start = int(full_blocks.max()) * block_size
+    if grid == "absolute":
+        first = torch.div(lengths, block_size, rounding_mode="floor") * block_size
+    else:
+        first = lengths
+    blocks_to_decode = torch.div(lengths - first + max_new_tokens + block_size - 1, block_size, rounding_mode="floor")
+    start = int(first.max())
     num_blocks = int(blocks_to_decode.max())
     columns = torch.arange(start + num_blocks * block_size, device=device)
-    offsets = start - full_blocks * block_size  # padding columns in front of each row (a multiple of B)
+    offsets = start - first  # padding columns in front of each row
     positions = columns[None, :] - offsets[:, None]
-    ends = (full_blocks + blocks_to_decode) * block_size
+    ends = first + blocks_to_decode * block_size
     valid = (positions >= 0) & (positions < ends[:, None])
     generated = valid & (positions >= lengths[:, None])
     tokens = torch.full((batch, columns.numel()), mask_token_id, dtype=input_ids.dtype, device=device)
@@ -101,6 +127,35 @@ def build_canvas(
         input_ids[is_prompt]
     )
     return Canvas(tokens, positions, valid, generated, start, num_blocks, offsets + lengths)
+
+
+def resolve_max_new_tokens(config: DiffusionGenerationConfig, prompt_width: int) -> int:
+    """New tokens per row, as transformers defines them: ``max_new_tokens`` when set (it takes precedence), else
+    ``max_length − prompt_width`` (``max_length`` counts the prompt, padded to the batch's width), else
+    :data:`DEFAULT_MAX_NEW_TOKENS`.
+
+    Raises:
+        ValueError: when ``max_length`` leaves no room after the prompt.
+    """
+    if config.max_new_tokens is not None:
+        return int(config.max_new_tokens)
+    if config.max_length is not None:
+        new_tokens = int(config.max_length) - prompt_width
+        if new_tokens < 1:
+            raise ValueError(
+                f"`max_length`={config.max_length} counts the prompt (here {prompt_width} tokens wide) and leaves no "
+                "room for new tokens; raise it or set `max_new_tokens` instead."
+            )
+        return new_tokens
+    return DEFAULT_MAX_NEW_TOKENS
+
+
+def _repeat_for_samples(input_ids, attention_mask, config: DiffusionGenerationConfig):
+    """Each prompt ``num_return_sequences`` times in a row (its samples stay together, as in transformers)."""
+    samples = config.num_return_sequences or 1
+    if samples == 1:
+        return input_ids, attention_mask
+    return input_ids.repeat_interleave(samples, dim=0), attention_mask.repeat_interleave(samples, dim=0)
 
 
 def check_position_limit(model, canvas: Canvas) -> None:
@@ -156,8 +211,9 @@ def diffusion_generate(
         attention_mask = torch.ones_like(input_ids)
     if bool((attention_mask.sum(1) == 0).any()):
         raise ValueError("Every prompt needs at least one token; found a row whose attention_mask is all zeros.")
+    input_ids, attention_mask = _repeat_for_samples(input_ids, attention_mask, config)
     block_size, steps = config.block_size, config.steps_per_block
-    max_new_tokens = config.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+    max_new_tokens = resolve_max_new_tokens(config, input_ids.shape[1])
     mask_id = config.mask_token_id
     eos_ids = torch.tensor(_as_id_list(config.eos_token_id), dtype=torch.long, device=input_ids.device)
     pad_id = config.pad_token_id if config.pad_token_id is not None else (int(eos_ids[0]) if eos_ids.numel() else mask_id)
@@ -165,14 +221,22 @@ def diffusion_generate(
     schedule = num_transfer_tokens(block_size, steps)
     max_steps = steps if strategy.follows_schedule else block_size
     temperature = config.effective_temperature
+    if temperature == 0 and ((config.top_k or 0) > 0 or (config.top_p is not None and config.top_p < 1.0)):
+        logger.warning_once(
+            f"Greedy decoding (temperature 0 / do_sample=False) ignores the sampling settings top_k={config.top_k}, "
+            f"top_p={config.top_p} of the generation config: confidences are the softmax of the unfiltered logits. "
+            "Pass temperature > 0 to sample with them."
+        )
     use_cache = use_cache and family.supports_cache
 
-    canvas = build_canvas(input_ids, attention_mask, block_size, max_new_tokens, mask_id)
+    canvas = build_canvas(input_ids, attention_mask, block_size, max_new_tokens, mask_id, family.decoding_grid)
     check_position_limit(model, canvas)
     batch, width = canvas.tokens.shape
     device = canvas.tokens.device
     tokens = canvas.tokens
-    block = torch.div(torch.arange(width, device=device), block_size, rounding_mode="floor").expand(batch, -1)
+    # canvas blocks (only compared with each other, so counting from the first decoded block is the same rule)
+    columns = torch.arange(width, device=device) - canvas.start
+    block = torch.div(columns, block_size, rounding_mode="floor").expand(batch, -1)
     positions = canvas.positions.clamp(min=0)
     step_map = torch.full_like(tokens, -1)
     steps_done = torch.zeros(batch, dtype=torch.long, device=device)
@@ -209,7 +273,9 @@ def diffusion_generate(
             if family.shift_logits:
                 carry = logits[:, -block_size - 1] if logits.shape[1] > block_size else carry
                 block_logits = torch.cat([carry[:, None], logits[:, -block_size:-1]], dim=1)
-            sampled, confidence, entropy = sample_tokens(block_logits, temperature, config.top_k, config.top_p, generator)
+            sampled, confidence, entropy = sample_tokens(
+                block_logits, temperature, config.top_k, config.top_p, generator, suppress_token_id=mask_id
+            )
             commit = strategy.select(confidence, entropy, masked, schedule[step] if step < steps else 1, generator)
             window = tokens[active, start:end]
             tokens[active, start:end] = torch.where(commit, sampled.to(tokens.dtype), window)
@@ -267,7 +333,36 @@ _UNSUPPORTED_ARGUMENTS = (
     "negative_prompt_ids",
     "negative_prompt_attention_mask",
 )
-_IGNORED_ARGUMENTS = ("synced_gpus", "use_model_defaults")
+#: fields of `GenerationConfig` that few-step diffusion decoding honours (besides its own diffusion fields)
+SUPPORTED_GENERATION_FIELDS = frozenset({
+    "max_new_tokens", "max_length", "do_sample", "temperature", "top_k", "top_p", "num_return_sequences",
+    "return_dict_in_generate", "pad_token_id", "eos_token_id", "bos_token_id", "use_cache",
+    "transformers_version", "_from_model_config",
+})
+#: values of unsupported fields that change nothing (transformers' neutral settings)
+_NEUTRAL_VALUES = {
+    "num_beams": 1, "num_beam_groups": 1, "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0,
+    "length_penalty": 1.0, "diversity_penalty": 0.0, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0,
+    "min_length": 0, "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0, "renormalize_logits": False,
+    "remove_invalid_values": False, "output_attentions": False, "output_hidden_states": False, "output_scores": False,
+    "output_logits": False, "early_stopping": False, "low_memory": False, "token_healing": False, "is_assistant": False,
+    "disable_compile": False, "guidance_scale": 1.0, "min_p": 0.0,
+}
+
+
+def unsupported_generation_settings(values: dict) -> dict:
+    """The entries of ``values`` (generation-config fields) set to something few-step diffusion decoding cannot
+    honour: a transformers generation field not in :data:`SUPPORTED_GENERATION_FIELDS`, neither ``None`` nor a
+    neutral value. Diffusion fields and names that are not transformers fields are left to the config's own checks."""
+    from transformers import GenerationConfig
+
+    known = GenerationConfig().to_dict()
+    return {
+        name: value
+        for name, value in values.items()
+        if name in known and name not in SUPPORTED_GENERATION_FIELDS and value is not None
+        and _NEUTRAL_VALUES.get(name, object()) != value
+    }
 
 
 def generate_with_model(
@@ -284,7 +379,11 @@ def generate_with_model(
     """Resolve the decoding settings of ``model`` and decode (the body of ``generate()``).
 
     Settings come from ``generation_config`` (or the model's own ``generation_config``), updated by the
-    ``kwargs`` that are generation-config fields (``steps_per_block=1``, ``max_new_tokens=...``).
+    ``kwargs`` that are generation-config fields (``steps_per_block=1``, ``max_new_tokens=...``). Options that
+    few-step diffusion decoding does not implement (beam search, repetition penalties, logits processors...) are
+    refused when passed here and reported once when they come from the checkpoint's generation config.
+    ``trust_remote_code`` and ``custom_generate`` (which transformers passes to a checkpoint's custom generation
+    code) are accepted: this function is that code.
     """
     from ..models.families import get_family
 
@@ -294,10 +393,30 @@ def generate_with_model(
     for name in _UNSUPPORTED_ARGUMENTS:
         if kwargs.pop(name, None) is not None:
             raise ValueError(f"`{name}` is not supported by few-step diffusion decoding.")
-    for name in _IGNORED_ARGUMENTS:
-        kwargs.pop(name, None)
+    if kwargs.pop("synced_gpus", None):
+        raise ValueError(
+            "`synced_gpus=True` is not supported: few-step diffusion decoding runs a data-dependent number of forwards "
+            "per process. Generate on unsharded models (e.g. roll out with DDP before ZeRO-3 training)."
+        )
+    if kwargs.pop("use_model_defaults", None) is False:
+        raise ValueError("`use_model_defaults=False` is not supported: decoding starts from the model's settings.")
+    kwargs.pop("trust_remote_code", None)  # a permission flag for transformers, not a decoding setting
+    kwargs.pop("custom_generate", None)  # already running the checkpoint's decoding
     base = generation_config if generation_config is not None else getattr(model, "generation_config", None)
     config = DiffusionGenerationConfig.from_generation_config(base)
+    ignored = unsupported_generation_settings(config.to_dict())
+    requested = unsupported_generation_settings(kwargs)
+    if requested:
+        raise ValueError(
+            f"generate() got options that few-step diffusion decoding does not implement: {requested}. It supports "
+            f"{sorted(SUPPORTED_GENERATION_FIELDS - {'transformers_version', '_from_model_config'})} and the "
+            "diffusion settings of DiffusionGenerationConfig (block_size, steps_per_block, remasking...)."
+        )
+    if ignored:
+        logger.warning_once(
+            f"The generation config sets options that few-step diffusion decoding does not implement, which are "
+            f"ignored: {ignored}."
+        )
     unused = config.update(**kwargs)
     if unused:
         raise ValueError(

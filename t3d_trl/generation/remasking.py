@@ -107,6 +107,21 @@ class LowConfidenceDynamic(RemaskingStrategy):
         return torch.where(enough, above, top_k_commit(confidence, masked, k))
 
 
+class RandomRemasking(RemaskingStrategy):
+    """Commit ``k`` masked positions drawn uniformly at random (LLaDA's ``"random"`` remasking).
+
+    Every masked position gets a fresh score ``u ~ U[0, 1)`` (from ``generator`` when given) and the ``k`` highest
+    are committed: a uniformly random ``k``-subset of the masked positions, whatever the model's confidence. The
+    tokens written are still the sampled ones (the argmax when greedy).
+    """
+
+    name = "random"
+
+    def select(self, confidence, entropy, masked, k, generator=None):
+        scores = torch.rand(masked.shape, generator=generator, device=masked.device)
+        return top_k_commit(scores, masked, k)
+
+
 class Sequential(RemaskingStrategy):
     """Commit the ``k`` leftmost masked positions (autoregressive order inside the block)."""
 
@@ -183,8 +198,11 @@ def remasking_parameters() -> dict[str, Any]:
     return {field: default for strategy in REMASKING.values() for field, default in strategy.parameters.items()}
 
 
-for _strategy in (LowConfidenceStatic, LowConfidenceDynamic, Sequential, EntropyBounded):
-    register_remasking(_strategy)
+register_remasking(LowConfidenceStatic, aliases=("low_confidence",))  # LLaDA's name
+register_remasking(LowConfidenceDynamic)
+register_remasking(Sequential)
+register_remasking(EntropyBounded)
+register_remasking(RandomRemasking)
 
 
 def remasking_class(name: str) -> type[RemaskingStrategy]:

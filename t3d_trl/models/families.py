@@ -362,7 +362,7 @@ class BidirectionalFamily(ModelFamily):
     name = "bidirectional"
     auto_model_class = "AutoModelForMaskedLM"
     supports_cache = False
-    decoding_grid = "absolute"
+    decoding_grid = "response"  # blocks are a decoding schedule here, started at the first generated token (LLaDA)
     training_attention_layout = "dense"
 
     @classmethod
