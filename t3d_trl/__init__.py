@@ -1,8 +1,10 @@
 """t3d-trl: few-step decoding for diffusion language models via trajectory self-distillation (T3D).
 
 The top-level names are loaded lazily (as TRL and transformers do): ``from t3d_trl import patch_model`` imports
-the decoding modules only, not the trainer, ``datasets`` or ``transformers.Trainer``. Importing the package changes
-nothing in transformers; see ``docs/design.md`` ("Importing t3d-trl").
+the decoding modules only, not the trainer, ``datasets`` or ``transformers.Trainer``. Importing the package does one
+thing to transformers, lazily: a load hook on the ``AutoModel*`` classes that gives checkpoints saved by t3d-trl their
+few-step ``generate()`` and maps SDAR checkpoints onto Qwen3 when they are loaded (:mod:`t3d_trl.models.auto`;
+``T3D_TRL_NO_AUTO_PATCH=1`` turns it off). See ``docs/design.md`` ("Importing t3d-trl").
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ try:
     __version__ = version("t3d-trl")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
+
+from .models.auto import install_load_hook
+
+install_load_hook()
 
 #: public name -> submodule that defines it
 _EXPORTS: dict[str, str] = {

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, BertConfig, BertForMaskedLM, GenerationMixin
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    BertConfig,
+    BertForMaskedLM,
+    GenerationMixin,
+    Qwen3ForCausalLM,
+)
 
 import t3d_trl
 import t3d_trl.generation
@@ -310,7 +317,7 @@ def test_custom_generate_matches_mixin(tmp_path, tokenizer):
     model.save_pretrained(tmp_path)
     batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
     expected = model.generate(**batch, return_dict_in_generate=True)
-    unpatched = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float64)
+    unpatched = Qwen3ForCausalLM.from_pretrained(tmp_path, dtype=torch.float64)  # a concrete class: no load hook
     assert not isinstance(unpatched, t3d_trl.FewStepDiffusionGenerationMixin)
     out = unpatched.generate(**batch, custom_generate=str(tmp_path), trust_remote_code=True, return_dict_in_generate=True)
     assert torch.equal(out.sequences, expected.sequences) and torch.equal(out.step_map, expected.step_map)
