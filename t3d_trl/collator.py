@@ -69,10 +69,14 @@ def _pad_rows(rows: Sequence[Any], pad_value: int) -> tuple[Tensor, Tensor]:
 class DataCollatorForTrajectory:
     """Collates teacher trajectories into training batches for T3D and its baselines.
 
-    For each example the completion ``x0`` (length ``C``) is first extended with ``A = (−(P + C)) mod B`` EOS
-    tokens so that it ends on a block boundary (``C' = C + A``); the appended EOS tokens count as decoded last
-    (step ``max_i step_i + 1``), only the first ``num_eos_tokens`` of them are trained on, and their path weight is
-    that of the last step, ``1/S``. A state ``x_t`` is sampled per example, deterministically from
+    Training blocks follow ``block_alignment``: ``"absolute"`` (block id = position // B, the grid of block-causal
+    decoding) or ``"response"`` (blocks start at the completion's first token, the grid of bidirectional decoding);
+    by default the family's decoding grid. Every completion is completed to a block boundary with ``A`` slots
+    (``C' = C + A``). After a completion that ends with EOS (the teacher stopped) they are EOS tokens that count as
+    decoded last (step ``max_i step_i + 1``); only the first ``num_eos_tokens`` of them are trained on, with the
+    path weight of the last step, ``1/S``. After a completion without EOS (cut at the rollout's length limit) they
+    hold the mask token in every state and carry no target: the teacher never said the text ends there, and at
+    inference those slots are still masked. A state ``x_t`` is sampled per example, deterministically from
     ``(seed, example_index)``:
 
     * ``state_sampling="trajectory"``: a ratio ``r`` with ``P(r) ∝ r^mask_ratio_power`` and, in every training
@@ -102,7 +106,7 @@ class DataCollatorForTrajectory:
     Args:
         mask_token_id: id of the mask token.
         pad_token_id: id used for padding (also the label of padding columns).
-        eos_token_id: id appended to complete the last block.
+        eos_token_id: id that ends a completion, appended to complete its last block.
         block_size: training block size ``B``.
         num_eos_tokens: how many appended EOS tokens are trained on (official ``post_num: 2``).
         state_sampling: ``"trajectory"`` or ``"random"``.
@@ -113,6 +117,7 @@ class DataCollatorForTrajectory:
         vocab_size: vocabulary size, required when ``random_token_ratio > 0``.
         seed: seed of the per-example hash.
         family: a registered model family (``"block_causal"``, ``"bidirectional"``), which decides the layout.
+        block_alignment: ``"absolute"``, ``"response"`` or ``None`` (the family's decoding grid).
         attention_layout: ``"dense"``, ``"eager"``, ``"flex"`` or ``"deferred"`` (block-causal family only).
         return_tensors: only ``"pt"``.
     """
@@ -131,6 +136,7 @@ class DataCollatorForTrajectory:
     seed: int = 42
     family: str = "block_causal"
     attention_layout: str = "dense"
+    block_alignment: str | None = None
     return_tensors: str = "pt"
 
     def __post_init__(self) -> None:
@@ -153,9 +159,18 @@ class DataCollatorForTrajectory:
             raise ValueError(f"random_token_ratio must be in [0, 1], got {self.random_token_ratio}.")
         if self.random_token_ratio > 0 and self.vocab_size is None:
             raise ValueError("random_token_ratio > 0 needs `vocab_size` (random tokens are drawn from the vocabulary).")
+        if self.block_alignment not in (None, "absolute", "response"):
+            raise ValueError(
+                f"block_alignment must be 'absolute', 'response' or None (the family's grid), got {self.block_alignment!r}."
+            )
         if self.return_tensors != "pt":
             raise ValueError(f"Only return_tensors='pt' is supported, got {self.return_tensors!r}.")
         self.mask_ratios = tuple(float(r) for r in self.mask_ratios)
+
+    @property
+    def grid(self) -> str:
+        """The training block grid: ``block_alignment``, or the family's decoding grid when unset."""
+        return self.block_alignment or family_class(self.family).decoding_grid
 
     # ------------------------------------------------------------------------------------------------------------
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
@@ -197,25 +212,33 @@ class DataCollatorForTrajectory:
     ) -> dict[str, Tensor]:
         """Per-completion-token tensors ``[b, C'_max]`` aligned at the completion start (column ``j`` = token ``j``).
 
-        ``A = (−(P + C)) mod B`` EOS tokens are appended; ``block_j = (P + j) // B``; the state, the loss mask and the
-        path weights are computed here and placed into the layouts by index arithmetic.
+        With ``o = P`` on the absolute grid and ``o = 0`` on the response grid, ``block_j = (o + j) // B`` and every
+        completion is completed to a block boundary with ``A = (−(o + C)) mod B`` slots. After a completion that ends
+        with EOS they are EOS tokens (decoded last; the first ``num_eos_tokens`` trained). After a completion cut
+        without EOS they are *open* slots, as at inference where the teacher had not decided them: the mask token in
+        every state, never trained, outside the state's ranking. The state, the loss mask and the path weights are
+        computed here and placed into the layouts by index arithmetic.
         """
         size = self.block_size
-        appended = torch.remainder(-(prompt_len + completion_len), size)
-        full_len = completion_len + appended
+        origin = prompt_len if self.grid == "absolute" else torch.zeros_like(prompt_len)
+        last = completion.gather(1, (completion_len - 1).clamp(min=0)[:, None]).squeeze(1)
+        ended = ((completion_len > 0) & (last == self.eos_token_id))[:, None]
+        full_len = completion_len + torch.remainder(-(origin + completion_len), size)
         width = int(full_len.max())
         column = torch.arange(width)[None, :]
         real = column < completion_len[:, None]
-        valid = column < full_len[:, None]
-        eos_fill = valid & ~real
+        fill = (column < full_len[:, None]) & ~real
+        eos_fill, open_fill = fill & ended, fill & ~ended
+        valid = real | eos_fill  # tokens with a known target
         trained = real | (eos_fill & (column - completion_len[:, None] < self.num_eos_tokens))
         completion = F.pad(completion, (0, width - completion.shape[1]), value=self.pad_token_id)
         steps = F.pad(steps, (0, width - steps.shape[1]), value=0)
         x0 = torch.where(real, completion, torch.where(eos_fill, self.eos_token_id, self.pad_token_id))
+        x0 = torch.where(open_fill, self.mask_token_id, x0)
         # Appended EOS tokens are the latest-decoded tokens of their block: step max_i step_i + 1.
         last_step = torch.where(real, steps, torch.full_like(steps, -1)).amax(dim=1, keepdim=True) if width else steps
         steps = torch.where(real, steps, last_step + 1)
-        block = block_ids(prompt_len[:, None] + column, size)
+        block = block_ids(origin[:, None] + column, size)
 
         if self.state_sampling == "trajectory":
             ratio = sample_mask_ratios(example_index, self.seed, self.mask_ratios, self.mask_ratio_power)
@@ -224,6 +247,7 @@ class DataCollatorForTrajectory:
         else:
             state, ratio = random_state_mask(valid, example_index, self.seed)
             loss = state & trained
+        state = state | open_fill
 
         sigma, steps_in_block = within_block_steps(steps, block, real)
         sigma = torch.where(eos_fill, steps_in_block - 1, sigma)

@@ -41,20 +41,30 @@ def _collator(**overrides) -> DataCollatorForTrajectory:
     return DataCollatorForTrajectory(**values)
 
 
+def _completed(row: dict, origin: int) -> tuple[list[int], int]:
+    """The completion completed to a block boundary (blocks counted from ``origin``): with EOS after a completion that
+    ends with EOS, with the mask token (open slots, never trained) after one cut without EOS; and how many of its
+    tokens may be trained on with ``num_eos`` trained EOS tokens (returned as the number of real tokens)."""
+    completion = list(row["completion_ids"])
+    fill = EOS if completion[-1] == EOS else MASK
+    while (origin + len(completion)) % BLOCK:
+        completion.append(fill)
+    return completion, len(row["completion_ids"])
+
+
 def _expected_layout(row: dict, masked: list[int], num_eos: int = 2):
-    """The layout of one row built token by token from DESIGN §5 (no padding)."""
-    prompt, completion = list(row["prompt_ids"]), list(row["completion_ids"])
+    """The layout of one row built token by token from docs/design.md ("Training layouts"), no padding."""
+    prompt = list(row["prompt_ids"])
     p = len(prompt)
-    while (p + len(completion)) % BLOCK:
-        completion.append(EOS)
+    completion, real = _completed(row, p)
+    ended = row["completion_ids"][-1] == EOS
     tail = p % BLOCK
-    noisy = [MASK if j in masked else tok for j, tok in enumerate(completion)]
+    noisy = [MASK if j in masked or j >= real and not ended else tok for j, tok in enumerate(completion)]
     ids = prompt + completion + prompt[p - tail :] + noisy
     positions = list(range(p + len(completion))) + list(range(p - tail, p + len(completion)))
     streams = [CLEAN] * (p + len(completion)) + [NOISY] * (tail + len(completion))
     labels = prompt[p - tail :] + completion
-    real = len(row["completion_ids"])
-    trained = [j < real + num_eos for j in range(len(completion))]
+    trained = [j < real + (num_eos if ended else 0) for j in range(len(completion))]
     loss = [False] * tail + [j in masked and trained[j] for j in range(len(completion))]
     return ids, positions, streams, labels, loss
 
@@ -79,9 +89,9 @@ def _rule(q_block, q_stream, q_valid, k_block, k_stream, k_valid, same):
 def test_block_causal_layout_entry_by_entry():
     batch = _collator()([ROW_A, ROW_B])
     # r = 0.5, latest-decoded first. A: training block 1 = j0..2 (steps 0,0,1) → j2; block 2 = j3..6 (steps 2,3,2,
-    # EOS) → EOS j6 and step-3 j4. B: block 0 = j0,1 (1,0) → j0; block 1 = j2..5 (2,3,3,2) → j3,j4; block 2 = j6..9
-    # (4, EOS, EOS, EOS) → the two rightmost EOS j9, j8.
-    masked = {0: [2, 4, 6], 1: [0, 3, 4, 8, 9]}
+    # EOS) → EOS j6 and step-3 j4. B (cut without EOS): block 0 = j0,1 (1,0) → j0; block 1 = j2..5 (2,3,3,2) → j3,j4;
+    # block 2 = j6 (step 4) and the open slots j7..9, which are masked in every state and outside the ranking → none.
+    masked = {0: [2, 4, 6], 1: [0, 3, 4]}
     total, window = 24, 12
     assert batch["input_ids"].shape == (2, total)
     assert batch["logits_to_keep"] == window
@@ -118,19 +128,21 @@ def test_path_weights_hand_values():
     # A: window = [pad ×4, tail, j0..j6]; block 1 steps 0,0,1 → S=2 → 1, 1, .5; block 2 steps 2,3,2 → S=2 → 1, .5, 1;
     # the appended EOS takes the last step's weight 1/S = .5.
     assert weights[0].tolist() == [0, 0, 0, 0, 0, 1, 1, 0.5, 1, 0.5, 1, 0.5]
-    # B: window = [tail ×2, j0..j9]; block 0 steps 1,0 → .5, 1; block 1 steps 2,3,3,2 → 1,.5,.5,1; block 2 step 4 → S=1.
-    assert weights[1].tolist() == [0, 0, 0.5, 1, 1, 0.5, 0.5, 1, 1, 1, 1, 1]
+    # B: window = [tail ×2, j0..j9]; block 0 steps 1,0 → .5, 1; block 1 steps 2,3,3,2 → 1,.5,.5,1; block 2 step 4 → S=1;
+    # the open slots j7..j9 after the cut have no target and no weight.
+    assert weights[1].tolist() == [0, 0, 0.5, 1, 1, 0.5, 0.5, 1, 1, 0, 0, 0]
 
 
 @pytest.mark.parametrize("num_eos", [0, 1, 2, 5])
 def test_eos_completion_and_num_eos_tokens(num_eos):
     batch = _collator(mask_ratios=(1.0,), num_eos_tokens=num_eos)([ROW_A, ROW_B])
     # r = 1 masks every completion token; the loss covers the real ones and the first num_eos appended EOS.
-    # A appends 1 EOS (5 + 6 = 11 → 12), B appends 3 (2 + 7 = 9 → 12).
+    # A ends with the teacher's EOS and appends 1 EOS (5 + 6 = 11 → 12). B was cut without EOS: its block is completed
+    # with 3 open slots (2 + 7 = 9 → 12) that hold the mask token and are never trained, whatever num_eos is.
     loss = batch["loss_mask"]
     assert loss[0].tolist() == [False] * 5 + [True] * 6 + [min(num_eos, 1) > 0]
-    assert loss[1].tolist() == [False] * 2 + [True] * 7 + [j < num_eos for j in range(3)]
-    assert batch["labels"][1, -3:].tolist() == [EOS] * 3
+    assert loss[1].tolist() == [False] * 2 + [True] * 7 + [False] * 3
+    assert EOS not in batch["labels"][1].tolist() and EOS not in batch["input_ids"][1].tolist()
     window = batch["input_ids"][:, -batch["logits_to_keep"] :]
     assert window[1].tolist() == [16, 17] + [MASK] * 10
     # A completion that already ends on a block boundary gets no EOS.
@@ -168,37 +180,38 @@ def test_attention_layouts(layout):
 
 
 def test_bidirectional_layout():
-    collator = _collator(family="bidirectional", seed=5)  # seed 5: current block c = first for A, middle for B
+    collator = _collator(family="bidirectional", seed=5)  # seed 5: current block c = first for A, last for B
     batch = collator([ROW_A, ROW_B])
-    assert batch["attention_mask"].shape == (2, 12) and batch["attention_mask"].dtype == torch.int64
+    # Blocks start at the completion (the response grid of bidirectional decoding): A (C = 6, ends with EOS) gets
+    # 2 EOS → C' = 8; B (C = 7, cut) gets 1 open slot → C' = 8.
+    assert batch["attention_mask"].shape == (2, 13) and batch["attention_mask"].dtype == torch.int64
     assert torch.equal(batch["attention_mask"].bool(), batch["valid"])
-    assert batch["logits_to_keep"] == 10  # max C' (A: 7, B: 10)
-    # Row A: [pad ×0 ; prompt (5) ; x_t (7)]; row B: [prompt (2) ; x_t (10)].
+    assert batch["logits_to_keep"] == 8
+    # Row A: [prompt (5) ; x_t (8)]; row B: [pad ×3 ; prompt (2) ; x_t (8)].
     assert batch["input_ids"][0, :5].tolist() == ROW_A["prompt_ids"]
-    assert batch["input_ids"][1, :2].tolist() == ROW_B["prompt_ids"]
-    assert batch["position_ids"].tolist() == [list(range(12)), list(range(12))]
+    assert batch["input_ids"][1, 3:5].tolist() == ROW_B["prompt_ids"]
+    assert batch["position_ids"].tolist() == [list(range(13)), [0, 0, 0] + list(range(10))]
     # Step cut: blocks before the current block c visible, c in the r = 0.5 state, later blocks fully masked.
-    num_blocks = torch.tensor([2, 3])  # A: blocks 1, 2; B: blocks 0, 1, 2
-    first = torch.tensor([1, 0])
-    current = first + sample_current_block(torch.tensor([0, 1]), 5, num_blocks)
-    assert current.tolist() == [1, 1]
-    state = {0: {1: [2], 2: [4, 6]}, 1: {0: [0], 1: [3, 4], 2: [8, 9]}}  # masked j per training block (r = 0.5)
-    for r, (row, p) in enumerate(((ROW_A, 5), (ROW_B, 2))):
+    current = sample_current_block(torch.tensor([0, 1]), 5, torch.tensor([2, 2]))
+    assert current.tolist() == [0, 1]
+    # masked j per training block at r = 0.5: A block 0 = j0..3 (steps 0,0,1,2) → j2, j3; block 1 = j4..7 (steps 3, 2,
+    # EOS, EOS) → j6, j7. B block 0 (steps 1,0,2,3) → j2, j3; block 1 = j4..6 (steps 3,2,4; j7 open) → j6.
+    state = {0: {0: [2, 3], 1: [6, 7]}, 1: {0: [2, 3], 1: [6]}}
+    for r, row in enumerate((ROW_A, ROW_B)):
         c = int(current[r])
-        completion = list(row["completion_ids"])
-        while (p + len(completion)) % BLOCK:
-            completion.append(EOS)
+        completion, real = _completed(row, 0)
+        ended = row["completion_ids"][-1] == EOS
         expected_ids, expected_loss = [], []
         for j, token in enumerate(completion):
-            block = (p + j) // BLOCK
-            masked = block > c or (block == c and j in state[r][block])
+            block = j // BLOCK
+            open_slot = j >= real and not ended
+            masked = block > c or (block == c and j in state[r][block]) or open_slot
             expected_ids.append(MASK if masked else token)
-            trained = j < len(row["completion_ids"]) + 2
+            trained = j < real + (2 if ended else 0)
             expected_loss.append(block == c and j in state[r][block] and trained)
-        window = batch["input_ids"][r, -10:].tolist()
-        assert window[-len(expected_ids) :] == expected_ids
-        assert batch["loss_mask"][r].tolist() == _left_pad(expected_loss, 10, False)
-        assert batch["labels"][r, -len(completion) :].tolist() == completion
+        assert batch["input_ids"][r, -8:].tolist() == expected_ids
+        assert batch["loss_mask"][r].tolist() == expected_loss
+        assert batch["labels"][r].tolist() == completion
 
 
 def test_state_is_independent_of_batch_composition():
@@ -260,7 +273,7 @@ def test_noisy_window_logits_equal_blockwise_forward_float64():
         p = len(prompt)
         tail = p % BLOCK
         row_window = batch["input_ids"][r, -window:].tolist()
-        completion_len = (-(p + len(row["completion_ids"]))) % BLOCK + len(row["completion_ids"])
+        completion_len = len(_completed(row, p)[0])
         noisy = row_window[window - tail - completion_len :]  # prompt tail + x_t
         x0 = batch["labels"][r, window - completion_len :].tolist()
         clean = prompt + x0  # the plain clean sequence, positions 0 .. P + C' - 1
