@@ -4,6 +4,7 @@ import time
 
 import pytest
 
+import t3d_trl.evaluation.scorers as scorers_module
 from t3d_trl.evaluation import (
     CODE_EXECUTION_ENV_VAR,
     code_passes,
@@ -14,6 +15,7 @@ from t3d_trl.evaluation import (
     extract_math_answer,
     get_scorer,
     math_equal,
+    register_scorer,
 )
 
 
@@ -182,3 +184,30 @@ def test_get_scorer_registry():
     assert get_scorer("math")("\\boxed{\\frac{1}{2}}", "0.5")
     with pytest.raises(ValueError, match="Valid scorers: .*code.*exact_match.*math"):
         get_scorer("bleu")
+
+
+@pytest.fixture
+def scorer_name():
+    name = "test_registry_scorer"
+    yield name
+    scorers_module._SCORERS.pop(name, None)
+
+
+def test_register_scorer_refuses_to_replace_unless_told(scorer_name):
+    def first(prediction, reference):
+        return prediction == reference
+
+    def second(prediction, reference):
+        return prediction != reference
+
+    register_scorer(scorer_name, first)
+    register_scorer(scorer_name, first)  # the same function again is no replacement
+    with pytest.raises(ValueError, match=rf"'{scorer_name}' is already registered.*overwrite=True"):
+        register_scorer(scorer_name, second)
+    assert get_scorer(scorer_name) is first
+    register_scorer(scorer_name, second, overwrite=True)
+    assert get_scorer(scorer_name) is second
+    with pytest.raises(ValueError, match="built-in"):
+        register_scorer("code", second, overwrite=True)
+    with pytest.raises(TypeError, match="callable"):
+        register_scorer(scorer_name, "not a function", overwrite=True)

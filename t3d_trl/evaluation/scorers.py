@@ -513,10 +513,32 @@ _SCORERS: dict[str, Callable[..., bool]] = {
 SCORER_NAMES: tuple[str, ...] = tuple(_SCORERS)
 
 
-def register_scorer(name: str, scorer: Callable[[str, str], bool]) -> None:
-    """Make ``scorer(prediction, reference) -> bool`` available to :func:`get_scorer` and the evaluation runner."""
-    if name in ("exact_match", "math", "code"):
+def register_scorer(name: str, scorer: Callable[[str, str], bool], *, overwrite: bool = False) -> None:
+    """Make ``scorer(prediction, reference) -> bool`` available to :func:`get_scorer` and the evaluation runner.
+
+    Args:
+        name: The name that datasets' ``scorer`` column and ``scorer=`` refer to.
+        scorer: The scoring function.
+        overwrite: Replace a scorer registered earlier under ``name``. Registering the same function again is
+            always accepted; built-in scorers are never replaced.
+
+    Raises:
+        ValueError: If ``name`` is empty, a built-in scorer, or already registered to another function while
+            ``overwrite`` is False.
+        TypeError: If ``scorer`` is not callable.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"A scorer name must be a non-empty string, got {name!r}.")
+    if not callable(scorer):
+        raise TypeError(f"The scorer registered as {name!r} must be callable, got {scorer!r}.")
+    if name in SCORER_NAMES:
         raise ValueError(f"{name!r} is a built-in scorer; register yours under another name.")
+    current = _SCORERS.get(name)
+    if current is not None and current is not scorer and not overwrite:
+        raise ValueError(
+            f"A scorer named {name!r} is already registered ({current!r}); pass overwrite=True to register_scorer "
+            "to replace it, or register yours under another name."
+        )
     _SCORERS[name] = scorer
 
 
