@@ -1,9 +1,13 @@
 """Tests of t3d_trl.evaluation.scorers."""
 
+import os
+import re
+import signal
 import time
 
 import pytest
 
+import t3d_trl.evaluation.scorers as scorers_module
 from t3d_trl.evaluation import (
     CODE_EXECUTION_ENV_VAR,
     code_passes,
@@ -14,7 +18,15 @@ from t3d_trl.evaluation import (
     extract_math_answer,
     get_scorer,
     math_equal,
+    register_scorer,
 )
+from t3d_trl.evaluation.scorers import _user_task_count
+
+
+try:
+    import resource
+except ImportError:  # Windows
+    resource = None
 
 
 @pytest.fixture
@@ -171,6 +183,286 @@ def test_code_scorer_extracts_and_runs(no_code_eval_env):
     assert not scorer(bad, tests)
 
 
+# Programs that end their own process before the tests run: each is followed by tests that fail if they run.
+EARLY_EXITS = {
+    "sys.exit(0)": "import sys\nsys.exit(0)\n",
+    "sys.exit()": "import sys\nsys.exit()\n",
+    "os._exit(0)": "import os\nos._exit(0)\n",
+    "raise SystemExit": "raise SystemExit\n",
+    "raise SystemExit(0)": "raise SystemExit(0)\n",
+    "quit()": "quit()\n",
+    "exit()": "exit()\n",
+    "caught and re-raised": "import sys\ntry:\n    sys.exit(0)\nexcept SystemExit:\n    raise\n",
+    "caught and re-raised as e": "try:\n    raise SystemExit(0)\nexcept SystemExit as e:\n    raise e\n",
+    "exit in finally": "import sys\ntry:\n    x = 1\nfinally:\n    sys.exit(0)\n",
+    "SIGTERM handler exits 0": (
+        "import os, signal\nsignal.signal(signal.SIGTERM, lambda *_: os._exit(0))\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+    ),
+    "thread calls os._exit(0)": (
+        "import os, threading, time\nthreading.Thread(target=os._exit, args=(0,)).start()\ntime.sleep(30)\n"
+    ),
+    "atexit hides the failure": "import atexit, os\natexit.register(os._exit, 0)\n",
+    "forked copy runs on": "import os\nif os.fork():\n    os._exit(0)\n",
+    "writes to every fd, then exits 0": (
+        "import os\nfor fd in range(64):\n    try:\n        os.write(fd, b'passed 0123456789abcdef\\n')\n"
+        "    except OSError:\n        pass\nos._exit(0)\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("program", list(EARLY_EXITS.values()), ids=list(EARLY_EXITS))
+def test_code_exiting_before_the_tests_end_fails(no_code_eval_env, program):
+    result = execute_code(program, "assert False, 'the tests ran'", timeout=30, allow_code_execution=True)
+    assert not result.passed
+    assert result.status == "exited_early", result
+
+
+@pytest.mark.parametrize(
+    "program",
+    [f"import os, signal\nos.kill(os.getpid(), signal.{name})\n" for name in ("SIGKILL", "SIGTERM")],
+    ids=["SIGKILL", "SIGTERM"],
+)
+def test_code_killing_itself_fails(no_code_eval_env, program):
+    result = execute_code(program, "", timeout=30, allow_code_execution=True)
+    assert not result.passed and result.status == "failed" and result.returncode < 0
+
+
+def test_code_a_forked_copy_finishing_the_tests_does_not_count(no_code_eval_env):
+    # The copy runs the (passing) tests to their end while the original process exits 0 without running them: only
+    # the original process's completion counts.
+    program = "import os, time\nif os.fork():\n    time.sleep(2)\n    os._exit(0)\n"
+    result = execute_code(program, "assert True", timeout=30, allow_code_execution=True)
+    assert not result.passed and result.status == "exited_early", result
+
+
+def test_code_tests_may_catch_system_exit(no_code_eval_env):
+    program = "import sys\ndef stop():\n    sys.exit(0)\n"
+    tests = "try:\n    stop()\nexcept SystemExit as e:\n    assert e.code == 0\nelse:\n    assert False\n"
+    result = execute_code(program, tests, timeout=30, allow_code_execution=True)
+    assert result.passed and result.status == "passed", result
+
+
+def test_code_exit_inside_the_tests_fails(no_code_eval_env):
+    # The tests themselves stop before their end: not seen to finish, so not passed (use unittest.main(exit=False)).
+    result = execute_code("x = 1", "import sys\nsys.exit(0)\nassert x == 2", timeout=30, allow_code_execution=True)
+    assert not result.passed and result.status == "exited_early"
+
+
+def test_code_output_and_stdin(no_code_eval_env):
+    # Lots of output does not block the child; its stdin is empty (the completion nonce is not readable there).
+    program = "import sys\nfor _ in range(50):\n    print('x' * 100_000)\nassert sys.stdin.read() == ''\n"
+    result = execute_code(program, "", timeout=30, allow_code_execution=True)
+    assert result.passed, result
+
+
+def test_code_child_gets_a_minimal_environment(no_code_eval_env, monkeypatch):
+    secrets = {
+        "HF_TOKEN": "hf_s3cr3t",
+        "AWS_SECRET_ACCESS_KEY": "aws_s3cr3t",
+        "OPENAI_API_KEY": "sk_s3cr3t",
+        "PYTHONPATH": "/s3cr3t/path",
+        "PYTHONSTARTUP": "/s3cr3t/startup.py",
+    }
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    program = (
+        "import os, sys\n"
+        "leaked = sorted(k for k, v in os.environ.items() if 's3cr3t' in v)\n"
+        "assert not leaked, leaked\n"
+        "assert b's3cr3t' not in open('/proc/self/environ', 'rb').read()\n"
+        "assert not [p for p in sys.path if 's3cr3t' in p], sys.path\n"
+        "assert sys.flags.no_user_site == 1 and sys.flags.hash_randomization == 0\n"
+        "assert '' not in sys.path and os.getcwd() not in sys.path, sys.path\n"
+        "assert os.environ['HOME'].startswith(os.getcwd()) and os.environ['TMPDIR'].startswith(os.getcwd())\n"
+    )
+    result = execute_code(program, "", timeout=30, allow_code_execution=True)
+    assert result.passed, result.stderr
+
+
+def _pid_in(stderr: str) -> int:
+    match = re.search(r"grandchild (\d+)", stderr)
+    assert match, stderr
+    return int(match.group(1))
+
+
+def _gone(pid: int, seconds: float = 10.0) -> bool:
+    """Whether the process ends (or is a zombie) within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state in ("Z", "X") or time.monotonic() > deadline:
+            return state in ("Z", "X")
+        time.sleep(0.05)
+
+
+_SPAWN_SLEEPER = (
+    "import subprocess, sys\n"
+    "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+    "print('grandchild', child.pid, file=sys.stderr, flush=True)\n"
+)
+
+_ESCAPE_GROUP = (  # double fork, the middle process in a new session: the grandchild leaves the process group
+    "import os, sys, time\n"
+    "r, w = os.pipe()\n"
+    "if os.fork() == 0:\n"
+    "    os.setsid()\n"
+    "    if os.fork() == 0:\n"
+    "        os.write(w, str(os.getpid()).encode())\n"
+    "        time.sleep(120)\n"
+    "    os._exit(0)\n"
+    "os.close(w)\n"
+    "os.wait()\n"
+    "pid = int(os.read(r, 32))\n"
+    "assert os.getpgid(pid) != os.getpgid(0)\n"
+    "print('grandchild', pid, file=sys.stderr, flush=True)\n"
+)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
+@pytest.mark.parametrize("program", [_SPAWN_SLEEPER, _ESCAPE_GROUP], ids=["in the group", "left the group"])
+def test_code_grandchildren_are_killed_at_the_end(no_code_eval_env, program):
+    result = execute_code(program, "", timeout=30, allow_code_execution=True)
+    assert result.passed, result.stderr
+    assert _gone(_pid_in(result.stderr))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
+def test_code_timeout_kills_the_whole_group(no_code_eval_env):
+    result = execute_code(_SPAWN_SLEEPER + "while True:\n    pass\n", "", timeout=2, allow_code_execution=True)
+    assert result.status == "timeout"
+    assert _gone(_pid_in(result.stderr))
+
+
+_LIMITS_REPORT = (
+    "import resource, sys\n"
+    "for name in ('RLIMIT_AS', 'RLIMIT_CPU', 'RLIMIT_FSIZE', 'RLIMIT_NOFILE', 'RLIMIT_NPROC', 'RLIMIT_CORE'):\n"
+    "    print('limit', name, *resource.getrlimit(getattr(resource, name)), file=sys.stderr)\n"
+)
+
+
+def _child_limits(**limits) -> dict[str, tuple[int, int]]:
+    result = execute_code(_LIMITS_REPORT, "", timeout=30, allow_code_execution=True, **limits)
+    assert result.passed, result.stderr
+    found = re.findall(r"limit (\w+) (-?\d+) (-?\d+)", result.stderr)
+    return {name: (int(soft), int(hard)) for name, soft, hard in found}
+
+
+@pytest.mark.skipif(resource is None, reason="needs the resource module")
+def test_code_limits_are_applied_as_soft_and_hard_limits(no_code_eval_env):
+    limits = _child_limits(
+        memory_limit_mb=512, cpu_time_limit=7.5, file_size_limit_mb=2, max_processes=5, max_open_files=64
+    )
+    assert limits["RLIMIT_AS"] == (512 << 20, 512 << 20)
+    assert limits["RLIMIT_CPU"] == (8, 8)
+    assert limits["RLIMIT_FSIZE"] == (2 << 20, 2 << 20)
+    assert limits["RLIMIT_NOFILE"] == (64, 64)
+    assert limits["RLIMIT_CORE"] == (0, 0)
+    # RLIMIT_NPROC counts every process and thread of the user: the child may add 5 to those running now.
+    nproc, _ = limits["RLIMIT_NPROC"]
+    assert 5 < nproc <= 5 + 2 * _user_task_count() + 100 and limits["RLIMIT_NPROC"] == (nproc, nproc)
+
+
+@pytest.mark.skipif(resource is None, reason="needs the resource module")
+def test_code_limits_none_leaves_them_as_they_are(no_code_eval_env):
+    limits = _child_limits(memory_limit_mb=0, file_size_limit_mb=None, max_processes=None, max_open_files=None)
+    for name in ("RLIMIT_AS", "RLIMIT_FSIZE", "RLIMIT_NOFILE", "RLIMIT_NPROC"):
+        assert limits[name] == resource.getrlimit(getattr(resource, name)), name
+    assert limits["RLIMIT_CPU"][0] == 31  # the default: the timeout (30 s) plus one second
+
+
+_WRITE_4_MIB = "with open('big.bin', 'wb') as f:\n    f.write(b'0' * (4 << 20))\n"
+_ALLOCATE_256_MIB = "block = bytearray(256 << 20)\n"
+_OPEN_100_FILES = "files = [open(f'f{i}.txt', 'w') for i in range(100)]\n"
+
+
+@pytest.mark.skipif(resource is None, reason="needs the resource module")
+@pytest.mark.parametrize(
+    ("program", "tight", "loose", "message"),
+    [
+        (_WRITE_4_MIB, {"file_size_limit_mb": 1}, {"file_size_limit_mb": 8}, "File too large"),
+        (_ALLOCATE_256_MIB, {"memory_limit_mb": 128}, {"memory_limit_mb": 1024}, "MemoryError"),
+        (_OPEN_100_FILES, {"max_open_files": 32}, {}, "Too many open files"),
+    ],
+    ids=["file size", "memory", "open files"],
+)
+def test_code_stopped_by_a_limit(no_code_eval_env, program, tight, loose, message):
+    stopped = execute_code(program, "", timeout=30, allow_code_execution=True, **tight)
+    assert stopped.status == "failed" and message in stopped.stderr, stopped
+    assert execute_code(program, "", timeout=30, allow_code_execution=True, **loose).passed
+
+
+@pytest.mark.skipif(resource is None, reason="needs the resource module")
+def test_code_cpu_time_limit(no_code_eval_env):
+    start = time.perf_counter()
+    result = execute_code("while True:\n    pass\n", "", timeout=60, cpu_time_limit=1, allow_code_execution=True)
+    assert result.status == "failed" and result.returncode in (-signal.SIGXCPU, -signal.SIGKILL), result
+    assert time.perf_counter() - start < 30
+
+
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [
+        ("timeout", 0),
+        ("timeout", -1.0),
+        ("timeout", float("nan")),
+        ("timeout", float("inf")),
+        ("timeout", "3"),
+        ("timeout", None),
+        ("cpu_time_limit", 0),
+        ("cpu_time_limit", float("nan")),
+        ("memory_limit_mb", -1),
+        ("memory_limit_mb", 1.5),
+        ("memory_limit_mb", True),
+        ("file_size_limit_mb", 0),
+        ("max_processes", -3),
+        ("max_open_files", 2.0),
+    ],
+)
+def test_code_invalid_limits_are_refused(no_code_eval_env, argument, value):
+    options = {"allow_code_execution": True, argument: value}
+    expected = rf"^{argument} must be .*, got {re.escape(repr(value))}\.$"
+    for call in (
+        lambda: execute_code("x = 1", "", **options),
+        lambda: code_passes("x = 1", "", **options),
+        lambda: get_scorer("code", **options),
+    ):
+        with pytest.raises(ValueError, match=expected):
+            call()
+
+
+@pytest.mark.skipif(
+    resource is None or resource.getrlimit(resource.RLIMIT_AS)[1] != resource.RLIM_INFINITY,
+    reason="needs the resource module and no hard address-space limit",
+)
+def test_code_limit_the_child_cannot_apply_is_an_error(no_code_eval_env):
+    # 2**45 MiB does not fit in an rlimit: refused loudly instead of running without the limit or failing the program.
+    with pytest.raises(RuntimeError, match=r"RLIMIT_AS=.*pass memory_limit_mb=None"):
+        code_passes("x = 1", "assert x == 1", allow_code_execution=True, memory_limit_mb=2**45)
+
+
+def test_code_that_cannot_start_fails_with_a_warning(no_code_eval_env, monkeypatch):
+    def no_more_processes(*args, **kwargs):
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(scorers_module.subprocess, "Popen", no_more_processes)
+    with pytest.warns(RuntimeWarning, match="could not start a program"):
+        assert not code_passes("x = 1", "assert x == 1", allow_code_execution=True)
+
+
+def test_scorer_keywords_are_checked_when_bound(no_code_eval_env):
+    with pytest.raises(TypeError, match="memory_mb"):
+        get_scorer("code", allow_code_execution=True, memory_mb=512)
+    with pytest.raises(TypeError, match="memory_mb"):
+        code_passes("x = 1", "", allow_code_execution=True, memory_mb=512)  # not silently "failed"
+    with pytest.raises(TypeError, match="normalise"):
+        get_scorer("exact_match", normalise=True)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # registry
 # ---------------------------------------------------------------------------------------------------------------------
@@ -182,3 +474,30 @@ def test_get_scorer_registry():
     assert get_scorer("math")("\\boxed{\\frac{1}{2}}", "0.5")
     with pytest.raises(ValueError, match="Valid scorers: .*code.*exact_match.*math"):
         get_scorer("bleu")
+
+
+@pytest.fixture
+def scorer_name():
+    name = "test_registry_scorer"
+    yield name
+    scorers_module._SCORERS.pop(name, None)
+
+
+def test_register_scorer_refuses_to_replace_unless_told(scorer_name):
+    def first(prediction, reference):
+        return prediction == reference
+
+    def second(prediction, reference):
+        return prediction != reference
+
+    register_scorer(scorer_name, first)
+    register_scorer(scorer_name, first)  # the same function again is no replacement
+    with pytest.raises(ValueError, match=rf"'{scorer_name}' is already registered.*overwrite=True"):
+        register_scorer(scorer_name, second)
+    assert get_scorer(scorer_name) is first
+    register_scorer(scorer_name, second, overwrite=True)
+    assert get_scorer(scorer_name) is second
+    with pytest.raises(ValueError, match="built-in"):
+        register_scorer("code", second, overwrite=True)
+    with pytest.raises(TypeError, match="callable"):
+        register_scorer(scorer_name, "not a function", overwrite=True)
