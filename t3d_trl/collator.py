@@ -85,8 +85,9 @@ class DataCollatorForTrajectory:
     * ``state_sampling="random"`` (the ``sft`` objective): every token masked with probability ``t ~ U(0, 1]``
       (:func:`~t3d_trl.trajectory.random_state_mask`).
 
-    Masked positions hold ``mask_token_id``, or with probability ``random_token_ratio`` a uniform random token
-    (official ``random_ratio``; needs ``vocab_size``).
+    Masked positions hold ``mask_token_id``; with ``random_token_ratio > 0``, ``max(1, ⌊ratio · n⌋)`` of an example's
+    ``n`` masked positions hold a random token of the tokenizer's vocabulary instead (the official ``random_ratio``,
+    :func:`~t3d_trl.trajectory.random_token_replacement`).
 
     Outputs (``b`` rows, ``N`` columns, noisy window of ``W`` columns):
 
@@ -114,10 +115,17 @@ class DataCollatorForTrajectory:
         mask_ratio_power: exponent of ``P(r) ∝ r^power``.
         state_order: ``"latest"`` (a real trajectory state) or ``"earliest"`` (the official code).
         random_token_ratio: fraction of masked inputs replaced by random tokens.
-        vocab_size: vocabulary size, required when ``random_token_ratio > 0``.
+        vocab_size: vocabulary size; random tokens are drawn from ``[0, vocab_size)`` without the mask token when
+            ``random_token_ids`` is not given.
+        random_token_ids: the ids random tokens are drawn from (the official code: the tokenizer's vocabulary, not the
+            padded embedding rows); :class:`~t3d_trl.T3DTrainer` passes the tokenizer's ids without its special
+            tokens.
         seed: seed of the per-example hash.
         family: a registered model family (``"block_causal"``, ``"bidirectional"``), which decides the layout.
         block_alignment: ``"absolute"``, ``"response"`` or ``None`` (the family's decoding grid).
+        complementary_masks: also return the complementary state (dParallel): within the trained blocks, the tokens
+            the state leaves visible are masked and the masked ones visible (``complement_input_ids``,
+            ``complement_loss_mask``).
         attention_layout: ``"dense"``, ``"eager"``, ``"flex"`` or ``"deferred"`` (block-causal family only).
         return_tensors: only ``"pt"``.
     """
@@ -133,10 +141,12 @@ class DataCollatorForTrajectory:
     state_order: str = "latest"
     random_token_ratio: float = 0.0
     vocab_size: int | None = None
+    random_token_ids: Sequence[int] | None = None
     seed: int = 42
     family: str = "block_causal"
     attention_layout: str = "dense"
     block_alignment: str | None = None
+    complementary_masks: bool = False
     return_tensors: str = "pt"
 
     def __post_init__(self) -> None:
@@ -157,8 +167,18 @@ class DataCollatorForTrajectory:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
         if not 0.0 <= self.random_token_ratio <= 1.0:
             raise ValueError(f"random_token_ratio must be in [0, 1], got {self.random_token_ratio}.")
-        if self.random_token_ratio > 0 and self.vocab_size is None:
-            raise ValueError("random_token_ratio > 0 needs `vocab_size` (random tokens are drawn from the vocabulary).")
+        if self.random_token_ratio > 0 and self.vocab_size is None and self.random_token_ids is None:
+            raise ValueError(
+                "random_token_ratio > 0 needs `random_token_ids` (the tokenizer's ids random tokens are drawn from) "
+                "or `vocab_size` (then every id below it but the mask token)."
+            )
+        if self.random_token_ids is not None:
+            self._token_pool = torch.as_tensor(list(self.random_token_ids), dtype=torch.int64).unique()
+        elif self.vocab_size is not None:
+            pool = torch.arange(int(self.vocab_size))
+            self._token_pool = pool[pool != self.mask_token_id]
+        else:
+            self._token_pool = None
         if self.block_alignment not in (None, "absolute", "response"):
             raise ValueError(
                 f"block_alignment must be 'absolute', 'response' or None (the family's grid), got {self.block_alignment!r}."
@@ -194,9 +214,13 @@ class DataCollatorForTrajectory:
             )
         example_index = torch.as_tensor([int(f["example_index"]) for f in features], dtype=torch.int64)
         comp = self._completion_targets(prompt_len, completion, completion_len, steps, example_index)
-        batch = family_class(self.family).training_layout(
-            prompt, prompt_len, comp, self.block_size, self.pad_token_id, self.attention_layout
-        )
+        family = family_class(self.family)
+        batch = family.training_layout(prompt, prompt_len, comp, self.block_size, self.pad_token_id, self.attention_layout)
+        if self.complementary_masks:
+            complement = {**comp, "noisy": comp["complement_noisy"], "loss": comp["complement_loss"]}
+            other = family.training_layout(prompt, prompt_len, complement, self.block_size, self.pad_token_id, "deferred")
+            batch["complement_input_ids"] = other["input_ids"]
+            batch["complement_loss_mask"] = other["loss_mask"]
         batch["example_index"] = example_index
         batch["mask_ratio"] = comp["ratio"]
         return batch
@@ -220,7 +244,8 @@ class DataCollatorForTrajectory:
         computed here and placed into the layouts by index arithmetic.
         """
         size = self.block_size
-        origin = prompt_len if self.grid == "absolute" else torch.zeros_like(prompt_len)
+        grid_start = torch.zeros_like(prompt_len) if self.grid == "absolute" else prompt_len  # where block 0 starts
+        origin = prompt_len - grid_start  # position of the completion's first token on that grid
         last = completion.gather(1, (completion_len - 1).clamp(min=0)[:, None]).squeeze(1)
         ended = ((completion_len > 0) & (last == self.eos_token_id))[:, None]
         full_len = completion_len + torch.remainder(-(origin + completion_len), size)
@@ -240,27 +265,42 @@ class DataCollatorForTrajectory:
         steps = torch.where(real, steps, last_step + 1)
         block = block_ids(origin[:, None] + column, size)
 
+        family = family_class(self.family)
         if self.state_sampling == "trajectory":
             ratio = sample_mask_ratios(example_index, self.seed, self.mask_ratios, self.mask_ratio_power)
-            state = trajectory_state_mask(steps, block, valid, ratio, order=self.state_order)
-            state, loss = family_class(self.family).trajectory_state(state, trained, block, valid, example_index, self.seed)
+            drawn = trajectory_state_mask(steps, block, valid, ratio, order=self.state_order)
+            state, loss = family.trajectory_state(drawn, trained, block, valid, example_index, self.seed)
         else:
-            state, ratio = random_state_mask(valid, example_index, self.seed)
-            loss = state & trained
-        state = state | open_fill
+            drawn, ratio = random_state_mask(valid, example_index, self.seed)
+            state, loss = drawn, drawn & trained
 
         sigma, steps_in_block = within_block_steps(steps, block, real)
         sigma = torch.where(eos_fill, steps_in_block - 1, sigma)
         weights = path_weights(sigma, steps_in_block).to(torch.float32)  # w_i = (S − σ_i)/S per training block
         weights = torch.where(valid, weights, torch.zeros_like(weights))
-        noisy = random_token_replacement(
-            x0, state, example_index, self.seed, self.random_token_ratio, self.vocab_size, self.mask_token_id
-        )
-        return {
+        noisy = self._corrupt(x0, state, open_fill, example_index)
+        targets = {
             "x0": x0,
             "noisy": noisy,
             "length": full_len,
+            "origin": grid_start,
             "loss": loss,
             "weights": weights,
             "ratio": ratio.to(torch.float32),
         }
+        if self.complementary_masks:
+            flipped = valid & ~drawn
+            if self.state_sampling == "trajectory":
+                flipped, flipped_loss = family.trajectory_state(flipped, trained, block, valid, example_index, self.seed)
+            else:
+                flipped_loss = flipped & trained
+            targets["complement_noisy"] = self._corrupt(x0, flipped, open_fill, example_index)
+            targets["complement_loss"] = flipped_loss
+        return targets
+
+    def _corrupt(self, x0: Tensor, state: Tensor, open_fill: Tensor, example_index: Tensor) -> Tensor:
+        """``x_t``: the mask token (or a random token) where ``state`` is set, the mask token in open slots."""
+        noisy = random_token_replacement(
+            x0, state, example_index, self.seed, self.random_token_ratio, self._token_pool, self.mask_token_id
+        )
+        return torch.where(open_fill, self.mask_token_id, noisy)

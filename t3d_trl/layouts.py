@@ -4,9 +4,10 @@ Pure index arithmetic on padded ``[batch, width]`` tensors (no Python loop over 
 :class:`~t3d_trl.collator.DataCollatorForTrajectory` through the model family (:mod:`t3d_trl.models.families`),
 which decides which layout a family trains with. See ``docs/design.md`` ("Training layouts").
 
-Both layouts take the per-completion-token tensors of :meth:`DataCollatorForTrajectory.completion_targets`
-(``x0``, ``noisy``, ``length``, ``loss``, ``weights``, ``block``), aligned at the completion start, and return the
-model inputs and the per-token targets on the last ``W`` columns (the *window*: ``logits_to_keep = W``).
+Both layouts take the per-completion-token tensors of the collator (``x0``, ``noisy``, ``length``, ``loss``,
+``weights`` and ``origin``, the position where block 0 starts: 0 on the absolute grid, the prompt length on the
+response grid), aligned at the completion start, and return the model inputs and the per-token targets on the last
+``W`` columns (the *window*: ``logits_to_keep = W``).
 """
 
 from __future__ import annotations
@@ -41,12 +42,14 @@ def block_causal_layout(
 ) -> dict[str, Any]:
     """``[pad ; prompt ; x0 ; prompt tail + x_t]`` for block-causal models, one row per example.
 
-    With ``P`` prompt tokens, ``C'`` completion tokens (EOS fill included) and ``tail = P mod B``, row ``r`` has
-    ``n = P + 2C' + tail`` real columns, right-aligned, and per-row offset ``o = column − pad_r``. Segments in ``o``:
-    prompt ``[0, P)``, clean ``[P, P + C')``, noisy tail ``[P + C', P + C' + tail)``, noisy completion
+    With ``P`` prompt tokens, ``C'`` completion tokens (block fill included), block 0 starting at position ``g``
+    (``comp["origin"]``) and ``tail = (P − g) mod B`` (the prompt tokens that share the first completion block), row
+    ``r`` has ``n = P + 2C' + tail`` real columns, right-aligned, and per-row offset ``o = column − pad_r``. Segments
+    in ``o``: prompt ``[0, P)``, clean ``[P, P + C')``, noisy tail ``[P + C', P + C' + tail)``, noisy completion
     ``[P + C' + tail, n)``; positions ``o``, ``o``, ``o − C' − tail``, ``o − C' − tail`` (the noisy copy reuses the
-    positions of its clean twin). Blocks are ``position // B`` and streams CLEAN / NOISY, and the attention mask is the
-    rule of :func:`~t3d_trl.masks.layout_attention_mask` on them.
+    positions of its clean twin). Blocks are ``⌊(position − g) / B⌋`` (on the response grid the prompt's blocks count
+    backwards from its end) and streams CLEAN / NOISY, and the attention mask is the rule of
+    :func:`~t3d_trl.masks.layout_attention_mask` on them.
 
     Args:
         prompt: ``[b, P_max]`` right-padded prompt ids.
@@ -62,8 +65,8 @@ def block_causal_layout(
         ``input_ids``, ``position_ids``, ``block_ids``, ``stream_ids``, ``valid`` ``[b, N]``, optionally
         ``attention_mask``, and ``labels``, ``loss_mask``, ``path_weights`` ``[b, W]`` with ``logits_to_keep = W``.
     """
-    full_len = comp["length"]
-    tail = torch.remainder(prompt_len, block_size)
+    full_len, origin = comp["length"], comp["origin"]
+    tail = torch.remainder(prompt_len - origin, block_size)
     noisy_len = tail + full_len
     row_len = prompt_len + full_len + noisy_len
     total, window = int(row_len.max()), int(noisy_len.max())
@@ -90,7 +93,7 @@ def block_causal_layout(
         is_prompt | is_clean, offset, torch.where(noisy_stream, offset - c - t, torch.zeros_like(offset))
     )
     stream_ids = torch.where(noisy_stream, NOISY, CLEAN)
-    blocks = block_ids(position_ids, block_size)
+    blocks = block_ids(position_ids - origin[:, None], block_size)
     labels = torch.where(is_noisy, x0_tokens, torch.where(is_tail, prompt_tokens, input_ids))
     loss_mask = is_noisy & gather_columns(comp["loss"], completion_index)
     weights = torch.where(is_noisy, gather_columns(comp["weights"], completion_index), torch.zeros(()))
@@ -151,7 +154,7 @@ def bidirectional_layout(
         "input_ids": input_ids,
         "position_ids": position_ids,
         "attention_mask": valid.to(torch.int64),
-        "block_ids": block_ids(position_ids, block_size),
+        "block_ids": block_ids(position_ids - comp["origin"][:, None], block_size),
         "stream_ids": torch.where(is_completion, NOISY, CLEAN),
         "valid": valid,
         "labels": labels[:, total - window :],

@@ -26,6 +26,8 @@ __all__ = [
     "certainty_forcing_loss",
     "ddo_loss",
     "dparallel_loss",
+    "masked_mean",
+    "masked_sum",
     "path_loss",
     "path_weights",
     "sample_fake_tokens",
@@ -44,15 +46,15 @@ def _upcast(tensor: Tensor) -> Tensor:
     return tensor.float() if tensor.dtype in _LOW_PRECISION else tensor
 
 
-def _masked_sum(values: Tensor, mask: Tensor) -> Tensor:
+def masked_sum(values: Tensor, mask: Tensor) -> Tensor:
     """Σ_{i: mask_i} values_i over the last dimension (NaN-safe outside the mask)."""
     return torch.where(mask, values, torch.zeros_like(values)).sum(-1)
 
 
-def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     """(1/|mask|) Σ_{i: mask_i} values_i over the last dimension; 0 for an empty mask."""
     count = mask.sum(-1).clamp_min(1).to(values.dtype)
-    return _masked_sum(values, mask) / count
+    return masked_sum(values, mask) / count
 
 
 def selective_log_softmax(logits: Tensor, index: Tensor) -> Tensor:
@@ -100,8 +102,8 @@ def sequence_logps(token_logps: Tensor, loss_mask: Tensor, normalization: str = 
             f"expected one of {', '.join(map(repr, _NORMALIZATIONS))}."
         )
     if normalization == "mean":
-        return _masked_mean(token_logps, loss_mask)
-    return _masked_sum(token_logps, loss_mask)
+        return masked_mean(token_logps, loss_mask)
+    return masked_sum(token_logps, loss_mask)
 
 
 def sample_fake_tokens(
@@ -223,8 +225,8 @@ def path_loss(token_logps: Tensor, weights: Tensor, loss_mask: Tensor) -> Tensor
         Σ_{i∈M} w_i = 0.
     """
     weights = weights.to(token_logps.dtype)
-    numerator = _masked_sum(-weights * token_logps, loss_mask)
-    denominator = _masked_sum(weights, loss_mask)
+    numerator = masked_sum(-weights * token_logps, loss_mask)
+    denominator = masked_sum(weights, loss_mask)
     nonzero = denominator != 0
     safe_denominator = torch.where(nonzero, denominator, torch.ones_like(denominator))
     return torch.where(nonzero, numerator / safe_denominator, torch.zeros_like(numerator))
@@ -244,7 +246,7 @@ def td_loss(token_logps: Tensor, loss_mask: Tensor) -> Tensor:
     Returns:
         Per-example losses, shape ``[B]``; 0 for rows with empty M.
     """
-    return -_masked_mean(token_logps, loss_mask)
+    return -masked_mean(token_logps, loss_mask)
 
 
 def sft_loss(token_logps: Tensor, loss_mask: Tensor) -> Tensor:
@@ -264,7 +266,7 @@ def sft_loss(token_logps: Tensor, loss_mask: Tensor) -> Tensor:
     Returns:
         Per-example losses, shape ``[B]``; 0 for rows with empty M.
     """
-    return -_masked_mean(token_logps, loss_mask)
+    return -masked_mean(token_logps, loss_mask)
 
 
 def certainty_forcing_loss(
@@ -286,7 +288,7 @@ def certainty_forcing_loss(
     Returns:
         Per-example losses, shape ``[B]``; 0 for rows with empty M.
     """
-    return td_loss(token_logps, loss_mask) + entropy_weight * _masked_mean(entropy, correct & loss_mask)
+    return td_loss(token_logps, loss_mask) + entropy_weight * masked_mean(entropy, correct & loss_mask)
 
 
 def dparallel_loss(

@@ -19,7 +19,7 @@ name                  per-example loss (pure maths in :mod:`t3d_trl.losses`)    
 ``dparallel``         certainty-forcing distillation (:func:`~t3d_trl.losses.certainty_forcing_loss`)  no
 ====================  ===========================================================================  ==============
 
-A new objective is one function ``(scores, batch, config, reference) -> (loss [b], metrics)`` and one
+A new objective is one function ``(inputs: ObjectiveInputs) -> (loss [b], metrics)`` and one
 :func:`register_objective` call (``docs/design.md``, "Adding an objective").
 """
 
@@ -36,6 +36,7 @@ from torch import Tensor
 from .losses import (
     certainty_forcing_loss,
     ddo_loss,
+    masked_mean,
     path_loss,
     sample_fake_tokens,
     sequence_logps,
@@ -46,6 +47,7 @@ from .losses import (
 __all__ = [
     "OBJECTIVES",
     "Objective",
+    "ObjectiveInputs",
     "ReferenceTerms",
     "StudentScores",
     "compute_objectives",
@@ -99,6 +101,12 @@ class StudentScores:
     def predictions(self) -> Tensor:
         return self.logits.argmax(-1)
 
+    def tempered_entropy(self, temperature: float) -> Tensor:
+        """``H_i(T)``: the entropy of ``softmax(logit_i / T)`` (its own normaliser; ``T = 1`` reuses ``entropy``)."""
+        if temperature == 1.0:
+            return self.entropy
+        return StudentScores(self.logits / temperature, self.labels).entropy
+
 
 @dataclass
 class ReferenceTerms:
@@ -128,7 +136,27 @@ def reference_terms(
     return ReferenceTerms(fake, real_logps, fake_logps)
 
 
-ObjectiveFunction = Callable[[StudentScores, dict, Any, "ReferenceTerms | None"], tuple[Tensor, dict[str, Tensor]]]
+@dataclass
+class ObjectiveInputs:
+    """Everything an objective may read.
+
+    Attributes:
+        scores: the student's window scores (:class:`StudentScores`).
+        batch: the collator's batch (``labels``, ``loss_mask``, ``path_weights`` on the window...).
+        config: the training arguments (:class:`~t3d_trl.T3DConfig`).
+        reference: the reference terms, for objectives with ``needs_reference``.
+        complement: the student's scores on the complementary state (``complement_loss_mask`` in the batch), for
+            objectives with ``needs_complement`` when the collator makes complementary masks.
+    """
+
+    scores: StudentScores
+    batch: dict
+    config: Any
+    reference: ReferenceTerms | None = None
+    complement: StudentScores | None = None
+
+
+ObjectiveFunction = Callable[[ObjectiveInputs], tuple[Tensor, dict[str, Tensor]]]
 
 
 @dataclass(frozen=True)
@@ -137,9 +165,10 @@ class Objective:
 
     Attributes:
         name: the ``loss_type`` value.
-        function: ``(scores, batch, config, reference) -> (loss [b], metrics)``; ``batch`` holds ``labels``,
-            ``loss_mask`` and ``path_weights`` on the window, ``config`` the training arguments.
-        needs_reference: whether ``reference`` (a :class:`ReferenceTerms`) must be given.
+        function: ``(inputs: ObjectiveInputs) -> (loss [b], metrics)``.
+        needs_reference: whether ``inputs.reference`` (a :class:`ReferenceTerms`) must be given.
+        needs_complement: whether it reads the complementary state's scores (given when the trainer's config
+            enables them, see :meth:`~t3d_trl.T3DConfig.uses_complement`).
         state_sampling: the states it trains on by default: ``"trajectory"`` or ``"random"``.
         weight_field: the config field holding its default weight (``None``: 1).
     """
@@ -149,6 +178,7 @@ class Objective:
     needs_reference: bool = False
     state_sampling: str = "trajectory"
     weight_field: str | None = None
+    needs_complement: bool = False
 
 
 #: registered objectives by name
@@ -162,6 +192,7 @@ def register_objective(
     needs_reference: bool = False,
     state_sampling: str = "trajectory",
     weight_field: str | None = None,
+    needs_complement: bool = False,
     overwrite: bool = False,
 ) -> Objective:
     """Register ``function`` as the objective ``name`` (a ``loss_type`` value of :class:`~t3d_trl.T3DConfig`).
@@ -173,7 +204,7 @@ def register_objective(
         raise ValueError(f"An objective named {name!r} is already registered; pass overwrite=True to replace it.")
     if state_sampling not in ("trajectory", "random"):
         raise ValueError(f"state_sampling must be 'trajectory' or 'random', got {state_sampling!r}.")
-    objective = Objective(name, function, needs_reference, state_sampling, weight_field)
+    objective = Objective(name, function, needs_reference, state_sampling, weight_field, needs_complement)
     OBJECTIVES[name] = objective
     return objective
 
@@ -184,8 +215,9 @@ def objective_names() -> tuple[str, ...]:
 
 
 # ------------------------------------------------------------------------------------------------ the objectives
-def _ddo(scores: StudentScores, batch: dict, config: Any, reference: ReferenceTerms | None):
-    loss_mask, normalization = batch["loss_mask"], config.logps_normalization
+def _ddo(inputs: ObjectiveInputs):
+    scores, reference, config = inputs.scores, inputs.reference, inputs.config
+    loss_mask, normalization = inputs.batch["loss_mask"], config.logps_normalization
     policy_real = sequence_logps(scores.label_log_probs, loss_mask, normalization)
     policy_fake = sequence_logps(scores.log_probs(reference.fake_tokens), loss_mask, normalization)
     loss, real, fake = ddo_loss(
@@ -200,40 +232,56 @@ def _ddo(scores: StudentScores, batch: dict, config: Any, reference: ReferenceTe
     return loss, metrics
 
 
-def _path(scores, batch, config, reference):
-    loss = path_loss(scores.label_log_probs, batch["path_weights"], batch["loss_mask"])
+def _path(inputs: ObjectiveInputs):
+    batch = inputs.batch
+    loss = path_loss(inputs.scores.label_log_probs, batch["path_weights"], batch["loss_mask"])
     return loss, {"loss/path": loss}
 
 
-def _td(scores, batch, config, reference):
-    loss = td_loss(scores.label_log_probs, batch["loss_mask"])
+def _td(inputs: ObjectiveInputs):
+    loss = td_loss(inputs.scores.label_log_probs, inputs.batch["loss_mask"])
     return loss, {"loss/td": loss}
 
 
-def _sft(scores, batch, config, reference):
-    loss = sft_loss(scores.label_log_probs, batch["loss_mask"])
+def _sft(inputs: ObjectiveInputs):
+    loss = sft_loss(inputs.scores.label_log_probs, inputs.batch["loss_mask"])
     return loss, {"loss/sft": loss}
 
 
-def _dparallel(scores, batch, config, reference):
-    loss_mask = batch["loss_mask"]
-    correct = loss_mask & (scores.predictions == batch["labels"])
+def _certainty_forcing(scores: StudentScores, labels: Tensor, loss_mask: Tensor, config: Any) -> tuple[Tensor, Tensor]:
+    """One pass of dParallel: (CE + w · H_T over the correct positions, H_T over them) per example."""
+    correct = loss_mask & (scores.predictions == labels)
+    entropy = scores.tempered_entropy(config.dparallel_entropy_temperature)
     loss = certainty_forcing_loss(
-        scores.label_log_probs, scores.entropy, correct, loss_mask, config.dparallel_entropy_weight
+        scores.label_log_probs, entropy, correct, loss_mask, config.dparallel_entropy_weight
     )
-    return loss, {"loss/dparallel": loss}
+    return loss, masked_mean(entropy, correct)
+
+
+def _dparallel(inputs: ObjectiveInputs):
+    """dParallel as published: CE + w · H_T on the state, plus the same on the complementary state when given."""
+    batch, config = inputs.batch, inputs.config
+    loss, entropy = _certainty_forcing(inputs.scores, batch["labels"], batch["loss_mask"], config)
+    if inputs.complement is not None:
+        other, other_entropy = _certainty_forcing(inputs.complement, batch["labels"], batch["complement_loss_mask"], config)
+        loss, entropy = loss + other, entropy + other_entropy
+    return loss, {"loss/dparallel": loss, "loss/entropy": entropy}
 
 
 register_objective("ddo", _ddo, needs_reference=True)
 register_objective("path", _path, weight_field="lambda_path")
 register_objective("td", _td)
 register_objective("sft", _sft, state_sampling="random")
-register_objective("dparallel", _dparallel)
+register_objective("dparallel", _dparallel, needs_complement=True)
 
 
 # ------------------------------------------------------------------------------------------------ assembly
 def compute_objectives(
-    logits: Tensor, batch: dict, config: Any, reference: ReferenceTerms | None = None
+    logits: Tensor,
+    batch: dict,
+    config: Any,
+    reference: ReferenceTerms | None = None,
+    complement_logits: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The weighted sum of the objectives of ``config.loss_type`` and their metrics.
 
@@ -247,18 +295,21 @@ def compute_objectives(
             ``path_weights``, ``mask_ratio``).
         config: the training arguments (:class:`~t3d_trl.T3DConfig`).
         reference: the reference terms, required when an objective needs them.
+        complement_logits: the student's window logits on the complementary state (``complement_input_ids``).
 
     Returns:
         ``(loss, metrics)``.
     """
     scores = StudentScores(logits, batch["labels"])
+    complement = None if complement_logits is None else StudentScores(complement_logits, batch["labels"])
+    inputs = ObjectiveInputs(scores, batch, config, reference, complement)
     total = torch.zeros((), device=logits.device)
     metrics: dict[str, Tensor] = {}
     for name, weight in zip(config.loss_type, config.loss_weights):
         objective = OBJECTIVES[name]
         if objective.needs_reference and reference is None:
             raise ValueError(f"The {name!r} objective needs the reference terms, but none were given.")
-        loss, values = objective.function(scores, batch, config, reference)
+        loss, values = objective.function(inputs)
         total = total + weight * loss.mean()
         metrics.update({key: value.detach().float().mean() for key, value in values.items()})
     loss_mask = batch["loss_mask"]

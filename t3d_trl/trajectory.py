@@ -295,15 +295,16 @@ def random_token_replacement(
     example_index: Tensor,
     seed: int,
     ratio: float,
-    vocab_size: int | None,
+    token_ids: Tensor | None,
     mask_token_id: int,
     token_index: Tensor | None = None,
 ) -> Tensor:
-    """Put the mask token at masked positions, replacing a ``ratio`` fraction of them by random tokens.
+    """Put the mask token at masked positions, replacing some of them by random tokens (the official ``random_ratio``).
 
-    At a masked position ``i`` (the official ``random_ratio``): with ``u_i = hash_uniform(seed, key, example,
-    token_index_i)``, ``x_i = v_i`` if ``u_i < ratio`` else ``mask_token_id``, where ``v_i`` is uniform over the
-    ``vocab_size − 1`` ids other than the mask token: ``v = ⌊u'·(V − 1)⌋``, ``v ← v + [v ≥ mask_token_id]``.
+    In a row with ``n > 0`` masked positions and ``ratio > 0``, exactly ``m = min(n, max(1, ⌊ratio · n⌋))`` of them,
+    a uniformly random subset (the ``m`` smallest of the per-token draws ``u_i = hash_uniform(seed, key, example,
+    token_index_i)``), get a token drawn uniformly from ``token_ids`` (the tokenizer's own vocabulary, not the padded
+    embedding rows) and the others the mask token: at least one random token per example, as in the official code.
     Unmasked positions keep ``input_ids``.
 
     Args:
@@ -312,7 +313,7 @@ def random_token_replacement(
         example_index: ``[batch]`` dataset index of each example.
         seed: seed of the hash.
         ratio: fraction of masked positions given a random token instead of the mask token.
-        vocab_size: ``V``, required when ``ratio > 0``.
+        token_ids: 1D tensor of the ids random tokens are drawn from; required when ``ratio > 0``.
         mask_token_id: id of the mask token.
         token_index: ``[batch, L]`` per-token hash key; defaults to the column index.
 
@@ -322,18 +323,23 @@ def random_token_replacement(
     noisy = torch.where(mask, torch.full_like(input_ids, mask_token_id), input_ids)
     if ratio <= 0:
         return noisy
-    if vocab_size is None or vocab_size < 2:
-        raise ValueError("random_token_replacement needs vocab_size >= 2 when ratio > 0.")
+    if token_ids is None or token_ids.numel() == 0:
+        raise ValueError("random_token_replacement needs `token_ids` (the ids to draw from) when ratio > 0.")
     batch, length = input_ids.shape
     if token_index is None:
         token_index = torch.arange(length, device=input_ids.device).expand(batch, length)
     example = example_index[:, None]
-    replace = mask & (hash_uniform(seed, _KEY_REPLACE, example, token_index) < ratio)
-    draws = hash_uniform(seed, _KEY_REPLACE_TOKEN, example, token_index)
-    tokens = torch.floor(draws * (vocab_size - 1)).to(torch.int64).clamp_max(vocab_size - 2)
-    if 0 <= mask_token_id < vocab_size:
-        tokens = tokens + (tokens >= mask_token_id).to(torch.int64)
-    return torch.where(replace, tokens.to(input_ids.dtype), noisy)
+    draws = hash_uniform(seed, _KEY_REPLACE, example, token_index).masked_fill(~mask, 2.0)
+    count = mask.sum(1, keepdim=True)
+    replaced_count = torch.minimum(count, torch.floor(ratio * count.to(torch.float64)).to(torch.int64).clamp_min(1))
+    rank = torch.empty_like(token_index).scatter_(
+        1, draws.argsort(dim=1, stable=True), torch.arange(length, device=mask.device).expand(batch, length)
+    )
+    replace = mask & (rank < replaced_count)
+    pick = hash_uniform(seed, _KEY_REPLACE_TOKEN, example, token_index)
+    token_ids = token_ids.to(device=input_ids.device, dtype=torch.int64)
+    choice = torch.floor(pick * token_ids.numel()).to(torch.int64).clamp_max(token_ids.numel() - 1)
+    return torch.where(replace, token_ids[choice].to(input_ids.dtype), noisy)
 
 
 def sample_current_block(example_index: Tensor, seed: int, num_blocks: Tensor) -> Tensor:

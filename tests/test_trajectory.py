@@ -138,22 +138,33 @@ def test_random_state_mask_rate_and_at_least_one():
     assert torch.equal(again, mask[[7, 3]])
 
 
-def test_random_token_replacement_ratio_and_never_the_mask_token():
-    batch, length, vocab, mask_id = 300, 64, 12, 5
-    input_ids = torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(0))
-    input_ids[input_ids == mask_id] = 0
-    mask = torch.rand(batch, length, generator=torch.Generator().manual_seed(1)) < 0.6
-    out = random_token_replacement(input_ids, mask, torch.arange(batch), 3, 0.1, vocab, mask_id)
+def test_random_token_replacement_as_the_official_code():
+    # In every example with n masked positions: exactly max(1, floor(ratio · n)) (at most n) of them get a random token,
+    # drawn from the given token ids only; the others get the mask token; unmasked positions are untouched.
+    batch, length, mask_id = 300, 64, 5
+    allowed = torch.tensor([0, 1, 2, 3, 4, 6, 7, 8])  # e.g. the tokenizer's vocabulary without its special tokens
+    input_ids = torch.randint(10, 20, (batch, length), generator=torch.Generator().manual_seed(0))
+    mask = torch.rand(batch, length, generator=torch.Generator().manual_seed(1)) < torch.linspace(0.01, 0.9, batch)[:, None]
+    mask[0] = False
+    mask[1, :] = False
+    mask[1, 3] = True  # one masked position: it is the random one
+    out = random_token_replacement(input_ids, mask, torch.arange(batch), 3, 0.1, allowed, mask_id)
     assert torch.equal(out[~mask], input_ids[~mask])
     replaced = mask & (out != mask_id)
-    fraction = float(replaced.sum()) / float(mask.sum())
-    assert abs(fraction - 0.1) < 0.01
-    assert bool(((out >= 0) & (out < vocab)).all())
-    counts = torch.bincount(out[replaced], minlength=vocab)
-    assert int(counts[mask_id]) == 0 and bool((counts[torch.arange(vocab) != mask_id] > 0).all())
-    plain = random_token_replacement(input_ids, mask, torch.arange(batch), 3, 0.0, vocab, mask_id)
+    n = mask.sum(1)
+    expected = torch.where(n > 0, torch.minimum(n, (0.1 * n).floor().long().clamp_min(1)), torch.zeros_like(n))
+    assert torch.equal(replaced.sum(1), expected)
+    assert bool(torch.isin(out[replaced], allowed).all())
+    counts = torch.bincount(out[replaced], minlength=9)
+    assert bool((counts[allowed] > 0).all())  # every allowed id is drawn
+    # a uniformly random subset: every column is replaced about equally often among its masked occurrences
+    share = replaced.sum(0).float() / mask.sum(0).clamp_min(1)
+    assert float(share.max() - share.min()) < 0.15
+    plain = random_token_replacement(input_ids, mask, torch.arange(batch), 3, 0.0, None, mask_id)
     assert bool((plain[mask] == mask_id).all())
-    with pytest.raises(ValueError, match="vocab_size"):
+    again = random_token_replacement(input_ids[[7, 3]], mask[[7, 3]], torch.tensor([7, 3]), 3, 0.1, allowed, mask_id)
+    assert torch.equal(again, out[[7, 3]])  # a function of (seed, example), whatever the batch
+    with pytest.raises(ValueError, match="token_ids"):
         random_token_replacement(input_ids, mask, torch.arange(batch), 3, 0.1, None, mask_id)
 
 

@@ -79,7 +79,21 @@ class T3DConfig(TrainingArguments):
         },
     )
     dparallel_entropy_weight: float = field(
-        default=1.0, metadata={"help": "Weight of dParallel's entropy penalty on already-correct masked tokens."}
+        default=2.0,
+        metadata={
+            "help": "Weight of dParallel's entropy penalty on already-correct masked tokens (dParallel's LLaDA code: 2)."
+        },
+    )
+    dparallel_entropy_temperature: float = field(
+        default=0.5,
+        metadata={"help": "dParallel's entropy is that of softmax(logits / T); its code uses T = 0.5."},
+    )
+    dparallel_complementary_masks: bool = field(
+        default=True,
+        metadata={
+            "help": "dParallel's complementary masks: a second student forward on the complementary state (the "
+            "tokens the state leaves visible masked, and the masked ones visible), its losses added to the first."
+        },
     )
 
     # Reference model
@@ -140,6 +154,15 @@ class T3DConfig(TrainingArguments):
         default=8.0,
         metadata={"help": "Draw r with probability ∝ r^power (official 8: r = 1 in about 0.91 of the draws)."},
     )
+    block_alignment: str | None = field(
+        default=None,
+        metadata={
+            "help": "Training block grid: `absolute` (block id = position // B, the grid of block-causal inference), "
+            "`response` (blocks start at the response, the official T3D trainer's choice, to reproduce its released "
+            "checkpoint) or unset (the model family's decoding grid: absolute for block-causal models, response for "
+            "bidirectional ones)."
+        },
+    )
     state_order: str = field(
         default="latest",
         metadata={
@@ -150,9 +173,9 @@ class T3DConfig(TrainingArguments):
     random_token_ratio: float = field(
         default=0.0,
         metadata={
-            "help": "Fraction of masked inputs replaced by random tokens. The official code uses 0.1 "
-            "(`random_ratio`); the default 0 follows docs/results.md, where 0.1 cost T3D 5 points of full-step "
-            "accuracy and gained nothing in few-step decoding."
+            "help": "Fraction of an example's masked inputs replaced by random tokens of the tokenizer's vocabulary "
+            "(at least one per example when positive), as the official code's `random_ratio: 0.1`. The default 0 "
+            "follows docs/results.md, where 0.1 cost full-step accuracy and gained nothing in few-step decoding."
         },
     )
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for dataset preparation."})
@@ -199,6 +222,10 @@ class T3DConfig(TrainingArguments):
                 "precompute_ref_log_probs=True needs deterministic fake tokens (reference_temperature=0); with "
                 f"reference_temperature={self.reference_temperature} they are resampled at every step."
             )
+        if self.block_alignment not in (None, "absolute", "response"):
+            raise ValueError(
+                f"block_alignment must be 'absolute', 'response' or unset (the family's grid), got {self.block_alignment!r}."
+            )
         if self.ref_model_sync_steps < 1:
             raise ValueError(f"ref_model_sync_steps must be >= 1, got {self.ref_model_sync_steps}.")
         if not 0.0 < self.ref_model_mixup_alpha <= 1.0:
@@ -207,6 +234,11 @@ class T3DConfig(TrainingArguments):
     def _default_weight(self, name: str) -> float:
         field_name = OBJECTIVES[name].weight_field
         return float(getattr(self, field_name)) if field_name else 1.0
+
+    @property
+    def uses_complement(self) -> bool:
+        """Whether the collator makes complementary states and the trainer runs a second student forward on them."""
+        return self.dparallel_complementary_masks and any(OBJECTIVES[n].needs_complement for n in self.loss_type)
 
     @property
     def uses_reference(self) -> bool:

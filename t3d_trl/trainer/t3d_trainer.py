@@ -31,8 +31,6 @@ if is_peft_available():
 
 logger = logging.getLogger(__name__)
 
-#: batch keys that are not model inputs
-_TARGET_KEYS = ("labels", "loss_mask", "path_weights", "example_index", "mask_ratio")
 #: precomputed reference columns
 _REF_COLUMNS = ("ref_real_logps", "ref_fake_logps", "ref_fake_tokens")
 _REF_CHECKPOINT = "ref_model.pt"
@@ -241,10 +239,12 @@ class T3DTrainer(Trainer):
             mask_ratio_power=args.mask_ratio_power,
             state_order=args.state_order,
             random_token_ratio=args.random_token_ratio,
-            vocab_size=base.config.get_text_config().vocab_size,
+            random_token_ids=_regular_token_ids(processing_class) if args.random_token_ratio > 0 else None,
             seed=args.data_seed if args.data_seed is not None else args.seed,
             family=self.family.name,
             attention_layout=self.family.training_attention_layout,
+            block_alignment=args.block_alignment,
+            complementary_masks=args.uses_complement,
         )
 
     def _prepare_reference(self, ref_model):
@@ -305,7 +305,10 @@ class T3DTrainer(Trainer):
         """One student forward with gradients (and one reference forward without) → the weighted objectives."""
         logits = self._window_logits(model, inputs)
         reference = self._reference_terms(inputs) if self.args.uses_reference else None
-        loss, metrics = compute_objectives(logits, inputs, self.args, reference)
+        complement = None
+        if "complement_input_ids" in inputs:  # dParallel's second pass, on the complementary state
+            complement = self._window_logits(model, {**inputs, "input_ids": inputs["complement_input_ids"]})
+        loss, metrics = compute_objectives(logits, inputs, self.args, reference, complement)
         self._record_metrics(metrics, "train" if model.training else "eval")
         return (loss, {"logits": logits}) if return_outputs else loss
 
@@ -501,6 +504,14 @@ class T3DTrainer(Trainer):
         )
         with open(os.path.join(output_dir, "README.md"), "w", encoding="utf-8") as handle:
             handle.write(text)
+
+
+def _regular_token_ids(processing_class) -> list[int]:
+    """The tokenizer's own vocabulary without its special tokens: the ids random tokens are drawn from (the official
+    code draws below ``tokenizer.vocab_size``, never the padded embedding rows nor added tokens)."""
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)
+    special = set(getattr(tokenizer, "all_special_ids", []))
+    return [index for index in range(int(tokenizer.vocab_size)) if index not in special]
 
 
 def _frozen_copy(model: PreTrainedModel) -> PreTrainedModel:
