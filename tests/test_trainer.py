@@ -302,7 +302,8 @@ def test_model_given_as_local_path(tmp_path, tokenizer, trajectories):
 @pytest.mark.slow
 def test_two_processes_give_the_one_process_first_step_loss(tmp_path):
     script = SCRIPTS / "train_2proc.py"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    tests = Path(__file__).parent  # the repository root first, so that the workers import this checkout's t3d_trl
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)])}
     single = subprocess.run([sys.executable, str(script), str(tmp_path / "one"), "8"], env=env,
                             capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
