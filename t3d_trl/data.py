@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 from datasets import Dataset
 
+from .prompts import tokenize_prompts, tokenizer_of
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -106,10 +108,6 @@ def _row_problem(prompt_length: int, completion_ids: list[int], step_map: list[i
             "the previous block"
         )
     return ""
-
-
-def _is_messages(prompt: Any) -> bool:
-    return isinstance(prompt, (list, tuple)) and all(isinstance(m, dict) for m in prompt)
 
 
 def prepare_trajectory_dataset(
@@ -205,6 +203,7 @@ def prepare_trajectory_dataset(
             )
         dataset = dataset.map(
             _tokenize_batch,
+            with_indices=True,
             batched=True,
             num_proc=num_proc,
             fn_kwargs={
@@ -285,26 +284,21 @@ def prepare_trajectory_dataset(
 
 
 def _tokenize_batch(
-    batch: dict[str, list], processing_class: Any, tokenize_prompt: bool, tokenize_completion: bool
+    batch: dict[str, list],
+    indices: list[int],
+    processing_class: Any,
+    tokenize_prompt: bool,
+    tokenize_completion: bool,
 ) -> dict[str, list]:
     """Tokenise the text columns of a batch (only those without ids)."""
     out: dict[str, list] = {}
     if tokenize_prompt:
-        prompt_ids = []
-        for prompt in batch[PROMPT]:
-            if _is_messages(prompt):
-                text = processing_class.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-                prompt_ids.append(processing_class(text, add_special_tokens=False)["input_ids"])
-            elif isinstance(prompt, str):
-                prompt_ids.append(processing_class(prompt)["input_ids"])
-            else:
-                raise ValueError(f"`prompt` must be text or a list of chat messages, got {type(prompt).__name__}.")
-        out[PROMPT_IDS] = prompt_ids
+        out[PROMPT_IDS] = tokenize_prompts(processing_class, batch[PROMPT], column=PROMPT, rows=indices)
     if tokenize_completion:
         completions = batch[COMPLETION]
         if not all(isinstance(c, str) for c in completions):
             raise ValueError("`completion` must be text when `completion_ids` is absent.")
-        out[COMPLETION_IDS] = processing_class(list(completions), add_special_tokens=False)["input_ids"]
+        out[COMPLETION_IDS] = tokenizer_of(processing_class)(list(completions), add_special_tokens=False)["input_ids"]
     return out
 
 

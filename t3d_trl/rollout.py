@@ -42,7 +42,9 @@ except ImportError:  # datasets 3
     from datasets import Sequence as List
 from transformers import GenerationConfig
 
+from .devices import model_device
 from .generation import DiffusionGenerationConfig, FewStepDiffusionGenerationMixin, patch_model
+from .prompts import tokenize_prompts, tokenizer_of
 
 logger = logging.getLogger(__name__)
 
@@ -189,52 +191,14 @@ def rollout_config(dataset: Dataset) -> dict[str, Any] | None:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _is_messages(prompt: Any) -> bool:
-    return isinstance(prompt, (list, tuple)) and len(prompt) > 0 and all(isinstance(m, Mapping) for m in prompt)
-
-
-def _tokenizer_of(processing_class: Any) -> Any:
-    return getattr(processing_class, "tokenizer", processing_class)
-
-
-def _tokenize_prompts(processing_class: Any, prompts: Sequence[Any], prompt_column: str) -> list[list[int]]:
-    """Prompt ids as the model sees them.
-
-    Chat messages go through ``apply_chat_template(..., add_generation_prompt=True, tokenize=False)`` and the text is
-    tokenised without special tokens (the template already wrote them); text prompts are tokenised with the
-    tokenizer's usual special tokens. Each kind is tokenised in one batched call.
-    """
-    tokenizer = _tokenizer_of(processing_class)
-    chat_rows, chat_texts, text_rows, texts = [], [], [], []
-    for row, prompt in enumerate(prompts):
-        if _is_messages(prompt):
-            chat_rows.append(row)
-            chat_texts.append(
-                processing_class.apply_chat_template(
-                    [dict(message) for message in prompt], add_generation_prompt=True, tokenize=False
-                )
-            )
-        elif isinstance(prompt, str):
-            text_rows.append(row)
-            texts.append(prompt)
-        else:
-            raise ValueError(
-                f"Row {row}: `{prompt_column}` must be text or a list of chat messages "
-                f"({{'role': ..., 'content': ...}}), got {type(prompt).__name__}."
-            )
-    prompt_ids: list[list[int]] = [[] for _ in prompts]
-    for rows, batch, special in ((chat_rows, chat_texts, False), (text_rows, texts, True)):
-        if rows:
-            encoded = tokenizer(batch, add_special_tokens=special)["input_ids"]
-            for row, ids in zip(rows, encoded):
-                prompt_ids[row] = [int(i) for i in ids]
+def _check_not_empty(prompt_ids: Sequence[Sequence[int]]) -> None:
+    """Refuse prompts with no token (there is nothing to continue)."""
     empty = [row for row, ids in enumerate(prompt_ids) if not ids]
     if empty:
         raise ValueError(
             f"Row {empty[0]}: the prompt is empty after tokenisation ({len(empty)} such row(s)); every prompt needs "
             "at least one token."
         )
-    return prompt_ids
 
 
 def _hash_prompt_ids(prompt_ids: Sequence[Sequence[int]]) -> str:
@@ -292,13 +256,6 @@ def _batch_seed(seed: int, batch_index: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def _model_device(model: Any) -> torch.device:
-    device = getattr(model, "device", None)
-    if isinstance(device, torch.device):
-        return device
-    return next(model.parameters()).device
-
-
 def _generate_batch(
     model: Any,
     config: DiffusionGenerationConfig,
@@ -309,7 +266,7 @@ def _generate_batch(
     batch_index: int,
 ) -> list[dict[str, Any]]:
     """Roll out one batch (left padded) and cut each row's completion at its first EOS."""
-    device = _model_device(model)
+    device = model_device(model)
     width = max(len(prompt_ids[row]) for row in rows)
     input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -570,7 +527,8 @@ def generate_trajectories(
     config = resolve_generation_config(model, generation_config)
 
     prompts = list(dataset[prompt_column])
-    prompt_ids = _tokenize_prompts(processing_class, prompts, prompt_column)
+    prompt_ids = tokenize_prompts(processing_class, prompts, column=prompt_column)
+    _check_not_empty(prompt_ids)
     _check_lengths(prompt_ids, config, model, max_prompt_length)
     batches = _plan_batches([len(ids) for ids in prompt_ids], batch_size)
 
@@ -615,7 +573,7 @@ def generate_trajectories(
     mine = pending[process_index::num_processes]
     pad_token_id = config.pad_token_id
     if pad_token_id is None:
-        pad_token_id = getattr(_tokenizer_of(processing_class), "pad_token_id", None)
+        pad_token_id = getattr(tokenizer_of(processing_class), "pad_token_id", None)
     if pad_token_id is None:
         pad_token_id = config.mask_token_id
 
@@ -666,7 +624,7 @@ def _assemble(
     record: dict[str, Any],
 ) -> Dataset:
     """The input dataset with the rollout columns added and the rollout record in ``info.description``."""
-    tokenizer = _tokenizer_of(processing_class)
+    tokenizer = tokenizer_of(processing_class)
     completion_ids = [row["completion_ids"] for row in rows]
     columns: dict[str, list[Any]] = {
         "completion": tokenizer.batch_decode(completion_ids, skip_special_tokens=True),

@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from ..devices import model_device
+from ..prompts import render_prompts, tokenizer_of
 from .report import EvalResult, plot_accuracy_vs_tokens_per_step, write_json, write_markdown
 from .scorers import _check_code_execution_allowed, available_scorers, get_scorer
 
@@ -119,22 +121,6 @@ class DecodingSetting:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _model_device(model: Any) -> torch.device:
-    device = getattr(model, "device", None)
-    if isinstance(device, torch.device):
-        return device
-    if isinstance(device, str):
-        return torch.device(device)
-    if isinstance(model, torch.nn.Module):
-        for param in model.parameters():
-            return param.device
-    return torch.device("cpu")
-
-
-def _tokenizer_of(processing_class: Any) -> Any:
-    return getattr(processing_class, "tokenizer", None) or processing_class
-
-
 def _eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
     ids: set[int] = set()
     candidates = [getattr(tokenizer, "eos_token_id", None)]
@@ -164,36 +150,6 @@ def _pad_token_available(tokenizer: Any) -> Iterator[None]:
         yield
     finally:
         tokenizer.pad_token = None
-
-
-def _prompt_texts(processing_class: Any, prompts: Sequence[Any]) -> tuple[list[str], bool]:
-    """Render prompts to text; returns (texts, whether a chat template was applied)."""
-    texts: list[str] = []
-    templated = False
-    for prompt in prompts:
-        if isinstance(prompt, str):
-            texts.append(prompt)
-        elif isinstance(prompt, (list, tuple)) and all(isinstance(m, Mapping) for m in prompt):
-            if getattr(processing_class, "chat_template", None) is None and getattr(
-                _tokenizer_of(processing_class), "chat_template", None
-            ) is None:
-                raise ValueError(
-                    "The dataset holds chat-message prompts but the processing class has no chat template. Set "
-                    "`processing_class.chat_template`, or load the dataset with plain-text prompts "
-                    "(load_eval_dataset(..., as_chat=False))."
-                )
-            texts.append(
-                processing_class.apply_chat_template(
-                    [dict(m) for m in prompt], add_generation_prompt=True, tokenize=False
-                )
-            )
-            templated = True
-        else:
-            raise ValueError(
-                f"A prompt must be a string or a list of chat messages ({{'role': ..., 'content': ...}}), got "
-                f"{type(prompt).__name__}."
-            )
-    return texts, templated
 
 
 def _generated_lengths(generated: torch.Tensor, eos_ids: set[int]) -> torch.Tensor:
@@ -330,10 +286,11 @@ def evaluate_few_step(
             scorers[name] = get_scorer(name)
     ids = list(dataset["id"]) if "id" in dataset.column_names else list(range(len(prompts)))
 
-    tokenizer = _tokenizer_of(processing_class)
-    device = _model_device(model)
+    tokenizer = tokenizer_of(processing_class)
+    device = model_device(model)
     eos_ids = _eos_token_ids(model, tokenizer)
-    texts, templated = _prompt_texts(processing_class, prompts)
+    texts, chat = render_prompts(processing_class, prompts)
+    templated = any(chat)  # then every prompt is tokenised without special tokens (the template wrote them)
     batches = [list(range(i, min(i + batch_size, len(texts)))) for i in range(0, len(texts), batch_size)]
 
     if hasattr(model, "eval") and callable(model.eval):
