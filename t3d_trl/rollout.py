@@ -44,6 +44,7 @@ from transformers import GenerationConfig
 
 from .devices import model_device
 from .generation import DiffusionGenerationConfig, FewStepDiffusionGenerationMixin, patch_model
+from .generation.configuration import DEFAULT_MAX_NEW_TOKENS
 from .prompts import tokenize_prompts, tokenizer_of
 
 logger = logging.getLogger(__name__)
@@ -63,9 +64,6 @@ __all__ = [
 ROLLOUT_COLUMNS = ("completion", "prompt_ids", "completion_ids", "step_map", "block_size", "steps_per_block", "nfe")
 #: key of the rollout record in the JSON of ``Dataset.info.description``
 ROLLOUT_METADATA_KEY = "t3d_trl_rollout"
-
-#: ``max_new_tokens`` the decoding engine uses when a config leaves it unset
-DEFAULT_MAX_NEW_TOKENS = 256
 
 _CONFIG_FILE = "rollout_config.json"
 _DONE_FILE = "done"
@@ -106,7 +104,7 @@ def resolve_generation_config(
 
     Returns:
         A new :class:`DiffusionGenerationConfig` with ``max_new_tokens`` made explicit (the engine's default,
-        ``256``, when unset).
+        :data:`~t3d_trl.generation.configuration.DEFAULT_MAX_NEW_TOKENS`, when unset).
 
     Raises:
         ValueError: for fields that are not generation settings, invalid values, or no mask token.

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from ..devices import model_device
+from ..generation.configuration import DEFAULT_MAX_NEW_TOKENS
 from ..prompts import render_prompts, tokenizer_of
 from .report import EvalResult, plot_accuracy_vs_tokens_per_step, write_json, write_markdown
 from .scorers import _check_code_execution_allowed, available_scorers, get_scorer
@@ -202,7 +203,7 @@ def evaluate_few_step(
     dataset: Any,
     settings: Sequence[DecodingSetting | Mapping[str, Any]],
     batch_size: int = 8,
-    max_new_tokens: int = 256,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     output_dir: str | os.PathLike[str] | None = None,
     allow_code_execution: bool = False,
     progress: bool = True,

@@ -6,6 +6,9 @@ from typing import Any
 
 from transformers import GenerationConfig
 
+#: ``max_new_tokens`` of a decoding whose configuration leaves it unset
+DEFAULT_MAX_NEW_TOKENS = 256
+
 REMASKING_STRATEGIES = ("low_confidence_static", "low_confidence_dynamic", "sequential", "entropy_bounded")
 
 DIFFUSION_FIELDS = (
