@@ -1,23 +1,9 @@
-"""Teacher rollouts into the trajectory format (DESIGN §4).
+"""The rollout loop: settings resolution, prompt batching and generation (see ``docs/rollouts.md``).
 
-:func:`generate_trajectories` runs a block diffusion teacher over the prompts of a dataset with the few-step
-``generate()`` of :func:`t3d_trl.patch_model` and returns one row per prompt with the teacher's own token ids and,
-for every completion token, the denoising step that committed it (``step_map``). The rows are what
-:func:`t3d_trl.data.prepare_trajectory_dataset` and the T3D trainer read.
-
-Three properties hold by construction:
-
-* **Order and batch independence.** Prompts are sorted by length (longest first), cut into batches of
-  ``batch_size`` and the results are put back in the dataset's order. Batches are a function of the tokenised
-  prompts and ``batch_size`` only, and a sampling generator is seeded from ``(seed, batch index)``, so a rerun gives
-  the same rows.
-* **Multi-process = one process.** Under ``accelerate launch`` the *batches* (not the prompts) are dealt out to the
-  processes, so every batch has the same content and the same generator seed as in a one-process run; the rows are
-  gathered and every process returns the same dataset, identical to a one-process run.
-* **Resumable.** With ``output_dir`` every finished batch is written to ``output_dir/shards`` (atomically) as soon
-  as it finishes; a rerun with the same settings reads the finished rows back (it never recomputes them) and only
-  generates the rest. The final dataset (``output_dir/dataset``) and the ``done`` marker are written only once every
-  prompt has its row.
+:func:`generate_trajectories` tokenises the prompts, checks their lengths, cuts them into length-sorted batches,
+deals the batches out to the processes, generates each batch with its own seeded generator, and assembles the rows,
+in the dataset's order, into the trajectory dataset; with an ``output_dir`` it resumes from and writes to the shard
+store of :mod:`t3d_trl.rollout.store`.
 """
 
 from __future__ import annotations
@@ -27,7 +13,6 @@ import json
 import logging
 import math
 import os
-import re
 from array import array
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -42,10 +27,11 @@ except ImportError:  # datasets 3
     from datasets import Sequence as List
 from transformers import GenerationConfig
 
-from .devices import model_device
-from .generation import DiffusionGenerationConfig, FewStepDiffusionGenerationMixin, patch_model
-from .generation.configuration import DEFAULT_MAX_NEW_TOKENS
-from .prompts import tokenize_prompts, tokenizer_of
+from ..devices import model_device
+from ..generation import DiffusionGenerationConfig, FewStepDiffusionGenerationMixin, patch_model
+from ..generation.configuration import DEFAULT_MAX_NEW_TOKENS
+from ..prompts import tokenize_prompts, tokenizer_of
+from .store import close_store, open_store, settings_fingerprint, sha256_of, write_shard
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +39,8 @@ __all__ = [
     "ROLLOUT_COLUMNS",
     "ROLLOUT_METADATA_KEY",
     "generate_trajectories",
-    "push_trajectories_to_hub",
     "resolve_generation_config",
     "rollout_config",
-    "trajectory_dataset_card",
-    "trajectory_dataset_card_text",
 ]
 
 #: columns :func:`generate_trajectories` adds to the dataset (the prompt column is kept as given)
@@ -65,11 +48,6 @@ ROLLOUT_COLUMNS = ("completion", "prompt_ids", "completion_ids", "step_map", "bl
 #: key of the rollout record in the JSON of ``Dataset.info.description``
 ROLLOUT_METADATA_KEY = "t3d_trl_rollout"
 
-_CONFIG_FILE = "rollout_config.json"
-_DONE_FILE = "done"
-_SHARD_DIR = "shards"
-_DATASET_DIR = "dataset"
-_SHARD_PATTERN = re.compile(r"^batch(\d{6,})\.jsonl$")
 _CONFIG_META_FIELDS = ("transformers_version", "_from_model_config", "_commit_hash", "_original_object_hash")
 
 _ROLLOUT_FEATURES = {
@@ -156,10 +134,6 @@ def _config_dict(config: GenerationConfig) -> dict[str, Any]:
 def _model_name(model: Any) -> str | None:
     name = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None)
     return str(name) if name else None
-
-
-def _sha256(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def rollout_config(dataset: Dataset) -> dict[str, Any] | None:
@@ -313,98 +287,6 @@ def _generate_batch(
     return results
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Output directory
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace`` (never a half-written file)."""
-    temporary = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
-def _shard_path(output_dir: Path, batch_index: int) -> Path:
-    return output_dir / _SHARD_DIR / f"batch{batch_index:06d}.jsonl"
-
-
-def _write_shard(output_dir: Path, batch_index: int, rows: Sequence[dict[str, Any]]) -> None:
-    _atomic_write(_shard_path(output_dir, batch_index), "".join(json.dumps(row) + "\n" for row in rows))
-
-
-#: entries of the settings record that are informational (not part of the fingerprint)
-_INFORMATIONAL = ("fingerprint", "dataset_fingerprint", "t3d_trl_version")
-
-
-def _describe_difference(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
-    differences = []
-    for key in sorted(set(old) | set(new)):
-        if not prefix and key in _INFORMATIONAL:
-            continue
-        before, after = old.get(key, "<unset>"), new.get(key, "<unset>")
-        if isinstance(before, Mapping) and isinstance(after, Mapping):
-            differences += _describe_difference(before, after, f"{prefix}{key}.")
-        elif before != after:
-            differences.append(f"{prefix}{key}: {before!r} -> {after!r}")
-    return differences
-
-
-def _prepare_output_dir(
-    output_dir: Path, record: dict[str, Any], batches: Sequence[Sequence[int]], prompt_ids: Sequence[list[int]]
-) -> tuple[dict[int, list[dict[str, Any]]], bool]:
-    """Check (or write) the settings record of ``output_dir`` and read back the finished batches.
-
-    Returns:
-        ``(finished, done)``: the rows of every finished batch by batch index, and whether the ``done`` marker is
-        there.
-    """
-    config_path = output_dir / _CONFIG_FILE
-    if config_path.is_file():
-        stored = json.loads(config_path.read_text(encoding="utf-8"))
-        if stored.get("fingerprint") != record["fingerprint"]:
-            differences = _describe_difference(stored, record) or ["(settings fingerprint)"]
-            raise ValueError(
-                f"{output_dir} holds a rollout made with other settings, so it cannot be resumed: "
-                + "; ".join(differences)
-                + ". Use a new output_dir, or delete this one to start over."
-            )
-    else:
-        leftovers = [name for name in (_SHARD_DIR, _DATASET_DIR, _DONE_FILE) if (output_dir / name).exists()]
-        if leftovers:
-            raise ValueError(
-                f"{output_dir} has {', '.join(leftovers)} but no {_CONFIG_FILE}: it is not a t3d-trl rollout "
-                "directory (or a damaged one). Use a new output_dir."
-            )
-        output_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(config_path, json.dumps(record, indent=2, sort_keys=True) + "\n")
-    (output_dir / _SHARD_DIR).mkdir(parents=True, exist_ok=True)
-
-    finished: dict[int, list[dict[str, Any]]] = {}
-    for path in sorted((output_dir / _SHARD_DIR).iterdir()):
-        match = _SHARD_PATTERN.match(path.name)
-        if match is None:
-            continue  # temporary files of an interrupted write, or foreign files
-        batch_index = int(match.group(1))
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        expected = list(batches[batch_index]) if batch_index < len(batches) else None
-        if expected is None or [row["index"] for row in rows] != expected:
-            raise ValueError(
-                f"Shard {path} does not match this rollout's batches (rows {[r.get('index') for r in rows]}, "
-                f"expected {expected}). The output_dir is damaged; use a new one."
-            )
-        for row in rows:
-            if row["prompt_ids"] != prompt_ids[row["index"]]:
-                raise ValueError(
-                    f"Shard {path}: row {row['index']} was made from other prompt ids; use a new output_dir."
-                )
-        finished[batch_index] = rows
-    return finished, (output_dir / _DONE_FILE).is_file()
-
-
 def _default_state() -> Any:
     """``accelerate.PartialState()``, on CPU processes when launched without an accelerator.
 
@@ -422,8 +304,111 @@ def _default_state() -> Any:
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or (launched and not has_accelerator))
 
 
+def _check_arguments(dataset: Any, prompt_column: str, batch_size: Any, max_prompt_length: int | None) -> None:
+    """Refuse a dataset without prompts and invalid batch or length settings (before anything runs)."""
+    if not isinstance(dataset, Dataset):
+        raise TypeError(f"`dataset` must be a datasets.Dataset, got {type(dataset).__name__}.")
+    if prompt_column not in dataset.column_names:
+        raise ValueError(
+            f"The dataset has no `{prompt_column}` column (columns: {dataset.column_names}). Pass the prompt column "
+            "with `prompt_column=`."
+        )
+    if len(dataset) == 0:
+        raise ValueError("The dataset is empty: there are no prompts to roll out.")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+    if max_prompt_length is not None and max_prompt_length < 1:
+        raise ValueError(f"`max_prompt_length` must be a positive integer or None, got {max_prompt_length!r}.")
+
+
+def _settings_record(
+    model: Any,
+    config: DiffusionGenerationConfig,
+    dataset: Dataset,
+    prompt_ids: Sequence[Sequence[int]],
+    prompt_column: str,
+    batch_size: int,
+    seed: int,
+    max_prompt_length: int | None,
+) -> dict[str, Any]:
+    """Everything the rows depend on, its fingerprint and the t3d-trl version: the rollout record."""
+    settings = {
+        "model_name_or_path": _model_name(model),
+        "model_class": type(model).__name__,
+        "model_dtype": str(getattr(model, "dtype", None)),
+        "model_config_sha256": sha256_of(model.config.to_dict()) if hasattr(model, "config") else None,
+        "generation_config": _config_dict(config),
+        "prompt_column": prompt_column,
+        "batch_size": batch_size,
+        "seed": seed,
+        "max_prompt_length": max_prompt_length,
+        "num_prompts": len(prompt_ids),
+        "prompts_sha256": _hash_prompt_ids(prompt_ids),
+        "dataset_fingerprint": getattr(dataset, "_fingerprint", None),
+    }
+    from .. import __version__
+
+    return {**settings, "fingerprint": settings_fingerprint(settings), "t3d_trl_version": __version__}
+
+
+def _pad_token_id(config: DiffusionGenerationConfig, processing_class: Any) -> int:
+    """The config's pad token, else the tokenizer's, else the mask token."""
+    pad_token_id = config.pad_token_id
+    if pad_token_id is None:
+        pad_token_id = getattr(tokenizer_of(processing_class), "pad_token_id", None)
+    if pad_token_id is None:
+        pad_token_id = config.mask_token_id
+    return pad_token_id
+
+
+def _generate_batches(
+    model: Any,
+    config: DiffusionGenerationConfig,
+    prompt_ids: Sequence[list[int]],
+    batches: Sequence[Sequence[int]],
+    mine: Sequence[int],
+    pad_token_id: int,
+    seed: int,
+    directory: Path | None,
+    description: str,
+    show_progress: bool,
+) -> list[dict[str, Any]]:
+    """Roll out the batches ``mine`` of this process, writing each one to the store as it finishes."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=sum(len(batches[index]) for index in mine), desc=description, unit="prompt", disable=not show_progress
+    )
+    new_rows: list[dict[str, Any]] = []
+    try:
+        for batch_index in mine:
+            rows = _generate_batch(model, config, prompt_ids, batches[batch_index], pad_token_id, seed, batch_index)
+            if directory is not None:
+                write_shard(directory, batch_index, rows)
+            new_rows.extend(rows)
+            bar.update(len(rows))
+    finally:
+        bar.close()
+    return new_rows
+
+
+def _rows_in_order(
+    finished: Mapping[int, list[dict[str, Any]]], new_rows: Sequence[dict[str, Any]], num_prompts: int
+) -> list[dict[str, Any]]:
+    """The rows read back from the store and the new ones, in the dataset's order (each prompt exactly once)."""
+    by_index = {row["index"]: row for rows in finished.values() for row in rows}
+    for row in new_rows:
+        if row["index"] in by_index:
+            raise RuntimeError(f"Row {row['index']} was generated twice; this is a bug in generate_trajectories.")
+        by_index[row["index"]] = row
+    if sorted(by_index) != list(range(num_prompts)):
+        missing = sorted(set(range(num_prompts)) - set(by_index))
+        raise RuntimeError(f"Rows {missing[:10]} have no rollout; this is a bug in generate_trajectories.")
+    return [by_index[row] for row in range(num_prompts)]
+
+
 # --------------------------------------------------------------------------------------------------------------------
-# Public API
+# The loop
 # --------------------------------------------------------------------------------------------------------------------
 
 
@@ -496,26 +481,11 @@ def generate_trajectories(
             position limit (raised before any generation, naming the row), invalid settings, or an ``output_dir``
             made with other settings.
     """
-    from accelerate.utils import broadcast_object_list, gather_object
-    from tqdm.auto import tqdm
+    from accelerate.utils import gather_object
 
-    if not isinstance(dataset, Dataset):
-        raise TypeError(f"`dataset` must be a datasets.Dataset, got {type(dataset).__name__}.")
-    if prompt_column not in dataset.column_names:
-        raise ValueError(
-            f"The dataset has no `{prompt_column}` column (columns: {dataset.column_names}). Pass the prompt column "
-            "with `prompt_column=`."
-        )
-    if len(dataset) == 0:
-        raise ValueError("The dataset is empty: there are no prompts to roll out.")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
-    if max_prompt_length is not None and max_prompt_length < 1:
-        raise ValueError(f"`max_prompt_length` must be a positive integer or None, got {max_prompt_length!r}.")
-
+    _check_arguments(dataset, prompt_column, batch_size, max_prompt_length)
     state = accelerator if accelerator is not None else _default_state()
     num_processes, process_index = int(state.num_processes), int(state.process_index)
-    is_main = bool(state.is_main_process)
     distributed = num_processes > 1
 
     if not isinstance(model, FewStepDiffusionGenerationMixin):
@@ -524,93 +494,40 @@ def generate_trajectories(
         logger.warning("The teacher is in training mode (dropout is active); call model.eval() before rolling out.")
     config = resolve_generation_config(model, generation_config)
 
-    prompts = list(dataset[prompt_column])
-    prompt_ids = tokenize_prompts(processing_class, prompts, column=prompt_column)
+    prompt_ids = tokenize_prompts(processing_class, list(dataset[prompt_column]), column=prompt_column)
     _check_not_empty(prompt_ids)
     _check_lengths(prompt_ids, config, model, max_prompt_length)
     batches = _plan_batches([len(ids) for ids in prompt_ids], batch_size)
-
-    settings = {
-        "model_name_or_path": _model_name(model),
-        "model_class": type(model).__name__,
-        "model_dtype": str(getattr(model, "dtype", None)),
-        "model_config_sha256": _sha256(model.config.to_dict()) if hasattr(model, "config") else None,
-        "generation_config": _config_dict(config),
-        "prompt_column": prompt_column,
-        "batch_size": batch_size,
-        "seed": seed,
-        "max_prompt_length": max_prompt_length,
-        "num_prompts": len(prompt_ids),
-        "prompts_sha256": _hash_prompt_ids(prompt_ids),
-        "dataset_fingerprint": getattr(dataset, "_fingerprint", None),
-    }
-    from . import __version__
-
-    # the dataset's own fingerprint is informational (it is random for some in-memory datasets); the prompts' ids
-    # are what the rollout depends on
-    fingerprint = _sha256({key: value for key, value in settings.items() if key not in _INFORMATIONAL})
-    record = {**settings, "fingerprint": fingerprint, "t3d_trl_version": __version__}
+    record = _settings_record(model, config, dataset, prompt_ids, prompt_column, batch_size, seed, max_prompt_length)
 
     directory = Path(output_dir) if output_dir is not None else None
     finished: dict[int, list[dict[str, Any]]] = {}
     already_done = False
     if directory is not None:
-        outcome: list[Any] = [None]
-        if is_main:
-            try:
-                outcome = [("ok", *_prepare_output_dir(directory, record, batches, prompt_ids))]
-            except Exception as error:  # sent to every process so that all of them raise
-                outcome = [("error", error)]
-        if distributed:
-            outcome = broadcast_object_list(outcome, from_process=0)
-        if outcome[0][0] == "error":
-            raise outcome[0][1]
-        _, finished, already_done = outcome[0]
+        finished, already_done = open_store(directory, record, batches, prompt_ids, state)
 
     pending = [index for index in range(len(batches)) if index not in finished]
     mine = pending[process_index::num_processes]
-    pad_token_id = config.pad_token_id
-    if pad_token_id is None:
-        pad_token_id = getattr(tokenizer_of(processing_class), "pad_token_id", None)
-    if pad_token_id is None:
-        pad_token_id = config.mask_token_id
-
-    bar = tqdm(
-        total=sum(len(batches[index]) for index in mine),
-        desc="Teacher rollouts" if not distributed else f"Teacher rollouts (process {process_index})",
-        unit="prompt",
-        disable=not (progress and is_main),
+    description = "Teacher rollouts" if not distributed else f"Teacher rollouts (process {process_index})"
+    new_rows = _generate_batches(
+        model,
+        config,
+        prompt_ids,
+        batches,
+        mine,
+        _pad_token_id(config, processing_class),
+        seed,
+        directory,
+        description,
+        show_progress=progress and state.is_main_process,
     )
-    new_rows: list[dict[str, Any]] = []
-    try:
-        for batch_index in mine:
-            rows = _generate_batch(model, config, prompt_ids, batches[batch_index], pad_token_id, seed, batch_index)
-            if directory is not None:
-                _write_shard(directory, batch_index, rows)
-            new_rows.extend(rows)
-            bar.update(len(rows))
-    finally:
-        bar.close()
-
     if distributed:
         new_rows = gather_object(new_rows)
-    by_index = {row["index"]: row for rows in finished.values() for row in rows}
-    for row in new_rows:
-        if row["index"] in by_index:
-            raise RuntimeError(f"Row {row['index']} was generated twice; this is a bug in generate_trajectories.")
-        by_index[row["index"]] = row
-    if sorted(by_index) != list(range(len(prompt_ids))):
-        missing = sorted(set(range(len(prompt_ids))) - set(by_index))
-        raise RuntimeError(f"Rows {missing[:10]} have no rollout; this is a bug in generate_trajectories.")
+    rows = _rows_in_order(finished, new_rows, len(prompt_ids))
 
-    result = _assemble(dataset, processing_class, [by_index[row] for row in range(len(prompt_ids))], config, record)
+    result = _assemble(dataset, processing_class, rows, config, record)
     if directory is not None:
-        if is_main and not already_done:
-            result.save_to_disk(str(directory / _DATASET_DIR))
-            marker = {"num_rows": len(result), "fingerprint": fingerprint}
-            _atomic_write(directory / _DONE_FILE, json.dumps(marker) + "\n")
-        if distributed:
-            state.wait_for_everyone()
+        close_store(directory, result, record["fingerprint"], already_done, state)
     return result
 
 
@@ -643,149 +560,3 @@ def _assemble(
     dataset = concatenate_datasets([dataset.flatten_indices() if dataset._indices is not None else dataset, added], axis=1)
     dataset.info.description = json.dumps({ROLLOUT_METADATA_KEY: record}, sort_keys=True)
     return dataset
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Hub
-# --------------------------------------------------------------------------------------------------------------------
-
-_CARD_TAGS = ["t3d-trl", "trajectories", "diffusion-language-model", "distillation"]
-
-
-def trajectory_dataset_card_text(dataset: Dataset, repo_id: str | None = None) -> str:
-    """The markdown body of a trajectory dataset's card: what the rows are, every column, the teacher's settings.
-
-    Args:
-        dataset: a dataset returned by :func:`generate_trajectories`.
-        repo_id: the Hub repository (used in the loading snippet).
-
-    Returns:
-        Markdown text (without the YAML header).
-    """
-    record = rollout_config(dataset) or {}
-    config = record.get("generation_config", {})
-    prompt_column = record.get("prompt_column", "prompt")
-    teacher = record.get("model_name_or_path") or "an unrecorded model"
-    name = repo_id or "path/to/trajectories"
-    lines = [f"# Teacher trajectories of {teacher}", ""]
-    lines += [
-        f"{len(dataset)} teacher rollouts recorded with [t3d-trl](https://github.com/t3d-trl/t3d-trl)'s "
-        "`generate_trajectories`, for trajectory self-distillation (T3D, "
-        "[arXiv 2602.12262](https://arxiv.org/abs/2602.12262)). Each row holds the teacher's own completion token "
-        "ids and, for every completion token, the denoising step at which the teacher committed it.",
-        "",
-    ]
-    if {"completion_ids", "nfe"} <= set(dataset.column_names) and len(dataset):
-        lengths = [len(ids) for ids in dataset["completion_ids"]]
-        forwards = list(dataset["nfe"])
-        tokens, calls = sum(lengths), sum(forwards)
-        lines += [
-            "## Statistics",
-            "",
-            f"- rows: {len(dataset)}",
-            f"- completion tokens: {tokens} (mean {tokens / len(dataset):.1f} per row)",
-            f"- teacher forwards (NFE): {calls} (mean {calls / len(dataset):.1f} per row)",
-            f"- tokens per forward: {tokens / calls:.2f}" if calls else "- tokens per forward: n/a",
-            "",
-        ]
-    lines += [
-        "## Columns",
-        "",
-        "| column | content |",
-        "|---|---|",
-        f"| `{prompt_column}` | the prompt as given (text or chat messages) |",
-        "| `completion` | the decoded completion (special tokens skipped) |",
-        "| `prompt_ids` | the exact token ids fed to the teacher (chat template applied, no padding) |",
-        "| `completion_ids` | the teacher's generated ids up to and including its first EOS (never re-tokenised) |",
-        "| `step_map` | per completion token, the 0-based denoising step (counted over the whole completion) that "
-        "committed it; same length as `completion_ids` |",
-        "| `block_size` | the teacher's block size |",
-        "| `steps_per_block` | the teacher's denoising steps per block |",
-        "| `nfe` | forward passes the teacher spent on the row |",
-    ]
-    others = [c for c in dataset.column_names if c not in ROLLOUT_COLUMNS and c != prompt_column]
-    if others:
-        lines.append(f"| {', '.join(f'`{c}`' for c in others)} | columns of the source dataset, kept as they were |")
-    lines += ["", "## Teacher settings", ""]
-    if config:
-        keys = ("block_size", "steps_per_block", "remasking", "temperature", "top_k", "top_p", "max_new_tokens",
-                "confidence_threshold", "entropy_bound")
-        lines += [f"- teacher: `{teacher}`"]
-        lines += [f"- `{key}`: `{config.get(key)}`" for key in keys if key in config]
-        lines += [f"- `batch_size`: `{record.get('batch_size')}`, `seed`: `{record.get('seed')}`", ""]
-        lines += ["Full decoding configuration (`DiffusionGenerationConfig.to_dict()`):", "", "```json"]
-        lines += [json.dumps(config, indent=2, sort_keys=True), "```", ""]
-    else:
-        lines += ["Not recorded.", ""]
-    lines += [
-        "## Usage",
-        "",
-        "```python",
-        "from datasets import load_dataset",
-        "from t3d_trl.data import prepare_trajectory_dataset",
-        "",
-        f'trajectories = load_dataset("{name}", split="train")',
-        "trajectories, stats = prepare_trajectory_dataset(trajectories)",
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def trajectory_dataset_card(dataset: Dataset, repo_id: str | None = None, base_card: Any = None) -> Any:
-    """A ``huggingface_hub.DatasetCard`` for a trajectory dataset.
-
-    Args:
-        dataset: a dataset returned by :func:`generate_trajectories`.
-        repo_id: the Hub repository.
-        base_card: an existing card (e.g. the one ``Dataset.push_to_hub`` wrote) whose YAML metadata is kept.
-
-    Returns:
-        The card, with the t3d-trl tags added and :func:`trajectory_dataset_card_text` as its body.
-    """
-    from huggingface_hub import DatasetCard, DatasetCardData
-
-    data = base_card.data if base_card is not None else DatasetCardData()
-    tags = list(getattr(data, "tags", None) or [])
-    data.tags = tags + [tag for tag in _CARD_TAGS if tag not in tags]
-    return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{trajectory_dataset_card_text(dataset, repo_id)}")
-
-
-def push_trajectories_to_hub(dataset: Dataset, repo_id: str, **kwargs: Any) -> Any:
-    """Push a trajectory dataset to the Hub with a dataset card describing its columns and the teacher's settings.
-
-    Runs ``dataset.push_to_hub(repo_id, **kwargs)``, uploads the rollout record (:func:`rollout_config`) as
-    ``rollout_config.json`` (``datasets`` does not keep ``info.description`` on the Hub), then replaces the body of
-    the ``README.md`` ``push_to_hub`` wrote by :func:`trajectory_dataset_card_text` (keeping its YAML metadata, plus
-    t3d-trl tags).
-
-    Args:
-        dataset: a dataset returned by :func:`generate_trajectories`.
-        repo_id: the dataset repository, ``"user/name"``.
-        kwargs: arguments of :meth:`datasets.Dataset.push_to_hub` (``private``, ``token``, ``revision``, ``split``...).
-
-    Returns:
-        The ``CommitInfo`` of the card's commit.
-    """
-    from huggingface_hub import DatasetCard, HfApi
-
-    dataset.push_to_hub(repo_id, **kwargs)
-    token, revision = kwargs.get("token"), kwargs.get("revision")
-    record = rollout_config(dataset)
-    if record is not None:
-        HfApi(token=token).upload_file(
-            path_or_fileobj=(json.dumps(record, indent=2, sort_keys=True) + "\n").encode(),
-            path_in_repo=_CONFIG_FILE,
-            repo_id=repo_id,
-            repo_type="dataset",
-            revision=revision,
-            commit_message="Teacher rollout settings",
-        )
-    try:
-        base = DatasetCard.load(repo_id, repo_type="dataset", token=token)
-    except Exception:  # no README on the Hub: start from an empty card
-        base = None
-    card = trajectory_dataset_card(dataset, repo_id, base_card=base)
-    return card.push_to_hub(
-        repo_id, token=token, repo_type="dataset", revision=revision, commit_message="Trajectory dataset card"
-    )
