@@ -6,9 +6,9 @@ import logging
 import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
+from ..local_datasets import load_local_dataset
 from .arguments import DatasetArguments, LoraArguments, ModelArguments
 
 logger = logging.getLogger(__name__)
@@ -25,10 +25,6 @@ __all__ = [
     "peft_config_from_args",
 ]
 
-#: the files `generate_trajectories(output_dir=...)` writes next to the final dataset
-_ROLLOUT_DIR_MARKERS = ("rollout_config.json", "dataset")
-_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".ndjson": "json", ".parquet": "parquet", ".csv": "csv"}
-
 
 def escape_help_percent(parser: Any) -> Any:
     """Escape lone ``%`` in the help texts of ``parser``'s arguments (argparse %-formats help strings)."""
@@ -41,52 +37,6 @@ def escape_help_percent(parser: Any) -> Any:
 # --------------------------------------------------------------------------------------------------------------------
 # Datasets
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def load_local_dataset(path: str | os.PathLike, split: str = "train") -> Any:
-    """A dataset stored on this machine.
-
-    Args:
-        path: a ``save_to_disk`` directory (a ``Dataset``, or a ``DatasetDict`` of which ``split`` is taken), a
-            ``t3d-trl rollout`` / ``generate_trajectories(output_dir=...)`` directory (its ``dataset/`` is read), a
-            directory of data files, or a ``.json``/``.jsonl``/``.parquet``/``.csv``/``.arrow`` file.
-        split: the split of a ``DatasetDict`` or of a directory of data files.
-
-    Returns:
-        A ``datasets.Dataset``.
-    """
-    from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"No dataset at {str(path)!r}.")
-    if path.is_dir():
-        if all((path / name).exists() for name in _ROLLOUT_DIR_MARKERS):
-            return load_local_dataset(path / "dataset", split)
-        if (path / "rollout_config.json").exists():
-            raise ValueError(
-                f"{path} is an unfinished rollout directory (no `dataset/` yet): rerun `t3d-trl rollout` with the same "
-                "settings to finish it."
-            )
-        if (path / "state.json").exists() or (path / "dataset_dict.json").exists():
-            data = load_from_disk(str(path))
-            if isinstance(data, DatasetDict):
-                if split not in data:
-                    raise ValueError(f"{path} has splits {list(data)}, not {split!r}; pick one with the split flag.")
-                data = data[split]
-            return data
-        return load_dataset(str(path), split=split)
-    suffix = path.suffix.lower()
-    if suffix == ".arrow":
-        return Dataset.from_file(str(path))
-    if suffix == ".gz" and Path(path.stem).suffix.lower() in _FILE_BUILDERS:
-        suffix = Path(path.stem).suffix.lower()
-    if suffix not in _FILE_BUILDERS:
-        raise ValueError(
-            f"Unsupported dataset file {str(path)!r}: use .json, .jsonl, .parquet, .csv or .arrow, or a save_to_disk "
-            "directory."
-        )
-    return load_dataset(_FILE_BUILDERS[suffix], data_files=str(path), split="train")
 
 
 def load_dataset_from_args(args: DatasetArguments) -> Any:
