@@ -94,7 +94,7 @@ from t3d_trl.scripts import (
     peft_config_from_args,
     train_and_save,
 )
-from t3d_trl.scripts.tiny import tiny_prompts, tiny_teacher
+from t3d_trl.testing import tiny_prompts, tiny_teacher
 
 logger = logging.getLogger("examples.sdar")
 

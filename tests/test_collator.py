@@ -7,8 +7,8 @@ import torch
 
 from t3d_trl.collator import DataCollatorForTrajectory
 from t3d_trl.masks import CLEAN, NOISY, layout_block_mask, to_additive_mask
+from t3d_trl.testing import tiny_qwen3
 from t3d_trl.trajectory import sample_current_block
-from tiny import tiny_qwen3
 
 PAD, EOS, MASK, VOCAB = 0, 1, 39, 40
 BLOCK = 4

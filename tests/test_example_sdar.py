@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 from datasets import load_from_disk
-from tiny import free_port
+
+from t3d_trl.testing import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "sdar.py"
