@@ -17,8 +17,8 @@ from datasets import load_from_disk
 from t3d_trl.cli import main, parse_command
 from t3d_trl.evaluation import EvalResult, read_json
 from t3d_trl.scripts import EvalArguments, load_local_dataset
-from t3d_trl.scripts.commands import average_results, decoding_settings, load_eval_sets, resolve_scorer
-from t3d_trl.scripts.demo_arguments import demo_config_from_args, full_demo_config
+from t3d_trl.scripts.demo import demo_config_from_args, full_demo_config
+from t3d_trl.scripts.evaluate import average_results, decoding_settings, load_eval_sets, resolve_scorer
 from t3d_trl.scripts.utils import format_prompts, resolve_prompt_template
 
 ROOT = Path(__file__).resolve().parents[1]

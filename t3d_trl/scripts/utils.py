@@ -1,11 +1,13 @@
-"""Loading helpers shared by the ``t3d-trl`` command line and the example scripts."""
+"""Helpers shared by the scripts of ``t3d-trl`` (:mod:`t3d_trl.scripts.rollout`, ``train``, ``evaluate``, ``demo``)
+and the example scripts: their parsers, logging, and the loading of datasets, tokenizers, models and LoRA configs."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..local_datasets import load_local_dataset
@@ -14,16 +16,34 @@ from .arguments import DatasetArguments, LoraArguments, ModelArguments
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "HelpFormatter",
+    "as_plain",
     "escape_help_percent",
     "format_prompts",
     "load_dataset_from_args",
-    "resolve_prompt_template",
     "load_local_dataset",
     "load_model",
     "load_tokenizer",
+    "make_script_parser",
     "model_init_kwargs",
     "peft_config_from_args",
+    "resolve_prompt_template",
+    "setup_logging",
 ]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Parsers
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the examples' line breaks and shows the defaults that are set."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def escape_help_percent(parser: Any) -> Any:
@@ -32,6 +52,45 @@ def escape_help_percent(parser: Any) -> Any:
         if isinstance(action.help, str):
             action.help = re.sub(r"(?<!%)%(?![(%])", "%%", action.help)
     return parser
+
+
+def make_script_parser(
+    command: str,
+    dataclass_types: Sequence[type],
+    help_text: str,
+    examples: str,
+    subparsers: argparse._SubParsersAction | None = None,
+    prog: str | None = None,
+) -> Any:
+    """The :class:`trl.TrlParser` of a script, as TRL's scripts make theirs.
+
+    Args:
+        command: the ``t3d-trl`` subcommand (the name of the subparser).
+        dataclass_types: the dataclasses parsed (``--config file.yaml`` and flags).
+        help_text: one line on what the script does.
+        examples: the epilog (example command lines).
+        subparsers: when given (from ``add_subparsers(parser_class=TrlParser)``), the parser is registered there as
+            ``command``; otherwise a standalone parser is returned.
+        prog: the program name of a standalone parser (``None``: the script's file name).
+    """
+    from trl import TrlParser
+
+    settings = dict(
+        description=help_text + " Settings come from `--config file.yaml` and/or flags (flags win).",
+        epilog=examples,
+        formatter_class=HelpFormatter,
+        allow_abbrev=False,
+    )
+    if subparsers is not None:
+        parser = subparsers.add_parser(command, help=help_text, dataclass_types=dataclass_types, **settings)
+    else:
+        parser = TrlParser(dataclass_types, prog=prog, **settings)
+    return escape_help_percent(parser)
+
+
+def setup_logging() -> None:
+    """INFO logging with timestamps, for a script run from the command line."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -151,6 +210,7 @@ def load_model(args: ModelArguments, family: str | None = None, tokenizer: Any =
     kwargs = model_init_kwargs(args)
     if kwargs["dtype"] != "auto":
         kwargs["dtype"] = getattr(torch, kwargs["dtype"])
+    # family decision: moves to the family registry
     loader = AutoModelForMaskedLM if family == "bidirectional" else AutoModelForCausalLM
     model = loader.from_pretrained(args.model_name_or_path, **kwargs)
     if device is not None:
@@ -188,15 +248,3 @@ def as_plain(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
-
-
-def train_and_save(trainer, dataset_name: str | None = None) -> None:
-    """``trainer.train()`` (resuming from ``args.resume_from_checkpoint``), save the model to ``args.output_dir``,
-    and push it to the Hub (its card naming ``dataset_name``) when ``args.push_to_hub``."""
-    args = trainer.args
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    trainer.save_model(args.output_dir)
-    trainer.accelerator.print(f"Model saved to {args.output_dir}")
-    if args.push_to_hub:
-        trainer.push_to_hub(dataset_name=dataset_name)
-        trainer.accelerator.print(f"Model pushed to https://huggingface.co/{trainer.hub_model_id}")
