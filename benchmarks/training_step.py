@@ -7,7 +7,7 @@ token per step, so the layout ``[prompt ; x0 ; x_t]`` has 320 tokens and a 128-t
 one optimizer step of T3D (``loss_type=["ddo", "path"]``) are compared on the same model, reference and optimizer:
 
 * ``t3d``: ``trainer.training_step(trainer.model, batch)`` of a ``T3DTrainer`` followed by ``optimizer.step()``:
-  one student forward with gradients and one reference forward without (DESIGN §6, "Cost");
+  one student forward with gradients and one reference forward without (docs/training.md, "The method");
 * ``official``: the official scheme, written here with the same ``t3d_trl.losses`` functions and the same
   ``adapter.training_forward``: four full forwards on the same input: the reference twice without gradients (one
   gives x̂ and log p_ref(x0|x_t), the other log p_ref(x̂|x_t)) and the student twice with gradients (one gives the

@@ -42,7 +42,7 @@ def _collator(**overrides) -> DataCollatorForTrajectory:
 
 
 def _expected_layout(row: dict, masked: list[int], num_eos: int = 2):
-    """The layout of one row built token by token from DESIGN §5 (no padding)."""
+    """The layout of one row built token by token from docs/training.md, "The training layout" (no padding)."""
     prompt, completion = list(row["prompt_ids"]), list(row["completion_ids"])
     p = len(prompt)
     while (p + len(completion)) % BLOCK:
@@ -64,7 +64,7 @@ def _left_pad(values: list, length: int, fill) -> list:
 
 
 def _rule(q_block, q_stream, q_valid, k_block, k_stream, k_valid, same):
-    """The attention rule of DESIGN §5 for one (query, key) pair."""
+    """The attention rule of docs/training.md, "The training layout", for one (query, key) pair."""
     if not q_valid:
         return same
     if not k_valid:
