@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 
 
 def check(name: str, passed: bool, detail: str = "") -> bool:
@@ -31,9 +30,9 @@ def main() -> int:
         print("no CUDA device: nothing to check")
         return 1
     from datasets import Dataset
-    from tiny import rollout_rows, tiny_qwen3, tiny_tokenizer
 
     from t3d_trl import T3DConfig, T3DTrainer, patch_model
+    from t3d_trl.testing import rollout_rows, tiny_qwen3, tiny_tokenizer
 
     results = []
     gpu_tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", str(ROOT / "tests")], cwd=ROOT)

@@ -50,11 +50,12 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from transformers import Qwen3Config, Qwen3ForCausalLM
+from transformers import Qwen3ForCausalLM
 
 import t3d_trl
 from t3d_trl import DiffusionGenerationConfig, patch_model
 from t3d_trl.generation import diffusion_generate
+from t3d_trl.testing import tiny_qwen3
 
 VOCAB_SIZE = 512
 MASK_TOKEN_ID = VOCAB_SIZE - 1
@@ -70,23 +71,20 @@ TARGET_BATCH_SPEEDUP = 6.0
 
 
 def build_model(hidden_size: int = 256, num_layers: int = 4) -> Qwen3ForCausalLM:
-    torch.manual_seed(0)
-    config = Qwen3Config(
+    model = tiny_qwen3(
+        seed=0,
+        dtype=torch.float32,
         vocab_size=VOCAB_SIZE,
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
         num_hidden_layers=num_layers,
-        num_attention_heads=4,
         num_key_value_heads=4,
         head_dim=hidden_size // 4,
         max_position_embeddings=1024,
-        attn_implementation="sdpa",
-        tie_word_embeddings=False,
         eos_token_id=None,
         pad_token_id=None,
         bos_token_id=None,
     )
-    model = Qwen3ForCausalLM(config).to(torch.float32).eval()
     # eos_token_id=None: the engine never stops early and every row decodes max_new_tokens
     return patch_model(model, mask_token_id=MASK_TOKEN_ID, eos_token_id=None, block_size=BLOCK_SIZE)
 

@@ -29,11 +29,11 @@ import time
 
 import torch
 from datasets import Dataset
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+from transformers import PreTrainedTokenizerFast, Qwen3ForCausalLM
 
 from t3d_trl import patch_model
 from t3d_trl.rollout import generate_trajectories, resolve_generation_config
+from t3d_trl.testing import PRINTABLE_ASCII, tiny_qwen3, tiny_tokenizer
 
 SETTINGS = {"block_size": 4, "steps_per_block": 4, "max_new_tokens": 64, "temperature": 0.0}
 NUM_PROMPTS = 64
@@ -42,30 +42,20 @@ TARGET = 1.05
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """A character-level tokenizer: 4 special tokens and the 95 printable ASCII characters (vocab 99)."""
-    specials = ["<pad>", "<eos>", "<mask>", "<bos>"]
-    characters = [chr(code) for code in range(32, 127)]
-    backend = Tokenizer(models.WordLevel({t: i for i, t in enumerate(specials + characters)}, unk_token="<pad>"))
-    backend.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", mask_token="<mask>", bos_token="<bos>"
-    )
+    return tiny_tokenizer(characters=PRINTABLE_ASCII, chat_template=None)
 
 
 def build_model(vocab_size: int = 100) -> Qwen3ForCausalLM:
-    torch.manual_seed(0)
-    config = Qwen3Config(
+    return tiny_qwen3(
+        seed=0,
+        dtype=torch.float32,
         vocab_size=vocab_size,
         hidden_size=128,
         intermediate_size=256,
         num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         head_dim=32,
         max_position_embeddings=512,
-        attn_implementation="sdpa",
-        tie_word_embeddings=False,
     )
-    return Qwen3ForCausalLM(config).to(torch.float32).eval()
 
 
 def build_prompts(count: int = NUM_PROMPTS) -> list[str]:

@@ -7,7 +7,7 @@ token per step, so the layout ``[prompt ; x0 ; x_t]`` has 320 tokens and a 128-t
 one optimizer step of T3D (``loss_type=["ddo", "path"]``) are compared on the same model, reference and optimizer:
 
 * ``t3d``: ``trainer.training_step(trainer.model, batch)`` of a ``T3DTrainer`` followed by ``optimizer.step()``:
-  one student forward with gradients and one reference forward without (DESIGN §6, "Cost");
+  one student forward with gradients and one reference forward without (docs/training.md, "The method");
 * ``official``: the official scheme, written here with the same ``t3d_trl.losses`` functions and the same
   ``adapter.training_forward``: four full forwards on the same input: the reference twice without gradients (one
   gives x̂ and log p_ref(x0|x_t), the other log p_ref(x̂|x_t)) and the student twice with gradients (one gives the
@@ -53,13 +53,13 @@ import time
 import datasets
 import torch
 from datasets import Dataset
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+from transformers import PreTrainedTokenizerFast, Qwen3ForCausalLM
 from transformers.utils import logging as hf_logging
 
 from t3d_trl import DataCollatorForTrajectory, T3DConfig, T3DTrainer
 from t3d_trl.models.families import get_family
 from t3d_trl.losses import ddo_loss, path_loss, sample_fake_tokens, selective_log_softmax, sequence_logps
+from t3d_trl.testing import SPECIAL_TOKENS, tiny_qwen3, tiny_tokenizer
 
 VOCAB_SIZE = 512
 BLOCK_SIZE = 4
@@ -67,36 +67,26 @@ STEP = {"batch": 8, "prompt": 64, "completion": 128}
 COLLATOR = {"batch": 16, "prompt": 128, "completion": 192}
 STEP_TARGET = 0.55
 COLLATOR_TARGET = 2000.0
-SPECIAL_TOKENS = ["<pad>", "<eos>", "<mask>", "<bos>"]
 
 
 # ---------------------------------------------------------------------------------------------------- set-up
 def build_tokenizer(vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer with pad/eos/mask/bos and ``vocab_size − 4`` words ``w4 .. w{V-1}``."""
-    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
-    vocab.update({f"w{i}": i for i in range(len(SPECIAL_TOKENS), vocab_size)})
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", mask_token="<mask>", bos_token="<bos>"
-    )
+    """A tokenizer with pad/eos/mask/bos and ``vocab_size − 4`` entries ``w4 .. w{V-1}`` (the rows are token ids:
+    it only gives the trainer its special tokens and vocabulary size)."""
+    return tiny_tokenizer(characters=[f"w{i}" for i in range(len(SPECIAL_TOKENS), vocab_size)], chat_template=None)
 
 
 def build_model(vocab_size: int = VOCAB_SIZE) -> Qwen3ForCausalLM:
-    torch.manual_seed(0)
-    config = Qwen3Config(
+    return tiny_qwen3(
+        seed=0,
+        dtype=torch.float32,
         vocab_size=vocab_size,
         hidden_size=256,
         intermediate_size=768,
         num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         head_dim=64,
         max_position_embeddings=1024,
-        attn_implementation="sdpa",
-        tie_word_embeddings=False,
     )
-    return Qwen3ForCausalLM(config).to(torch.float32)
 
 
 def synthetic_rows(

@@ -22,48 +22,25 @@ from __future__ import annotations
 import argparse
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+from transformers import Qwen3ForCausalLM
 
 from t3d_trl import patch_model
+from t3d_trl.testing import PRINTABLE_ASCII, tiny_qwen3, tiny_tokenizer
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}assistant: {% endif %}"
-)
 DEFAULT_PROMPTS = ["What is 2+3?", "Name a color.", "Count to five:"]
-
-
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A character-level tokenizer with pad, EOS and mask tokens and a chat template, built from a vocabulary."""
-    specials = ["<pad>", "<eos>", "<mask>", "<bos>"]
-    characters = [chr(code) for code in range(32, 127)]  # printable ASCII
-    backend = Tokenizer(models.WordLevel({t: i for i, t in enumerate(specials + characters)}, unk_token="<pad>"))
-    backend.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    backend.decoder = decoders.Fuse()  # join characters without spaces
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", mask_token="<mask>", bos_token="<bos>"
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
 
 
 def tiny_model(vocab_size: int) -> Qwen3ForCausalLM:
     """A 2-layer Qwen3 with random weights, run with the ``sdpa`` kernel (which takes 4D block-causal masks)."""
-    torch.manual_seed(0)
-    config = Qwen3Config(
+    return tiny_qwen3(
+        seed=0,
+        dtype=torch.float32,
         vocab_size=vocab_size,
         hidden_size=64,
         intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         head_dim=16,
         max_position_embeddings=512,
-        attn_implementation="sdpa",
-        tie_word_embeddings=False,
     )
-    return Qwen3ForCausalLM(config).eval()
 
 
 def load_pretrained(args):
@@ -120,7 +97,7 @@ def main() -> None:
     prompts = args.prompts or DEFAULT_PROMPTS
 
     if args.model_name_or_path is None:
-        tokenizer = tiny_tokenizer()
+        tokenizer = tiny_tokenizer(characters=PRINTABLE_ASCII)  # pad, EOS, mask, BOS and a chat template
         model = tiny_model(len(tokenizer)).to(args.device)
         print(f"tiny Qwen3 (random weights, {sum(p.numel() for p in model.parameters()):,} parameters) and a "
               f"character tokenizer, built from configs")

@@ -6,11 +6,13 @@
 The script rolls the teacher out over the prompts of a dataset (or takes an existing trajectory dataset with
 ``--trajectories_path``), trains the student (initialised from the teacher) with :class:`t3d_trl.T3DTrainer`, saves
 it (weights, tokenizer, few-step ``generation_config.json``, ``custom_generate/``, model card) and, with
-``--push_to_hub``, pushes it. Flags come in three groups, parsed by ``trl.TrlParser`` (a ``--config file.yaml``
-works too): the script's own (dataset, rollout), the model's (``ModelArguments``) and every field of
-:class:`t3d_trl.T3DConfig` / ``TrainingArguments``.
+``--push_to_hub``, pushes it. The two stages are the ``main`` functions of the ``t3d-trl rollout`` and ``t3d-trl
+train`` scripts (:mod:`t3d_trl.scripts.rollout`, :mod:`t3d_trl.scripts.train`), run one after the other in one
+launch. Flags come in three groups, parsed by ``trl.TrlParser`` (a ``--config file.yaml`` works too): the script's
+own (dataset, rollout), the model's (``ModelArguments``) and every field of :class:`t3d_trl.T3DConfig` /
+``TrainingArguments``.
 
-# The official T3D recipe (DESIGN §7): SDAR-4B-Chat on MATH, 8 GPUs, DeepSpeed ZeRO-1
+# The official T3D recipe (docs/training.md, "The official recipe"): SDAR-4B-Chat on MATH, 8 GPUs, DeepSpeed ZeRO-1
 
 ```bash
 accelerate launch --config_file examples/accelerate_configs/deepspeed_zero1.yaml examples/sdar.py \\
@@ -54,11 +56,12 @@ Two stages instead of one (rollouts on one cluster, training on another, or the 
 # Tiny offline run (no download, a CPU is enough)
 
 Without ``--model_name_or_path`` the script builds the demo's character tokenizer and a tiny Qwen3 teacher from a
-config (``t3d_trl.demo.pipeline``), trains it for ``--tiny_teacher_steps`` steps as a block diffusion LM on the
-demo tasks' ground-truth answers, rolls it out over ``--max_samples`` demo prompts (8 new tokens each) and trains
-T3D on the result. Besides the student it writes ``<output_dir>/teacher`` (the tiny teacher), ``prompts.jsonl``
-(prompts with references and scorer names) and ``trajectories/``, which the offline configs of
-``examples/configs/`` use (``t3d-trl rollout --config examples/configs/rollout.yaml``, then ``train``, ``eval``)::
+config (``t3d_trl.testing.tiny_teacher``), trains it for ``--tiny_teacher_steps`` steps as a block diffusion LM on
+the demo tasks' ground-truth answers, saves it to ``<output_dir>/teacher`` with ``--max_samples`` demo prompts in
+``<output_dir>/prompts.jsonl`` (with references and scorer names), then rolls it out (8 new tokens each) and trains
+T3D on the result, as with a real teacher. Besides the student and the rollouts it writes ``trajectories/``; the
+offline configs of ``examples/configs/`` use these files (``t3d-trl rollout --config examples/configs/rollout.yaml``,
+then ``train``, ``eval``)::
 
     python examples/sdar.py --max_steps 20 --output_dir tiny-t3d
     CUDA_VISIBLE_DEVICES="" accelerate launch --multi_gpu --num_processes 2 examples/sdar.py \\
@@ -71,30 +74,31 @@ talk over gloo, and ``--use_cpu`` keeps the Trainer on the CPU.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from accelerate import PartialState
 from trl import TrlParser
 
-from t3d_trl import T3DConfig, T3DTrainer, generate_trajectories, patch_model, push_trajectories_to_hub
+from t3d_trl import T3DConfig, patch_model
 from t3d_trl.scripts import (
     DatasetArguments,
+    GenerationArguments,
     LoraArguments,
     ModelArguments,
+    RolloutArguments,
+    TrainDatasetArguments,
     escape_help_percent,
-    format_prompts,
-    load_dataset_from_args,
-    load_model,
-    load_tokenizer,
-    model_init_kwargs,
-    peft_config_from_args,
-    train_and_save,
+    setup_logging,
 )
-from t3d_trl.scripts.tiny import tiny_prompts, tiny_teacher
+from t3d_trl.scripts import rollout as rollout_script
+from t3d_trl.scripts import train as train_script
+from t3d_trl.testing import tiny_prompts, tiny_teacher
 
 logger = logging.getLogger("examples.sdar")
 
@@ -139,103 +143,111 @@ class ScriptArguments(DatasetArguments):
     )
 
 
-def rollout_settings(script_args: ScriptArguments, tiny: bool) -> dict:
-    settings = {
-        "block_size": script_args.rollout_block_size,
-        "steps_per_block": script_args.rollout_steps_per_block,
-        "remasking": script_args.rollout_remasking,
-        "temperature": script_args.rollout_temperature,
-        "max_new_tokens": script_args.rollout_max_new_tokens,
-    }
-    if script_args.rollout_top_k is not None:
-        settings["top_k"] = script_args.rollout_top_k
-    if script_args.rollout_top_p is not None:
-        settings["top_p"] = script_args.rollout_top_p
+def rollout_settings(script_args: ScriptArguments, tiny: bool) -> GenerationArguments:
+    """The teacher's decoding settings (the ``--rollout_*`` flags) as ``t3d-trl rollout`` takes them."""
+    settings = GenerationArguments(
+        block_size=script_args.rollout_block_size,
+        steps_per_block=script_args.rollout_steps_per_block,
+        remasking=script_args.rollout_remasking,
+        temperature=script_args.rollout_temperature,
+        top_k=script_args.rollout_top_k,
+        top_p=script_args.rollout_top_p,
+        max_new_tokens=script_args.rollout_max_new_tokens,
+    )
     if tiny:  # the tiny teacher's answers are 3-4 characters and its positions stop at 64
-        settings["max_new_tokens"] = min(settings["max_new_tokens"], 8)
+        settings.max_new_tokens = min(settings.max_new_tokens, 8)
     return settings
 
 
+def prepare_tiny_teacher(
+    script_args: ScriptArguments, model_args: ModelArguments, training_args: T3DConfig, state: PartialState
+) -> tuple[ScriptArguments, ModelArguments]:
+    """Train the tiny offline teacher, save it with its prompts, and point the rollout at them.
+
+    Returns:
+        The script and model arguments of a rollout of ``<output_dir>/teacher`` over ``<output_dir>/prompts.jsonl``.
+    """
+    if script_args.trajectories_path is not None:
+        raise ValueError("--trajectories_path needs --model_name_or_path (the model the trajectories came from).")
+    teacher_dir = os.path.join(training_args.output_dir, "teacher")
+    prompts_path = os.path.join(training_args.output_dir, "prompts.jsonl")
+    teacher, tokenizer = tiny_teacher(
+        teacher_dir, steps=script_args.tiny_teacher_steps, seed=training_args.seed, use_cpu=training_args.use_cpu
+    )
+    # the saved teacher (and so the student) decodes with the rollout's block settings, greedily by default
+    settings = rollout_settings(script_args, tiny=True).to_dict()
+    patch_model(teacher, tokenizer, **{k: v for k, v in settings.items() if k not in ("temperature", "top_k", "top_p")})
+    if state.is_main_process:  # also used by the CLI configs of examples/configs/ (offline runs)
+        teacher.save_pretrained(teacher_dir)
+        tokenizer.save_pretrained(teacher_dir)
+        tiny_prompts(script_args.max_samples or 96, seed=training_args.seed).to_json(prompts_path)
+    state.wait_for_everyone()
+    del teacher  # the stages load it back from teacher_dir
+    gc.collect()
+    script_args = dataclasses.replace(script_args, dataset_name=None, dataset_path=prompts_path, max_samples=None)
+    return script_args, dataclasses.replace(model_args, model_name_or_path=teacher_dir)
+
+
+def roll_out(
+    script_args: ScriptArguments, model_args: ModelArguments, training_args: T3DConfig, tiny: bool
+) -> tuple[str, Any]:
+    """``t3d-trl rollout``'s ``main`` with the script's flags; returns the rollout directory and the trajectories."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():
+        raise ValueError(
+            "Under DeepSpeed ZeRO-3 the teacher would be loaded sharded and cannot generate. Roll out first "
+            "(accelerate launch --config_file examples/accelerate_configs/ddp.yaml -m t3d_trl.cli rollout "
+            "...), then pass --trajectories_path."
+        )
+    rollout_dir = script_args.rollout_dir or os.path.join(training_args.output_dir, "rollouts")
+    rollout_args = RolloutArguments(
+        dataset_name=script_args.dataset_name,
+        dataset_path=script_args.dataset_path,
+        dataset_config=script_args.dataset_config,
+        dataset_split=script_args.dataset_split,
+        max_samples=script_args.max_samples,
+        output_dir=rollout_dir,
+        prompt_column=script_args.prompt_column,
+        prompt_template=script_args.prompt_template,
+        as_chat=script_args.as_chat,
+        model_family=training_args.model_family,
+        batch_size=script_args.rollout_batch_size,
+        max_prompt_length=script_args.rollout_max_prompt_length,
+        seed=training_args.seed,
+        push_to_hub=script_args.hub_dataset_id is not None,
+        hub_dataset_id=script_args.hub_dataset_id,
+    )
+    trajectories = rollout_script.main(model_args, rollout_args, rollout_settings(script_args, tiny))
+    gc.collect()  # the teacher is gone; the student is loaded afresh by the trainer (sharded under ZeRO / FSDP)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return rollout_dir, trajectories
+
+
 def main(script_args: ScriptArguments, model_args: ModelArguments, lora_args: LoraArguments, training_args: T3DConfig):
+    """Roll out (unless ``--trajectories_path``), then train, save and push the student."""
     state = PartialState()  # set up by T3DConfig (gloo processes with --use_cpu)
     tiny = model_args.model_name_or_path is None
-    student = model_args.model_name_or_path
-
     if tiny:
-        if script_args.trajectories_path is not None:
-            raise ValueError("--trajectories_path needs --model_name_or_path (the model the trajectories came from).")
-        teacher, tokenizer = tiny_teacher(
-            os.path.join(training_args.output_dir, "teacher"),
-            steps=script_args.tiny_teacher_steps,
-            seed=training_args.seed,
-            use_cpu=training_args.use_cpu,
-        )
-        prompts = tiny_prompts(script_args.max_samples or 96, seed=training_args.seed)
-        settings = rollout_settings(script_args, tiny=True)
-        # the saved teacher (and so the student) decodes with the rollout's block settings, greedily by default
-        block_settings = {k: v for k, v in settings.items() if k not in ("temperature", "top_k", "top_p")}
-        patch_model(teacher, tokenizer, **block_settings)
-        if state.is_main_process:  # for the CLI configs of examples/configs/ (offline runs)
-            teacher.save_pretrained(os.path.join(training_args.output_dir, "teacher"))
-            tokenizer.save_pretrained(os.path.join(training_args.output_dir, "teacher"))
-            prompts.to_json(os.path.join(training_args.output_dir, "prompts.jsonl"))
-        trajectories = generate_trajectories(
-            teacher, tokenizer, prompts, settings, batch_size=script_args.rollout_batch_size, seed=training_args.seed,
-            progress=False,
-        )  # fmt: skip
-        if state.is_main_process:
-            trajectories.save_to_disk(os.path.join(training_args.output_dir, "trajectories"))
-        student = teacher  # the student starts from the teacher (the reference is a frozen copy)
+        script_args, model_args = prepare_tiny_teacher(script_args, model_args, training_args, state)
+
+    if script_args.trajectories_path is not None:
+        source = script_args.trajectories_path
+        if os.path.exists(source):  # the model card names the prompts' dataset, else the trajectories
+            trajectories_args = TrainDatasetArguments(
+                dataset_path=source, dataset_name=script_args.dataset_name or source
+            )
+        else:  # a Hub dataset id
+            trajectories_args = TrainDatasetArguments(dataset_name=source)
     else:
-        tokenizer = load_tokenizer(model_args)
-        if script_args.trajectories_path is not None:
-            source = script_args.trajectories_path
-            local = os.path.exists(source)
-            args = DatasetArguments(dataset_path=source if local else None, dataset_name=None if local else source)
-            with state.main_process_first():
-                trajectories = load_dataset_from_args(args)
-        else:
-            from transformers.integrations import is_deepspeed_zero3_enabled
+        rollout_dir, trajectories = roll_out(script_args, model_args, training_args, tiny)
+        if tiny and state.is_main_process:  # for the CLI configs of examples/configs/ (offline runs)
+            trajectories.save_to_disk(os.path.join(training_args.output_dir, "trajectories"))
+        trajectories_args = TrainDatasetArguments(dataset_path=rollout_dir, dataset_name=script_args.dataset_name)
 
-            if is_deepspeed_zero3_enabled():
-                raise ValueError(
-                    "Under DeepSpeed ZeRO-3 the teacher would be loaded sharded and cannot generate. Roll out first "
-                    "(accelerate launch --config_file examples/accelerate_configs/ddp.yaml -m t3d_trl.cli rollout "
-                    "...), then pass --trajectories_path."
-                )
-            with state.main_process_first():
-                prompts = load_dataset_from_args(script_args)
-                prompts = format_prompts(prompts, script_args.prompt_column, script_args.prompt_template,
-                                         script_args.as_chat)
-            teacher = load_model(model_args, training_args.model_family, tokenizer, device=training_args.device)
-            trajectories = generate_trajectories(
-                teacher, tokenizer, prompts, rollout_settings(script_args, tiny=False),
-                prompt_column=script_args.prompt_column, batch_size=script_args.rollout_batch_size,
-                max_prompt_length=script_args.rollout_max_prompt_length,
-                output_dir=script_args.rollout_dir or os.path.join(training_args.output_dir, "rollouts"),
-                seed=training_args.seed,
-            )  # fmt: skip
-            del teacher  # the student is loaded afresh by the trainer (sharded under ZeRO / FSDP)
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        init_kwargs = model_init_kwargs(model_args)
-        init_kwargs.update(training_args.model_init_kwargs or {})
-        training_args.model_init_kwargs = init_kwargs
-
-    if script_args.hub_dataset_id and script_args.trajectories_path is None and state.is_main_process:
-        push_trajectories_to_hub(trajectories, script_args.hub_dataset_id)
-    state.wait_for_everyone()
-
-    trainer = T3DTrainer(
-        model=student,
-        args=training_args,
-        train_dataset=trajectories,
-        processing_class=tokenizer,
-        peft_config=peft_config_from_args(lora_args),
-    )
-    train_and_save(trainer, dataset_name=script_args.dataset_name or script_args.trajectories_path)
-    trainer.end()  # release the DDP / DeepSpeed wrappers, finish the trackers, destroy the process group
+    # the student starts from the teacher (the reference is a frozen copy); `main` ends the run
+    train_script.main(trajectories_args, model_args, lora_args, training_args)
 
 
 def make_parser() -> TrlParser:
@@ -244,5 +256,5 @@ def make_parser() -> TrlParser:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    setup_logging()
     main(*make_parser().parse_args_and_config())

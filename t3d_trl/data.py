@@ -1,6 +1,6 @@
 """Trajectory datasets: the format, its validation, and the mask-token check.
 
-One row per teacher rollout (DESIGN §4):
+One row per teacher rollout (``docs/training.md``, "The trajectory dataset"):
 
 ==================  ==========================================================================================
 column              content
@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 from datasets import Dataset
+
+from .prompts import tokenize_prompts, tokenizer_of
 
 logger = logging.getLogger(__name__)
 
@@ -108,10 +110,6 @@ def _row_problem(prompt_length: int, completion_ids: list[int], step_map: list[i
     return ""
 
 
-def _is_messages(prompt: Any) -> bool:
-    return isinstance(prompt, (list, tuple)) and all(isinstance(m, dict) for m in prompt)
-
-
 def prepare_trajectory_dataset(
     dataset: Dataset,
     processing_class: Any = None,
@@ -154,6 +152,39 @@ def prepare_trajectory_dataset(
         ``(dataset, stats)``; ``stats`` counts ``num_rows_in``, ``num_rows_out``, ``tokenized_prompts``,
         ``tokenized_completions``, ``dropped_empty``, ``truncated_prompts``, ``truncated_completions``.
     """
+    _check_arguments(dataset, block_size, truncation, max_prompt_length, max_completion_length)
+    stats = {
+        "num_rows_in": len(dataset),
+        "num_rows_out": 0,
+        "tokenized_prompts": 0,
+        "tokenized_completions": 0,
+        "dropped_empty": 0,
+        "truncated_prompts": 0,
+        "truncated_completions": 0,
+    }
+    if EXAMPLE_INDEX not in dataset.column_names:
+        dataset = dataset.map(
+            _index_batch, with_indices=True, batched=True, num_proc=num_proc, desc="Indexing trajectories"
+        )
+    dataset = _tokenize_text_columns(dataset, processing_class, num_proc, stats)
+    dataset = _validate_rows(dataset, block_size, num_proc)
+    dataset, completion_lengths = _drop_empty_completions(dataset, stats)
+    dataset = _truncate(
+        dataset, completion_lengths, max_prompt_length, max_completion_length, truncation, num_proc, stats
+    )
+    dataset = dataset.remove_columns([c for c in _HELPER_COLUMNS if c in dataset.column_names])
+    stats["num_rows_out"] = len(dataset)
+    return dataset, stats
+
+
+def _check_arguments(
+    dataset: Dataset,
+    block_size: int | None,
+    truncation: str,
+    max_prompt_length: int | None,
+    max_completion_length: int | None,
+) -> None:
+    """Refuse invalid limits and a dataset without the trajectory columns (decision 1)."""
     if truncation not in _TRUNCATIONS:
         raise ValueError(f"truncation must be one of {_TRUNCATIONS}, got {truncation!r}.")
     for name, value in (("max_prompt_length", max_prompt_length), ("max_completion_length", max_completion_length)):
@@ -177,52 +208,51 @@ def prepare_trajectory_dataset(
     if block_size is not None and block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}.")
 
-    stats = {
-        "num_rows_in": len(dataset),
-        "num_rows_out": 0,
-        "tokenized_prompts": 0,
-        "tokenized_completions": 0,
-        "dropped_empty": 0,
-        "truncated_prompts": 0,
-        "truncated_completions": 0,
-    }
-    if EXAMPLE_INDEX not in columns:
-        dataset = dataset.map(
-            lambda batch, indices: {EXAMPLE_INDEX: list(indices)},
-            with_indices=True,
-            batched=True,
-            num_proc=num_proc,
-            desc="Indexing trajectories",
-        )
 
-    tokenize_prompt, tokenize_completion = PROMPT_IDS not in columns, COMPLETION_IDS not in columns
-    if tokenize_prompt or tokenize_completion:
-        if processing_class is None:
-            raise ValueError(
-                "The trajectory dataset has text columns to tokenise "
-                f"({'`prompt`' if tokenize_prompt else ''}{' and ' if tokenize_prompt and tokenize_completion else ''}"
-                f"{'`completion`' if tokenize_completion else ''}) but no `processing_class` was given."
-            )
-        dataset = dataset.map(
-            _tokenize_batch,
-            batched=True,
-            num_proc=num_proc,
-            fn_kwargs={
-                "processing_class": processing_class,
-                "tokenize_prompt": tokenize_prompt,
-                "tokenize_completion": tokenize_completion,
-            },
-            desc="Tokenising trajectories",
-        )
-        stats["tokenized_prompts"] = len(dataset) if tokenize_prompt else 0
-        stats["tokenized_completions"] = len(dataset) if tokenize_completion else 0
-        logger.warning(
-            "Tokenised %s of %d trajectory rows; `step_map` must match the new completion tokens "
-            "(store the teacher's own `completion_ids` to avoid re-tokenisation).",
-            " and ".join(n for n, f in (("prompts", tokenize_prompt), ("completions", tokenize_completion)) if f),
-            len(dataset),
-        )
+def _index_batch(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+    """The ``example_index`` column: each row's index in the input dataset (decision 2)."""
+    return {EXAMPLE_INDEX: list(indices)}
 
+
+def _tokenize_text_columns(
+    dataset: Dataset, processing_class: Any, num_proc: int | None, stats: dict[str, int]
+) -> Dataset:
+    """Tokenise the ``prompt`` / ``completion`` columns that arrive without ids (decision 1), counted in ``stats``."""
+    tokenize_prompt = PROMPT_IDS not in dataset.column_names
+    tokenize_completion = COMPLETION_IDS not in dataset.column_names
+    if not (tokenize_prompt or tokenize_completion):
+        return dataset
+    if processing_class is None:
+        raise ValueError(
+            "The trajectory dataset has text columns to tokenise "
+            f"({'`prompt`' if tokenize_prompt else ''}{' and ' if tokenize_prompt and tokenize_completion else ''}"
+            f"{'`completion`' if tokenize_completion else ''}) but no `processing_class` was given."
+        )
+    dataset = dataset.map(
+        _tokenize_batch,
+        with_indices=True,
+        batched=True,
+        num_proc=num_proc,
+        fn_kwargs={
+            "processing_class": processing_class,
+            "tokenize_prompt": tokenize_prompt,
+            "tokenize_completion": tokenize_completion,
+        },
+        desc="Tokenising trajectories",
+    )
+    stats["tokenized_prompts"] = len(dataset) if tokenize_prompt else 0
+    stats["tokenized_completions"] = len(dataset) if tokenize_completion else 0
+    logger.warning(
+        "Tokenised %s of %d trajectory rows; `step_map` must match the new completion tokens "
+        "(store the teacher's own `completion_ids` to avoid re-tokenisation).",
+        " and ".join(n for n, f in (("prompts", tokenize_prompt), ("completions", tokenize_completion)) if f),
+        len(dataset),
+    )
+    return dataset
+
+
+def _validate_rows(dataset: Dataset, block_size: int | None, num_proc: int | None) -> Dataset:
+    """Check every row (decision 3): the first bad row raises; the helper length columns are added."""
     dataset = dataset.map(
         _check_batch,
         batched=True,
@@ -238,7 +268,11 @@ def prepare_trajectory_dataset(
             f"Invalid trajectory at row {first} (example_index {dataset[first][EXAMPLE_INDEX]}): "
             f"{problems[first]}. {len(bad_rows)} row(s) have problems. {_FORMAT_HELP}"
         )
+    return dataset
 
+
+def _drop_empty_completions(dataset: Dataset, stats: dict[str, int]) -> tuple[Dataset, np.ndarray]:
+    """Drop the rows with an empty completion (decision 4); returns the kept rows and their completion lengths."""
     completion_lengths = np.asarray(dataset[_COMPLETION_LEN], dtype=np.int64)
     empty = completion_lengths == 0
     stats["dropped_empty"] = int(empty.sum())
@@ -247,8 +281,21 @@ def prepare_trajectory_dataset(
         keep = np.flatnonzero(~empty)
         dataset = dataset.select(keep)
         completion_lengths = completion_lengths[keep]
-    prompt_lengths = np.asarray(dataset[_PROMPT_LEN], dtype=np.int64)
+    return dataset, completion_lengths
 
+
+def _truncate(
+    dataset: Dataset,
+    completion_lengths: np.ndarray,
+    max_prompt_length: int | None,
+    max_completion_length: int | None,
+    truncation: str,
+    num_proc: int | None,
+    stats: dict[str, int],
+) -> Dataset:
+    """Keep the last prompt tokens (decision 5) and the first completion tokens, or refuse long completions
+    (decision 6)."""
+    prompt_lengths = np.asarray(dataset[_PROMPT_LEN], dtype=np.int64)
     no_rows = np.zeros(0, dtype=bool)
     long_prompts = prompt_lengths > max_prompt_length if max_prompt_length is not None else no_rows
     long_completions = completion_lengths > max_completion_length if max_completion_length is not None else no_rows
@@ -279,32 +326,25 @@ def prepare_trajectory_dataset(
             fn_kwargs={"max_prompt_length": max_prompt_length, "max_completion_length": max_completion_length},
             desc="Truncating trajectories",
         )
-    dataset = dataset.remove_columns([c for c in _HELPER_COLUMNS if c in dataset.column_names])
-    stats["num_rows_out"] = len(dataset)
-    return dataset, stats
+    return dataset
 
 
 def _tokenize_batch(
-    batch: dict[str, list], processing_class: Any, tokenize_prompt: bool, tokenize_completion: bool
+    batch: dict[str, list],
+    indices: list[int],
+    processing_class: Any,
+    tokenize_prompt: bool,
+    tokenize_completion: bool,
 ) -> dict[str, list]:
     """Tokenise the text columns of a batch (only those without ids)."""
     out: dict[str, list] = {}
     if tokenize_prompt:
-        prompt_ids = []
-        for prompt in batch[PROMPT]:
-            if _is_messages(prompt):
-                text = processing_class.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-                prompt_ids.append(processing_class(text, add_special_tokens=False)["input_ids"])
-            elif isinstance(prompt, str):
-                prompt_ids.append(processing_class(prompt)["input_ids"])
-            else:
-                raise ValueError(f"`prompt` must be text or a list of chat messages, got {type(prompt).__name__}.")
-        out[PROMPT_IDS] = prompt_ids
+        out[PROMPT_IDS] = tokenize_prompts(processing_class, batch[PROMPT], column=PROMPT, rows=indices)
     if tokenize_completion:
         completions = batch[COMPLETION]
         if not all(isinstance(c, str) for c in completions):
             raise ValueError("`completion` must be text when `completion_ids` is absent.")
-        out[COMPLETION_IDS] = processing_class(list(completions), add_special_tokens=False)["input_ids"]
+        out[COMPLETION_IDS] = tokenizer_of(processing_class)(list(completions), add_special_tokens=False)["input_ids"]
     return out
 
 

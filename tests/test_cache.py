@@ -6,7 +6,7 @@ import torch
 from transformers.cache_utils import DynamicLayer
 
 from t3d_trl.models.cache import BufferedLayer, buffered_cache
-from tiny import tiny_qwen3
+from t3d_trl.testing import tiny_qwen3
 
 
 def _kv(batch, length, seed, heads=2, dim=3):

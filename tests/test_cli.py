@@ -17,8 +17,8 @@ from datasets import load_from_disk
 from t3d_trl.cli import main, parse_command
 from t3d_trl.evaluation import EvalResult, read_json
 from t3d_trl.scripts import EvalArguments, load_local_dataset
-from t3d_trl.scripts.commands import average_results, decoding_settings, load_eval_sets, resolve_scorer
-from t3d_trl.scripts.demo_arguments import demo_config_from_args, full_demo_config
+from t3d_trl.scripts.demo import demo_config_from_args, full_demo_config
+from t3d_trl.scripts.evaluate import average_results, decoding_settings, load_eval_sets, resolve_scorer
 from t3d_trl.scripts.utils import format_prompts, resolve_prompt_template
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -286,20 +286,16 @@ def _tiny_workspace(root: Path) -> None:
     """What `examples/sdar.py` writes in tiny mode, made directly: an untrained tiny Qwen3 teacher with the demo's
     tokenizer (and a chat template) in tiny-t3d/teacher, and demo prompts in tiny-t3d/prompts.jsonl."""
     import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from t3d_trl.demo.pipeline import build_tokenizer
-    from t3d_trl.scripts.tiny import tiny_prompts
+    from t3d_trl.testing import tiny_prompts, tiny_qwen3
 
     tokenizer = build_tokenizer()
     tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
-    torch.manual_seed(0)
-    config = Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, max_position_embeddings=512, attn_implementation="sdpa",
+    model = tiny_qwen3(
+        seed=0, dtype=torch.float32, vocab_size=len(tokenizer), max_position_embeddings=512,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
     )  # fmt: skip
-    model = Qwen3ForCausalLM(config)
     with torch.no_grad():  # make EOS likely, so completions have different lengths
         model.lm_head.weight[tokenizer.eos_token_id] += 0.5 * model.lm_head.weight.std() * 10
     model.save_pretrained(root / "tiny-t3d" / "teacher")

@@ -7,8 +7,8 @@ import torch
 
 from t3d_trl.collator import DataCollatorForTrajectory
 from t3d_trl.masks import CLEAN, NOISY, layout_block_mask, to_additive_mask
+from t3d_trl.testing import tiny_qwen3
 from t3d_trl.trajectory import sample_current_block
-from tiny import tiny_qwen3
 
 PAD, EOS, MASK, VOCAB = 0, 1, 39, 40
 BLOCK = 4
@@ -53,7 +53,7 @@ def _completed(row: dict, origin: int) -> tuple[list[int], int]:
 
 
 def _expected_layout(row: dict, masked: list[int], num_eos: int = 2):
-    """The layout of one row built token by token from docs/design.md ("Training layouts"), no padding."""
+    """The layout of one row built token by token from docs/training.md, "The training layout" (no padding)."""
     prompt = list(row["prompt_ids"])
     p = len(prompt)
     completion, real = _completed(row, p)
@@ -74,7 +74,7 @@ def _left_pad(values: list, length: int, fill) -> list:
 
 
 def _rule(q_block, q_stream, q_valid, k_block, k_stream, k_valid, same):
-    """The attention rule of DESIGN §5 for one (query, key) pair."""
+    """The attention rule of docs/training.md, "The training layout", for one (query, key) pair."""
     if not q_valid:
         return same
     if not k_valid:

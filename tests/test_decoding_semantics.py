@@ -20,7 +20,7 @@ from transformers import BertConfig, BertForMaskedLM
 from t3d_trl import DiffusionGenerationConfig, patch_model
 from t3d_trl.generation import remasking_names
 
-from tiny import tiny_qwen3, tiny_tokenizer
+from t3d_trl.testing import tiny_qwen3, tiny_tokenizer
 
 BLOCK = 4
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 from datasets import load_from_disk
-from tiny import free_port
+
+from t3d_trl.testing import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "sdar.py"
@@ -67,7 +68,8 @@ def test_tiny_default_under_two_cpu_processes(tmp_path):
     ]  # fmt: skip
     env = {key: value for key, value in os.environ.items() if key != "ACCELERATE_USE_CPU"}
     env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false")  # fmt: skip
+               TOKENIZERS_PARALLELISM="false",  # and this checkout's t3d_trl, whatever is installed
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])))  # fmt: skip
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-5000:]
 

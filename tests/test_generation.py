@@ -25,7 +25,7 @@ from t3d_trl import DiffusionGenerationConfig, patch_model
 from t3d_trl.generation import num_transfer_tokens
 from t3d_trl.generation.remasking import get_remasking_strategy
 
-from tiny import tiny_qwen3, tiny_tokenizer
+from t3d_trl.testing import tiny_qwen3, tiny_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PROMPTS = ["abc", "hello wor", "what is 2+3?", "abcdefgh"]  # lengths 3, 9, 12, 8: tails 3, 1, 0, 0 at B=4

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset, load_from_disk
-from tiny import free_port, tiny_qwen3, tiny_tokenizer
 
 import t3d_trl
 from t3d_trl.data import prepare_trajectory_dataset
@@ -24,6 +23,7 @@ from t3d_trl.rollout import (
     trajectory_dataset_card,
     trajectory_dataset_card_text,
 )
+from t3d_trl.testing import free_port, tiny_qwen3, tiny_tokenizer
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS / "scripts"))

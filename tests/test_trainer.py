@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 
 from t3d_trl import T3DTrainer, patch_model
 
-from tiny import free_port, rollout_rows, tiny_qwen3, tiny_t3d_args, tiny_tokenizer
+from t3d_trl.testing import free_port, rollout_rows, tiny_qwen3, tiny_t3d_config, tiny_tokenizer
 
 PROMPTS = ["abc", "hello wor", "what is 2+3?", "abcdefgh", "xyz", "12+34=", "k", "the cat"]
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -48,7 +48,7 @@ class RecordParameters(TrainerCallback):
 
 
 def test_ddo_is_log_two_at_every_refresh(tmp_path, tokenizer, trajectories):
-    args = tiny_t3d_args(tmp_path, max_steps=7, ref_model_sync_steps=3)
+    args = tiny_t3d_config(tmp_path, max_steps=7, ref_model_sync_steps=3)
     trainer = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=args, train_dataset=trajectories, processing_class=tokenizer)
     trainer.train()
     logs = step_logs(trainer)
@@ -65,7 +65,7 @@ def test_ddo_is_log_two_at_every_refresh(tmp_path, tokenizer, trajectories):
 
 
 def test_reference_changes_only_at_sync_steps_and_gets_no_gradient(tmp_path, tokenizer, trajectories):
-    args = tiny_t3d_args(tmp_path, max_steps=7, ref_model_sync_steps=3)
+    args = tiny_t3d_config(tmp_path, max_steps=7, ref_model_sync_steps=3)
     trainer = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=args, train_dataset=trajectories, processing_class=tokenizer)
     previous = [p.detach().clone() for p in trainer.ref_model.parameters()]
     reference = RecordParameters(lambda: trainer.ref_model.parameters())
@@ -98,7 +98,7 @@ def test_training_raises_one_step_accuracy_on_training_prompts(tmp_path, tokeniz
 
     student = tiny_qwen3(dtype=torch.float32)
     before = one_step_agreement(student)
-    args = tiny_t3d_args(tmp_path, max_steps=60, learning_rate=1e-2, ref_model_sync_steps=10, per_device_train_batch_size=8)
+    args = tiny_t3d_config(tmp_path, max_steps=60, learning_rate=1e-2, ref_model_sync_steps=10, per_device_train_batch_size=8)
     trainer = T3DTrainer(student, args=args, train_dataset=trajectories, processing_class=tokenizer)
     trainer.train()
     logs = step_logs(trainer)
@@ -111,7 +111,7 @@ def test_training_raises_one_step_accuracy_on_training_prompts(tmp_path, tokeniz
 
 @pytest.mark.parametrize("loss_type", [["td"], ["sft"], ["dparallel"], ["path"]])
 def test_baseline_objectives_train_without_reference(tmp_path, tokenizer, trajectories, loss_type):
-    args = tiny_t3d_args(tmp_path, loss_type=loss_type, max_steps=3)
+    args = tiny_t3d_config(tmp_path, loss_type=loss_type, max_steps=3)
     trainer = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=args, train_dataset=trajectories, processing_class=tokenizer)
     assert trainer.ref_model is None and trainer.sync_callback is None
     trainer.train()
@@ -126,7 +126,7 @@ def test_lora_changes_only_adapter_weights_and_syncs_ref_adapter(tmp_path, token
 
     model = tiny_qwen3(dtype=torch.float32)
     base_before = {k: v.clone() for k, v in model.state_dict().items()}
-    args = tiny_t3d_args(tmp_path, max_steps=5, ref_model_sync_steps=2)
+    args = tiny_t3d_config(tmp_path, max_steps=5, ref_model_sync_steps=2)
     peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights="gaussian")
     trainer = T3DTrainer(model, args=args, train_dataset=trajectories, processing_class=tokenizer, peft_config=peft_config)
     peft_model = trainer.model
@@ -157,7 +157,7 @@ def test_lora_save_adapter_and_merged(tmp_path, tokenizer, trajectories):
     peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights="gaussian")
     for merged in (False, True):
         out = tmp_path / ("merged" if merged else "adapter")
-        args = tiny_t3d_args(out, max_steps=2, save_merged_model=merged)
+        args = tiny_t3d_config(out, max_steps=2, save_merged_model=merged)
         trainer = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=args, train_dataset=trajectories,
                              processing_class=tokenizer, peft_config=peft_config)
         trainer.train()
@@ -174,7 +174,7 @@ def test_lora_save_adapter_and_merged(tmp_path, tokenizer, trajectories):
 
 
 def test_save_model_writes_card_and_generation_config(tmp_path, tokenizer, trajectories):
-    args = tiny_t3d_args(tmp_path, max_steps=1, block_size=8)
+    args = tiny_t3d_config(tmp_path, max_steps=1, block_size=8)
     trainer = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=args, train_dataset=trajectories, processing_class=tokenizer)
     trainer.train()
     trainer.save_model()
@@ -188,10 +188,10 @@ def test_save_model_writes_card_and_generation_config(tmp_path, tokenizer, traje
 
 def test_precomputed_reference_matches_live_reference(tmp_path, tokenizer, trajectories):
     common = dict(max_steps=3, sync_ref_model=False)
-    live = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=tiny_t3d_args(tmp_path / "a", **common),
+    live = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=tiny_t3d_config(tmp_path / "a", **common),
                       train_dataset=trajectories, processing_class=tokenizer)
     live.train()
-    pre = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=tiny_t3d_args(tmp_path / "b", precompute_ref_log_probs=True, **common),
+    pre = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=tiny_t3d_config(tmp_path / "b", precompute_ref_log_probs=True, **common),
                      train_dataset=trajectories, processing_class=tokenizer)
     assert pre.ref_model is None and "ref_real_logps" in pre.train_dataset.column_names
     pre.train()
@@ -204,7 +204,7 @@ def test_precomputed_reference_with_different_completion_lengths(tmp_path, token
     cut = trajectories.map(
         lambda row, index: {k: row[k][: 3 + index % 3 * 4] for k in ("completion_ids", "step_map")}, with_indices=True
     )
-    args = tiny_t3d_args(tmp_path, max_steps=2, sync_ref_model=False, precompute_ref_log_probs=True,
+    args = tiny_t3d_config(tmp_path, max_steps=2, sync_ref_model=False, precompute_ref_log_probs=True,
                      per_device_train_batch_size=3)
     trainer = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=args, train_dataset=cut, processing_class=tokenizer)
     noisy_lengths = [len(row["ref_fake_tokens"]) for row in trainer.train_dataset]
@@ -220,15 +220,15 @@ def test_peft_with_a_separate_reference_is_refused(tmp_path, tokenizer, trajecto
 
     with pytest.raises(ValueError, match="ref_model=None"):
         T3DTrainer(tiny_qwen3(dtype=torch.float32), ref_model=tiny_qwen3(seed=1, dtype=torch.float32),
-                   args=tiny_t3d_args(tmp_path), train_dataset=trajectories, processing_class=tokenizer,
+                   args=tiny_t3d_config(tmp_path), train_dataset=trajectories, processing_class=tokenizer,
                    peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
 
 
 def test_precompute_with_sync_is_refused(tmp_path):
     with pytest.raises(ValueError, match="sync_ref_model=False"):
-        tiny_t3d_args(tmp_path, precompute_ref_log_probs=True, sync_ref_model=True)
+        tiny_t3d_config(tmp_path, precompute_ref_log_probs=True, sync_ref_model=True)
     with pytest.raises(ValueError, match="reference_temperature"):
-        tiny_t3d_args(tmp_path, precompute_ref_log_probs=True, sync_ref_model=False, reference_temperature=0.5)
+        tiny_t3d_config(tmp_path, precompute_ref_log_probs=True, sync_ref_model=False, reference_temperature=0.5)
 
 
 @pytest.mark.parametrize("lora", [False, True])
@@ -237,10 +237,10 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path, tokenizer, trajector
 
     peft_config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights="gaussian") if lora else None
     common = dict(max_steps=8, ref_model_sync_steps=3, save_strategy="steps", save_steps=4)
-    full = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=tiny_t3d_args(tmp_path / "full", **common),
+    full = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=tiny_t3d_config(tmp_path / "full", **common),
                       train_dataset=trajectories, processing_class=tokenizer, peft_config=peft_config)
     full.train()
-    first = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=tiny_t3d_args(tmp_path / "cut", **common),
+    first = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=tiny_t3d_config(tmp_path / "cut", **common),
                        train_dataset=trajectories, processing_class=tokenizer, peft_config=peft_config)
 
     class Interrupt(TrainerCallback):
@@ -251,7 +251,7 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path, tokenizer, trajector
     first.add_callback(Interrupt())
     with pytest.raises(KeyboardInterrupt):
         first.train()
-    resumed = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=tiny_t3d_args(tmp_path / "cut", **common),
+    resumed = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=tiny_t3d_config(tmp_path / "cut", **common),
                          train_dataset=trajectories, processing_class=tokenizer, peft_config=peft_config)
     resumed.train(resume_from_checkpoint=str(tmp_path / "cut" / "checkpoint-4"))
     expected = {log["step"]: log for log in step_logs(full)}
@@ -261,7 +261,7 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path, tokenizer, trajector
 
 
 def test_eval_loop_logs_the_same_metrics(tmp_path, tokenizer, trajectories):
-    args = tiny_t3d_args(tmp_path, max_steps=2, eval_strategy="steps", eval_steps=2, per_device_eval_batch_size=4)
+    args = tiny_t3d_config(tmp_path, max_steps=2, eval_strategy="steps", eval_steps=2, per_device_eval_batch_size=4)
     trainer = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=args, train_dataset=trajectories,
                          eval_dataset=trajectories, processing_class=tokenizer)
     trainer.train()
@@ -271,7 +271,7 @@ def test_eval_loop_logs_the_same_metrics(tmp_path, tokenizer, trajectories):
 
 
 def test_bad_input_is_refused_with_a_message(tmp_path, tokenizer, trajectories):
-    args = tiny_t3d_args(tmp_path)
+    args = tiny_t3d_config(tmp_path)
     with pytest.raises(ValueError, match="step_map"):
         T3DTrainer(tiny_qwen3(dtype=torch.float32), args=args, processing_class=tokenizer,
                    train_dataset=trajectories.remove_columns(["step_map"]))
@@ -283,7 +283,7 @@ def test_bad_input_is_refused_with_a_message(tmp_path, tokenizer, trajectories):
     with pytest.raises(ValueError, match="mask"):
         T3DTrainer(tiny_qwen3(dtype=torch.float32), args=args, processing_class=no_mask, train_dataset=trajectories)
     with pytest.raises(ValueError, match="loss_type"):
-        tiny_t3d_args(tmp_path, loss_type=["ddo", "kl"])
+        tiny_t3d_config(tmp_path, loss_type=["ddo", "kl"])
     model = tiny_qwen3(dtype=torch.float32)
     model.config._attn_implementation = "flash_attention_2"
     with pytest.raises(ValueError, match="attn_implementation='sdpa'"):
@@ -293,7 +293,7 @@ def test_bad_input_is_refused_with_a_message(tmp_path, tokenizer, trajectories):
 def test_model_given_as_local_path(tmp_path, tokenizer, trajectories):
     tiny_qwen3(dtype=torch.float32).save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
-    args = tiny_t3d_args(tmp_path / "out", max_steps=1, model_init_kwargs={"dtype": "float32"})
+    args = tiny_t3d_config(tmp_path / "out", max_steps=1, model_init_kwargs={"dtype": "float32"})
     trainer = T3DTrainer(str(tmp_path / "model"), args=args, train_dataset=trajectories)
     trainer.train()
     assert trainer.processing_class.mask_token_id == tokenizer.mask_token_id
@@ -302,7 +302,8 @@ def test_model_given_as_local_path(tmp_path, tokenizer, trajectories):
 @pytest.mark.slow
 def test_two_processes_give_the_one_process_first_step_loss(tmp_path):
     script = SCRIPTS / "train_2proc.py"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    # the repository root, so that the workers import this checkout's t3d_trl
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     single = subprocess.run([sys.executable, str(script), str(tmp_path / "one"), "8"], env=env,
                             capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]

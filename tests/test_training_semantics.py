@@ -16,7 +16,7 @@ from t3d_trl.collator import DataCollatorForTrajectory
 from t3d_trl.masks import CLEAN, NOISY
 from t3d_trl.objectives import compute_objectives
 
-from tiny import rollout_rows, tiny_qwen3, tiny_t3d_args, tiny_tokenizer
+from t3d_trl.testing import rollout_rows, tiny_qwen3, tiny_t3d_config, tiny_tokenizer
 
 PAD, EOS, MASK, VOCAB = 0, 1, 39, 40
 BLOCK = 4
@@ -83,7 +83,7 @@ def test_response_alignment_noisy_logits_equal_the_blockwise_forward_float64():
 def test_trainer_draws_random_tokens_from_the_tokenizer_vocabulary(tmp_path):
     tokenizer = tiny_tokenizer()
     rows = rollout_rows(tiny_qwen3(dtype=torch.float32), tokenizer, ["abc", "hello wor", "xyz", "k"] * 4)
-    args = tiny_t3d_args(tmp_path, random_token_ratio=0.1, max_steps=1, loss_type=["td"])
+    args = tiny_t3d_config(tmp_path, random_token_ratio=0.1, max_steps=1, loss_type=["td"])
     trainer = T3DTrainer(tiny_qwen3(dtype=torch.float32, vocab_size=64), args=args,
                          train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     batch = trainer.data_collator([dict(row, example_index=index) for index, row in enumerate(trainer.train_dataset)])
@@ -145,7 +145,7 @@ def test_dparallel_loss_as_published_on_a_hand_case():
 def test_dparallel_trains_with_its_second_pass_and_logs_the_entropy(tmp_path, complementary):
     tokenizer = tiny_tokenizer()
     rows = rollout_rows(tiny_qwen3(dtype=torch.float32), tokenizer, ["abc", "hello wor", "xyz", "k"])
-    args = tiny_t3d_args(tmp_path, loss_type=["dparallel"], max_steps=2, mask_ratios=[0.5],
+    args = tiny_t3d_config(tmp_path, loss_type=["dparallel"], max_steps=2, mask_ratios=[0.5],
                          dparallel_complementary_masks=complementary)
     trainer = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=args, train_dataset=Dataset.from_list(rows),
                          processing_class=tokenizer)

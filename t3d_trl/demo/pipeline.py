@@ -22,13 +22,13 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast, PrinterCallback, Qwen3Config, Qwen3ForCausalLM, set_seed
+from transformers import PreTrainedTokenizerFast, PrinterCallback, Qwen3ForCausalLM, set_seed
 
 from ..collator import DataCollatorForTrajectory
 from ..evaluation import DecodingSetting, evaluate_few_step
 from ..generation import DiffusionGenerationConfig, patch_model
 from ..rollout import generate_trajectories
+from ..testing import tiny_qwen3, tiny_t3d_config, tiny_tokenizer
 from ..trainer import T3DConfig, T3DTrainer
 from .tasks import CATEGORIES, TASKS, evaluation_prompts, task_alphabet, training_pairs
 
@@ -87,21 +87,16 @@ class DemoConfig:
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """A character-level tokenizer over the tasks' alphabet, with pad, EOS and mask tokens."""
-    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS + task_alphabet())}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
-    backend.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    backend.decoder = decoders.Fuse()  # characters join without spaces
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", mask_token="<mask>"
+    return tiny_tokenizer(
+        characters=task_alphabet(), special_tokens=SPECIAL_TOKENS, chat_template=None, padding_side="left"
     )
-    tokenizer.padding_side = "left"
-    return tokenizer
 
 
 def build_teacher(tokenizer, config: DemoConfig, seed: int) -> Qwen3ForCausalLM:
     """A Qwen3-architecture model from a config, to be trained as a block diffusion LM."""
-    torch.manual_seed(seed)
-    model_config = Qwen3Config(
+    return tiny_qwen3(
+        seed,
+        dtype=torch.float32,
         vocab_size=len(tokenizer),
         hidden_size=config.hidden_size,
         intermediate_size=2 * config.hidden_size,
@@ -111,11 +106,9 @@ def build_teacher(tokenizer, config: DemoConfig, seed: int) -> Qwen3ForCausalLM:
         head_dim=config.hidden_size // 4,
         max_position_embeddings=64,
         tie_word_embeddings=True,
-        attn_implementation="sdpa",
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
-    )
-    return Qwen3ForCausalLM(model_config)
+    ).train()
 
 
 class CyclingBlockSizeCollator:
@@ -133,24 +126,19 @@ class CyclingBlockSizeCollator:
 
 def _trainer_args(output_dir: str, steps: int, batch_size: int, learning_rate: float, seed: int, **overrides) -> T3DConfig:
     values = dict(
-        output_dir=output_dir,
         max_steps=steps,
         per_device_train_batch_size=batch_size,
         learning_rate=learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=max(1, steps // 20),
         weight_decay=0.01,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
         use_cpu=not torch.cuda.is_available(),
         seed=seed,
-        disable_tqdm=True,
         max_prompt_length=None,
         max_completion_length=None,
     )
     values.update(overrides)
-    return T3DConfig(**values)
+    return tiny_t3d_config(output_dir, **values)
 
 
 def _train(model, tokenizer, dataset, args: T3DConfig, block_sizes) -> T3DTrainer:

@@ -13,12 +13,12 @@ Rows come from the Hugging Face Hub, or from a local JSON/JSONL file in the same
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+
+from ..local_datasets import load_local_dataset
 
 if TYPE_CHECKING:
     import datasets
@@ -198,55 +198,6 @@ def _resolve_name(name: str) -> EvalDatasetSpec:
     return EVAL_DATASETS[canonical]
 
 
-def _read_local_rows(path: str, split: str | None) -> list[dict[str, Any]]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No evaluation file at {path!r}.")
-    lower = path.lower()
-    if lower.endswith((".jsonl", ".jsonl.gz")) or lower.endswith(".ndjson"):
-        opener = _open_maybe_gz(path)
-        with opener as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-    elif lower.endswith((".json", ".json.gz")):
-        with _open_maybe_gz(path) as f:
-            data = json.load(f)
-        if isinstance(data, dict):
-            if split is not None and isinstance(data.get(split), list):
-                data = data[split]
-            elif isinstance(data.get("data"), list):
-                data = data["data"]
-            elif len(data) == 1 and isinstance(next(iter(data.values())), list):
-                data = next(iter(data.values()))
-            elif data and all(isinstance(v, list) for v in data.values()):  # columnar {"field": [values]}
-                keys = list(data)
-                data = [dict(zip(keys, values)) for values in zip(*(data[k] for k in keys))]
-            else:
-                raise ValueError(
-                    f"{path!r} holds a JSON object; expected a list of rows, {{split: [rows]}} or {{'data': [rows]}}."
-                )
-        if not isinstance(data, list):
-            raise ValueError(f"{path!r} must hold a JSON list of rows.")
-        rows = data
-    elif lower.endswith((".parquet", ".csv")):
-        import datasets
-
-        builder = "parquet" if lower.endswith(".parquet") else "csv"
-        return list(datasets.load_dataset(builder, data_files=path, split="train"))
-    else:
-        raise ValueError(f"Unsupported evaluation file {path!r}: use .json, .jsonl, .parquet or .csv.")
-    bad = [i for i, row in enumerate(rows) if not isinstance(row, dict)]
-    if bad:
-        raise ValueError(f"{path!r}: row {bad[0]} is not a JSON object.")
-    return rows
-
-
-def _open_maybe_gz(path: str):
-    if path.lower().endswith(".gz"):
-        import gzip
-
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
-
-
 def load_eval_dataset(
     name: str,
     path: str | None = None,
@@ -274,9 +225,10 @@ def load_eval_dataset(
 
     Args:
         name: Dataset name, see above.
-        path: Local ``.json``/``.jsonl`` (optionally gzipped), ``.parquet`` or ``.csv`` file with rows in the
-            hub dataset's schema. A JSON object ``{split: [rows]}`` is also accepted. When None, the dataset is
-            downloaded with :func:`datasets.load_dataset`.
+        path: Local ``.json``/``.jsonl`` (optionally gzipped), ``.parquet`` or ``.csv`` file (or a dataset
+            directory) with rows in the hub dataset's schema, read with
+            :func:`t3d_trl.local_datasets.load_local_dataset`. A JSON object ``{split: [rows]}`` is also accepted.
+            When None, the dataset is downloaded with :func:`datasets.load_dataset`.
         split: Split to load (default: the set's test split).
         limit: Keep only the first ``limit`` rows.
         prompt_template: Override of the prompt template; ``{question}`` (and ``{tests}`` for MBPP) are
@@ -299,7 +251,7 @@ def load_eval_dataset(
     template = prompt_template if prompt_template is not None else spec.prompt_template
 
     if path is not None:
-        rows: list[dict[str, Any]] = _read_local_rows(os.fspath(path), split)
+        rows: list[dict[str, Any]] = list(load_local_dataset(path, split))
         if limit is not None:
             rows = rows[:limit]
     else:

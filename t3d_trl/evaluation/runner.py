@@ -27,6 +27,9 @@ from typing import Any
 
 import torch
 
+from ..devices import model_device
+from ..generation.configuration import DEFAULT_MAX_NEW_TOKENS
+from ..prompts import render_prompts, tokenizer_of
 from .report import EvalResult, plot_accuracy_vs_tokens_per_step, write_json, write_markdown
 from .scorers import _check_code_execution_allowed, available_scorers, get_scorer
 
@@ -119,22 +122,6 @@ class DecodingSetting:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _model_device(model: Any) -> torch.device:
-    device = getattr(model, "device", None)
-    if isinstance(device, torch.device):
-        return device
-    if isinstance(device, str):
-        return torch.device(device)
-    if isinstance(model, torch.nn.Module):
-        for param in model.parameters():
-            return param.device
-    return torch.device("cpu")
-
-
-def _tokenizer_of(processing_class: Any) -> Any:
-    return getattr(processing_class, "tokenizer", None) or processing_class
-
-
 def _eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
     ids: set[int] = set()
     candidates = [getattr(tokenizer, "eos_token_id", None)]
@@ -164,36 +151,6 @@ def _pad_token_available(tokenizer: Any) -> Iterator[None]:
         yield
     finally:
         tokenizer.pad_token = None
-
-
-def _prompt_texts(processing_class: Any, prompts: Sequence[Any]) -> tuple[list[str], bool]:
-    """Render prompts to text; returns (texts, whether a chat template was applied)."""
-    texts: list[str] = []
-    templated = False
-    for prompt in prompts:
-        if isinstance(prompt, str):
-            texts.append(prompt)
-        elif isinstance(prompt, (list, tuple)) and all(isinstance(m, Mapping) for m in prompt):
-            if getattr(processing_class, "chat_template", None) is None and getattr(
-                _tokenizer_of(processing_class), "chat_template", None
-            ) is None:
-                raise ValueError(
-                    "The dataset holds chat-message prompts but the processing class has no chat template. Set "
-                    "`processing_class.chat_template`, or load the dataset with plain-text prompts "
-                    "(load_eval_dataset(..., as_chat=False))."
-                )
-            texts.append(
-                processing_class.apply_chat_template(
-                    [dict(m) for m in prompt], add_generation_prompt=True, tokenize=False
-                )
-            )
-            templated = True
-        else:
-            raise ValueError(
-                f"A prompt must be a string or a list of chat messages ({{'role': ..., 'content': ...}}), got "
-                f"{type(prompt).__name__}."
-            )
-    return texts, templated
 
 
 def _generated_lengths(generated: torch.Tensor, eos_ids: set[int]) -> torch.Tensor:
@@ -246,7 +203,7 @@ def evaluate_few_step(
     dataset: Any,
     settings: Sequence[DecodingSetting | Mapping[str, Any]],
     batch_size: int = 8,
-    max_new_tokens: int = 256,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     output_dir: str | os.PathLike[str] | None = None,
     allow_code_execution: bool = False,
     progress: bool = True,
@@ -300,16 +257,74 @@ def evaluate_few_step(
             non-positive ``batch_size``/``max_new_tokens``, or code scoring without opting in to execution.
     """
     _validate_dataset(dataset)
+    parsed = _parse_settings(settings)
+    _check_sizes(batch_size, max_new_tokens)
+    rows = _scored_rows(dataset, scorer)
+    scorers = _load_scorers(rows.scorer_names, allow_code_execution, code_timeout)
+
+    tokenizer = tokenizer_of(processing_class)
+    device = model_device(model)
+    eos_ids = _eos_token_ids(model, tokenizer)
+    texts, chat = render_prompts(processing_class, rows.prompts)
+    templated = any(chat)  # then every prompt is tokenised without special tokens (the template wrote them)
+    batches = [list(range(i, min(i + batch_size, len(texts)))) for i in range(0, len(texts), batch_size)]
+    batch_inputs = _BatchInputs(tokenizer, texts, templated, device)
+
+    if hasattr(model, "eval") and callable(model.eval):
+        model.eval()
+
+    results: list[EvalResult] = []
+    all_samples: list[list[dict[str, Any]]] = []
+    with _pad_token_available(tokenizer):
+        for setting in parsed:
+            call_kwargs = _generate_call_kwargs(setting, max_new_tokens, generate_kwargs)
+            if warmup:
+                _warm_up(model, batch_inputs(batches[0]), call_kwargs, device)
+            tally, samples = _run_setting(
+                model, tokenizer, setting, call_kwargs, batches, batch_inputs, rows, scorers, eos_ids, progress
+            )
+            results.append(tally.result(setting, len(texts), dataset_name))
+            all_samples.append(samples)
+
+    if output_dir is not None:
+        _write_outputs(os.fspath(output_dir), results, all_samples, parsed, dataset_name)
+    return results
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Steps of the evaluation
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _parse_settings(settings: Any) -> list[DecodingSetting]:
+    """The settings as :class:`DecodingSetting` objects (one setting or a sequence of them; never none)."""
     if isinstance(settings, (DecodingSetting, Mapping)):
         settings = [settings]
     parsed = [DecodingSetting.from_any(s) for s in settings]
     if not parsed:
         raise ValueError("`settings` is empty; give at least one decoding setting.")
+    return parsed
+
+
+def _check_sizes(batch_size: Any, max_new_tokens: Any) -> None:
     if not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
 
+
+@dataclass
+class _ScoredRows:
+    """The dataset's prompts, with each row's reference, scorer name and identifier."""
+
+    prompts: list[Any]
+    references: list[str]
+    scorer_names: list[str]
+    ids: list[Any]
+
+
+def _scored_rows(dataset: Any, scorer: str | None) -> _ScoredRows:
+    """The rows of ``dataset``; ``scorer`` overrides the ``scorer`` column, ``exact_match`` is the default."""
     prompts = list(dataset["prompt"])
     references = [str(r) for r in dataset["reference"]]
     if scorer is not None:
@@ -321,148 +336,209 @@ def evaluate_few_step(
     unknown = sorted(set(scorer_names) - set(available_scorers()))
     if unknown:
         raise ValueError(f"Unknown scorer(s) {unknown} in the dataset. Valid scorers: {', '.join(available_scorers())}.")
+    ids = list(dataset["id"]) if "id" in dataset.column_names else list(range(len(prompts)))
+    return _ScoredRows(prompts, references, scorer_names, ids)
+
+
+def _load_scorers(names: Sequence[str], allow_code_execution: bool, code_timeout: float) -> dict[str, Any]:
+    """One scorer per name; the ``code`` scorer only when code execution is allowed."""
     scorers: dict[str, Any] = {}
-    for name in set(scorer_names):
+    for name in set(names):
         if name == "code":
             _check_code_execution_allowed(allow_code_execution)
             scorers[name] = get_scorer(name, allow_code_execution=True, timeout=code_timeout)
         else:
             scorers[name] = get_scorer(name)
-    ids = list(dataset["id"]) if "id" in dataset.column_names else list(range(len(prompts)))
+    return scorers
 
-    tokenizer = _tokenizer_of(processing_class)
-    device = _model_device(model)
-    eos_ids = _eos_token_ids(model, tokenizer)
-    texts, templated = _prompt_texts(processing_class, prompts)
-    batches = [list(range(i, min(i + batch_size, len(texts)))) for i in range(0, len(texts), batch_size)]
 
-    if hasattr(model, "eval") and callable(model.eval):
-        model.eval()
+def _generate_call_kwargs(
+    setting: DecodingSetting, max_new_tokens: int, generate_kwargs: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The keyword arguments of every ``generate`` call of ``setting`` (the threshold only for dynamic decoding)."""
+    call_kwargs: dict[str, Any] = dict(generate_kwargs or {})
+    call_kwargs.update(
+        block_size=setting.block_size,
+        steps_per_block=setting.steps_per_block,
+        remasking=setting.remasking,
+        max_new_tokens=max_new_tokens,
+        return_dict_in_generate=True,
+    )
+    if setting.confidence_threshold is not None:
+        call_kwargs["confidence_threshold"] = setting.confidence_threshold
+    return call_kwargs
 
+
+@dataclass
+class _BatchInputs:
+    """Tokenises a batch of rendered prompts, left padded, on the model's device."""
+
+    tokenizer: Any
+    texts: list[str]
+    templated: bool
+    device: torch.device
+
+    def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        enc = self.tokenizer(
+            [self.texts[i] for i in indices],
+            padding=True,
+            padding_side="left",
+            add_special_tokens=not self.templated,
+            return_tensors="pt",
+        )
+        return {"input_ids": enc["input_ids"].to(self.device), "attention_mask": enc["attention_mask"].to(self.device)}
+
+
+def _warm_up(model: Any, inputs: dict[str, torch.Tensor], call_kwargs: dict[str, Any], device: torch.device) -> None:
+    """One untimed ``generate`` (compilation, kernel selection)."""
+    with torch.no_grad():
+        model.generate(**inputs, **call_kwargs)
+    _sync(device)
+
+
+def _timed_generate(
+    model: Any, inputs: dict[str, torch.Tensor], call_kwargs: dict[str, Any], device: torch.device
+) -> tuple[Any, float]:
+    """``model.generate`` and its wall-clock seconds (CUDA synchronised before and after)."""
+    _sync(device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(**inputs, **call_kwargs)
+    _sync(device)
+    return out, time.perf_counter() - start
+
+
+def _output_sequences(out: Any, batch: int) -> torch.Tensor:
+    """The ``[batch, prompt_len + new_tokens]`` sequences of a ``generate`` output (a tensor or a dict output)."""
+    sequences = out if isinstance(out, torch.Tensor) else out.sequences
+    if sequences.dim() != 2 or sequences.shape[0] != batch:
+        raise ValueError(
+            f"model.generate returned sequences of shape {tuple(sequences.shape)} for a batch of "
+            f"{batch} prompts; expected [batch, prompt_len + new_tokens]."
+        )
+    return sequences
+
+
+def _output_nfe(out: Any, batch: int) -> list[int] | None:
+    """Forward passes per row of a ``generate`` output, or ``None`` when it does not report them."""
+    nfe = None if isinstance(out, torch.Tensor) else getattr(out, "nfe", None)
+    if nfe is None:
+        return None
+    nfe_tensor = torch.as_tensor(nfe).detach().cpu().reshape(-1)
+    if nfe_tensor.numel() == 1 and batch > 1:
+        nfe_tensor = nfe_tensor.expand(batch)
+    return [int(v) for v in nfe_tensor.tolist()]
+
+
+@dataclass
+class _Tally:
+    """Running totals of one setting: generation time, tokens, forwards and correct answers."""
+
+    time: float = 0.0
+    tokens: int = 0
+    nfe: int = 0
+    nfe_known: bool = True
+    correct: int = 0
+
+    def result(self, setting: DecodingSetting, num_samples: int, dataset_name: str | None) -> EvalResult:
+        assert setting.name is not None
+        return EvalResult(
+            setting=setting.name,
+            block_size=setting.block_size,
+            steps_per_block=setting.steps_per_block,
+            remasking=setting.remasking,
+            threshold=setting.confidence_threshold,
+            accuracy=self.correct / num_samples,
+            num_samples=num_samples,
+            num_correct=self.correct,
+            tokens_per_second=self.tokens / self.time if self.time > 0 else math.nan,
+            latency_per_sample=self.time / num_samples,
+            avg_nfe=self.nfe / num_samples if self.nfe_known else math.nan,
+            avg_gen_length=self.tokens / num_samples,
+            tokens_per_forward=self.tokens / self.nfe if self.nfe_known and self.nfe > 0 else math.nan,
+            dataset=dataset_name,
+            total_time_s=self.time,
+            total_generated_tokens=self.tokens,
+            total_nfe=self.nfe if self.nfe_known else 0,
+        )
+
+
+def _score_batch(
+    tokenizer: Any,
+    generated: torch.Tensor,
+    lengths: torch.Tensor,
+    nfe_list: Sequence[int | None],
+    indices: Sequence[int],
+    texts: Sequence[str],
+    rows: _ScoredRows,
+    scorers: Mapping[str, Any],
+    tally: _Tally,
+) -> list[dict[str, Any]]:
+    """Decode each completion up to its first EOS, score it and count it in ``tally``; returns the samples."""
+    samples = []
+    for row, index in enumerate(indices):
+        length = int(lengths[row])
+        tally.tokens += length
+        completion = tokenizer.decode(generated[row, :length].tolist(), skip_special_tokens=True)
+        name = rows.scorer_names[index]
+        correct = bool(scorers[name](completion, rows.references[index]))
+        tally.correct += correct
+        samples.append(
+            {
+                "id": rows.ids[index],
+                "prompt": texts[index],
+                "completion": completion,
+                "reference": rows.references[index],
+                "scorer": name,
+                "correct": correct,
+                "gen_length": length,
+                "nfe": nfe_list[row],
+            }
+        )
+    return samples
+
+
+def _run_setting(
+    model: Any,
+    tokenizer: Any,
+    setting: DecodingSetting,
+    call_kwargs: dict[str, Any],
+    batches: Sequence[list[int]],
+    batch_inputs: _BatchInputs,
+    rows: _ScoredRows,
+    scorers: Mapping[str, Any],
+    eos_ids: set[int],
+    progress: bool,
+) -> tuple[_Tally, list[dict[str, Any]]]:
+    """Generate, time and score every batch under one setting."""
     from tqdm.auto import tqdm
 
-    results: list[EvalResult] = []
-    all_samples: list[list[dict[str, Any]]] = []
-    with _pad_token_available(tokenizer):
-        for setting in parsed:
-            assert setting.name is not None
-            call_kwargs: dict[str, Any] = dict(generate_kwargs or {})
-            call_kwargs.update(
-                block_size=setting.block_size,
-                steps_per_block=setting.steps_per_block,
-                remasking=setting.remasking,
-                max_new_tokens=max_new_tokens,
-                return_dict_in_generate=True,
+    tally = _Tally()
+    samples: list[dict[str, Any]] = []
+    bar = tqdm(total=len(batch_inputs.texts), desc=f"eval {setting.name}", disable=not progress, leave=False)
+    try:
+        for indices in batches:
+            inputs = batch_inputs(indices)
+            prompt_len = inputs["input_ids"].shape[1]
+            out, seconds = _timed_generate(model, inputs, call_kwargs, batch_inputs.device)
+            tally.time += seconds
+            generated = _output_sequences(out, len(indices))[:, prompt_len:].detach().cpu()
+            lengths = _generated_lengths(generated, eos_ids)
+            nfe_list = _output_nfe(out, len(indices))
+            if nfe_list is None:
+                tally.nfe_known = False
+                nfe_list = [None] * len(indices)
+            else:
+                tally.nfe += sum(nfe_list)
+            samples += _score_batch(
+                tokenizer, generated, lengths, nfe_list, indices, batch_inputs.texts, rows, scorers, tally
             )
-            if setting.confidence_threshold is not None:
-                call_kwargs["confidence_threshold"] = setting.confidence_threshold
-
-            def encode(indices: list[int]) -> dict[str, torch.Tensor]:
-                enc = tokenizer(
-                    [texts[i] for i in indices],
-                    padding=True,
-                    padding_side="left",
-                    add_special_tokens=not templated,
-                    return_tensors="pt",
-                )
-                return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
-
-            if warmup:
-                with torch.no_grad():
-                    model.generate(**encode(batches[0]), **call_kwargs)
-                _sync(device)
-
-            total_time = 0.0
-            total_tokens = 0
-            total_nfe = 0
-            nfe_known = True
-            num_correct = 0
-            samples: list[dict[str, Any]] = []
-            bar = tqdm(total=len(texts), desc=f"eval {setting.name}", disable=not progress, leave=False)
-            try:
-                for indices in batches:
-                    inputs = encode(indices)
-                    prompt_len = inputs["input_ids"].shape[1]
-                    _sync(device)
-                    start = time.perf_counter()
-                    with torch.no_grad():
-                        out = model.generate(**inputs, **call_kwargs)
-                    _sync(device)
-                    total_time += time.perf_counter() - start
-
-                    sequences = out if isinstance(out, torch.Tensor) else out.sequences
-                    if sequences.dim() != 2 or sequences.shape[0] != len(indices):
-                        raise ValueError(
-                            f"model.generate returned sequences of shape {tuple(sequences.shape)} for a batch of "
-                            f"{len(indices)} prompts; expected [batch, prompt_len + new_tokens]."
-                        )
-                    generated = sequences[:, prompt_len:].detach().cpu()
-                    lengths = _generated_lengths(generated, eos_ids)
-                    nfe = None if isinstance(out, torch.Tensor) else getattr(out, "nfe", None)
-                    if nfe is None:
-                        nfe_known = False
-                        nfe_list: list[int | None] = [None] * len(indices)
-                    else:
-                        nfe_tensor = torch.as_tensor(nfe).detach().cpu().reshape(-1)
-                        if nfe_tensor.numel() == 1 and len(indices) > 1:
-                            nfe_tensor = nfe_tensor.expand(len(indices))
-                        nfe_list = [int(v) for v in nfe_tensor.tolist()]
-                        total_nfe += sum(nfe_list)
-
-                    for row, index in enumerate(indices):
-                        length = int(lengths[row])
-                        total_tokens += length
-                        completion = tokenizer.decode(generated[row, :length].tolist(), skip_special_tokens=True)
-                        name = scorer_names[index]
-                        correct = bool(scorers[name](completion, references[index]))
-                        num_correct += correct
-                        samples.append(
-                            {
-                                "id": ids[index],
-                                "prompt": texts[index],
-                                "completion": completion,
-                                "reference": references[index],
-                                "scorer": name,
-                                "correct": correct,
-                                "gen_length": length,
-                                "nfe": nfe_list[row],
-                            }
-                        )
-                    bar.update(len(indices))
-            finally:
-                bar.close()
-
-            if not nfe_known:
-                warnings.warn(
-                    "model.generate did not report `nfe`; avg_nfe and tokens_per_forward are NaN.", stacklevel=2
-                )
-            num_samples = len(texts)
-            results.append(
-                EvalResult(
-                    setting=setting.name,
-                    block_size=setting.block_size,
-                    steps_per_block=setting.steps_per_block,
-                    remasking=setting.remasking,
-                    threshold=setting.confidence_threshold,
-                    accuracy=num_correct / num_samples,
-                    num_samples=num_samples,
-                    num_correct=num_correct,
-                    tokens_per_second=total_tokens / total_time if total_time > 0 else math.nan,
-                    latency_per_sample=total_time / num_samples,
-                    avg_nfe=total_nfe / num_samples if nfe_known else math.nan,
-                    avg_gen_length=total_tokens / num_samples,
-                    tokens_per_forward=total_tokens / total_nfe if nfe_known and total_nfe > 0 else math.nan,
-                    dataset=dataset_name,
-                    total_time_s=total_time,
-                    total_generated_tokens=total_tokens,
-                    total_nfe=total_nfe if nfe_known else 0,
-                )
-            )
-            all_samples.append(samples)
-
-    if output_dir is not None:
-        _write_outputs(os.fspath(output_dir), results, all_samples, parsed, dataset_name)
-    return results
+            bar.update(len(indices))
+    finally:
+        bar.close()
+    if not tally.nfe_known:
+        warnings.warn("model.generate did not report `nfe`; avg_nfe and tokens_per_forward are NaN.", stacklevel=3)
+    return tally, samples
 
 
 def _write_outputs(

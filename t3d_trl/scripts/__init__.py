@@ -1,7 +1,16 @@
-"""Argument dataclasses and helpers shared by the ``t3d-trl`` command line and ``examples/``.
+"""The scripts of the ``t3d-trl`` command line, laid out as TRL's (``trl/scripts/``).
 
-Each subcommand of ``t3d-trl`` parses a few small dataclasses with :class:`trl.TrlParser` (``--config file.yaml``
-plus command-line overrides) and calls one function of :mod:`t3d_trl.scripts.commands`.
+One module per subcommand, each with ``make_parser(subparsers=None, prog=None)`` (a :class:`trl.TrlParser`:
+``--config file.yaml`` plus command-line overrides) and ``main(...)`` taking the parsed dataclasses, and runnable as
+``python -m t3d_trl.scripts.<name>``:
+
+* :mod:`t3d_trl.scripts.rollout`: ``t3d-trl rollout``;
+* :mod:`t3d_trl.scripts.train`: ``t3d-trl train``;
+* :mod:`t3d_trl.scripts.evaluate`: ``t3d-trl eval``;
+* :mod:`t3d_trl.scripts.demo`: ``t3d-trl demo``.
+
+The argument dataclasses (:mod:`t3d_trl.scripts.arguments`) and the loading helpers (:mod:`t3d_trl.scripts.utils`)
+are shared with ``examples/``.
 """
 
 from .arguments import (
@@ -22,7 +31,7 @@ from .utils import (
     load_tokenizer,
     model_init_kwargs,
     peft_config_from_args,
-    train_and_save,
+    setup_logging,
 )
 
 __all__ = [
@@ -41,5 +50,5 @@ __all__ = [
     "load_tokenizer",
     "model_init_kwargs",
     "peft_config_from_args",
-    "train_and_save",
+    "setup_logging",
 ]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..generation.configuration import DEFAULT_MAX_NEW_TOKENS
+
 __all__ = [
     "DatasetArguments",
     "EvalArguments",
@@ -157,7 +159,8 @@ class GenerationArguments:
     )
     entropy_bound: float | None = field(default=None, metadata={"help": "Entropy budget of `entropy_bounded`."})
     max_new_tokens: int | None = field(
-        default=None, metadata={"help": "Generated tokens per prompt (default 256; official rollout: 2000)."}
+        default=None,
+        metadata={"help": f"Generated tokens per prompt (default {DEFAULT_MAX_NEW_TOKENS}; official rollout: 2000)."},
     )
 
     def to_dict(self) -> dict:
@@ -237,7 +240,7 @@ class EvalArguments:
     )
     code_timeout: float = field(default=3.0, metadata={"help": "Seconds per program of the `code` scorer."})
     batch_size: int = field(default=8, metadata={"help": "Prompts per `generate` call."})
-    max_new_tokens: int = field(default=256, metadata={"help": "Generation budget per prompt."})
+    max_new_tokens: int = field(default=DEFAULT_MAX_NEW_TOKENS, metadata={"help": "Generation budget per prompt."})
     warmup: bool = field(default=False, metadata={"help": "One untimed `generate` per setting before timing."})
     device: str | None = field(default=None, metadata={"help": "Device (default: `cuda` when available, else CPU)."})
     seed: int = field(default=0, metadata={"help": "Random seed."})

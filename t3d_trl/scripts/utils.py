@@ -1,33 +1,49 @@
-"""Loading helpers shared by the ``t3d-trl`` command line and the example scripts."""
+"""Helpers shared by the scripts of ``t3d-trl`` (:mod:`t3d_trl.scripts.rollout`, ``train``, ``evaluate``, ``demo``)
+and the example scripts: their parsers, logging, and the loading of datasets, tokenizers, models and LoRA configs."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import re
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..local_datasets import load_local_dataset
 from .arguments import DatasetArguments, LoraArguments, ModelArguments
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "HelpFormatter",
+    "as_plain",
     "escape_help_percent",
     "format_prompts",
     "load_dataset_from_args",
-    "resolve_prompt_template",
     "load_local_dataset",
     "load_model",
     "load_tokenizer",
+    "make_script_parser",
     "model_init_kwargs",
     "peft_config_from_args",
+    "resolve_prompt_template",
+    "setup_logging",
 ]
 
-#: the files `generate_trajectories(output_dir=...)` writes next to the final dataset
-_ROLLOUT_DIR_MARKERS = ("rollout_config.json", "dataset")
-_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".ndjson": "json", ".parquet": "parquet", ".csv": "csv"}
+
+# --------------------------------------------------------------------------------------------------------------------
+# Parsers
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the examples' line breaks and shows the defaults that are set."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def escape_help_percent(parser: Any) -> Any:
@@ -38,55 +54,48 @@ def escape_help_percent(parser: Any) -> Any:
     return parser
 
 
+def make_script_parser(
+    command: str,
+    dataclass_types: Sequence[type],
+    help_text: str,
+    examples: str,
+    subparsers: argparse._SubParsersAction | None = None,
+    prog: str | None = None,
+) -> Any:
+    """The :class:`trl.TrlParser` of a script, as TRL's scripts make theirs.
+
+    Args:
+        command: the ``t3d-trl`` subcommand (the name of the subparser).
+        dataclass_types: the dataclasses parsed (``--config file.yaml`` and flags).
+        help_text: one line on what the script does.
+        examples: the epilog (example command lines).
+        subparsers: when given (from ``add_subparsers(parser_class=TrlParser)``), the parser is registered there as
+            ``command``; otherwise a standalone parser is returned.
+        prog: the program name of a standalone parser (``None``: the script's file name).
+    """
+    from trl import TrlParser
+
+    settings = dict(
+        description=help_text + " Settings come from `--config file.yaml` and/or flags (flags win).",
+        epilog=examples,
+        formatter_class=HelpFormatter,
+        allow_abbrev=False,
+    )
+    if subparsers is not None:
+        parser = subparsers.add_parser(command, help=help_text, dataclass_types=dataclass_types, **settings)
+    else:
+        parser = TrlParser(dataclass_types, prog=prog, **settings)
+    return escape_help_percent(parser)
+
+
+def setup_logging() -> None:
+    """INFO logging with timestamps, for a script run from the command line."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Datasets
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def load_local_dataset(path: str | os.PathLike, split: str = "train") -> Any:
-    """A dataset stored on this machine.
-
-    Args:
-        path: a ``save_to_disk`` directory (a ``Dataset``, or a ``DatasetDict`` of which ``split`` is taken), a
-            ``t3d-trl rollout`` / ``generate_trajectories(output_dir=...)`` directory (its ``dataset/`` is read), a
-            directory of data files, or a ``.json``/``.jsonl``/``.parquet``/``.csv``/``.arrow`` file.
-        split: the split of a ``DatasetDict`` or of a directory of data files.
-
-    Returns:
-        A ``datasets.Dataset``.
-    """
-    from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"No dataset at {str(path)!r}.")
-    if path.is_dir():
-        if all((path / name).exists() for name in _ROLLOUT_DIR_MARKERS):
-            return load_local_dataset(path / "dataset", split)
-        if (path / "rollout_config.json").exists():
-            raise ValueError(
-                f"{path} is an unfinished rollout directory (no `dataset/` yet): rerun `t3d-trl rollout` with the same "
-                "settings to finish it."
-            )
-        if (path / "state.json").exists() or (path / "dataset_dict.json").exists():
-            data = load_from_disk(str(path))
-            if isinstance(data, DatasetDict):
-                if split not in data:
-                    raise ValueError(f"{path} has splits {list(data)}, not {split!r}; pick one with the split flag.")
-                data = data[split]
-            return data
-        return load_dataset(str(path), split=split)
-    suffix = path.suffix.lower()
-    if suffix == ".arrow":
-        return Dataset.from_file(str(path))
-    if suffix == ".gz" and Path(path.stem).suffix.lower() in _FILE_BUILDERS:
-        suffix = Path(path.stem).suffix.lower()
-    if suffix not in _FILE_BUILDERS:
-        raise ValueError(
-            f"Unsupported dataset file {str(path)!r}: use .json, .jsonl, .parquet, .csv or .arrow, or a save_to_disk "
-            "directory."
-        )
-    return load_dataset(_FILE_BUILDERS[suffix], data_files=str(path), split="train")
 
 
 def load_dataset_from_args(args: DatasetArguments) -> Any:
@@ -188,21 +197,19 @@ def model_init_kwargs(args: ModelArguments) -> dict[str, Any]:
 
 
 def load_model(args: ModelArguments, family: str | None = None, tokenizer: Any = None, device: Any = None) -> Any:
-    """Load a diffusion LM with ``AutoModelForCausalLM`` (block-causal) or ``AutoModelForMaskedLM``
-    (``family="bidirectional"``), put it on ``device`` in eval mode and give it the few-step ``generate`` of
-    :func:`t3d_trl.patch_model`."""
+    """Load a diffusion LM with the auto class of its family (:func:`t3d_trl.models.families.load_pretrained`), put it
+    on ``device`` in eval mode and give it the few-step ``generate`` of :func:`t3d_trl.patch_model`."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     from ..generation import patch_model
+    from ..models.families import load_pretrained
 
     if args.model_name_or_path is None:
         raise ValueError("No model: pass --model_name_or_path (a Hub id or a local directory).")
     kwargs = model_init_kwargs(args)
     if kwargs["dtype"] != "auto":
         kwargs["dtype"] = getattr(torch, kwargs["dtype"])
-    loader = AutoModelForMaskedLM if family == "bidirectional" else AutoModelForCausalLM
-    model = loader.from_pretrained(args.model_name_or_path, **kwargs)
+    model = load_pretrained(args.model_name_or_path, family, **kwargs)
     if device is not None:
         model.to(device)
     model.eval()
@@ -238,15 +245,3 @@ def as_plain(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
-
-
-def train_and_save(trainer, dataset_name: str | None = None) -> None:
-    """``trainer.train()`` (resuming from ``args.resume_from_checkpoint``), save the model to ``args.output_dir``,
-    and push it to the Hub (its card naming ``dataset_name``) when ``args.push_to_hub``."""
-    args = trainer.args
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    trainer.save_model(args.output_dir)
-    trainer.accelerator.print(f"Model saved to {args.output_dir}")
-    if args.push_to_hub:
-        trainer.push_to_hub(dataset_name=dataset_name)
-        trainer.accelerator.print(f"Model pushed to https://huggingface.co/{trainer.hub_model_id}")

@@ -12,11 +12,10 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for `tiny`
+import torch
+from datasets import Dataset
 
-import torch  # noqa: E402
-from datasets import Dataset  # noqa: E402
-from tiny import tiny_qwen3, tiny_tokenizer  # noqa: E402
+from t3d_trl.testing import tiny_qwen3, tiny_tokenizer
 
 PROMPTS = ["abc", "hello world", "x", "what is 2+2?", "zz top", "a b c d e f g", "q", "seven"]
 GREEDY = {"max_new_tokens": 8, "steps_per_block": 2}

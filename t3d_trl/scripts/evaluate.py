@@ -1,7 +1,16 @@
-"""What each ``t3d-trl`` subcommand does, as functions of its parsed arguments (also usable from Python)."""
+"""``t3d-trl eval``: few-step accuracy and speed of a model on evaluation sets, over decoding settings.
+
+```bash
+t3d-trl eval --config examples/configs/eval.yaml
+python -m t3d_trl.scripts.evaluate --model_name_or_path SDAR-1.7B-Chat-T3D --eval_dataset math500 gsm8k
+```
+
+See ``docs/cli.md`` (``t3d-trl eval``) and ``docs/evaluation.md``.
+"""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib
 import json
@@ -12,140 +21,23 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .arguments import (
-    EvalArguments,
-    GenerationArguments,
-    LoraArguments,
-    ModelArguments,
-    RolloutArguments,
-    TrainDatasetArguments,
-)
-from .utils import (
-    as_plain,
-    format_prompts,
-    load_dataset_from_args,
-    load_local_dataset,
-    load_model,
-    load_tokenizer,
-    model_init_kwargs,
-    peft_config_from_args,
-    train_and_save,
-)
+from ..local_datasets import load_local_dataset
+from .arguments import EvalArguments, ModelArguments
+from .utils import as_plain, load_model, load_tokenizer, make_script_parser, setup_logging
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "average_results",
-    "decoding_settings",
-    "load_eval_sets",
-    "resolve_scorer",
-    "rollout",
-    "run_demo_command",
-    "evaluate",
-    "train",
-]
+__all__ = ["average_results", "decoding_settings", "load_eval_sets", "main", "make_parser", "resolve_scorer"]
 
-
-# --------------------------------------------------------------------------------------------------------------------
-# rollout
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def rollout(model_args: ModelArguments, rollout_args: RolloutArguments, generation_args: GenerationArguments) -> Any:
-    """``t3d-trl rollout``: roll the teacher out over the prompts and save the trajectories.
-
-    Under ``accelerate launch`` the batches are shared out between the processes (``generate_trajectories``). The
-    trajectories land in ``<output_dir>/dataset`` (``save_to_disk`` format); with ``--push_to_hub`` they are pushed
-    with a dataset card.
-
-    Returns:
-        The trajectory dataset.
-    """
-    from ..rollout import _default_state, generate_trajectories, push_trajectories_to_hub
-
-    if rollout_args.push_to_hub and not rollout_args.hub_dataset_id:
-        raise ValueError("--push_to_hub needs --hub_dataset_id (the dataset repository, `user/name`).")
-    state = _default_state()  # sees a multi-process CPU launch too
-    tokenizer = load_tokenizer(model_args)
-    with state.main_process_first():  # one process writes the datasets cache, the others read it
-        dataset = load_dataset_from_args(rollout_args)
-        dataset = format_prompts(
-            dataset, rollout_args.prompt_column, rollout_args.prompt_template, rollout_args.as_chat
-        )
-    model = load_model(model_args, rollout_args.model_family, tokenizer, device=state.device)
-    trajectories = generate_trajectories(
-        model,
-        tokenizer,
-        dataset,
-        generation_args.to_dict(),
-        prompt_column=rollout_args.prompt_column,
-        batch_size=rollout_args.batch_size,
-        max_prompt_length=rollout_args.max_prompt_length,
-        output_dir=rollout_args.output_dir,
-        seed=rollout_args.seed,
-        accelerator=state,
-    )
-    if state.is_main_process:
-        tokens = sum(len(ids) for ids in trajectories["completion_ids"])
-        forwards = sum(trajectories["nfe"])
-        print(
-            f"Rolled out {len(trajectories)} prompts ({tokens} completion tokens, {forwards} teacher forwards); "
-            f"trajectories saved to {os.path.join(rollout_args.output_dir, 'dataset')}"
-        )
-        if rollout_args.push_to_hub:
-            push_trajectories_to_hub(trajectories, rollout_args.hub_dataset_id, private=rollout_args.hub_private_repo)
-            print(f"Pushed to https://huggingface.co/datasets/{rollout_args.hub_dataset_id}")
-    state.wait_for_everyone()
-    return trajectories
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# train
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def train(
-    script_args: TrainDatasetArguments,
-    model_args: ModelArguments,
-    lora_args: LoraArguments,
-    training_args: Any,
-) -> Any:
-    """``t3d-trl train``: distil the model on a trajectory dataset with :class:`~t3d_trl.T3DTrainer`, save it to
-    ``training_args.output_dir`` (weights, tokenizer, few-step ``generation_config.json``, ``custom_generate/``,
-    model card) and push it with ``--push_to_hub``.
-
-    Returns:
-        The trainer.
-    """
-    from ..trainer import T3DTrainer
-
-    if model_args.model_name_or_path is None:
-        raise ValueError("No model: pass --model_name_or_path (the teacher, which initialises the student).")
-    init_kwargs = model_init_kwargs(model_args)
-    init_kwargs.update(training_args.model_init_kwargs or {})  # explicit --model_init_kwargs win
-    training_args.model_init_kwargs = init_kwargs
-    tokenizer = load_tokenizer(model_args)
-    with training_args.main_process_first(desc="loading the trajectories"):
-        train_dataset = load_dataset_from_args(script_args)
-        eval_dataset = None
-        if script_args.eval_split is not None:
-            eval_args = dataclasses.replace(script_args, dataset_split=script_args.eval_split)
-            eval_dataset = load_dataset_from_args(eval_args)
-    trainer = T3DTrainer(
-        model=model_args.model_name_or_path,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config_from_args(lora_args),
-    )
-    train_and_save(trainer, dataset_name=script_args.dataset_name)
-    return trainer
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# eval
-# --------------------------------------------------------------------------------------------------------------------
+HELP = (
+    "Few-step evaluation: accuracy, tokens/s, latency, forwards and tokens per forward over decoding settings; "
+    "writes JSON, markdown and a plot."
+)
+EXAMPLES = """examples:
+  t3d-trl eval --config examples/configs/eval.yaml
+  t3d-trl eval --model_name_or_path SDAR-1.7B-Chat-T3D --eval_dataset math500 gsm8k \\
+      --block_sizes 4 8 --tokens_per_step 1 2 4 --output_dir eval/sdar-t3d
+  t3d-trl eval --model_name_or_path SDAR-1.7B-Chat-T3D --eval_dataset mbpp humaneval --allow_code_execution"""
 
 
 def decoding_settings(args: EvalArguments) -> list[Any]:
@@ -298,14 +190,18 @@ def average_results(results_by_set: dict[str, list[Any]]) -> list[Any]:
     return averaged
 
 
-def evaluate(model_args: ModelArguments, eval_args: EvalArguments) -> dict[str, Any]:
-    """``t3d-trl eval``: few-step accuracy and speed of a model on evaluation sets, over decoding settings.
+def main(model_args: ModelArguments, eval_args: EvalArguments) -> dict[str, Any]:
+    """Evaluate a model's few-step accuracy and speed on evaluation sets, over decoding settings.
 
     Writes, in ``output_dir``: one folder per evaluation set with ``evaluate_few_step``'s ``results.json``,
     ``results.md``, ``accuracy_vs_tokens_per_step.png`` and ``samples_<setting>.jsonl``; and at the top level
     ``results.json`` (the model, its decoding configuration, the settings, every result and, with several sets, the
     average), ``results.md`` (a table per set, and the average) and ``accuracy_vs_tokens_per_step.png`` (the set's,
     or the average's).
+
+    Args:
+        model_args: the model to evaluate.
+        eval_args: the evaluation sets, the decoding settings and the outputs.
 
     Returns:
         The report written to ``results.json``.
@@ -374,20 +270,13 @@ def evaluate(model_args: ModelArguments, eval_args: EvalArguments) -> dict[str, 
     return report
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# demo
-# --------------------------------------------------------------------------------------------------------------------
+def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None) -> Any:
+    """The parser of ``t3d-trl eval``: model and evaluation flags (see :func:`make_script_parser`)."""
+    return make_script_parser("eval", (ModelArguments, EvalArguments), HELP, EXAMPLES, subparsers, prog)
 
 
-def run_demo_command(demo_args: Any) -> Any:
-    """``t3d-trl demo``: :func:`t3d_trl.demo.run_demo` with the resolved :class:`~t3d_trl.demo.DemoConfig`
-    (``--print_config`` prints it and returns without running)."""
-    from .demo_arguments import demo_config_from_args
-
-    config = demo_config_from_args(demo_args)
-    if demo_args.print_config:
-        print(json.dumps(as_plain(dataclasses.asdict(config)), indent=2))
-        return config
-    from ..demo import run_demo
-
-    return run_demo(config)
+if __name__ == "__main__":
+    parser = make_parser()
+    model_args, eval_args = parser.parse_args_and_config()
+    setup_logging()
+    main(model_args, eval_args)

@@ -1,18 +1,37 @@
-"""Command-line arguments of ``t3d-trl demo``, derived from :class:`t3d_trl.demo.DemoConfig`.
+"""``t3d-trl demo``: the end-to-end demo on tiny tasks (:func:`t3d_trl.demo.run_demo`).
 
 Every ``DemoConfig`` field becomes an optional flag (tuples become lists, dicts take JSON or a YAML mapping); an
 unset flag keeps the quick default, or the full-study value with ``--full``.
+
+```bash
+t3d-trl demo --full --output_dir t3d-demo-full
+python -m t3d_trl.scripts.demo --seeds 0 1 --print_config
+```
+
+See ``docs/cli.md`` (``t3d-trl demo``) and ``docs/results.md``.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import types
 import typing
 from typing import Any
 
-__all__ = ["demo_arguments_class", "demo_config_from_args", "full_demo_config"]
+from .utils import as_plain, make_script_parser, setup_logging
+
+__all__ = ["demo_arguments_class", "demo_config_from_args", "full_demo_config", "main", "make_parser"]
+
+HELP = (
+    "The end-to-end demo on tiny tasks (teacher, rollouts, SFT / Naive TD / dParallel / T3D students, "
+    "paper-style table); `--full` runs the full study."
+)
+EXAMPLES = """examples:
+  t3d-trl demo                          # quick demo (minutes on a CPU)
+  t3d-trl demo --full --output_dir t3d-demo-full
+  t3d-trl demo --seeds 0 1 --methods T3D SFT --print_config"""
 
 
 def _demo_config_class() -> type:
@@ -110,3 +129,35 @@ def demo_config_from_args(args: Any) -> Any:
     if args.full:
         return full_demo_config(**overrides)
     return config_class(**overrides)
+
+
+def main(demo_args: Any) -> Any:
+    """:func:`t3d_trl.demo.run_demo` with the resolved :class:`~t3d_trl.demo.DemoConfig` (``--print_config`` prints
+    it and returns it without running).
+
+    Args:
+        demo_args: arguments of :func:`demo_arguments_class`.
+
+    Returns:
+        The demo's report, or the configuration with ``--print_config``.
+    """
+    config = demo_config_from_args(demo_args)
+    if demo_args.print_config:
+        print(json.dumps(as_plain(dataclasses.asdict(config)), indent=2))
+        return config
+    from ..demo import run_demo
+
+    return run_demo(config)
+
+
+def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None) -> Any:
+    """The parser of ``t3d-trl demo``: one flag per ``DemoConfig`` field, ``--full`` and ``--print_config`` (see
+    :func:`make_script_parser`)."""
+    return make_script_parser("demo", (demo_arguments_class(),), HELP, EXAMPLES, subparsers, prog)
+
+
+if __name__ == "__main__":
+    parser = make_parser()
+    (demo_args,) = parser.parse_args_and_config()
+    setup_logging()
+    main(demo_args)
