@@ -1,11 +1,12 @@
 """Training objectives as a registry: one student and one reference forward give every requested objective.
 
-:func:`compute_objectives` takes the student's window logits, the batch of the trajectory collator and the
+:func:`compute_objectives` takes the student's window statistics, the batch of the trajectory collator and the
 training config, and returns the weighted total loss and the metrics of every objective in ``config.loss_type``.
-Each quantity an objective needs is computed at most once and shared (:class:`StudentScores`): the student's
-log-normaliser ``log Z_i = log Σ_v exp(logit_{i,v})`` is computed once for the label and fake-token log-probs, and
-the reference's once in :func:`reference_terms`, so a T3D step computes two full-vocabulary normalisers (the
-official scheme computes four).
+Each quantity an objective needs is computed once, in one pass over the window
+(:class:`~t3d_trl.statistics.TokenStatistics`, computed in chunks from the last hidden states by default): the
+student's log-normaliser ``log Z_i = log Σ_v exp(logit_{i,v})`` serves the label and the fake-token log-probs, and
+the reference's serves its own two, so a T3D step computes two full-vocabulary normalisers (the official scheme
+computes four).
 
 Registered objectives (see ``docs/training.md``):
 
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 import torch
@@ -38,75 +38,24 @@ from .losses import (
     ddo_loss,
     masked_mean,
     path_loss,
-    sample_fake_tokens,
     sequence_logps,
     sft_loss,
     td_loss,
 )
+from .statistics import StatisticsRequest, TokenStatistics
 
 __all__ = [
     "OBJECTIVES",
     "Objective",
     "ObjectiveInputs",
     "ReferenceTerms",
-    "StudentScores",
     "compute_objectives",
     "objective_names",
+    "reference_request",
     "reference_terms",
     "register_objective",
+    "student_request",
 ]
-
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-def _upcast(tensor: Tensor) -> Tensor:
-    return tensor.float() if tensor.dtype in _LOW_PRECISION else tensor
-
-
-class StudentScores:
-    """The student's window logits ``[b, W, V]`` and the per-token quantities derived from them, each computed once.
-
-    * ``log_normalizer``: ``log Z_i = logsumexp_v logit_{i,v}`` (float32 for half-precision logits);
-    * :meth:`log_probs`: ``log p(x_i) = logit_{i,x_i} − log Z_i`` at any ids (labels, fake tokens);
-    * ``label_log_probs``: :meth:`log_probs` at the batch's labels;
-    * ``entropy``: ``H_i = log Z_i − Σ_v p_{i,v} logit_{i,v}``;
-    * ``predictions``: ``argmax_v logit_{i,v}``.
-    """
-
-    def __init__(self, logits: Tensor, labels: Tensor) -> None:
-        self.logits = logits
-        self.labels = labels
-
-    @cached_property
-    def log_normalizer(self) -> Tensor:
-        return torch.logsumexp(_upcast(self.logits), dim=-1)
-
-    def log_probs(self, index: Tensor) -> Tensor:
-        """``log p(index_i) = logit_{i, index_i} − log Z_i``, shape ``[b, W]``."""
-        picked = self.logits.gather(-1, index.unsqueeze(-1)).squeeze(-1)
-        return _upcast(picked) - self.log_normalizer
-
-    @cached_property
-    def label_log_probs(self) -> Tensor:
-        return self.log_probs(self.labels)
-
-    @cached_property
-    def entropy(self) -> Tensor:
-        logits = _upcast(self.logits)
-        log_probs = logits - self.log_normalizer[..., None]
-        finite = log_probs.masked_fill(torch.isneginf(log_probs), 0.0)
-        return -(log_probs.exp() * finite).sum(-1)
-
-    @cached_property
-    def predictions(self) -> Tensor:
-        return self.logits.argmax(-1)
-
-    def tempered_entropy(self, temperature: float) -> Tensor:
-        """``H_i(T)``: the entropy of ``softmax(logit_i / T)`` (its own normaliser; ``T = 1`` reuses ``entropy``)."""
-        if temperature == 1.0:
-            return self.entropy
-        return StudentScores(self.logits / temperature, self.labels).entropy
-
 
 @dataclass
 class ReferenceTerms:
@@ -118,22 +67,35 @@ class ReferenceTerms:
     fake_logps: Tensor
 
 
-def reference_terms(
-    ref_logits: Tensor,
-    labels: Tensor,
-    loss_mask: Tensor,
-    temperature: float = 0.0,
-    normalization: str = "mean",
-    generator: torch.Generator | None = None,
-) -> ReferenceTerms:
-    """Fake tokens drawn from the reference (:func:`~t3d_trl.losses.sample_fake_tokens`) and the reference's sequence
-    log-probs of the labels and of the fake tokens, sharing one log-normaliser."""
+def reference_request(batch: dict, config: Any, generator: torch.Generator | None = None) -> StatisticsRequest:
+    """What the reference's forward computes: the labels' logits and fake tokens drawn at
+    ``config.reference_temperature`` (0: the argmax), with their logits."""
+    return StatisticsRequest(
+        labels=batch["labels"], draw_fake_temperature=float(config.reference_temperature), generator=generator
+    )
+
+
+def reference_terms(statistics: TokenStatistics, loss_mask: Tensor, normalization: str = "mean") -> ReferenceTerms:
+    """The reference terms from the reference's window statistics (:func:`reference_request`): its fake tokens and its
+    sequence log-probs of the labels and of the fake tokens, sharing one log-normaliser."""
     with torch.no_grad():
-        scores = StudentScores(ref_logits, labels)
-        fake = sample_fake_tokens(ref_logits, loss_mask, labels, temperature, generator)
-        real_logps = sequence_logps(scores.label_log_probs, loss_mask, normalization)
-        fake_logps = sequence_logps(scores.log_probs(fake), loss_mask, normalization)
-    return ReferenceTerms(fake, real_logps, fake_logps)
+        real_logps = sequence_logps(statistics.label_log_probs, loss_mask, normalization)
+        fake_logps = sequence_logps(statistics.fake_log_probs, loss_mask, normalization)
+    return ReferenceTerms(statistics.fake_tokens, real_logps, fake_logps)
+
+
+def student_request(batch: dict, config: Any, reference: ReferenceTerms | None = None) -> StatisticsRequest:
+    """What the student's forward computes for the objectives of ``config.loss_type``: the labels' logits, the fake
+    tokens' logits when an objective reads the reference, the entropy at the temperature an objective asks for."""
+    objectives = [OBJECTIVES[name] for name in config.loss_type]
+    fields = {objective.entropy_temperature_field for objective in objectives} - {None}
+    if len(fields) > 1:
+        raise ValueError(f"The objectives {config.loss_type} ask for entropies at different temperatures {fields}.")
+    return StatisticsRequest(
+        labels=batch["labels"],
+        fake_tokens=reference.fake_tokens if reference is not None else None,
+        entropy_temperature=float(getattr(config, fields.pop())) if fields else None,
+    )
 
 
 @dataclass
@@ -141,7 +103,7 @@ class ObjectiveInputs:
     """Everything an objective may read.
 
     Attributes:
-        scores: the student's window scores (:class:`StudentScores`).
+        scores: the student's window statistics (:class:`~t3d_trl.statistics.TokenStatistics`).
         batch: the collator's batch (``labels``, ``loss_mask``, ``path_weights`` on the window...).
         config: the training arguments (:class:`~t3d_trl.T3DConfig`).
         reference: the reference terms, for objectives with ``needs_reference``.
@@ -149,11 +111,11 @@ class ObjectiveInputs:
             objectives with ``needs_complement`` when the collator makes complementary masks.
     """
 
-    scores: StudentScores
+    scores: TokenStatistics
     batch: dict
     config: Any
     reference: ReferenceTerms | None = None
-    complement: StudentScores | None = None
+    complement: TokenStatistics | None = None
 
 
 ObjectiveFunction = Callable[[ObjectiveInputs], tuple[Tensor, dict[str, Tensor]]]
@@ -169,6 +131,8 @@ class Objective:
         needs_reference: whether ``inputs.reference`` (a :class:`ReferenceTerms`) must be given.
         needs_complement: whether it reads the complementary state's scores (given when the trainer's config
             enables them, see :meth:`~t3d_trl.T3DConfig.uses_complement`).
+        entropy_temperature_field: the config field holding the temperature of the entropy it reads (``None``: it
+            reads no entropy).
         state_sampling: the states it trains on by default: ``"trajectory"`` or ``"random"``.
         weight_field: the config field holding its default weight (``None``: 1).
     """
@@ -179,6 +143,7 @@ class Objective:
     state_sampling: str = "trajectory"
     weight_field: str | None = None
     needs_complement: bool = False
+    entropy_temperature_field: str | None = None
 
 
 #: registered objectives by name
@@ -193,6 +158,7 @@ def register_objective(
     state_sampling: str = "trajectory",
     weight_field: str | None = None,
     needs_complement: bool = False,
+    entropy_temperature_field: str | None = None,
     overwrite: bool = False,
 ) -> Objective:
     """Register ``function`` as the objective ``name`` (a ``loss_type`` value of :class:`~t3d_trl.T3DConfig`).
@@ -204,7 +170,9 @@ def register_objective(
         raise ValueError(f"An objective named {name!r} is already registered; pass overwrite=True to replace it.")
     if state_sampling not in ("trajectory", "random"):
         raise ValueError(f"state_sampling must be 'trajectory' or 'random', got {state_sampling!r}.")
-    objective = Objective(name, function, needs_reference, state_sampling, weight_field, needs_complement)
+    objective = Objective(
+        name, function, needs_reference, state_sampling, weight_field, needs_complement, entropy_temperature_field
+    )
     OBJECTIVES[name] = objective
     return objective
 
@@ -219,7 +187,7 @@ def _ddo(inputs: ObjectiveInputs):
     scores, reference, config = inputs.scores, inputs.reference, inputs.config
     loss_mask, normalization = inputs.batch["loss_mask"], config.logps_normalization
     policy_real = sequence_logps(scores.label_log_probs, loss_mask, normalization)
-    policy_fake = sequence_logps(scores.log_probs(reference.fake_tokens), loss_mask, normalization)
+    policy_fake = sequence_logps(scores.fake_log_probs, loss_mask, normalization)
     loss, real, fake = ddo_loss(
         policy_real, policy_fake, reference.real_logps, reference.fake_logps, config.beta, config.alpha
     )
@@ -248,10 +216,10 @@ def _sft(inputs: ObjectiveInputs):
     return loss, {"loss/sft": loss}
 
 
-def _certainty_forcing(scores: StudentScores, labels: Tensor, loss_mask: Tensor, config: Any) -> tuple[Tensor, Tensor]:
+def _certainty_forcing(scores: TokenStatistics, labels: Tensor, loss_mask: Tensor, config: Any) -> tuple[Tensor, Tensor]:
     """One pass of dParallel: (CE + w · H_T over the correct positions, H_T over them) per example."""
     correct = loss_mask & (scores.predictions == labels)
-    entropy = scores.tempered_entropy(config.dparallel_entropy_temperature)
+    entropy = scores.entropy  # at config.dparallel_entropy_temperature (student_request)
     loss = certainty_forcing_loss(
         scores.label_log_probs, entropy, correct, loss_mask, config.dparallel_entropy_weight
     )
@@ -272,16 +240,18 @@ register_objective("ddo", _ddo, needs_reference=True)
 register_objective("path", _path, weight_field="lambda_path")
 register_objective("td", _td)
 register_objective("sft", _sft, state_sampling="random")
-register_objective("dparallel", _dparallel, needs_complement=True)
+register_objective(
+    "dparallel", _dparallel, needs_complement=True, entropy_temperature_field="dparallel_entropy_temperature"
+)
 
 
 # ------------------------------------------------------------------------------------------------ assembly
 def compute_objectives(
-    logits: Tensor,
+    statistics: TokenStatistics,
     batch: dict,
     config: Any,
     reference: ReferenceTerms | None = None,
-    complement_logits: Tensor | None = None,
+    complement: TokenStatistics | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The weighted sum of the objectives of ``config.loss_type`` and their metrics.
 
@@ -290,20 +260,19 @@ def compute_objectives(
     positions), ``mask_ratio`` and ``num_masked_tokens``.
 
     Args:
-        logits: the student's window logits ``[b, W, V]``.
+        statistics: the student's window statistics for :func:`student_request`.
         batch: a batch of :class:`~t3d_trl.collator.DataCollatorForTrajectory` (``labels``, ``loss_mask``,
             ``path_weights``, ``mask_ratio``).
         config: the training arguments (:class:`~t3d_trl.T3DConfig`).
         reference: the reference terms, required when an objective needs them.
-        complement_logits: the student's window logits on the complementary state (``complement_input_ids``).
+        complement: the student's window statistics on the complementary state (``complement_input_ids``).
 
     Returns:
         ``(loss, metrics)``.
     """
-    scores = StudentScores(logits, batch["labels"])
-    complement = None if complement_logits is None else StudentScores(complement_logits, batch["labels"])
+    scores = statistics
     inputs = ObjectiveInputs(scores, batch, config, reference, complement)
-    total = torch.zeros((), device=logits.device)
+    total = torch.zeros((), device=scores.values.device)
     metrics: dict[str, Tensor] = {}
     for name, weight in zip(config.loss_type, config.loss_weights):
         objective = OBJECTIVES[name]

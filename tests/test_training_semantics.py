@@ -14,7 +14,8 @@ from datasets import Dataset
 from t3d_trl import T3DTrainer
 from t3d_trl.collator import DataCollatorForTrajectory
 from t3d_trl.masks import CLEAN, NOISY
-from t3d_trl.objectives import compute_objectives
+from t3d_trl.objectives import compute_objectives, student_request
+from t3d_trl.statistics import window_statistics
 
 from t3d_trl.testing import rollout_rows, tiny_qwen3, tiny_t3d_config, tiny_tokenizer
 
@@ -121,9 +122,11 @@ def test_dparallel_loss_as_published_on_a_hand_case():
     }
     config = SimpleNamespace(loss_type=["dparallel"], loss_weights=[1.0], dparallel_entropy_weight=2.0,
                              dparallel_entropy_temperature=0.5)
+    request = student_request(batch, config)
+    assert request.entropy_temperature == 0.5
     loss, metrics = compute_objectives(
-        torch.tensor([logits], dtype=torch.float64), batch, config,
-        complement_logits=torch.tensor([complement_logits], dtype=torch.float64),
+        window_statistics(torch.tensor([logits], dtype=torch.float64), request), batch, config,
+        complement=window_statistics(torch.tensor([complement_logits], dtype=torch.float64), request),
     )
 
     def one_pass(values, mask):

@@ -3,8 +3,8 @@
 transformers loads a checkpoint's ``custom_generate/generate.py`` when asked
 (``model.generate(..., custom_generate=path, trust_remote_code=True)``, or automatically for
 ``from_pretrained(path, trust_remote_code=True)``). The file is assembled from the very modules t3d-trl decodes
-with (masks, trajectory, layouts, cache, families, remasking, configuration, sampling, decoding), so both paths run
-the same code.
+with (masks, trajectory, layouts, statistics, cache, families, remasking, configuration, sampling, decoding), so both
+paths run the same code.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ SOURCE_MODULES = (
     "masks.py",
     "trajectory.py",
     "layouts.py",
+    "statistics.py",
     "models/cache.py",
     "models/families.py",
     "generation/remasking.py",

@@ -26,6 +26,7 @@ modules below it, because it is also copied into the ``custom_generate/generate.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import functools
 import inspect
 from typing import Any, ClassVar
@@ -36,6 +37,7 @@ from transformers import DynamicCache
 from .cache import buffered_cache
 from ..layouts import bidirectional_layout, block_causal_layout
 from ..masks import CLEAN, NOISY, layout_attention_mask, layout_block_mask, to_additive_mask
+from ..statistics import StatisticsRequest, TokenStatistics, head_gives_logits, statistics_head, window_statistics
 from ..trajectory import sample_current_block
 
 #: attention kernels that accept an arbitrary (4D) attention mask
@@ -167,14 +169,29 @@ class ModelFamily(abc.ABC):
         forward_parameters: set[str] | frozenset[str] | None = None,
         kernel: str | None = None,
         dtype: torch.dtype = torch.float32,
-    ) -> torch.Tensor:
-        """Logits ``[b, W, V]`` of the noisy window of a batch from :class:`~t3d_trl.collator.DataCollatorForTrajectory`.
+        statistics: StatisticsRequest | None = None,
+        chunk_size: int | None = None,
+        unwrapped=None,
+    ):
+        """The noisy window of a batch from :class:`~t3d_trl.collator.DataCollatorForTrajectory`: its logits
+        ``[b, W, V]``, or with ``statistics`` its :class:`~t3d_trl.statistics.TokenStatistics`.
 
         Builds the layout mask on the batch's device when the collator left it to the model, asks the model for only
         the window's logits (``logits_to_keep``) and aligns shifted heads (the logit of token ``i`` is read at
-        position ``i - 1``). ``forward_parameters`` names the arguments the (unwrapped) model's forward accepts; by
-        default those of ``model.forward``; ``kernel`` and ``dtype`` are the attention implementation and parameter
-        dtype of the unwrapped model.
+        position ``i - 1``). With ``statistics`` and a ``chunk_size``, the model's LM head is replaced for the forward
+        by a :class:`~t3d_trl.statistics.StatisticsHead` that computes the statistics ``chunk_size`` positions at a
+        time from the last hidden states, so no whole window of logits exists; without ``chunk_size`` they are
+        computed from the window's logits.
+
+        Args:
+            model: the model to run (possibly wrapped for distributed training).
+            batch: the collated batch.
+            forward_parameters: the arguments the unwrapped model's forward accepts (default: ``model.forward``'s).
+            kernel: the attention implementation of the unwrapped model.
+            dtype: the parameter dtype of the unwrapped model (for eager attention's additive mask).
+            statistics: what to compute per window position, instead of returning logits.
+            chunk_size: window positions per chunk when computing ``statistics`` inside the forward.
+            unwrapped: the model without its distributed wrapper, whose LM head is replaced (default ``model``).
         """
         accepted = _forward_parameters(model) if forward_parameters is None else forward_parameters
         window = int(batch["logits_to_keep"])
@@ -186,10 +203,26 @@ class ModelFamily(abc.ABC):
         if "position_ids" in accepted or self.needs_position_ids:
             kwargs["position_ids"] = batch["position_ids"]
         if "logits_to_keep" in accepted:
-            logits = model(**kwargs, logits_to_keep=keep).logits
+            kwargs["logits_to_keep"] = keep
+        owner = unwrapped if unwrapped is not None else model
+        if statistics is not None and chunk_size and head_gives_logits(owner):
+            request = statistics
+            if self.shift_logits:  # one more hidden state; its statistics are dropped below
+                request = dataclasses.replace(statistics, **{
+                    name: torch.nn.functional.pad(getattr(statistics, name), (0, 1))
+                    for name in ("labels", "fake_tokens") if getattr(statistics, name) is not None
+                })
+            with statistics_head(owner, request, chunk_size) as head:
+                output = model(**kwargs).logits[:, -keep:]
+            if head.calls:
+                return TokenStatistics(output[:, :-1] if self.shift_logits else output)
+            logits = output  # the model computed its logits without calling its head module
         else:
             logits = model(**kwargs).logits[:, -keep:]
-        return logits[:, :-1] if self.shift_logits else logits
+        logits = logits[:, :-1] if self.shift_logits else logits
+        if statistics is None:
+            return logits
+        return window_statistics(logits, statistics, chunk_size)
 
 
 class BlockCausalFamily(ModelFamily):

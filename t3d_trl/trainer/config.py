@@ -96,6 +96,15 @@ class T3DConfig(TrainingArguments):
         },
     )
 
+    logits_chunk_size: int = field(
+        default=256,
+        metadata={
+            "help": "Window positions per chunk when the objectives' log-probabilities, entropies and argmaxes are "
+            "computed from the last hidden states inside the forward: no whole float32 window of logits is built and "
+            "the backward recomputes each chunk's logits. 0 computes them from the whole window of logits."
+        },
+    )
+
     # Reference model
     sync_ref_model: bool = field(
         default=True,
@@ -225,6 +234,10 @@ class T3DConfig(TrainingArguments):
         if self.block_alignment not in (None, "absolute", "response"):
             raise ValueError(
                 f"block_alignment must be 'absolute', 'response' or unset (the family's grid), got {self.block_alignment!r}."
+            )
+        if not isinstance(self.logits_chunk_size, int) or self.logits_chunk_size < 0:
+            raise ValueError(
+                f"logits_chunk_size must be a non-negative integer (0: whole logits), got {self.logits_chunk_size!r}."
             )
         if self.ref_model_sync_steps < 1:
             raise ValueError(f"ref_model_sync_steps must be >= 1, got {self.ref_model_sync_steps}.")

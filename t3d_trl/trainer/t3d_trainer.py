@@ -22,7 +22,8 @@ from ..generation import DiffusionGenerationConfig, patch_model
 from ..generation.custom_generate import write_custom_generate
 from ..masks import NOISY
 from ..models.families import get_family, load_pretrained
-from ..objectives import ReferenceTerms, compute_objectives, reference_terms
+from ..objectives import ReferenceTerms, compute_objectives, reference_request, reference_terms, student_request
+from ..statistics import StatisticsRequest, TokenStatistics
 from .callbacks import POLICY_ADAPTER, REF_ADAPTER, RefModelSyncCallback, adapter_parameters, mixup_
 from .config import T3DConfig
 
@@ -260,57 +261,61 @@ class T3DTrainer(Trainer):
         return self.accelerator.prepare_model(ref_model, evaluation_mode=True)
 
     # ------------------------------------------------------------------------------------------ forwards
-    def _window_logits(self, model, batch: dict) -> torch.Tensor:
+    def _window_statistics(self, model, batch: dict, request: StatisticsRequest) -> TokenStatistics:
+        """The window statistics of ``request`` from one forward of ``model`` (the student, or the reference)."""
+        unwrapped = self.accelerator.unwrap_model(model)
         return self.family.training_forward(
-            model, batch, self._forward_parameters, self._attention_kernel, self.accelerator.unwrap_model(model).dtype
+            model,
+            batch,
+            self._forward_parameters,
+            self._attention_kernel,
+            unwrapped.dtype,
+            statistics=request,
+            chunk_size=self.args.logits_chunk_size or None,
+            unwrapped=unwrapped,
         )
 
     @torch.no_grad()
-    def _reference_logits(self, batch: dict) -> torch.Tensor:
+    def _reference_statistics(self, batch: dict, request: StatisticsRequest) -> TokenStatistics:
         if self.ref_model is not None:
-            return self._window_logits(self.ref_model, batch)
+            return self._window_statistics(self.ref_model, batch, request)
         model = self.accelerator.unwrap_model(self.model)
         if REF_ADAPTER in model.peft_config:
             from trl.trainer.utils import use_adapter
 
             with use_adapter(model, REF_ADAPTER):
-                logits = self._window_logits(model, batch)
+                statistics = self._window_statistics(model, batch, request)
             for param in adapter_parameters(model, REF_ADAPTER):
                 param.requires_grad_(False)
-            return logits
+            return statistics
         with model.disable_adapter():
-            return self._window_logits(model, batch)
+            return self._window_statistics(model, batch, request)
 
     def _reference_terms(self, batch: dict) -> ReferenceTerms:
         """Fake tokens x̂ and the reference's sequence log-probs of x0 and x̂ (precomputed or from one forward)."""
         if "ref_fake_tokens" in batch:
             return ReferenceTerms(batch["ref_fake_tokens"], batch["ref_real_logps"], batch["ref_fake_logps"])
-        ref_logits = self._reference_logits(batch)
         generator = None
         if self.args.reference_temperature > 0:
-            generator = torch.Generator(device=ref_logits.device).manual_seed(
+            generator = torch.Generator(device=batch["input_ids"].device).manual_seed(
                 hash((self.args.seed, self.state.global_step, self.accelerator.process_index)) % (2**63)
             )
-        return reference_terms(
-            ref_logits,
-            batch["labels"],
-            batch["loss_mask"],
-            self.args.reference_temperature,
-            self.args.logps_normalization,
-            generator,
-        )
+        statistics = self._reference_statistics(batch, reference_request(batch, self.args, generator))
+        return reference_terms(statistics, batch["loss_mask"], self.args.logps_normalization)
 
     # ------------------------------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """One student forward with gradients (and one reference forward without) → the weighted objectives."""
-        logits = self._window_logits(model, inputs)
+        """One reference forward without gradients (its fake tokens x̂ and log-probs), then one student forward with
+        gradients (two with dParallel's complementary masks) → the weighted objectives."""
         reference = self._reference_terms(inputs) if self.args.uses_reference else None
+        request = student_request(inputs, self.args, reference)
+        statistics = self._window_statistics(model, inputs, request)
         complement = None
         if "complement_input_ids" in inputs:  # dParallel's second pass, on the complementary state
-            complement = self._window_logits(model, {**inputs, "input_ids": inputs["complement_input_ids"]})
-        loss, metrics = compute_objectives(logits, inputs, self.args, reference, complement)
+            complement = self._window_statistics(model, {**inputs, "input_ids": inputs["complement_input_ids"]}, request)
+        loss, metrics = compute_objectives(statistics, inputs, self.args, reference, complement)
         self._record_metrics(metrics, "train" if model.training else "eval")
-        return (loss, {"logits": logits}) if return_outputs else loss
+        return (loss, {"statistics": statistics.values}) if return_outputs else loss
 
     def _record_metrics(self, metrics: dict[str, torch.Tensor], mode: str) -> None:
         """Average the micro-batch's metrics over processes (one gather) and keep them until the next log."""
