@@ -21,6 +21,7 @@ with ``step_map``. :func:`t3d_trl.generate_trajectories` writes rows in this for
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -75,37 +76,83 @@ _STEP_MAP_HELP = (
 )
 
 
-def _row_problem(prompt_length: int, completion_ids: list[int], step_map: list[int] | None, block_size: int) -> str:
+def _ids_problem(name: str, ids: Any, vocab_size: int | None) -> str:
+    """Empty string if ``ids`` is a list of integer token ids within ``[0, vocab_size)``, else what is wrong."""
+    if ids is None:
+        return f"{name} is None"
+    if not isinstance(ids, (list, tuple)):
+        return f"{name} must be a list of token ids, got {type(ids).__name__}"
+    bad = next((value for value in ids if isinstance(value, bool) or not isinstance(value, (int, np.integer))), None)
+    if bad is not None:
+        return f"{name} holds {bad!r} ({type(bad).__name__}); token ids must be integers"
+    if vocab_size is not None and ids:
+        low, high = min(ids), max(ids)
+        if low < 0 or high >= vocab_size:
+            return f"{name} holds id {low if low < 0 else high}, outside the vocabulary [0, {vocab_size})"
+    return ""
+
+
+def _row_problem(
+    prompt_ids: list[int],
+    completion_ids: list[int],
+    step_map: list[int] | None,
+    block_size: int,
+    steps_per_block: int | None = None,
+    grid: str = "absolute",
+    vocab_size: int | None = None,
+) -> str:
     """Empty string if the row is consistent, else a description of its first problem.
 
-    Checks ``len(step_map) = len(completion_ids)``, ``step_i ≥ 0``, and that steps are non-decreasing block by block:
-    with teacher blocks ``k_i = ⌊(P + i) / block_size⌋``, ``min_{i∈k} step_i ≥ max_{i∈k−1} step_i``.
+    Checks that the ids are integers in the vocabulary, ``len(step_map) = len(completion_ids)``, and that the steps
+    are a teacher's schedule: with teacher blocks ``k_i = ⌊(o + i) / block_size⌋`` (``o = P`` on the absolute grid,
+    ``0`` on the response grid), the first block starts at step 0, every block after a complete one starts right
+    after it (``min_k = max_{k−1} + 1``), and no block spans more than ``steps_per_block`` steps (``block_size``
+    when unknown). The last block may have gaps: tokens after an EOS were dropped with their steps.
     """
+    for name, ids in (("prompt_ids", prompt_ids), ("completion_ids", completion_ids)):
+        problem = _ids_problem(name, ids, vocab_size)
+        if problem:
+            return problem
     if step_map is None:
         return "step_map is None"
-    if completion_ids is None:
-        return "completion_ids is None"
     if len(step_map) != len(completion_ids):
         return f"len(step_map)={len(step_map)} != len(completion_ids)={len(completion_ids)}"
     if len(step_map) == 0:
         return ""
+    if any(isinstance(value, bool) or not isinstance(value, (int, np.integer)) for value in step_map):
+        return "step_map must hold integer steps"
     steps = np.asarray(step_map, dtype=np.int64)
     if (steps < 0).any():
         first = int(np.flatnonzero(steps < 0)[0])
         return f"negative step {int(steps[first])} at completion token {first}"
     if block_size is None or block_size < 1:
         return f"invalid teacher block_size {block_size!r}"
-    blocks = (prompt_length + np.arange(steps.size)) // block_size
+    limit = steps_per_block or block_size
+    origin = len(prompt_ids) if grid == "absolute" else 0
+    blocks = (origin + np.arange(steps.size)) // block_size
     starts = np.flatnonzero(np.r_[True, blocks[1:] != blocks[:-1]])
     lows = np.minimum.reduceat(steps, starts)
     highs = np.maximum.reduceat(steps, starts)
-    bad = np.flatnonzero(lows[1:] < highs[:-1])
-    if bad.size:
-        k = int(bad[0]) + 1
+    where = f"(block_size={block_size}, steps_per_block={limit}, {grid} grid)"
+    expected = np.r_[0, highs[:-1] + 1]  # where each block's steps must start
+    last = lows.size - 1
+    early = np.flatnonzero(lows < expected)
+    if early.size:
+        k = int(early[0])
         return (
-            f"steps out of order: teacher block {int(blocks[starts[k]])} (block_size={block_size}, blocks aligned to "
-            f"absolute positions) has a token committed at step {int(lows[k])}, before step {int(highs[k - 1])} of "
-            "the previous block"
+            f"steps out of order: teacher block {int(blocks[starts[k]])} {where} has a token committed at step "
+            f"{int(lows[k])}, before step {int(expected[k]) - 1} of the previous block"
+        )
+    gaps = np.flatnonzero(lows[:last] > expected[:last])
+    if gaps.size:
+        k = int(gaps[0])
+        return f"teacher block {int(blocks[starts[k]])} {where} starts at step {int(lows[k])}, not {int(expected[k])}"
+    long = np.flatnonzero(highs - expected + 1 > limit)
+    if long.size:
+        k = int(long[0])
+        return (
+            f"teacher block {int(blocks[starts[k]])} {where} spans steps {int(expected[k])}..{int(highs[k])}, more "
+            f"than the {limit} steps a block takes"
         )
     return ""
 
@@ -119,6 +166,10 @@ def prepare_trajectory_dataset(
     block_size: int | None = None,
     truncation: str = "keep_start",
     num_proc: int | None = None,
+    grid: str = "absolute",
+    vocab_size: int | None = None,
+    eos_token_id: int | None = None,
+    require_step_map: bool = True,
 ) -> tuple[Dataset, dict[str, int]]:
     """Validate a trajectory dataset and bring it to the collator's format.
 
@@ -130,9 +181,11 @@ def prepare_trajectory_dataset(
        Columns that arrive as ids are never re-tokenised.
     2. An ``example_index`` column (the original row index, the key of the per-example state hash) is added unless
        already present.
-    3. Per row: ``len(step_map) = len(completion_ids)``, ``step_i ≥ 0``, and with teacher blocks
-       ``k_i = ⌊(P + i)/block_size⌋`` (``P`` the prompt length before truncation),
-       ``min_{i∈k} step_i ≥ max_{i∈k−1} step_i``; the first bad row raises ``ValueError`` with its index.
+    3. Per row: ids are integers in ``[0, vocab_size)``, ``len(step_map) = len(completion_ids)``, and the steps are a
+       teacher's schedule on ``grid`` (see :func:`_row_problem`: blocks start where the previous one ended, none
+       spans more than ``steps_per_block`` steps); the first bad row raises ``ValueError`` with its index. Without a
+       ``step_map`` column and with ``require_step_map=False`` (plain prompt/completion rows for the ``sft``
+       objective, whose states ignore steps), a left-to-right step map is added.
     4. Empty completions are dropped (``stats['dropped_empty']``, logged).
     5. Prompts longer than ``max_prompt_length`` keep their last tokens (``stats['truncated_prompts']``).
     6. Completions longer than ``max_completion_length``: ``truncation="keep_start"`` keeps the first tokens and
@@ -147,11 +200,58 @@ def prepare_trajectory_dataset(
         block_size: the teacher's block size, used when the dataset has no ``block_size`` column.
         truncation: ``"keep_start"`` or ``"error"`` for completions over the limit.
         num_proc: processes for ``Dataset.map``/``filter``.
+        grid: the teacher's decoding grid, ``"absolute"`` or ``"response"`` (its model family's).
+        vocab_size: the model's vocabulary size, to refuse ids outside it.
+        eos_token_id: the EOS id, to count the completions that end without it (cut at the rollout's limit).
+        require_step_map: refuse rows without ``step_map`` (trajectory objectives need the teacher's steps).
 
     Returns:
         ``(dataset, stats)``; ``stats`` counts ``num_rows_in``, ``num_rows_out``, ``tokenized_prompts``,
-        ``tokenized_completions``, ``dropped_empty``, ``truncated_prompts``, ``truncated_completions``.
+        ``tokenized_completions``, ``dropped_empty``, ``truncated_prompts``, ``truncated_completions`` and
+        ``completions_without_eos``.
     """
+    with _hidden_datasets_progress():
+        return _prepare(
+            _as_dataset(dataset), processing_class, max_prompt_length, max_completion_length, block_size, truncation,
+            num_proc, grid, vocab_size, eos_token_id, require_step_map,
+        )
+
+
+@contextlib.contextmanager
+def _hidden_datasets_progress():
+    """Hide the progress bars of ``datasets`` (Map, Indexing, Validating...) during the preparation, unless its
+    logging verbosity asks for INFO or more (``t3d-trl ... --verbose``, or ``datasets.logging.set_verbosity_info()``)."""
+    import datasets
+
+    hide = datasets.logging.get_verbosity() > datasets.logging.INFO and datasets.is_progress_bar_enabled()
+    if hide:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if hide:
+            datasets.enable_progress_bars()
+
+
+def _prepare(
+    dataset: Dataset,
+    processing_class: Any,
+    max_prompt_length: int | None,
+    max_completion_length: int | None,
+    block_size: int | None,
+    truncation: str,
+    num_proc: int | None,
+    grid: str,
+    vocab_size: int | None,
+    eos_token_id: int | None,
+    require_step_map: bool,
+) -> tuple[Dataset, dict[str, int]]:
+    """The steps of :func:`prepare_trajectory_dataset`, in the order of its docstring."""
+    if grid not in ("absolute", "response"):
+        raise ValueError(f"grid must be 'absolute' or 'response', got {grid!r}.")
+    if not require_step_map and STEP_MAP not in dataset.column_names:
+        dataset = _add_left_to_right_steps(dataset, block_size)
+        block_size = block_size or 1
     _check_arguments(dataset, block_size, truncation, max_prompt_length, max_completion_length)
     stats = {
         "num_rows_in": len(dataset),
@@ -161,20 +261,72 @@ def prepare_trajectory_dataset(
         "dropped_empty": 0,
         "truncated_prompts": 0,
         "truncated_completions": 0,
+        "completions_without_eos": 0,
     }
     if EXAMPLE_INDEX not in dataset.column_names:
         dataset = dataset.map(
             _index_batch, with_indices=True, batched=True, num_proc=num_proc, desc="Indexing trajectories"
         )
     dataset = _tokenize_text_columns(dataset, processing_class, num_proc, stats)
-    dataset = _validate_rows(dataset, block_size, num_proc)
+    dataset = _validate_rows(dataset, block_size, num_proc, grid, vocab_size)
     dataset, completion_lengths = _drop_empty_completions(dataset, stats)
+    _count_without_eos(dataset, eos_token_id, stats)
     dataset = _truncate(
         dataset, completion_lengths, max_prompt_length, max_completion_length, truncation, num_proc, stats
     )
     dataset = dataset.remove_columns([c for c in _HELPER_COLUMNS if c in dataset.column_names])
     stats["num_rows_out"] = len(dataset)
     return dataset, stats
+
+
+def _as_dataset(dataset: Any) -> Dataset:
+    """A ``datasets.Dataset`` from one, or from a list of dicts; anything else (an ``IterableDataset`` included) is
+    refused with a message: validation reads every row and the trainer needs the dataset's length."""
+    if isinstance(dataset, Dataset):
+        if len(dataset) == 0:
+            raise ValueError("The trajectory dataset is empty: it has no rows to train on.")
+        return dataset
+    if isinstance(dataset, list) and all(isinstance(row, dict) for row in dataset):
+        if not dataset:
+            raise ValueError("The trajectory dataset is empty: it has no rows to train on.")
+        return Dataset.from_list(dataset)
+    raise TypeError(
+        f"The trajectory dataset must be a datasets.Dataset or a list of dicts, got {type(dataset).__name__}. "
+        "A streaming IterableDataset is not supported (every row is validated first and the trainer needs the "
+        "length): load it without streaming, or materialise it with Dataset.from_list(list(iterable))."
+    )
+
+
+def _add_left_to_right_steps(dataset: Dataset, block_size: int | None) -> Dataset:
+    """A ``step_map`` of ``0, 1, 2, ...`` (one token per step, left to right) for rows without one, and the block
+    size column when missing, so plain prompt/completion rows pass validation (random states ignore the steps)."""
+    ids = COMPLETION_IDS if COMPLETION_IDS in dataset.column_names else COMPLETION
+    if ids == COMPLETION:
+        raise ValueError(
+            "Rows without `step_map` need `completion_ids` (tokenise the reference answers first, e.g. with "
+            "the tokenizer's batch call), so that steps can be assigned per token."
+        )
+    lengths = [len(row) if row is not None else 0 for row in dataset[ids]]
+    dataset = dataset.add_column(STEP_MAP, [list(range(length)) for length in lengths])
+    if BLOCK_SIZE not in dataset.column_names:
+        dataset = dataset.add_column(BLOCK_SIZE, [max(1, max(lengths, default=1)) if block_size is None else block_size] * len(dataset))
+    return dataset
+
+
+def _count_without_eos(dataset: Dataset, eos_token_id: int | None, stats: dict[str, int]) -> None:
+    """Count (and report) the completions that do not end with EOS: the teacher was cut at its length limit, so no
+    EOS is trained after them."""
+    if eos_token_id is None:
+        return
+    cut = sum(1 for ids in dataset[COMPLETION_IDS] if ids and ids[-1] != eos_token_id)
+    stats["completions_without_eos"] = cut
+    if cut:
+        logger.warning(
+            "%d of %d completions end without EOS (the teacher was cut at its length limit): no EOS is trained after "
+            "them, and their last block's open slots stay masked.",
+            cut,
+            len(dataset),
+        )
 
 
 def _check_arguments(
@@ -251,13 +403,15 @@ def _tokenize_text_columns(
     return dataset
 
 
-def _validate_rows(dataset: Dataset, block_size: int | None, num_proc: int | None) -> Dataset:
+def _validate_rows(
+    dataset: Dataset, block_size: int | None, num_proc: int | None, grid: str, vocab_size: int | None
+) -> Dataset:
     """Check every row (decision 3): the first bad row raises; the helper length columns are added."""
     dataset = dataset.map(
         _check_batch,
         batched=True,
         num_proc=num_proc,
-        fn_kwargs={"default_block_size": block_size},
+        fn_kwargs={"default_block_size": block_size, "grid": grid, "vocab_size": vocab_size},
         desc="Validating trajectories",
     )
     problems = dataset[_PROBLEM]
@@ -348,20 +502,25 @@ def _tokenize_batch(
     return out
 
 
-def _check_batch(batch: dict[str, list], default_block_size: int | None) -> dict[str, list]:
+def _check_batch(
+    batch: dict[str, list], default_block_size: int | None, grid: str = "absolute", vocab_size: int | None = None
+) -> dict[str, list]:
     """Per-row problem description (empty if consistent) and lengths."""
     size = len(batch[COMPLETION_IDS])
     block_sizes = batch[BLOCK_SIZE] if BLOCK_SIZE in batch else [default_block_size] * size
     block_sizes = [default_block_size if b is None else b for b in block_sizes]
+    steps_per_block = batch[STEPS_PER_BLOCK] if STEPS_PER_BLOCK in batch else [None] * size
     prompts = batch[PROMPT_IDS]
     problems = [
-        _row_problem(len(prompt), completion, steps, block)
-        for prompt, completion, steps, block in zip(prompts, batch[COMPLETION_IDS], batch[STEP_MAP], block_sizes)
+        _row_problem(prompt, completion, steps, block, per_block, grid, vocab_size)
+        for prompt, completion, steps, block, per_block in zip(
+            prompts, batch[COMPLETION_IDS], batch[STEP_MAP], block_sizes, steps_per_block
+        )
     ]
     return {
         _PROBLEM: problems,
-        _PROMPT_LEN: [len(p) for p in prompts],
-        _COMPLETION_LEN: [len(c) if c is not None else 0 for c in batch[COMPLETION_IDS]],
+        _PROMPT_LEN: [len(p) if isinstance(p, (list, tuple)) else 0 for p in prompts],
+        _COMPLETION_LEN: [len(c) if isinstance(c, (list, tuple)) else 0 for c in batch[COMPLETION_IDS]],
     }
 
 

@@ -105,7 +105,7 @@ def test_empty_completions_are_dropped_counted_and_logged(caplog):
         **{
             PROMPT_IDS: [[4], [5], [6]],
             COMPLETION_IDS: [[], [7, 1], []],
-            STEP_MAP: [[], [0, 0], []],
+            STEP_MAP: [[], [0, 1], []],  # P = 1, blocks of 2: the two tokens lie in different teacher blocks
             "block_size": [2, 2, 2],
         }
     )
@@ -144,7 +144,7 @@ def test_text_rows_are_tokenised_and_id_rows_untouched():
             "prompt": [[{"role": "user", "content": "what is two plus four"}]],
             "completion": ["six ."],
             COMPLETION_IDS: [[11, 12, 12, 1]],  # deliberately not the tokenisation of "six ."
-            STEP_MAP: [[0, 0, 1, 1]],
+            STEP_MAP: [[0, 1, 1, 2]],  # P = 7, blocks of 4: {t0} then {t1, t2, t3}
         }
     )
     dataset, stats = prepare_trajectory_dataset(chat, tokenizer, block_size=4)

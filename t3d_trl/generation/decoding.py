@@ -129,6 +129,91 @@ def build_canvas(
     return Canvas(tokens, positions, valid, generated, start, num_blocks, offsets + lengths)
 
 
+def _vocabulary_size(model) -> int | None:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    if weight is not None and weight.ndim == 2:
+        return int(weight.shape[0])
+    config = getattr(model, "config", None)
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(config, "vocab_size", None)
+
+
+def check_inputs(model, input_ids, attention_mask, config: DiffusionGenerationConfig) -> torch.Tensor:
+    """Refuse inputs decoding cannot honour, before any forward; return the attention mask to decode with.
+
+    Checks: ``input_ids`` is a non-empty 2D integer tensor whose ids lie in the model's vocabulary; the mask token
+    is set and in the vocabulary; ``attention_mask`` (when given) has the shape of ``input_ids``, holds only 0 and 1,
+    and every row keeps at least one token. Without an ``attention_mask``, rows padded with ``pad_token_id`` (a run
+    of it at the start or the end of a row, when it is not also an EOS id) are read as padding, as transformers does,
+    with a warning; every other token counts as prompt.
+
+    Raises:
+        ValueError: naming the argument, the value and what is accepted.
+    """
+    if not torch.is_tensor(input_ids):
+        raise ValueError(f"`input_ids` must be a torch.LongTensor [batch, length], got {type(input_ids).__name__}.")
+    if input_ids.ndim != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+        raise ValueError(f"`input_ids` must be a non-empty [batch, length] tensor, got shape {tuple(input_ids.shape)}.")
+    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+        raise ValueError(f"`input_ids` must hold integer token ids, got dtype {input_ids.dtype}.")
+    vocab = _vocabulary_size(model)
+    mask_id = config.mask_token_id
+    if mask_id is None:
+        raise ValueError(
+            "No mask token: set `mask_token_id` in the generation config, or give the tokenizer a mask token "
+            "(tokenizer.add_special_tokens({'mask_token': '<|MASK|>'})) and pass it to t3d_trl.patch_model."
+        )
+    if vocab is not None and not 0 <= int(mask_id) < vocab:
+        raise ValueError(f"`mask_token_id`={mask_id} is outside the model's vocabulary [0, {vocab}).")
+    if attention_mask is not None:
+        if not torch.is_tensor(attention_mask) or attention_mask.shape != input_ids.shape:
+            shape = tuple(attention_mask.shape) if torch.is_tensor(attention_mask) else type(attention_mask).__name__
+            raise ValueError(
+                f"`attention_mask` must have the shape of `input_ids` {tuple(input_ids.shape)}, got {shape}."
+            )
+        if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+            raise ValueError("`attention_mask` must hold only 0 (padding) and 1 (prompt token).")
+        attention_mask = attention_mask.to(device=input_ids.device, dtype=torch.long)
+    else:
+        attention_mask = _inferred_padding(input_ids, config)
+    real = attention_mask.bool()
+    if vocab is not None:
+        bad = real & ((input_ids < 0) | (input_ids >= vocab))
+        if bool(bad.any()):
+            row, column = (int(i) for i in bad.nonzero()[0])
+            raise ValueError(
+                f"`input_ids` row {row}, position {column} holds id {int(input_ids[row, column])}, outside the model's "
+                f"vocabulary [0, {vocab})."
+            )
+    empty = (~real).all(1)
+    if bool(empty.any()):
+        raise ValueError(
+            f"Every prompt needs at least one token; row {int(empty.nonzero()[0])} of `attention_mask` is all zeros."
+        )
+    return attention_mask
+
+
+def _inferred_padding(input_ids: torch.Tensor, config: DiffusionGenerationConfig) -> torch.Tensor:
+    """The attention mask of a batch given without one: leading or trailing runs of ``pad_token_id`` are padding
+    when the pad token is not an EOS token (warned once); everything else is prompt."""
+    ones = torch.ones_like(input_ids, dtype=torch.long)
+    pad = config.pad_token_id
+    if pad is None or int(pad) in _as_id_list(config.eos_token_id) or input_ids.shape[0] == 1:
+        return ones
+    is_pad = (input_ids == int(pad)).long()
+    leading = is_pad.cumprod(1).bool()
+    trailing = is_pad.flip(1).cumprod(1).flip(1).bool()
+    padding = leading | trailing
+    if not bool(padding.any()):
+        return ones
+    logger.warning_once(
+        "generate() got a batch without `attention_mask` whose rows start or end with pad_token_id "
+        f"({int(pad)}): those runs are read as padding. Pass the tokenizer's attention_mask to make it explicit."
+    )
+    return (~padding).long()
+
+
 def resolve_max_new_tokens(config: DiffusionGenerationConfig, prompt_width: int) -> int:
     """New tokens per row, as transformers defines them: ``max_new_tokens`` when set (it takes precedence), else
     ``max_length − prompt_width`` (``max_length`` counts the prompt, padded to the batch's width), else
@@ -200,17 +285,7 @@ def diffusion_generate(
     Returns:
         A :class:`DiffusionGenerateOutput`.
     """
-    if config.mask_token_id is None:
-        raise ValueError(
-            "No mask token: set `mask_token_id` in the generation config, or give the tokenizer a mask token "
-            "(tokenizer.add_special_tokens({'mask_token': '<|MASK|>'})) and pass it to t3d_trl.patch_model."
-        )
-    if input_ids.ndim != 2 or input_ids.shape[1] == 0:
-        raise ValueError(f"`input_ids` must be a non-empty [batch, length] tensor, got shape {tuple(input_ids.shape)}.")
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    if bool((attention_mask.sum(1) == 0).any()):
-        raise ValueError("Every prompt needs at least one token; found a row whose attention_mask is all zeros.")
+    attention_mask = check_inputs(model, input_ids, attention_mask, config)
     input_ids, attention_mask = _repeat_for_samples(input_ids, attention_mask, config)
     block_size, steps = config.block_size, config.steps_per_block
     max_new_tokens = resolve_max_new_tokens(config, input_ids.shape[1])

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from transformers import GenerationConfig
 
-from ..models.families import ModelFamily, get_family
+from ..models.families import ModelFamily, check_supported, get_family
 from .configuration import DiffusionGenerationConfig
 from .decoding import generate_with_model
 
@@ -131,20 +131,31 @@ def patch_model(
     Returns:
         ``model``, patched.
     """
+    check_supported(model)
+    if not isinstance(shift_logits, bool):
+        raise ValueError(f"`shift_logits` must be True or False, got {shift_logits!r}.")
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)
+    if tokenizer is not None and not hasattr(tokenizer, "convert_tokens_to_ids"):
+        raise ValueError(
+            f"`processing_class` must be the model's tokenizer (or a processor holding one), got "
+            f"{type(processing_class).__name__}."
+        )
     base = getattr(model, "generation_config", None)
     if base is None or not hasattr(base, "block_size"):
         base = _load_saved_generation_config(model) or base
     defaults: dict[str, Any] = {}
-    if processing_class is not None:
+    if tokenizer is not None:
         for field in ("mask_token_id", "eos_token_id", "pad_token_id"):
-            token_id = getattr(processing_class, field, None)
+            token_id = getattr(tokenizer, field, None)
             if token_id is not None and getattr(base, field, None) is None:
                 defaults[field] = token_id
     config_mask = getattr(model.config, "mask_token_id", None)
     if config_mask is not None and getattr(base, "mask_token_id", None) is None:
         defaults.setdefault("mask_token_id", config_mask)
     defaults.update(generation_defaults)
-    model.__class__ = _patched_class(type(model))
-    model.generation_config = DiffusionGenerationConfig.from_generation_config(base, **defaults)
-    model.diffusion_family = get_family(model, family=family, shift_logits=shift_logits)
+    config = DiffusionGenerationConfig.from_generation_config(base, **defaults)
+    diffusion_family = get_family(model, family=family, shift_logits=shift_logits)
+    model.__class__ = _patched_class(type(model))  # only once every setting is known to be valid
+    model.generation_config = config
+    model.diffusion_family = diffusion_family
     return model

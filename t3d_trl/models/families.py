@@ -83,6 +83,8 @@ class ModelFamily(abc.ABC):
 
     #: registry name, e.g. ``"block_causal"``
     name: ClassVar[str] = ""
+    #: what the family runs, for error messages that list the supported families
+    description: ClassVar[str] = ""
     #: the ``transformers`` auto class a checkpoint of the family loads with
     auto_model_class: ClassVar[str] = "AutoModelForCausalLM"
     #: whether decoding keeps a prefix KV cache across blocks
@@ -234,6 +236,7 @@ class BlockCausalFamily(ModelFamily):
     """
 
     name = "block_causal"
+    description = "decoder LMs with an LM head run with block-causal attention (SDAR, Qwen3, Llama...)"
     auto_model_class = "AutoModelForCausalLM"
     supports_cache = True
     decoding_grid = "absolute"
@@ -393,6 +396,7 @@ class BidirectionalFamily(ModelFamily):
     """Full-attention mask predictors (``AutoModelForMaskedLM``, LLaDA-style): no cache, the whole sequence."""
 
     name = "bidirectional"
+    description = "mask predictors with full attention (AutoModelForMaskedLM, LLaDA-style)"
     auto_model_class = "AutoModelForMaskedLM"
     supports_cache = False
     decoding_grid = "response"  # blocks are a decoding schedule here, started at the first generated token (LLaDA)
@@ -460,7 +464,7 @@ def family_class(name: str) -> type[ModelFamily]:
         ValueError: naming the supported families.
     """
     if name not in FAMILIES:
-        raise ValueError(f"Unknown model family {name!r}; supported families: {', '.join(map(repr, FAMILIES))}.")
+        raise ValueError(f"Unknown model family {name!r}; supported families: {supported_families()}.")
     return FAMILIES[name]
 
 
@@ -473,8 +477,39 @@ def detect_family(model) -> str:
     return DEFAULT_FAMILY
 
 
+def supported_families() -> str:
+    """The registered families, one phrase each, for error messages."""
+    return "; ".join(f"{name!r}: {family.description or family.__name__}" for name, family in FAMILIES.items())
+
+
+def check_supported(model) -> None:
+    """Raise one clear `ValueError` listing the supported families when no family can run ``model``: not a
+    transformers ``PreTrainedModel`` (a PEFT model is checked through its base model), an encoder-decoder, or no LM
+    head."""
+    from transformers import PreTrainedModel
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not isinstance(base, PreTrainedModel):
+        problem = f"it is a {type(base).__name__}, not a transformers PreTrainedModel"
+    elif getattr(base.config, "is_encoder_decoder", False):
+        problem = "it is an encoder-decoder model"
+    elif base.get_output_embeddings() is None:
+        problem = (
+            "it has no LM head (get_output_embeddings() is None): load it with AutoModelForCausalLM or "
+            "AutoModelForMaskedLM, not AutoModel"
+        )
+    else:
+        return
+    raise ValueError(f"t3d-trl cannot run {type(base).__name__}: {problem}. Supported families: {supported_families()}.")
+
+
 def get_family(model, family: str | None = None, shift_logits: bool = False) -> ModelFamily:
-    """The family object that drives ``model``: ``family`` by name, or detected from the model."""
+    """The family object that drives ``model``: ``family`` by name, or detected from the model.
+
+    Raises:
+        ValueError: for a model no family can run (:func:`check_supported`) or an unknown family name.
+    """
+    check_supported(model)
     return family_class(family or detect_family(model)).for_model(model, shift_logits=shift_logits)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,6 +10,29 @@ from transformers import TrainingArguments
 
 from ..models.families import FAMILIES
 from ..objectives import OBJECTIVES, objective_names
+
+
+def _check_number(
+    name: str, value: Any, low: float | None, low_open: bool, high: float | None, integer: bool, optional: bool
+) -> None:
+    """Raise a `ValueError` naming ``name`` unless ``value`` is a number (an integer when ``integer``) in the range
+    ``low < value`` (``low_open``) or ``low <= value``, ``value <= high``; ``None`` only when ``optional``."""
+    if value is None and optional:
+        return
+    kind = "an integer" if integer else "a number"
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'>' if low_open else '>='} {low}")
+    if high is not None:
+        bounds.append(f"<= {high}")
+    accepted = f"{kind}{' ' + ' and '.join(bounds) if bounds else ''}{' or None' if optional else ''}"
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if integer:
+        numeric = numeric and float(value).is_integer()
+    if not numeric or math.isnan(value) or math.isinf(value):
+        raise ValueError(f"`{name}` must be {accepted}, got {value!r}.")
+    if (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high):
+        raise ValueError(f"`{name}` must be {accepted}, got {value!r}.")
 
 
 @dataclass
@@ -231,18 +255,48 @@ class T3DConfig(TrainingArguments):
                 "precompute_ref_log_probs=True needs deterministic fake tokens (reference_temperature=0); with "
                 f"reference_temperature={self.reference_temperature} they are resampled at every step."
             )
-        if self.block_alignment not in (None, "absolute", "response"):
-            raise ValueError(
-                f"block_alignment must be 'absolute', 'response' or unset (the family's grid), got {self.block_alignment!r}."
-            )
-        if not isinstance(self.logits_chunk_size, int) or self.logits_chunk_size < 0:
-            raise ValueError(
-                f"logits_chunk_size must be a non-negative integer (0: whole logits), got {self.logits_chunk_size!r}."
-            )
-        if self.ref_model_sync_steps < 1:
-            raise ValueError(f"ref_model_sync_steps must be >= 1, got {self.ref_model_sync_steps}.")
-        if not 0.0 < self.ref_model_mixup_alpha <= 1.0:
-            raise ValueError(f"ref_model_mixup_alpha must lie in (0, 1], got {self.ref_model_mixup_alpha}.")
+        self._check_settings()
+
+    def _check_settings(self) -> None:
+        """Every T3D setting's type and range (NaN included), with a message naming the field, the value and what
+        is accepted."""
+        choices = {
+            "block_alignment": (None, "absolute", "response"),
+            "state_sampling": ("trajectory", "random"),
+            "state_order": ("latest", "earliest"),
+            "completion_truncation": ("keep_start", "error"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"`{name}` must be one of {allowed}, got {getattr(self, name)!r}.")
+        # name -> (lowest, lowest excluded, highest, integer, None allowed)
+        ranges = {
+            "beta": (0.0, True, None, False, False),
+            "alpha": (0.0, False, None, False, False),
+            "lambda_path": (0.0, False, None, False, False),
+            "reference_temperature": (0.0, False, None, False, False),
+            "dparallel_entropy_weight": (0.0, False, None, False, False),
+            "dparallel_entropy_temperature": (0.0, True, None, False, False),
+            "ref_model_sync_steps": (1, False, None, True, False),
+            "ref_model_mixup_alpha": (0.0, True, 1.0, False, False),
+            "block_size": (1, False, None, True, True),
+            "max_prompt_length": (1, False, None, True, True),
+            "max_completion_length": (1, False, None, True, True),
+            "num_eos_tokens": (0, False, None, True, False),
+            "mask_ratio_power": (None, False, None, False, False),
+            "random_token_ratio": (0.0, False, 1.0, False, False),
+            "logits_chunk_size": (0, False, None, True, False),
+        }
+        for name, (low, low_open, high, integer, optional) in ranges.items():
+            _check_number(name, getattr(self, name), low, low_open, high, integer, optional)
+        for index, weight in enumerate(self.loss_weights):
+            _check_number(f"loss_weights[{index}]", weight, 0.0, False, None, False, False)
+        if not self.mask_ratios:
+            raise ValueError("`mask_ratios` must hold at least one ratio in (0, 1].")
+        for index, ratio in enumerate(self.mask_ratios):
+            _check_number(f"mask_ratios[{index}]", ratio, 0.0, False, 1.0, False, False)
+        if max(self.mask_ratios) <= 0:
+            raise ValueError(f"`mask_ratios` {list(self.mask_ratios)} mask nothing; give at least one ratio in (0, 1].")
 
     def _default_weight(self, name: str) -> float:
         field_name = OBJECTIVES[name].weight_field

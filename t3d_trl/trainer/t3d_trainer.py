@@ -163,12 +163,14 @@ class T3DTrainer(Trainer):
                 _disable_dropout(self.ref_model)
 
         # data
-        train_dataset, self.data_stats = self._prepare_dataset(train_dataset, processing_class, args, "train")
+        train_dataset, self.data_stats = self._prepare_dataset(train_dataset, processing_class, args, "train", base)
         if eval_dataset is not None:
             if isinstance(eval_dataset, dict):
-                eval_dataset = {k: self._prepare_dataset(v, processing_class, args, k)[0] for k, v in eval_dataset.items()}
+                eval_dataset = {
+                    k: self._prepare_dataset(v, processing_class, args, k, base)[0] for k, v in eval_dataset.items()
+                }
             else:
-                eval_dataset = self._prepare_dataset(eval_dataset, processing_class, args, "eval")[0]
+                eval_dataset = self._prepare_dataset(eval_dataset, processing_class, args, "eval", base)[0]
         self.block_size = args.block_size or int(train_dataset[0]["block_size"])
         if data_collator is None:
             data_collator = self._default_collator(processing_class, base, args)
@@ -210,7 +212,8 @@ class T3DTrainer(Trainer):
             kwargs["dtype"] = getattr(torch, kwargs["dtype"])
         return load_pretrained(name, args.model_family, **kwargs)
 
-    def _prepare_dataset(self, dataset, processing_class, args: T3DConfig, name: str):
+    def _prepare_dataset(self, dataset, processing_class, args: T3DConfig, name: str, base):
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)
         dataset, stats = prepare_trajectory_dataset(
             dataset,
             processing_class,
@@ -219,6 +222,10 @@ class T3DTrainer(Trainer):
             block_size=args.block_size,
             truncation=args.completion_truncation,
             num_proc=args.dataset_num_proc,
+            grid=self.family.decoding_grid,
+            vocab_size=base.get_output_embeddings().weight.shape[0],
+            eos_token_id=getattr(tokenizer, "eos_token_id", None),
+            require_step_map=args.state_sampling != "random",
         )
         decisions = {k: v for k, v in stats.items() if k not in ("num_rows_in", "num_rows_out") and v}
         logger.info("Prepared %s trajectories: %d rows in, %d out; %s", name, stats["num_rows_in"], stats["num_rows_out"], decisions)
@@ -358,7 +365,8 @@ class T3DTrainer(Trainer):
             )
         )
         index, fakes, reals, fake_logps = [], [], [], []
-        for batch in tqdm(loader, desc="Precomputing reference log-probs", disable=not self.is_world_process_zero()):
+        quiet = not self.is_world_process_zero() or self.args.disable_tqdm
+        for batch in tqdm(loader, desc="Precomputing reference log-probs", disable=quiet):
             terms = self._reference_terms(batch)
             fake, ref_real, ref_fake = terms.fake_tokens, terms.real_logps, terms.fake_logps
             window = fake.shape[1]
