@@ -15,7 +15,8 @@ place of its LM head, from the last hidden states: each chunk's logits exist onl
 and with gradients each chunk runs under activation checkpointing, so the backward recomputes the chunk's logits
 instead of keeping them. The values and gradients equal those computed from the whole logits (up to float rounding).
 For SDAR's 151,936-entry vocabulary, a batch of 8 × 1,024 window positions has 5 GB of float32 logits; in chunks of
-128 positions it has 78 MB at a time. See ``docs/training.md`` ("Memory at real vocabularies").
+256 tokens it has 156 MB at a time. The price is one more LM-head matmul per student chunk in the backward (the
+recompute), which matters only where the head dominates the model's cost. See ``docs/training.md`` ("Memory at real vocabularies").
 """
 
 from __future__ import annotations
@@ -128,8 +129,9 @@ def _chunk_statistics(
     return torch.stack([log_z, label, fake, entropy, argmax, drawn], dim=-1)
 
 
-def _chunks(length: int, chunk_size: int | None) -> list[slice]:
-    size = length if not chunk_size else max(1, int(chunk_size))
+def _chunks(rows: int, length: int, chunk_size: int | None) -> list[slice]:
+    """Slices of window positions holding about ``chunk_size`` tokens each over the ``rows`` of the batch."""
+    size = length if not chunk_size else max(1, int(chunk_size) // max(rows, 1))
     return [slice(start, min(start + size, length)) for start in range(0, length, size)] or [slice(0, 0)]
 
 
@@ -138,14 +140,14 @@ def _fake_slice(request: StatisticsRequest, part: slice) -> Tensor | None:
 
 
 def window_statistics(logits: Tensor, request: StatisticsRequest, chunk_size: int | None = None) -> TokenStatistics:
-    """The statistics of window logits ``[b, W, V]``, computed ``chunk_size`` positions at a time (all at once when
-    ``None``); gradients flow to ``logits``."""
+    """The statistics of window logits ``[b, W, V]``, computed about ``chunk_size`` tokens (rows × positions) at a time
+    (all at once when ``None``); gradients flow to ``logits``."""
     parts = [
         _chunk_statistics(
             logits[:, part], request.labels[:, part], _fake_slice(request, part), request.draw_fake_temperature,
             request.entropy_temperature, request.generator,
         )
-        for part in _chunks(logits.shape[1], chunk_size)
+        for part in _chunks(logits.shape[0], logits.shape[1], chunk_size)
     ]
     return TokenStatistics(torch.cat(parts, dim=1))
 
@@ -162,7 +164,7 @@ class StatisticsHead(nn.Module):
     Args:
         head: the model's LM head (``model.get_output_embeddings()``).
         request: what to compute (labels, fake tokens...).
-        chunk_size: window positions per chunk.
+        chunk_size: window tokens (batch rows × positions) per chunk.
     """
 
     def __init__(self, head: nn.Module, request: StatisticsRequest, chunk_size: int) -> None:
@@ -189,7 +191,7 @@ class StatisticsHead(nn.Module):
         window = request.labels.shape[1]
         hidden_states = hidden_states[:, hidden_states.shape[1] - window :]
         parts = []
-        for part in _chunks(window, self.chunk_size):
+        for part in _chunks(hidden_states.shape[0], window, self.chunk_size):
             arguments = (hidden_states[:, part], request.labels[:, part], _fake_slice(request, part))
             if torch.is_grad_enabled() and hidden_states.requires_grad:
                 parts.append(checkpoint(self._run, *arguments, use_reentrant=False))

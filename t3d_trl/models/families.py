@@ -192,7 +192,7 @@ class ModelFamily(abc.ABC):
             kernel: the attention implementation of the unwrapped model.
             dtype: the parameter dtype of the unwrapped model (for eager attention's additive mask).
             statistics: what to compute per window position, instead of returning logits.
-            chunk_size: window positions per chunk when computing ``statistics`` inside the forward.
+            chunk_size: window tokens (rows × positions) per chunk when computing ``statistics`` inside the forward.
             unwrapped: the model without its distributed wrapper, whose LM head is replaced (default ``model``).
         """
         accepted = _forward_parameters(model) if forward_parameters is None else forward_parameters

@@ -123,9 +123,10 @@ class T3DConfig(TrainingArguments):
     logits_chunk_size: int = field(
         default=256,
         metadata={
-            "help": "Window positions per chunk when the objectives' log-probabilities, entropies and argmaxes are "
-            "computed from the last hidden states inside the forward: no whole float32 window of logits is built and "
-            "the backward recomputes each chunk's logits. 0 computes them from the whole window of logits."
+            "help": "Window tokens (batch rows × positions) per chunk when the objectives' log-probabilities, "
+            "entropies and argmaxes are computed from the last hidden states inside the forward: no whole float32 "
+            "window of logits is built and the backward recomputes each chunk's logits (one more LM-head matmul). 0 "
+            "computes them from the whole window of logits (faster where the LM head dominates, more memory)."
         },
     )
 
