@@ -321,3 +321,38 @@ def test_two_processes_give_the_one_process_first_step_loss(tmp_path):
     assert two["wrapped_before_end"] == 1 and two["wrapped_after_end"] == 0
     for key in ("loss", "loss/real", "loss/path"):
         assert two[key] == pytest.approx(one[key], abs=1e-5), key
+
+
+def test_a_checkpoint_without_its_reference_is_refused_at_resume(tmp_path, tokenizer, trajectories):
+    common = dict(max_steps=4, ref_model_sync_steps=3, save_strategy="steps", save_steps=2)
+    first = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=tiny_t3d_config(tmp_path / "run", **common),
+                       train_dataset=trajectories, processing_class=tokenizer)
+    first.train()
+    checkpoint = tmp_path / "run" / "checkpoint-4"
+    assert (checkpoint / "ref_model.pt").is_file() and (checkpoint / "trainer_state.json").is_file()
+
+    # a crash inside the checkpoint window: the reference is written first, so a folder with the Trainer's files but
+    # no reference can only come from elsewhere (an older run, a copy); either way it is refused, never resumed
+    # with another reference
+    (checkpoint / "ref_model.pt").unlink()
+    resumed = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=tiny_t3d_config(tmp_path / "run", **common),
+                         train_dataset=trajectories, processing_class=tokenizer)
+    with pytest.raises(ValueError, match=r"checkpoint-4 has no ref_model.pt.*earlier checkpoint"):
+        resumed.train(resume_from_checkpoint=str(checkpoint))
+
+    # a damaged reference file is named with its path
+    (checkpoint / "ref_model.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match=r"ref_model.pt cannot be restored.*damaged"):
+        resumed.train(resume_from_checkpoint=str(checkpoint))
+
+    # the reference goes in before the Trainer's files: a crash right after it leaves no trainer_state.json
+    class CrashAfterReference(T3DTrainer):
+        def _save_optimizer_and_scheduler(self, output_dir):
+            raise KeyboardInterrupt
+
+    crashing = CrashAfterReference(tiny_qwen3(dtype=torch.float32), args=tiny_t3d_config(tmp_path / "crash", **common),
+                                   train_dataset=trajectories, processing_class=tokenizer)
+    with pytest.raises(KeyboardInterrupt):
+        crashing.train()
+    partial = tmp_path / "crash" / "checkpoint-2"
+    assert (partial / "ref_model.pt").is_file() and not (partial / "trainer_state.json").exists()

@@ -6,6 +6,7 @@ import copy
 import inspect
 import logging
 import os
+import pickle
 import shutil
 import textwrap
 from collections import defaultdict
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 from datasets import Dataset
 from transformers import AutoTokenizer, PreTrainedModel, Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import is_peft_available
 
 from ..collator import DataCollatorForTrajectory
@@ -26,6 +28,7 @@ from ..objectives import ReferenceTerms, compute_objectives, reference_request, 
 from ..statistics import StatisticsRequest, TokenStatistics
 from .callbacks import POLICY_ADAPTER, REF_ADAPTER, RefModelSyncCallback, adapter_parameters, mixup_
 from .config import T3DConfig
+from .model_card import ModelCardInfo, model_card_text
 
 if is_peft_available():
     from peft import PeftConfig, PeftModel, get_peft_model
@@ -163,6 +166,9 @@ class T3DTrainer(Trainer):
                 _disable_dropout(self.ref_model)
 
         # data
+        from ..rollout import rollout_config
+
+        self.rollout_record = rollout_config(train_dataset) if isinstance(train_dataset, Dataset) else None
         train_dataset, self.data_stats = self._prepare_dataset(train_dataset, processing_class, args, "train", base)
         if eval_dataset is not None:
             if isinstance(eval_dataset, dict):
@@ -403,24 +409,45 @@ class T3DTrainer(Trainer):
             shutil.rmtree(reference_folder)
 
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
+        """Write the reference (``ref_model.pt``) into the checkpoint folder first, then the Trainer's files: the
+        Trainer's ``trainer_state.json``, written last, marks a complete checkpoint, so a crash in between leaves a
+        folder that is refused at resume, never one that resumes with another reference."""
         state = self._reference_state()
         if state is not None and self.args.should_save:
-            folder = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
-            torch.save(state, os.path.join(folder, _REF_CHECKPOINT))
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            os.makedirs(folder, exist_ok=True)
+            target = os.path.join(folder, _REF_CHECKPOINT)
+            torch.save(state, target + ".tmp")
+            os.replace(target + ".tmp", target)
+        super()._save_checkpoint(model, trial)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
-        path = os.path.join(resume_from_checkpoint, _REF_CHECKPOINT)
-        if self.sync_callback is None or not os.path.isfile(path):
+        if self.sync_callback is None:
             return
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if self.ref_model is not None:
-            self.accelerator.unwrap_model(self.ref_model).load_state_dict(state)
-        else:
-            params = dict(self.accelerator.unwrap_model(self.model).named_parameters())
-            names = list(state)
-            mixup_([params[name] for name in names], [state[name].to(params[name].device) for name in names], 1.0)
+        path = os.path.join(resume_from_checkpoint, _REF_CHECKPOINT)
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"{resume_from_checkpoint} has no {_REF_CHECKPOINT}: the reference of this run (refreshed every "
+                f"{self.args.ref_model_sync_steps} steps) was not saved with the checkpoint, so resuming would train "
+                "against another reference. Resume from an earlier checkpoint that has it, or delete this folder and "
+                "resume again (resume_from_checkpoint=True picks the newest remaining one)."
+            )
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if self.ref_model is not None:
+                self.accelerator.unwrap_model(self.ref_model).load_state_dict(state)
+            else:
+                params = dict(self.accelerator.unwrap_model(self.model).named_parameters())
+                names = list(state)
+                mixup_([params[name] for name in names], [state[name].to(params[name].device) for name in names], 1.0)
+        except (RuntimeError, KeyError, EOFError, OSError, ValueError, pickle.UnpicklingError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise ValueError(
+                f"{path} cannot be restored: the checkpoint is damaged or comes from another model "
+                f"({type(error).__name__}: {reason[:200]}). Resume from an earlier checkpoint, or delete this folder "
+                "and resume again."
+            ) from error
 
     def release_wrappers(self) -> None:
         """Drop the distributed wrappers of the trained model (DDP, DeepSpeed engine, FSDP) and the prepared
@@ -482,41 +509,36 @@ class T3DTrainer(Trainer):
     def create_model_card(
         self, model_name: str | None = None, dataset_name: str | None = None, tags=None, output_dir=None, **kwargs
     ):
-        """Write ``README.md``: a model card naming T3D, the base model, the dataset and the citation."""
+        """Write ``README.md``: how to decode the student in few steps with and without t3d-trl, its base model, the
+        teacher's decoding settings, the trajectory dataset, the objective and the citation
+        (:func:`~t3d_trl.trainer.model_card.model_card_text`)."""
         if not self.is_world_process_zero():
             return
         output_dir = output_dir or self.args.output_dir
-        from trl.trainer.utils import generate_model_card
-
         base = self.accelerator.unwrap_model(self.model)
         base = base.get_base_model() if self.is_peft else base
-        base_model = getattr(base.config, "_name_or_path", None) or None
-        if base_model is not None and os.path.isdir(base_model):
-            base_model = None
-        dataset_name = dataset_name or getattr(getattr(self.train_dataset, "info", None), "dataset_name", None)
-        card = generate_model_card(
-            base_model=base_model,
-            model_name=model_name or os.path.basename(os.path.normpath(output_dir)),
-            hub_model_id=self.hub_model_id if hasattr(self, "hub_model_id") and self.hub_model_id else model_name or "",
-            dataset_name=dataset_name,
+        record = self.rollout_record or {}
+        name = model_name or os.path.basename(os.path.normpath(output_dir))
+        hub_id = getattr(self, "hub_model_id", None) or getattr(self.args, "hub_model_id", None)
+        args = self.args
+        training = {"loss_type": list(args.loss_type), "loss_weights": list(args.loss_weights),
+                    "training block size": self.block_size}
+        if args.uses_reference:
+            training.update(beta=args.beta, alpha=args.alpha, ref_model_sync_steps=args.ref_model_sync_steps)
+        info = ModelCardInfo(
+            model_name=name,
+            repo_id=hub_id or name,
+            base_model=record.get("model_name_or_path") or getattr(base.config, "_name_or_path", None) or None,
+            auto_class=self.family.auto_model_class,
+            generation_config=self.generation_config().to_dict(),
+            dataset_name=dataset_name or getattr(getattr(self.train_dataset, "info", None), "dataset_name", None),
+            rollout=record,
+            training=training,
             tags=list(self._tag_names) + list(tags or []),
-            wandb_url=None,
-            trackio_url=None,
-            trainer_name=self._name,
-            trainer_citation=self._paper["citation"],
-            paper_title=self._paper["title"],
-            paper_id=self._paper["id"],
-        )
-        text = str(card) + (
-            "\n## Few-step decoding\n\n"
-            "This model was distilled with [t3d-trl](https://github.com/t3d-trl/t3d-trl) to decode in few steps per "
-            f"block (training block size {self.block_size}). Its `generation_config.json` carries the mask token and "
-            "block size, and `custom_generate/generate.py` decodes without t3d-trl installed:\n\n"
-            "```python\nmodel.generate(input_ids, custom_generate=\"<this repo>\", trust_remote_code=True, "
-            "steps_per_block=1)\n```\n"
+            citation=self._paper["citation"],
         )
         with open(os.path.join(output_dir, "README.md"), "w", encoding="utf-8") as handle:
-            handle.write(text)
+            handle.write(model_card_text(info))
 
 
 def _regular_token_ids(processing_class) -> list[int]:
