@@ -249,9 +249,11 @@ def _prepare(
     """The steps of :func:`prepare_trajectory_dataset`, in the order of its docstring."""
     if grid not in ("absolute", "response"):
         raise ValueError(f"grid must be 'absolute' or 'response', got {grid!r}.")
-    if not require_step_map and STEP_MAP not in dataset.column_names:
+    plain = not require_step_map and STEP_MAP not in dataset.column_names
+    if plain:  # prompt/completion rows (e.g. a dataset's reference answers) for random-mask objectives
+        dataset = _tokenize_text_columns(dataset, processing_class, num_proc, {}, append_eos=eos_token_id)
         dataset = _add_left_to_right_steps(dataset, block_size)
-        block_size = block_size or 1
+        block_size = block_size or int(dataset[0][BLOCK_SIZE])
     _check_arguments(dataset, block_size, truncation, max_prompt_length, max_completion_length)
     stats = {
         "num_rows_in": len(dataset),
@@ -300,16 +302,13 @@ def _as_dataset(dataset: Any) -> Dataset:
 def _add_left_to_right_steps(dataset: Dataset, block_size: int | None) -> Dataset:
     """A ``step_map`` of ``0, 1, 2, ...`` (one token per step, left to right) for rows without one, and the block
     size column when missing, so plain prompt/completion rows pass validation (random states ignore the steps)."""
-    ids = COMPLETION_IDS if COMPLETION_IDS in dataset.column_names else COMPLETION
-    if ids == COMPLETION:
-        raise ValueError(
-            "Rows without `step_map` need `completion_ids` (tokenise the reference answers first, e.g. with "
-            "the tokenizer's batch call), so that steps can be assigned per token."
-        )
+    ids = COMPLETION_IDS
+    if ids not in dataset.column_names:
+        raise ValueError(f"Rows without `step_map` need `{COMPLETION_IDS}` or a text `{COMPLETION}` column.")
     lengths = [len(row) if row is not None else 0 for row in dataset[ids]]
     dataset = dataset.add_column(STEP_MAP, [list(range(length)) for length in lengths])
-    if BLOCK_SIZE not in dataset.column_names:
-        dataset = dataset.add_column(BLOCK_SIZE, [max(1, max(lengths, default=1)) if block_size is None else block_size] * len(dataset))
+    if BLOCK_SIZE not in dataset.column_names:  # one token per step: any block size is a valid schedule
+        dataset = dataset.add_column(BLOCK_SIZE, [block_size or 1] * len(dataset))
     return dataset
 
 
@@ -367,9 +366,10 @@ def _index_batch(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
 
 
 def _tokenize_text_columns(
-    dataset: Dataset, processing_class: Any, num_proc: int | None, stats: dict[str, int]
+    dataset: Dataset, processing_class: Any, num_proc: int | None, stats: dict[str, int], append_eos: int | None = None
 ) -> Dataset:
-    """Tokenise the ``prompt`` / ``completion`` columns that arrive without ids (decision 1), counted in ``stats``."""
+    """Tokenise the ``prompt`` / ``completion`` columns that arrive without ids (decision 1), counted in ``stats``;
+    ``append_eos`` ends every tokenised completion with that id (a reference answer is a finished answer)."""
     tokenize_prompt = PROMPT_IDS not in dataset.column_names
     tokenize_completion = COMPLETION_IDS not in dataset.column_names
     if not (tokenize_prompt or tokenize_completion):
@@ -389,11 +389,14 @@ def _tokenize_text_columns(
             "processing_class": processing_class,
             "tokenize_prompt": tokenize_prompt,
             "tokenize_completion": tokenize_completion,
+            "append_eos": append_eos,
         },
         desc="Tokenising trajectories",
     )
     stats["tokenized_prompts"] = len(dataset) if tokenize_prompt else 0
     stats["tokenized_completions"] = len(dataset) if tokenize_completion else 0
+    if STEP_MAP not in dataset.column_names:  # plain rows: their steps are assigned after tokenisation
+        return dataset
     logger.warning(
         "Tokenised %s of %d trajectory rows; `step_map` must match the new completion tokens "
         "(store the teacher's own `completion_ids` to avoid re-tokenisation).",
@@ -489,6 +492,7 @@ def _tokenize_batch(
     processing_class: Any,
     tokenize_prompt: bool,
     tokenize_completion: bool,
+    append_eos: int | None = None,
 ) -> dict[str, list]:
     """Tokenise the text columns of a batch (only those without ids)."""
     out: dict[str, list] = {}
@@ -498,7 +502,8 @@ def _tokenize_batch(
         completions = batch[COMPLETION]
         if not all(isinstance(c, str) for c in completions):
             raise ValueError("`completion` must be text when `completion_ids` is absent.")
-        out[COMPLETION_IDS] = tokenizer_of(processing_class)(list(completions), add_special_tokens=False)["input_ids"]
+        ids = tokenizer_of(processing_class)(list(completions), add_special_tokens=False)["input_ids"]
+        out[COMPLETION_IDS] = [row + [append_eos] for row in ids] if append_eos is not None else ids
     return out
 
 

@@ -180,3 +180,60 @@ def test_validate_mask_token():
     config.vocab_size = 2
     with pytest.raises(ValueError, match="resize_token_embeddings"):
         validate_mask_token(_tokenizer(), config)
+
+
+def test_plain_rows_for_random_mask_objectives():
+    # Rows without step_map (a dataset's reference answers) are accepted when the objective ignores the steps: the
+    # completion is tokenised with EOS at its end (a reference answer is finished) and gets a left-to-right step map.
+    tokenizer = _tokenizer()
+    plain = Dataset.from_dict({"prompt": ["what is two plus four"], "completion": ["six ."]})
+    dataset, _ = prepare_trajectory_dataset(plain, tokenizer, require_step_map=False, eos_token_id=1, block_size=4)
+    assert dataset[COMPLETION_IDS] == [[11, 12, 1]] and dataset[STEP_MAP] == [[0, 1, 2]]
+    with pytest.raises(ValueError, match="step_map"):  # trajectory objectives do need the teacher's steps
+        prepare_trajectory_dataset(plain, tokenizer, block_size=4)
+
+
+def test_rows_are_checked_against_the_teachers_schedule():
+    # blocks of 2 after a 2-token prompt (absolute grid): {t0, t1}, {t2, t3}, {t4}
+    good = _rows(**{PROMPT_IDS: [[4, 6]], COMPLETION_IDS: [[7, 8, 9, 10, 1]], STEP_MAP: [[1, 0, 2, 3, 4]],
+                    "block_size": [2]})
+    prepare_trajectory_dataset(good)
+    cases = {
+        "starts at step 3, not 2": [1, 0, 3, 4, 5],  # a gap between two complete blocks
+        "spans steps 0..2": [2, 0, 3, 4, 5],  # 3 steps for a block that takes at most steps_per_block = 2
+        "before step 1 of the previous block": [1, 0, 0, 2, 3],
+    }
+    for message, steps in cases.items():
+        with pytest.raises(ValueError, match=message):
+            prepare_trajectory_dataset(good.map(lambda row: {STEP_MAP: steps}).add_column("steps_per_block", [2]))
+    # the response grid (bidirectional teachers) puts the blocks at the completion: {t0, t1}, {t2, t3}, {t4}
+    shifted = _rows(**{PROMPT_IDS: [[4, 6, 7]], COMPLETION_IDS: [[7, 8, 9, 10, 1]], STEP_MAP: [[1, 0, 2, 3, 4]],
+                       "block_size": [2]})
+    prepare_trajectory_dataset(shifted, grid="response")
+    with pytest.raises(ValueError, match="out of order"):
+        prepare_trajectory_dataset(shifted)  # on the absolute grid t0 is alone in its block, and t1 comes first
+
+
+def test_ids_must_be_integers_in_the_vocabulary():
+    # one float makes Arrow store the whole column as floats: every row is refused, the first one named
+    with pytest.raises(ValueError, match=r"row 0 .*completion_ids holds 10.0 \(float\).*2 row\(s\)"):
+        prepare_trajectory_dataset(_rows(**{COMPLETION_IDS: [[10, 12, 1], [11, 12, 2.5, 1]]}))
+    with pytest.raises(ValueError, match=r"row 0 .*prompt_ids holds id 99, outside the vocabulary \[0, 13\)"):
+        prepare_trajectory_dataset(_rows(**{PROMPT_IDS: [[4, 6, 99], [4, 6, 8, 9]]}), vocab_size=13)
+
+
+def test_lists_are_accepted_and_streams_refused_in_words():
+    rows = [{PROMPT_IDS: [4, 6, 7], COMPLETION_IDS: [10, 12, 1], STEP_MAP: [0, 1, 1], "block_size": 2}]
+    dataset, _ = prepare_trajectory_dataset(rows)
+    assert len(dataset) == 1
+    with pytest.raises(ValueError, match="empty"):
+        prepare_trajectory_dataset([])
+    with pytest.raises(TypeError, match="IterableDataset is not supported"):
+        prepare_trajectory_dataset(Dataset.from_list(rows).to_iterable_dataset())
+
+
+def test_completions_without_eos_are_counted(caplog):
+    with caplog.at_level(logging.WARNING, logger="t3d_trl.data"):
+        _, stats = prepare_trajectory_dataset(_rows(**{COMPLETION_IDS: [[10, 12, 1], [11, 12, 9, 9]]}), eos_token_id=1)
+    assert stats["completions_without_eos"] == 1
+    assert "1 of 2 completions end without EOS" in caplog.text
