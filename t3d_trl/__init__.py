@@ -35,6 +35,7 @@ _EXPORTS: dict[str, str] = {
     "generate_trajectories": "rollout",
     "patch_model": "generation",
     "push_trajectories_to_hub": "rollout",
+    "redi": "recipes",
     "register_family": "models.families",
     "register_objective": "objectives",
     "register_remasking": "generation",
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     from .models.families import ModelFamily, register_family
     from .models.sdar import register_sdar
     from .objectives import register_objective
+    from .recipes import redi
     from .rollout import generate_trajectories, push_trajectories_to_hub
     from .trainer import RefModelSyncCallback, T3DConfig, T3DTrainer
 

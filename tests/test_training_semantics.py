@@ -158,3 +158,31 @@ def test_dparallel_trains_with_its_second_pass_and_logs_the_entropy(tmp_path, co
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert "loss/entropy" in logs[0] and "loss/dparallel" in logs[0]
     assert len(forwards) == 2 * (2 if complementary else 1)
+
+
+def test_redi_trains_rounds_on_the_models_own_outputs(tmp_path):
+    from t3d_trl import patch_model, redi
+
+    tokenizer = tiny_tokenizer()
+    model = patch_model(tiny_qwen3(dtype=torch.float32), tokenizer, block_size=4, max_new_tokens=8)
+    prompts = Dataset.from_list([{"prompt": p} for p in ["abc", "hello wor", "xyz", "k"]])
+    seen = []
+    original_init = T3DTrainer.__init__
+
+    def spy(self, model, *args, train_dataset=None, **kwargs):
+        seen.append((list(kwargs["args"].loss_type), list(train_dataset["completion_ids"])))
+        original_init(self, model, *args, train_dataset=train_dataset, **kwargs)
+
+    T3DTrainer.__init__ = spy
+    try:
+        before = [p.detach().clone() for p in model.parameters()]
+        args = tiny_t3d_config(tmp_path, max_steps=6, learning_rate=5e-2)
+        trained = redi(model, tokenizer, prompts, args, {"temperature": 0}, rounds=2, batch_size=2)
+    finally:
+        T3DTrainer.__init__ = original_init
+    assert trained is model and len(seen) == 2
+    assert all(loss == ["sft"] for loss, _ in seen)
+    assert seen[0][1] != seen[1][1]  # greedy rollouts differ only because round 2 rolls out the trained model
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    with pytest.raises(ValueError, match="rounds"):
+        redi(model, tokenizer, prompts, tiny_t3d_config(tmp_path), rounds=0)
