@@ -15,6 +15,7 @@ from .datasets import (
     EvalDatasetSpec,
     list_eval_datasets,
     load_eval_dataset,
+    register_eval_dataset,
 )
 from .report import (
     EvalResult,
@@ -68,6 +69,7 @@ __all__ = [
     "extract_math_answer",
     "get_scorer",
     "list_eval_datasets",
+    "register_eval_dataset",
     "load_eval_dataset",
     "math_equal",
     "plot_accuracy_vs_tokens_per_step",

@@ -32,6 +32,7 @@ __all__ = [
     "HUMANEVAL_PROMPT_TEMPLATE",
     "MBPP_PROMPT_TEMPLATE",
     "list_eval_datasets",
+    "register_eval_dataset",
     "load_eval_dataset",
 ]
 
@@ -185,13 +186,50 @@ _ALIASES = {
 }
 
 
+def _alias_key(name: str) -> str:
+    return name.strip().lower().replace("-", "").replace("_", "").replace(" ", "")
+
+
+def register_eval_dataset(spec: EvalDatasetSpec, aliases: tuple[str, ...] = (), *, overwrite: bool = False) -> None:
+    """Register an evaluation set, so that :func:`load_eval_dataset` and ``t3d-trl eval --eval_dataset`` accept its
+    name (and ``aliases``; matching ignores case, ``-``, ``_`` and spaces), as :func:`register_scorer` does for scorers.
+
+    Example::
+
+        register_eval_dataset(EvalDatasetSpec(
+            "arith", "my-org/arith", None, "test", "math", MATH_PROMPT_TEMPLATE,
+            lambda row, template, index: (f"arith/{index}", template.replace("{question}", row["q"]), row["a"]),
+        ))
+
+    Raises:
+        ValueError: if the name or an alias is taken (unless ``overwrite=True``), or the scorer is unknown.
+    """
+    from .scorers import available_scorers
+
+    if not isinstance(spec, EvalDatasetSpec):
+        raise TypeError(f"register_eval_dataset takes an EvalDatasetSpec, got {type(spec).__name__}.")
+    if spec.scorer not in available_scorers():
+        raise ValueError(
+            f"Evaluation set {spec.name!r} uses the scorer {spec.scorer!r}, which is not registered; register it with "
+            f"register_scorer first (registered: {', '.join(available_scorers())})."
+        )
+    keys = [_alias_key(name) for name in (spec.name, *aliases)]
+    taken = [key for key in keys if _ALIASES.get(key, spec.name) != spec.name]
+    if (spec.name in EVAL_DATASETS or taken) and not overwrite:
+        raise ValueError(
+            f"An evaluation set is already registered as {spec.name!r} or {taken}; pass overwrite=True to replace it."
+        )
+    EVAL_DATASETS[spec.name] = spec
+    _ALIASES.update({key: spec.name for key in keys})
+
+
 def list_eval_datasets() -> list[str]:
     """Canonical names accepted by :func:`load_eval_dataset`."""
     return sorted(EVAL_DATASETS)
 
 
 def _resolve_name(name: str) -> EvalDatasetSpec:
-    key = name.strip().lower().replace("-", "").replace("_", "").replace(" ", "")
+    key = _alias_key(name)
     canonical = _ALIASES.get(key)
     if canonical is None:
         raise ValueError(f"Unknown evaluation dataset {name!r}. Valid names: {', '.join(list_eval_datasets())}.")

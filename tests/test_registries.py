@@ -1,0 +1,135 @@
+"""Each decision is a registry: a new model family, objective, remasking strategy (with a parameter) and evaluation
+set are each one class or function plus one registration (the examples of docs/design.md)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from datasets import Dataset
+
+from t3d_trl import DataCollatorForTrajectory, T3DTrainer, patch_model
+from t3d_trl.evaluation import EvalDatasetSpec, evaluate_few_step, load_eval_dataset, register_eval_dataset
+from t3d_trl.evaluation.datasets import EVAL_DATASETS, _ALIASES
+from t3d_trl.generation.remasking import REMASKING, RemaskingStrategy, register_remasking, top_k_commit
+from t3d_trl.models.families import FAMILIES, BlockCausalFamily, register_family
+from t3d_trl.objectives import OBJECTIVES, ObjectiveInputs, register_objective, student_request
+from t3d_trl.testing import rollout_rows, tiny_qwen3, tiny_t3d_config, tiny_tokenizer
+
+
+# --- a family: block-causal attention, but blocks that start at the response (one class, one registration) -------
+class ResponseGridFamily(BlockCausalFamily):
+    name = "toy_response_grid"
+    description = "block-causal models decoded on the response grid (a test family)"
+    decoding_grid = "response"
+
+    @classmethod
+    def matches(cls, model) -> bool:
+        return False  # only when asked for by name
+
+
+# --- an objective: Naive TD summed over the masked tokens instead of averaged -------------------------------------
+def summed_td(inputs):
+    mask = inputs.batch["loss_mask"]
+    loss = -(inputs.scores.label_log_probs * mask).sum(-1)
+    return loss, {"loss/summed_td": loss}
+
+
+# --- a remasking strategy with a parameter: left to right, but every position above a confidence floor at once ---
+class SequentialAboveFloor(RemaskingStrategy):
+    name = "toy_sequential_floor"
+    parameters = {"confidence_floor": 0.5}
+
+    def __init__(self, confidence_floor: float = 0.5) -> None:
+        self.floor = confidence_floor
+
+    @classmethod
+    def check_parameters(cls, values):
+        if not 0.0 <= values["confidence_floor"] <= 1.0:
+            raise ValueError(f"`confidence_floor` must lie in [0, 1], got {values['confidence_floor']!r}.")
+
+    def select(self, confidence, entropy, masked, k, generator=None):
+        leftmost = masked & (masked.cumsum(-1) <= k)
+        return leftmost | (masked & (confidence >= self.floor))
+
+
+@pytest.fixture()
+def registered():
+    register_family(ResponseGridFamily)
+    register_objective("summed_td", summed_td)
+    register_remasking(SequentialAboveFloor)
+    register_eval_dataset(
+        EvalDatasetSpec("toy_copy", "nobody/toy-copy", None, "test", "exact_match", "Copy: {question}",
+                        lambda row, template, index: (f"toy/{index}", template.replace("{question}", row["q"]), row["a"])),
+        aliases=("toy copy",),
+    )
+    yield
+    FAMILIES.pop(ResponseGridFamily.name)
+    OBJECTIVES.pop("summed_td")
+    REMASKING.pop(SequentialAboveFloor.name)
+    EVAL_DATASETS.pop("toy_copy")
+    for key in [key for key, value in _ALIASES.items() if value == "toy_copy"]:
+        _ALIASES.pop(key)
+
+
+def test_a_new_family_decodes_and_trains(registered, tmp_path):
+    tokenizer = tiny_tokenizer(padding_side="left")
+    model = patch_model(tiny_qwen3(), tokenizer, family="toy_response_grid", block_size=4, max_new_tokens=8)
+    assert model.diffusion_family.decoding_grid == "response"
+    batch = tokenizer(["abc", "hello wor"], return_tensors="pt", padding=True)
+    out = model.generate(**batch, return_dict_in_generate=True)
+    for row, prompt in enumerate(["abc", "hello wor"]):  # blocks start at each row's first generated token
+        alone = model.generate(**tokenizer([prompt], return_tensors="pt"), return_dict_in_generate=True)
+        assert out.step_map[row, : alone.step_map.shape[1]].tolist() == alone.step_map[0].tolist()
+    collator = DataCollatorForTrajectory(mask_token_id=2, pad_token_id=0, eos_token_id=1, block_size=4,
+                                         family="toy_response_grid")
+    assert collator.grid == "response"
+
+
+def test_a_new_objective_trains(registered, tmp_path):
+    tokenizer = tiny_tokenizer()
+    rows = Dataset.from_list(rollout_rows(tiny_qwen3(dtype=torch.float32), tokenizer, ["abc", "xyz"]))
+    trainer = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=tiny_t3d_config(tmp_path, loss_type=["summed_td"],
+                                                                              max_steps=2),
+                         train_dataset=rows, processing_class=tokenizer)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert "loss/summed_td" in logs[0] and trainer.ref_model is None
+    # per example, the summed loss is Naive TD's mean loss times the number of masked tokens
+    batch = trainer.data_collator([dict(r, example_index=i) for i, r in enumerate(trainer.train_dataset)])
+    with torch.no_grad():
+        scores = trainer._window_statistics(trainer.model, batch, student_request(batch, trainer.args))
+    inputs = ObjectiveInputs(scores, batch, trainer.args)
+    summed, _ = OBJECTIVES["summed_td"].function(inputs)
+    mean, _ = OBJECTIVES["td"].function(inputs)
+    torch.testing.assert_close(summed, mean * batch["loss_mask"].sum(-1))
+
+
+def test_a_new_remasking_strategy_with_a_parameter(registered):
+    tokenizer = tiny_tokenizer()
+    model = patch_model(tiny_qwen3(), tokenizer, block_size=4, max_new_tokens=8)
+    ids = torch.tensor([tokenizer("abcdefgh")["input_ids"]])
+    sequential = model.generate(ids, steps_per_block=4, remasking="sequential", return_dict_in_generate=True)
+    floor_one = model.generate(ids, steps_per_block=4, remasking="toy_sequential_floor", confidence_floor=1.0,
+                               return_dict_in_generate=True)
+    assert torch.equal(floor_one.step_map, sequential.step_map)  # nothing above 1.0: plain left to right
+    floor_zero = model.generate(ids, steps_per_block=4, remasking="toy_sequential_floor", confidence_floor=0.0,
+                                return_dict_in_generate=True)
+    assert int(floor_zero.nfe) == 2  # everything above 0.0: one step per block
+    with pytest.raises(ValueError, match="confidence_floor"):
+        model.generate(ids, remasking="toy_sequential_floor", confidence_floor=2.0)
+
+
+def test_a_new_evaluation_set(registered, tmp_path):
+    path = tmp_path / "copy.jsonl"
+    path.write_text("\n".join(json.dumps({"q": q, "a": q}) for q in ["ab", "cd"]) + "\n")
+    dataset = load_eval_dataset("Toy Copy", path=str(path), as_chat=False)
+    assert dataset["prompt"] == ["Copy: ab", "Copy: cd"] and dataset["scorer"] == ["exact_match"] * 2
+    tokenizer = tiny_tokenizer()
+    model = patch_model(tiny_qwen3(), tokenizer, block_size=4)
+    results = evaluate_few_step(model, tokenizer, dataset, [{"block_size": 4, "steps_per_block": 2}],
+                                max_new_tokens=4, progress=False)
+    assert results[0].num_samples == 2
+    with pytest.raises(ValueError, match="already registered"):
+        register_eval_dataset(EVAL_DATASETS["toy_copy"])
