@@ -31,6 +31,7 @@ from .loop import (
     ROLLOUT_COLUMNS,
     ROLLOUT_METADATA_KEY,
     _default_state,
+    check_rollout_settings,
     generate_trajectories,
     resolve_generation_config,
     rollout_config,
@@ -40,6 +41,7 @@ from .loop import (
 __all__ = [
     "ROLLOUT_COLUMNS",
     "ROLLOUT_METADATA_KEY",
+    "check_rollout_settings",
     "generate_trajectories",
     "push_trajectories_to_hub",
     "resolve_generation_config",

@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "ROLLOUT_COLUMNS",
     "ROLLOUT_METADATA_KEY",
+    "check_rollout_settings",
     "generate_trajectories",
     "resolve_generation_config",
     "rollout_config",
@@ -232,20 +233,37 @@ def _check_output_dir(output_dir: Any) -> Path | None:
     return directory
 
 
-def _check_arguments(
-    dataset: Any,
-    prompt_column: Any,
-    batch_size: Any,
-    num_generations: Any,
-    seed: Any,
-    max_prompt_length: Any,
-) -> tuple[Dataset, int, int | None, int, int | None]:
-    """Refuse a dataset without prompts and invalid settings (before anything runs).
+def check_rollout_settings(
+    *,
+    batch_size: Any = 16,
+    num_generations: Any = None,
+    seed: Any = 0,
+    max_prompt_length: Any = None,
+    output_dir: Any = None,
+) -> dict[str, Any]:
+    """Check the numbers and the directory of a rollout, as :func:`generate_trajectories` does before anything runs
+    (the command line calls it before loading the model).
 
     Returns:
-        ``(dataset, batch_size, num_generations, seed, max_prompt_length)``, the dataset converted from a list of
-        dicts and the numbers as ``int``.
+        The settings, the numbers as ``int`` and ``output_dir`` as a ``Path`` (or ``None``).
+
+    Raises:
+        ValueError: a ``batch_size`` or ``num_generations`` that is not a positive integer (``None`` allowed for
+            ``num_generations``), a ``seed`` that is not an integer ``>= 0``, a ``max_prompt_length`` that is not a
+            positive integer or ``None``, an ``output_dir`` that is a file or inside one.
+        TypeError: an ``output_dir`` that is not a path.
     """
+    return {
+        "batch_size": _check_integer("batch_size", batch_size, 1),
+        "num_generations": _check_integer("num_generations", num_generations, 1, optional=True),
+        "seed": _check_integer("seed", seed, 0),
+        "max_prompt_length": _check_integer("max_prompt_length", max_prompt_length, 1, optional=True),
+        "output_dir": _check_output_dir(output_dir),
+    }
+
+
+def _check_dataset(dataset: Any, prompt_column: Any) -> Dataset:
+    """The dataset (converted from a list of dicts) when it has prompts in ``prompt_column``; refused otherwise."""
     dataset = _as_dataset(dataset)
     if not isinstance(prompt_column, str):
         raise TypeError(f"`prompt_column` must be a column name (str), got {prompt_column!r}.")
@@ -256,13 +274,7 @@ def _check_arguments(
         )
     if len(dataset) == 0:
         raise ValueError("The dataset is empty: there are no prompts to roll out.")
-    return (
-        dataset,
-        _check_integer("batch_size", batch_size, 1),
-        _check_integer("num_generations", num_generations, 1, optional=True),
-        _check_integer("seed", seed, 0),
-        _check_integer("max_prompt_length", max_prompt_length, 1, optional=True),
-    )
+    return dataset
 
 
 def _resolve_num_generations(config: DiffusionGenerationConfig, num_generations: int | None) -> int:
@@ -671,10 +683,17 @@ def generate_trajectories(
     """
     from accelerate.utils import gather_object
 
-    dataset, batch_size, requested_generations, seed, max_prompt_length = _check_arguments(
-        dataset, prompt_column, batch_size, num_generations, seed, max_prompt_length
+    dataset = _check_dataset(dataset, prompt_column)
+    checked = check_rollout_settings(
+        batch_size=batch_size,
+        num_generations=num_generations,
+        seed=seed,
+        max_prompt_length=max_prompt_length,
+        output_dir=output_dir,
     )
-    directory = _check_output_dir(output_dir)
+    batch_size, seed, max_prompt_length, directory = (
+        checked["batch_size"], checked["seed"], checked["max_prompt_length"], checked["output_dir"]
+    )
     state = accelerator if accelerator is not None else _default_state()
     num_processes, process_index = int(state.num_processes), int(state.process_index)
     distributed = num_processes > 1
@@ -684,7 +703,7 @@ def generate_trajectories(
     if getattr(model, "training", False):
         logger.warning("The teacher is in training mode (dropout is active); call model.eval() before rolling out.")
     config = resolve_generation_config(model, generation_config)
-    num_generations = _resolve_num_generations(config, requested_generations)
+    num_generations = _resolve_num_generations(config, checked["num_generations"])
     pad_token_id = _pad_token_id(config, processing_class)
 
     prompt_ids = tokenize_prompts(processing_class, list(dataset[prompt_column]), column=prompt_column)

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..local_datasets import load_local_dataset
 from .arguments import EvalArguments, ModelArguments
-from .utils import as_plain, load_model, load_tokenizer, make_script_parser, setup_logging
+from .utils import as_plain, load_model, load_tokenizer, make_script_parser
 
 logger = logging.getLogger(__name__)
 
@@ -275,8 +275,9 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
     return make_script_parser("eval", (ModelArguments, EvalArguments), HELP, EXAMPLES, subparsers, prog)
 
 
-if __name__ == "__main__":
-    parser = make_parser()
-    model_args, eval_args = parser.parse_args_and_config()
-    setup_logging()
-    main(model_args, eval_args)
+if __name__ == "__main__":  # the same program as `t3d-trl eval` (one-line errors, --debug, --verbose)
+    import sys
+
+    from ..cli import main as cli_main
+
+    sys.exit(cli_main(["eval", *sys.argv[1:]]))
