@@ -147,6 +147,11 @@ def test_usage_errors_are_one_line_with_status_2(tmp_path, capsys, argv, message
          r"--num_generations 2 needs sampling, but --temperature is 0"),
         (["rollout", "--model_name_or_path", "OUT", "--output_dir", "BAD"], r"`output_dir` .* is a file"),
         (["eval", "--eval_dataset", "BAD"], r"a custom evaluation set needs `prompt` and `reference` columns"),
+        (["eval", "--block_sizes", "4", "0"], r"--block_sizes takes positive integers, got \[4, 0\]"),
+        (["eval", "--batch_size", "0"], r"--batch_size must be a positive integer, got 0"),
+        (["eval", "--eval_limit", "0"], r"--eval_limit must be a positive integer"),
+        (["eval", "--temperature", "-1"], r"--temperature must be >= 0"),
+        (["eval", "--scorer_modules", "no_such_module_t3d"], r"--scorer_modules 'no_such_module_t3d' cannot be"),
         (["demo", "--tasks", "nope", "--output_dir", "OUT"], r"Unknown demo task\(s\) \['nope'\]"),
     ],
 )
