@@ -501,4 +501,12 @@ def test_demo_command_runs_a_micro_study(tmp_path, capsys):
         torch.set_num_threads(threads)
     report = json.loads((tmp_path / "results.json").read_text())
     assert report["config"]["methods"] == ["T3D"] and report["config"]["tasks"] == ["words"]
+    captured = capsys.readouterr()  # a readable run: a line per stage, the table; none of the libraries' noise
+    stages = [line for line in captured.out.splitlines() if line.startswith("[seed 0]")]
+    assert [line.split(":")[0] for line in stages] == [
+        "[seed 0] teacher trained", "[seed 0] teacher rollouts", "[seed 0] teacher evaluated", "[seed 0] T3D"
+    ]  # fmt: skip
+    assert "| TokPS | Method |" in captured.out
+    for noise in ("Filter", "Indexing trajectories", "Saving the dataset", "Writing model shards", "INFO"):
+        assert noise not in captured.err, noise
     assert (tmp_path / "results.md").exists() and (tmp_path / "accuracy_vs_tokens_per_step.png").exists()
