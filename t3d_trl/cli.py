@@ -164,7 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             script.main(*parsed)
         except KeyboardInterrupt:
-            print(f"{program}: interrupted", file=sys.stderr)
+            resume = " (the finished batches are kept in --output_dir: rerun the same command to resume)"
+            print(f"{program}: interrupted{resume if command == 'rollout' else ''}", file=sys.stderr)
             return INTERRUPTED
         except _USER_ERRORS as error:
             return _report(program, error, RUN_ERROR, debug)

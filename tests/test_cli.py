@@ -166,6 +166,18 @@ def test_errors_found_while_running_are_one_line_with_status_1(tmp_path, capsys,
     assert "Traceback (most recent call last)" in err and re.search(message, err.splitlines()[-1])
 
 
+def test_an_interrupted_rollout_says_how_to_resume(monkeypatch, capsys):
+    from t3d_trl.scripts import rollout
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rollout, "main", interrupted)
+    assert main(["rollout", "--batch_size", "2"]) == 130
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("t3d-trl rollout: interrupted") and "rerun the same command to resume" in line
+
+
 def test_train_keeps_its_own_debug_option():
     """`--debug <option>` is TrainingArguments.debug; a bare `--debug` is t3d-trl's."""
     *_, training_args = parse_command("train", ["--debug", "underflow_overflow", "--output_dir", "x"])
