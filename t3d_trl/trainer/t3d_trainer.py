@@ -23,7 +23,16 @@ from ..generation.custom_generate import write_custom_generate
 from ..masks import NOISY
 from ..models.families import get_family, load_pretrained
 from ..objectives import ReferenceTerms, compute_objectives, reference_terms
-from .callbacks import POLICY_ADAPTER, REF_ADAPTER, RefModelSyncCallback, adapter_parameters, mixup_
+from .callbacks import (
+    POLICY_ADAPTER,
+    REF_ADAPTER,
+    RefModelSyncCallback,
+    adapter_parameters,
+    full_state_dict,
+    is_torch_sharded,
+    load_full_state_dict,
+    mixup_,
+)
 from .config import T3DConfig
 
 if is_peft_available():
@@ -256,6 +265,7 @@ class T3DTrainer(Trainer):
         if self.is_fsdp_enabled:
             from trl.models.utils import prepare_fsdp
 
+            _shard_reference_layers(ref_model, self.accelerator)
             return prepare_fsdp(ref_model, self.accelerator)
         return self.accelerator.prepare_model(ref_model, evaluation_mode=True)
 
@@ -375,12 +385,13 @@ class T3DTrainer(Trainer):
 
     # ------------------------------------------------------------------------------ checkpoints and saving
     def _reference_state(self) -> dict[str, torch.Tensor] | None:
+        """The reference's full (gathered) weights, as ``ref_model.pt`` holds them: collective under FSDP / ZeRO-3,
+        where rank 0 gets them and the other ranks ``{}``."""
         if self.sync_callback is None:
             return None
         if self.ref_model is not None:
-            return {k: v.detach().cpu() for k, v in self.accelerator.unwrap_model(self.ref_model).state_dict().items()}
-        model = self.accelerator.unwrap_model(self.model)
-        return {name: p.detach().cpu() for name, p in model.named_parameters() if f".{REF_ADAPTER}." in name}
+            return full_state_dict(self.accelerator.unwrap_model(self.ref_model))
+        return full_state_dict(self.accelerator.unwrap_model(self.model), keep=lambda name: f".{REF_ADAPTER}." in name)
 
     def _save(self, output_dir: str | None = None, state_dict=None):
         super()._save(output_dir, state_dict)
@@ -392,22 +403,28 @@ class T3DTrainer(Trainer):
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
         state = self._reference_state()
-        if state is not None and self.args.should_save:
+        if state and self.args.should_save:
             folder = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
             torch.save(state, os.path.join(folder, _REF_CHECKPOINT))
 
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        path = os.path.join(resume_from_checkpoint, _REF_CHECKPOINT)
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        # every backend's resume path calls this once the model is prepared (`_load_from_checkpoint` is skipped under
+        # DeepSpeed), so the reference is restored here
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None:
+            self._load_reference(checkpoint)
+
+    def _load_reference(self, checkpoint: str) -> None:
+        """Restore θ_ref from the checkpoint's ``ref_model.pt`` (a full state dict; read on rank 0 only when the
+        reference is sharded)."""
+        path = os.path.join(checkpoint, _REF_CHECKPOINT)
         if self.sync_callback is None or not os.path.isfile(path):
             return
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if self.ref_model is not None:
-            self.accelerator.unwrap_model(self.ref_model).load_state_dict(state)
-        else:
-            params = dict(self.accelerator.unwrap_model(self.model).named_parameters())
-            names = list(state)
-            mixup_([params[name] for name in names], [state[name].to(params[name].device) for name in names], 1.0)
+        target = self.ref_model if self.ref_model is not None else self.model
+        target = self.accelerator.unwrap_model(target)
+        sharded = is_torch_sharded(target) or self.is_deepspeed_enabled
+        read = not sharded or self.accelerator.is_main_process
+        load_full_state_dict(target, torch.load(path, map_location="cpu", weights_only=True) if read else {})
 
     def release_wrappers(self) -> None:
         """Drop the distributed wrappers of the trained model (DDP, DeepSpeed engine, FSDP) and the prepared
@@ -417,7 +434,8 @@ class T3DTrainer(Trainer):
         ``destroy_process_group()``, freeing it later destroys the gloo group while holding the GIL, and that can
         deadlock against a gloo worker thread that is still releasing its last collective (PyTorch issue 56297):
         the process then never exits. :meth:`end` calls this first; call it yourself when a script trains more
-        than one model.
+        than one model. Under FSDP2 and ZeRO-3 there is nothing to unwrap: the parameters of ``trainer.model`` stay
+        sharded, so gather what you need (``save_model``, ``accelerator.get_state_dict``) before :meth:`end`.
         """
         import gc
 
@@ -512,6 +530,32 @@ def _regular_token_ids(processing_class) -> list[int]:
     tokenizer = getattr(processing_class, "tokenizer", processing_class)
     special = set(getattr(tokenizer, "all_special_ids", []))
     return [index for index in range(int(tokenizer.vocab_size)) if index not in special]
+
+
+def _shard_reference_layers(ref_model, accelerator) -> None:
+    """FSDP2: shard the reference's transformer layers (the plugin's wrap policy, as accelerate does for the student)
+    as units of their own, so that its forward gathers one layer at a time; TRL's ``prepare_fsdp`` then shards the
+    rest at the root. Under FSDP1 TRL applies the wrap policy itself."""
+    plugin = accelerator.state.fsdp_plugin
+    if plugin.fsdp_version != 2:
+        return
+    from accelerate.utils import get_module_children_bottom_up
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+    policy = fsdp2_prepare_auto_wrap_policy(plugin, ref_model)
+    if policy is None:
+        return
+    mesh = getattr(accelerator, "torch_device_mesh", None)
+    kwargs = {
+        "reshard_after_forward": True,  # the reference never runs backward
+        "offload_policy": plugin.cpu_offload,
+        "mp_policy": plugin.mixed_precision_policy or MixedPrecisionPolicy(),
+        "mesh": mesh[tuple(accelerator.parallelism_config.fsdp_dim_names)] if mesh is not None else None,
+    }
+    for module in get_module_children_bottom_up(ref_model)[:-1]:
+        if policy(module) and not isinstance(module, FSDPModule):
+            fully_shard(module, **kwargs)
 
 
 def _frozen_copy(model: PreTrainedModel) -> PreTrainedModel:
