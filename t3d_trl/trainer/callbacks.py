@@ -94,6 +94,24 @@ def _gathered(params: list[torch.nn.Parameter]):
     return nullcontext()
 
 
+def is_fsdp1_wrapper(module) -> bool:
+    """Whether ``module`` is an FSDP1 ``FullyShardedDataParallel`` wrapper."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return isinstance(module, FullyShardedDataParallel)
+
+
+def state_module(module, accelerator=None):
+    """The module that holds ``module``'s full state: FSDP1 wrappers are kept (the root wrapper owns the flat parameter
+    of the layers it does not wrap separately, and the state-dict hooks), the others (DDP, a DeepSpeed engine) are
+    removed; FSDP2 shards modules in place."""
+    if accelerator is None or is_fsdp1_wrapper(module):
+        return module
+    return accelerator.unwrap_model(module)
+
+
 def is_torch_sharded(module: torch.nn.Module) -> bool:
     """Whether ``module``'s parameters are sharded by PyTorch FSDP (FSDP2 ``DTensor`` or FSDP1 wrappers)."""
     dtensor = _dtensor_class()
@@ -206,12 +224,18 @@ class RefModelSyncCallback(TrainerCallback):
 
     def sync(self, model, alpha: float) -> None:
         """Refresh the reference from ``model`` now."""
-        if self.accelerator is not None:
-            model = self.accelerator.unwrap_model(model)
-        targets, sources = self._pairs(model)
-        with _gathered(targets + sources):  # ZeRO-3: gathered, updated on rank 0, re-partitioned on exit
-            if _rank() == 0 or not _is_zero3(targets):
-                mixup_(targets, sources, alpha)  # FSDP: each process updates its own shards
+        model = state_module(model, self.accelerator)
+        full = nullcontext()
+        if self.ref_model is None and is_fsdp1_wrapper(model):
+            # the two adapters share FSDP1 flat parameters, cut into shards at different places: sync them in full
+            from torch.distributed.fsdp import FullyShardedDataParallel
+
+            full = FullyShardedDataParallel.summon_full_params(model, writeback=True)
+        with full:
+            targets, sources = self._pairs(model)
+            with _gathered(targets + sources):  # ZeRO-3: gathered, updated on rank 0, re-partitioned on exit
+                if _rank() == 0 or not _is_zero3(targets):
+                    mixup_(targets, sources, alpha)  # FSDP: each process updates its own shards
         self.num_syncs += 1
 
     def on_step_end(self, args, state, control, model=None, **kwargs):

@@ -32,6 +32,7 @@ from .callbacks import (
     is_torch_sharded,
     load_full_state_dict,
     mixup_,
+    state_module,
 )
 from .config import T3DConfig
 
@@ -390,8 +391,8 @@ class T3DTrainer(Trainer):
         if self.sync_callback is None:
             return None
         if self.ref_model is not None:
-            return full_state_dict(self.accelerator.unwrap_model(self.ref_model))
-        return full_state_dict(self.accelerator.unwrap_model(self.model), keep=lambda name: f".{REF_ADAPTER}." in name)
+            return full_state_dict(state_module(self.ref_model, self.accelerator))
+        return full_state_dict(state_module(self.model, self.accelerator), keep=lambda name: f".{REF_ADAPTER}." in name)
 
     def _save(self, output_dir: str | None = None, state_dict=None):
         super()._save(output_dir, state_dict)
@@ -420,8 +421,7 @@ class T3DTrainer(Trainer):
         path = os.path.join(checkpoint, _REF_CHECKPOINT)
         if self.sync_callback is None or not os.path.isfile(path):
             return
-        target = self.ref_model if self.ref_model is not None else self.model
-        target = self.accelerator.unwrap_model(target)
+        target = state_module(self.ref_model if self.ref_model is not None else self.model, self.accelerator)
         sharded = is_torch_sharded(target) or self.is_deepspeed_enabled
         read = not sharded or self.accelerator.is_main_process
         load_full_state_dict(target, torch.load(path, map_location="cpu", weights_only=True) if read else {})
