@@ -11,7 +11,8 @@ Writes ``OUTPUT_DIR/result.json`` (rank 0): the logged metrics of each step, wha
 (gathered) parameters right after the refresh, whether the checkpoint's ``ref_model.pt`` holds that full state, and
 the metrics of step 3 of a run resumed from the step-2 checkpoint.
 
-Usage: python train_sharded.py OUTPUT_DIR PER_DEVICE_BATCH_SIZE
+Usage: python train_sharded.py OUTPUT_DIR PER_DEVICE_BATCH_SIZE [cpu|cuda]   (``cuda``: benchmarks/device_check.py's
+single-GPU FSDP1 run; FSDP1 refuses CPU devices)
 """
 
 import json
@@ -108,13 +109,13 @@ class ProbeAfterRefresh(TrainerCallback):
         self.student_state = student
 
 
-def build_trainer(output_dir: str, per_device_batch_size: int, **overrides) -> T3DTrainer:
+def build_trainer(output_dir: str, per_device_batch_size: int, device: str = "cpu", **overrides) -> T3DTrainer:
     tokenizer = tiny_tokenizer()
     trajectories = Dataset.from_list(rollout_rows(tiny_qwen3(dtype=torch.float32), tokenizer, PROMPTS))
     args = tiny_t3d_config(
         output_dir, per_device_train_batch_size=per_device_batch_size, max_steps=3, ref_model_sync_steps=SYNC_STEPS,
         random_token_ratio=0.1, dataloader_drop_last=True, save_strategy="steps", save_steps=SYNC_STEPS,
-        save_only_model=False, **overrides,
+        save_only_model=False, use_cpu=device == "cpu", **overrides,
     )
     return T3DTrainer(tiny_qwen3(dtype=torch.float32), args=args, train_dataset=trajectories, processing_class=tokenizer)
 
@@ -123,9 +124,10 @@ def step_logs(trainer) -> dict[int, dict]:
     return {h["step"]: h for h in trainer.state.log_history if "loss" in h}
 
 
-def main(output_dir: str, per_device_batch_size: int) -> None:
-    allow_sharding_on_cpu()
-    trainer = build_trainer(output_dir, per_device_batch_size)
+def main(output_dir: str, per_device_batch_size: int, device: str = "cpu") -> None:
+    if device == "cpu":
+        allow_sharding_on_cpu()
+    trainer = build_trainer(output_dir, per_device_batch_size, device)
     probe = ProbeAfterRefresh(trainer)
     trainer.add_callback(probe)  # after the sync callback
     ref_model = trainer.accelerator.unwrap_model(trainer.ref_model)
@@ -152,7 +154,7 @@ def main(output_dir: str, per_device_batch_size: int) -> None:
         result["ref_checkpoint_max_diff"] = max((saved[k] - student[k]).abs().max().item() for k in saved)
     trainer.release_wrappers()
 
-    resumed = build_trainer(output_dir, per_device_batch_size)
+    resumed = build_trainer(output_dir, per_device_batch_size, device)
     resumed.train(resume_from_checkpoint=checkpoint)
     result["resumed_logs"] = step_logs(resumed)
     resumed.end()
@@ -162,4 +164,4 @@ def main(output_dir: str, per_device_batch_size: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    main(sys.argv[1], int(sys.argv[2]), *sys.argv[3:4])
