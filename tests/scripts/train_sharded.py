@@ -24,6 +24,7 @@ from datasets import Dataset
 from transformers import TrainerCallback
 
 from t3d_trl import T3DTrainer
+from t3d_trl.trainer.callbacks import state_module
 from t3d_trl.testing import rollout_rows, tiny_qwen3, tiny_t3d_config, tiny_tokenizer
 
 PROMPTS = ["abc", "hello wor", "what is 2+3?", "abcdefgh", "xyz", "12+34=", "k", "the cat"]
@@ -101,8 +102,10 @@ class ProbeAfterRefresh(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step != SYNC_STEPS:
             return
-        ref = full_state(self.trainer.accelerator.unwrap_model(self.trainer.ref_model))
-        student = full_state(self.trainer.accelerator.unwrap_model(model))
+        # FSDP1 wrappers are kept (the root wrapper owns parameters), DeepSpeed engines removed
+        accelerator = self.trainer.accelerator
+        ref = full_state(state_module(self.trainer.ref_model, accelerator))
+        student = full_state(state_module(model, accelerator))
         self.result["ref_names_equal"] = sorted(ref) == sorted(student)
         self.result["max_ref_student_diff"] = max((ref[k] - student[k]).abs().max().item() for k in ref)
         self.result["num_ref_params"] = len(ref)
@@ -130,7 +133,7 @@ def main(output_dir: str, per_device_batch_size: int, device: str = "cpu") -> No
     trainer = build_trainer(output_dir, per_device_batch_size, device)
     probe = ProbeAfterRefresh(trainer)
     trainer.add_callback(probe)  # after the sync callback
-    ref_model = trainer.accelerator.unwrap_model(trainer.ref_model)
+    ref_model = state_module(trainer.ref_model, trainer.accelerator)
     ref_param = next(ref_model.parameters())
     result = {
         "world_size": trainer.accelerator.num_processes,
