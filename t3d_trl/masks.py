@@ -107,21 +107,30 @@ def to_additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return additive.masked_fill_(~mask, torch.finfo(dtype).min)
 
 
-def layout_block_mask(block: torch.Tensor, stream: torch.Tensor, valid: torch.Tensor):
+#: boolean mask elements built at once by :func:`layout_block_mask` (a band of query rows against every key)
+BLOCK_MASK_CHUNK_ELEMENTS = 1 << 24
+
+
+def layout_block_mask(block: torch.Tensor, stream: torch.Tensor, valid: torch.Tensor, tile_size: int = 128):
     """The rule of :func:`layout_attention_mask` (queries = keys) as a flex-attention ``BlockMask``.
 
-    Builds the same pattern without materialising ``[batch, N, N]`` on the accelerator; use it when the model
-    runs with ``attn_implementation="flex_attention"``.
+    Builds the same pattern without materialising ``[batch, N, N]``: the mask is evaluated one band of query tiles
+    at a time (at most :data:`BLOCK_MASK_CHUNK_ELEMENTS` booleans) and reduced to which ``tile_size`` × ``tile_size``
+    tiles are empty, partial or full; the kernel evaluates the rule element by element (``mask_mod``, from the three
+    per-token vectors) only inside partial tiles. ``torch``'s ``create_block_mask`` would first build the whole
+    ``[batch, 1, N, N]`` mask (and its ``N²`` integer temporaries). Use it when the model runs with
+    ``attn_implementation="flex_attention"``; it is what :class:`~t3d_trl.T3DTrainer` passes such a model.
 
     Args:
         block: ``[batch, N]`` block ids.
         stream: ``[batch, N]`` :data:`CLEAN` / :data:`NOISY` flags.
         valid: ``[batch, N]`` ``False`` at padding.
+        tile_size: the flex-attention tile (its default sparse block size, 128).
 
     Returns:
         A ``torch.nn.attention.flex_attention.BlockMask`` on ``block.device``.
     """
-    from torch.nn.attention.flex_attention import create_block_mask
+    from torch.nn.attention.flex_attention import BlockMask
 
     noisy = stream == NOISY
 
@@ -134,4 +143,31 @@ def layout_block_mask(block: torch.Tensor, stream: torch.Tensor, valid: torch.Te
         return torch.where(valid[b, q_idx], keep, q_idx == kv_idx)
 
     batch, length = block.shape
-    return create_block_mask(mask_mod, B=batch, H=None, Q_LEN=length, KV_LEN=length, device=block.device)
+    num_tiles = -(-length // tile_size)
+    padded = num_tiles * tile_size
+    rows = tile_size * max(1, BLOCK_MASK_CHUNK_ELEMENTS // (batch * padded * tile_size))
+    partial, full = [], []
+    for start in range(0, length, rows):
+        stop = min(start + rows, length)
+        band = torch.zeros(batch, -(-(stop - start) // tile_size) * tile_size, padded, dtype=torch.bool,
+                           device=block.device)
+        band[:, : stop - start, :length] = layout_attention_mask(
+            block[:, start:stop], stream[:, start:stop], block, stream, valid,
+            query_valid=valid[:, start:stop], query_offset=start,
+        )[:, 0]
+        tiles = band.view(batch, -1, tile_size, num_tiles, tile_size)
+        any_kept, all_kept = tiles.any(dim=4).any(dim=2), tiles.all(dim=4).all(dim=2)
+        partial.append(any_kept & ~all_kept)
+        full.append(all_kept)
+
+    def sparse(tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tiles = torch.cat(tiles, dim=1)[:, None]  # [batch, 1, query tiles, key tiles]
+        order = torch.argsort(tiles.to(torch.int8), dim=-1, descending=True, stable=True)
+        return tiles.sum(dim=-1, dtype=torch.int32), order.to(torch.int32)
+
+    kv_num_blocks, kv_indices = sparse(partial)
+    full_kv_num_blocks, full_kv_indices = sparse(full)
+    return BlockMask.from_kv_blocks(
+        kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices,
+        BLOCK_SIZE=tile_size, mask_mod=mask_mod, seq_lengths=(length, length),
+    )

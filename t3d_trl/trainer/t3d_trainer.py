@@ -26,7 +26,17 @@ from ..masks import NOISY
 from ..models.families import get_family, load_pretrained
 from ..objectives import ReferenceTerms, compute_objectives, reference_request, reference_terms, student_request
 from ..statistics import StatisticsRequest, TokenStatistics
-from .callbacks import POLICY_ADAPTER, REF_ADAPTER, RefModelSyncCallback, adapter_parameters, mixup_
+from .callbacks import (
+    POLICY_ADAPTER,
+    REF_ADAPTER,
+    RefModelSyncCallback,
+    adapter_parameters,
+    full_state_dict,
+    is_torch_sharded,
+    load_full_state_dict,
+    mixup_,
+    state_module,
+)
 from .config import T3DConfig
 from .model_card import ModelCardInfo, model_card_text
 
@@ -270,6 +280,7 @@ class T3DTrainer(Trainer):
         if self.is_fsdp_enabled:
             from trl.models.utils import prepare_fsdp
 
+            _shard_reference_layers(ref_model, self.accelerator)
             return prepare_fsdp(ref_model, self.accelerator)
         return self.accelerator.prepare_model(ref_model, evaluation_mode=True)
 
@@ -394,12 +405,13 @@ class T3DTrainer(Trainer):
 
     # ------------------------------------------------------------------------------ checkpoints and saving
     def _reference_state(self) -> dict[str, torch.Tensor] | None:
+        """The reference's full (gathered) weights, as ``ref_model.pt`` holds them: collective under FSDP / ZeRO-3,
+        where rank 0 gets them and the other ranks ``{}``."""
         if self.sync_callback is None:
             return None
         if self.ref_model is not None:
-            return {k: v.detach().cpu() for k, v in self.accelerator.unwrap_model(self.ref_model).state_dict().items()}
-        model = self.accelerator.unwrap_model(self.model)
-        return {name: p.detach().cpu() for name, p in model.named_parameters() if f".{REF_ADAPTER}." in name}
+            return full_state_dict(state_module(self.ref_model, self.accelerator))
+        return full_state_dict(state_module(self.model, self.accelerator), keep=lambda name: f".{REF_ADAPTER}." in name)
 
     def _save(self, output_dir: str | None = None, state_dict=None):
         super()._save(output_dir, state_dict)
@@ -413,7 +425,7 @@ class T3DTrainer(Trainer):
         Trainer's ``trainer_state.json``, written last, marks a complete checkpoint, so a crash in between leaves a
         folder that is refused at resume, never one that resumes with another reference."""
         state = self._reference_state()
-        if state is not None and self.args.should_save:
+        if state and self.args.should_save:  # rank 0's full state (other ranks of a sharded reference get {})
             folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
             os.makedirs(folder, exist_ok=True)
             target = os.path.join(folder, _REF_CHECKPOINT)
@@ -421,26 +433,32 @@ class T3DTrainer(Trainer):
             os.replace(target + ".tmp", target)
         super()._save_checkpoint(model, trial)
 
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        # every backend's resume path calls this once the model is prepared (`_load_from_checkpoint` is skipped under
+        # DeepSpeed), so the reference is restored here
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None:
+            self._load_reference(checkpoint)
+
+    def _load_reference(self, checkpoint: str) -> None:
+        """Restore θ_ref from the checkpoint's ``ref_model.pt`` (a full state dict; read on rank 0 only when the
+        reference is sharded). A checkpoint without it, or with a damaged one, is refused: resuming would train
+        against another reference."""
         if self.sync_callback is None:
             return
-        path = os.path.join(resume_from_checkpoint, _REF_CHECKPOINT)
+        path = os.path.join(checkpoint, _REF_CHECKPOINT)
         if not os.path.isfile(path):
             raise ValueError(
-                f"{resume_from_checkpoint} has no {_REF_CHECKPOINT}: the reference of this run (refreshed every "
+                f"{checkpoint} has no {_REF_CHECKPOINT}: the reference of this run (refreshed every "
                 f"{self.args.ref_model_sync_steps} steps) was not saved with the checkpoint, so resuming would train "
                 "against another reference. Resume from an earlier checkpoint that has it, or delete this folder and "
                 "resume again (resume_from_checkpoint=True picks the newest remaining one)."
             )
+        target = state_module(self.ref_model if self.ref_model is not None else self.model, self.accelerator)
+        sharded = is_torch_sharded(target) or self.is_deepspeed_enabled
+        read = not sharded or self.accelerator.is_main_process
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            if self.ref_model is not None:
-                self.accelerator.unwrap_model(self.ref_model).load_state_dict(state)
-            else:
-                params = dict(self.accelerator.unwrap_model(self.model).named_parameters())
-                names = list(state)
-                mixup_([params[name] for name in names], [state[name].to(params[name].device) for name in names], 1.0)
+            load_full_state_dict(target, torch.load(path, map_location="cpu", weights_only=True) if read else {})
         except (RuntimeError, KeyError, EOFError, OSError, ValueError, pickle.UnpicklingError) as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
             raise ValueError(
@@ -457,7 +475,8 @@ class T3DTrainer(Trainer):
         ``destroy_process_group()``, freeing it later destroys the gloo group while holding the GIL, and that can
         deadlock against a gloo worker thread that is still releasing its last collective (PyTorch issue 56297):
         the process then never exits. :meth:`end` calls this first; call it yourself when a script trains more
-        than one model.
+        than one model. Under FSDP2 and ZeRO-3 there is nothing to unwrap: the parameters of ``trainer.model`` stay
+        sharded, so gather what you need (``save_model``, ``accelerator.get_state_dict``) before :meth:`end`.
         """
         import gc
 
@@ -547,6 +566,32 @@ def _regular_token_ids(processing_class) -> list[int]:
     tokenizer = getattr(processing_class, "tokenizer", processing_class)
     special = set(getattr(tokenizer, "all_special_ids", []))
     return [index for index in range(int(tokenizer.vocab_size)) if index not in special]
+
+
+def _shard_reference_layers(ref_model, accelerator) -> None:
+    """FSDP2: shard the reference's transformer layers (the plugin's wrap policy, as accelerate does for the student)
+    as units of their own, so that its forward gathers one layer at a time; TRL's ``prepare_fsdp`` then shards the
+    rest at the root. Under FSDP1 TRL applies the wrap policy itself."""
+    plugin = accelerator.state.fsdp_plugin
+    if plugin.fsdp_version != 2:
+        return
+    from accelerate.utils import get_module_children_bottom_up
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+    policy = fsdp2_prepare_auto_wrap_policy(plugin, ref_model)
+    if policy is None:
+        return
+    mesh = getattr(accelerator, "torch_device_mesh", None)
+    kwargs = {
+        "reshard_after_forward": True,  # the reference never runs backward
+        "offload_policy": plugin.cpu_offload,
+        "mp_policy": plugin.mixed_precision_policy or MixedPrecisionPolicy(),
+        "mesh": mesh[tuple(accelerator.parallelism_config.fsdp_dim_names)] if mesh is not None else None,
+    }
+    for module in get_module_children_bottom_up(ref_model)[:-1]:
+        if policy(module) and not isinstance(module, FSDPModule):
+            fully_shard(module, **kwargs)
 
 
 def _frozen_copy(model: PreTrainedModel) -> PreTrainedModel:
