@@ -195,7 +195,7 @@ def training_rows(shapes: Shapes, device: str, tokenizer) -> list[dict]:
         with tempfile.TemporaryDirectory() as output_dir:
             try:
                 trainer, batch = training_setup(shapes, device, kernel, tokenizer, output_dir)
-                steps, loss_gap = make_steps(trainer, batch)
+                steps, loss_gap, _ = make_steps(trainer, batch)
                 if kernel != "sdpa":
                     steps = {"t3d": steps["t3d"]}
                 wall, _ = time_steps(steps, device, warmup=1, repeats=shapes.repeats)  # warm-up: flex compiles

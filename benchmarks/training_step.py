@@ -42,7 +42,6 @@ import gc
 import inspect
 import json
 import os
-import random
 import resource
 import statistics
 import subprocess
@@ -59,7 +58,7 @@ from transformers.utils import logging as hf_logging
 from t3d_trl import DataCollatorForTrajectory, T3DConfig, T3DTrainer
 from t3d_trl.models.families import get_family
 from t3d_trl.losses import ddo_loss, path_loss, sample_fake_tokens, selective_log_softmax, sequence_logps
-from t3d_trl.testing import SPECIAL_TOKENS, tiny_qwen3, tiny_tokenizer
+from t3d_trl.testing import SPECIAL_TOKENS, synthetic_trajectories, tiny_qwen3, tiny_tokenizer
 
 VOCAB_SIZE = 512
 BLOCK_SIZE = 4
@@ -95,29 +94,10 @@ def synthetic_rows(
 ) -> list[dict]:
     """Trajectory rows with random tokens and valid step maps: a teacher decoding one token per step, in a random
     order inside each block (blocks aligned to absolute positions), block after block."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(count):
-        prompt = [rng.randrange(len(SPECIAL_TOKENS), VOCAB_SIZE) for _ in range(prompt_length)]
-        completion = [rng.randrange(len(SPECIAL_TOKENS), VOCAB_SIZE) for _ in range(completion_length)]
-        step_map, position, block_index = [], prompt_length, 0
-        while len(step_map) < completion_length:
-            size = min(block_size - position % block_size, completion_length - len(step_map))
-            order = list(range(size))
-            rng.shuffle(order)
-            step_map += [block_index * block_size + step for step in order]
-            position += size
-            block_index += 1
-        rows.append(
-            {
-                "prompt_ids": prompt,
-                "completion_ids": completion,
-                "step_map": step_map,
-                "block_size": block_size,
-                "steps_per_block": block_size,
-            }
-        )
-    return rows
+    return synthetic_trajectories(
+        count, (prompt_length, prompt_length), (completion_length, completion_length), VOCAB_SIZE, block_size,
+        seed=seed,
+    )
 
 
 def build_trainer(device: str, output_dir: str) -> tuple[T3DTrainer, dict]:

@@ -27,6 +27,7 @@ from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "synthetic_trajectories",
     "CHARACTERS",
     "CHAT_TEMPLATE",
     "PRINTABLE_ASCII",
@@ -174,6 +175,41 @@ def rollout_rows(
                 "steps_per_block": block_size,
             }
         )
+    return rows
+
+
+def synthetic_trajectories(
+    count: int,
+    prompt_lengths: tuple[int, int],
+    completion_lengths: tuple[int, int],
+    vocab_size: int,
+    block_size: int = 4,
+    first_id: int = len(SPECIAL_TOKENS),
+    seed: int = 0,
+) -> list[dict]:
+    """Trajectory rows of random tokens with a valid teacher schedule, for layouts and benchmarks.
+
+    Prompt and completion lengths are drawn uniformly from the inclusive ranges; token ids from ``[first_id,
+    vocab_size)``. The teacher decodes one token per step on the absolute grid, in a random order inside each block,
+    block after block (a block of ``n`` tokens takes the next ``n`` steps).
+    """
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        prompt = [rng.randrange(first_id, vocab_size) for _ in range(rng.randint(*prompt_lengths))]
+        completion = [rng.randrange(first_id, vocab_size) for _ in range(rng.randint(*completion_lengths))]
+        step_map, position = [], len(prompt)
+        while len(step_map) < len(completion):
+            size = min(block_size - position % block_size, len(completion) - len(step_map))
+            order = list(range(size))
+            rng.shuffle(order)
+            first = len(step_map)  # one token per step: the steps so far
+            step_map += [first + step for step in order]
+            position += size
+        rows.append({"prompt_ids": prompt, "completion_ids": completion, "step_map": step_map,
+                     "block_size": block_size, "steps_per_block": block_size})
     return rows
 
 

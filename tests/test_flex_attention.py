@@ -12,7 +12,6 @@ own ``create_block_mask`` and element by element, and the compiled kernel that s
 
 from __future__ import annotations
 
-import random
 
 import pytest
 import torch
@@ -20,7 +19,7 @@ from datasets import Dataset
 
 import t3d_trl.masks as masks
 from t3d_trl import T3DTrainer
-from t3d_trl.testing import SPECIAL_TOKENS, tiny_qwen3, tiny_t3d_config, tiny_tokenizer
+from t3d_trl.testing import synthetic_trajectories, tiny_qwen3, tiny_t3d_config, tiny_tokenizer
 
 VOCAB_SIZE = 48
 BLOCK_SIZE = 4
@@ -29,22 +28,7 @@ BLOCK_SIZE = 4
 def trajectory_rows(count: int, seed: int = 0) -> list[dict]:
     """Random trajectories of different lengths (prompts 3-20, completions 20-70 tokens: layouts of 2 flex tiles and
     left padding), decoded one token per step in a random order inside each block."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(count):
-        prompt = [rng.randrange(len(SPECIAL_TOKENS), VOCAB_SIZE) for _ in range(rng.randrange(3, 21))]
-        completion = [rng.randrange(len(SPECIAL_TOKENS), VOCAB_SIZE) for _ in range(rng.randrange(20, 71))]
-        step_map, position, block_index = [], len(prompt), 0
-        while len(step_map) < len(completion):
-            size = min(BLOCK_SIZE - position % BLOCK_SIZE, len(completion) - len(step_map))
-            order = list(range(size))
-            rng.shuffle(order)
-            step_map += [block_index * BLOCK_SIZE + step for step in order]
-            position += size
-            block_index += 1
-        rows.append({"prompt_ids": prompt, "completion_ids": completion, "step_map": step_map,
-                     "block_size": BLOCK_SIZE, "steps_per_block": BLOCK_SIZE})
-    return rows
+    return synthetic_trajectories(count, (3, 20), (20, 70), VOCAB_SIZE, BLOCK_SIZE, seed=seed)
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +121,9 @@ def test_flex_forward_with_the_block_mask_gives_the_dense_mask_logits(
         lambda module, args, kwargs: received.append(kwargs["attention_mask"]), with_kwargs=True
     )
     with torch.no_grad():
-        flex_logits = trainer._window_logits(trainer.model, batch)
+        flex_logits = trainer.family.training_forward(
+            trainer.model, batch, trainer._forward_parameters, trainer._attention_kernel, dtype
+        )
     hook.remove()
     from torch.nn.attention.flex_attention import BlockMask
 
