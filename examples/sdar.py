@@ -250,11 +250,38 @@ def main(script_args: ScriptArguments, model_args: ModelArguments, lora_args: Lo
     train_script.main(trajectories_args, model_args, lora_args, training_args)
 
 
+#: ``--recipe`` name -> the YAML file it reads
+RECIPES = {
+    "paper": os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "sdar_t3d_paper.yaml"),
+}
+
+
+def with_recipe(argv: list[str]) -> list[str]:
+    """``argv`` with ``--recipe NAME`` replaced by ``--config <the recipe's YAML>`` (flags still override it).
+
+    ``--recipe paper`` runs the official T3D code's settings (``examples/configs/sdar_t3d_paper.yaml``, each with its
+    source); without ``--recipe`` the library's defaults apply.
+    """
+    if "--recipe" not in argv and not any(arg.startswith("--recipe=") for arg in argv):
+        return argv
+    index = next(i for i, arg in enumerate(argv) if arg == "--recipe" or arg.startswith("--recipe="))
+    name = argv[index].partition("=")[2] if "=" in argv[index] else (argv[index + 1] if index + 1 < len(argv) else "")
+    rest = argv[:index] + argv[index + (1 if "=" in argv[index] else 2) :]
+    if name not in RECIPES:
+        raise SystemExit(f"examples/sdar.py: error: --recipe must be one of {sorted(RECIPES)}, got {name!r}.")
+    if "--config" in rest or any(arg.startswith("--config=") for arg in rest):
+        raise SystemExit("examples/sdar.py: error: --recipe and --config cannot be combined (the recipe is a config).")
+    return ["--config", RECIPES[name], *rest]
+
+
 def make_parser() -> TrlParser:
     parser = TrlParser((ScriptArguments, ModelArguments, LoraArguments, T3DConfig), prog="examples/sdar.py")
+    parser.epilog = "--recipe paper: the official T3D code's settings (examples/configs/sdar_t3d_paper.yaml)."
     return escape_help_percent(parser)
 
 
 if __name__ == "__main__":
+    import sys
+
     setup_logging()
-    main(*make_parser().parse_args_and_config())
+    main(*make_parser().parse_args_and_config(with_recipe(sys.argv[1:])))

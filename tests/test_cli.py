@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +25,7 @@ from t3d_trl.scripts.utils import format_prompts, resolve_prompt_template
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "examples" / "configs"
+CONFIG_ROLLOUT = CONFIGS / "rollout.yaml"
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "eval"
 
 
@@ -35,12 +38,13 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _run(args: list[str], cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+def _run(args: list[str], cwd: Path, timeout: int = 240, check: bool = True) -> subprocess.CompletedProcess:
     completed = subprocess.run(
         [sys.executable, "-m", "t3d_trl.cli", *args], cwd=cwd, env=_env(), capture_output=True, text=True,
         timeout=timeout,
     )  # fmt: skip
-    assert completed.returncode == 0, f"{args}\n{completed.stdout[-3000:]}\n{completed.stderr[-5000:]}"
+    if check:
+        assert completed.returncode == 0, f"{args}\n{completed.stdout[-3000:]}\n{completed.stderr[-5000:]}"
     return completed
 
 
@@ -86,10 +90,118 @@ def test_top_level_help_and_errors(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
     assert exit_info.value.code == 0
-    with pytest.raises(SystemExit) as exit_info:
-        main(["distill"])
-    assert exit_info.value.code == 2
-    assert "invalid choice" in capsys.readouterr().err
+    assert main(["distill"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("t3d-trl: error: argument") and "invalid choice: 'distill'" in line
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Errors: one line, exit status 2 (command line, --config) or 1 (found while running), --debug for the traceback
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _one_error_line(stderr: str, program: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith(f"{program}: error: "), lines[0]
+    return lines[0][len(f"{program}: error: ") :]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["rollout", "--no_such_flag", "1"], r"unrecognized arguments: --no_such_flag 1 \(`t3d-trl rollout --help`"),
+        (["rollout", "--batch_size", "x"], r"argument --batch_size\S*: invalid int value: 'x'"),
+        (["eval", "--remasking"], r"argument --remasking\S*: expected one argument"),
+        (["rollout", "--config", "CONFIG/missing.yaml"], r"--config .*missing.yaml: No such file or directory"),
+        (["rollout", "--config"], r"--config needs the path of a YAML file"),
+        (["rollout", "--config", "CONFIG/bad.yaml"], r"--config .*bad.yaml is not valid YAML: "),
+        (["rollout", "--config", "CONFIG/list.yaml"], r"must contain a YAML mapping"),
+        (["rollout", "--config=CONFIG/unknown.yaml"], r"--config .*unknown.yaml: not_a_flag, other are not flags of "
+                                                      r"`t3d-trl rollout`"),
+        (["train", "--loss_type", "nope", "--output_dir", "CONFIG/out"], r"nope"),
+        (["demo", "--seeds", "x", "--debug"], r"argument --seeds\S*: invalid int value: 'x'"),
+    ],
+)
+def test_usage_errors_are_one_line_with_status_2(tmp_path, capsys, argv, message):
+    (tmp_path / "bad.yaml").write_text("model_name_or_path: [unclosed\n")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    (tmp_path / "unknown.yaml").write_text("model_name_or_path: m\nnot_a_flag: 1\nother: 2\n")
+    argv = [arg.replace("CONFIG", str(tmp_path)) for arg in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    if "--debug" in argv:
+        assert "Traceback (most recent call last)" in err
+        err = err.splitlines()[-1]
+    assert re.search(message, _one_error_line(err, f"t3d-trl {argv[0]}")), err
+    assert "usage:" not in err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["rollout", "--dataset_path", "x.jsonl"], r"No model: pass --model_name_or_path"),
+        # checked before the model (which does not exist) is loaded
+        (["rollout", "--model_name_or_path", "OUT", "--batch_size", "0"], r"`batch_size` must be a positive integer"),
+        (["rollout", "--model_name_or_path", "OUT", "--num_generations", "2", "--temperature", "0"],
+         r"--num_generations 2 needs sampling, but --temperature is 0"),
+        (["rollout", "--model_name_or_path", "OUT", "--output_dir", "BAD"], r"`output_dir` .* is a file"),
+        (["eval", "--eval_dataset", "BAD"], r"a custom evaluation set needs `prompt` and `reference` columns"),
+        (["eval", "--block_sizes", "4", "0"], r"--block_sizes takes positive integers, got \[4, 0\]"),
+        (["eval", "--batch_size", "0"], r"--batch_size must be a positive integer, got 0"),
+        (["eval", "--eval_limit", "0"], r"--eval_limit must be a positive integer"),
+        (["eval", "--temperature", "-1"], r"--temperature must be >= 0"),
+        (["eval", "--scorer_modules", "no_such_module_t3d"], r"--scorer_modules 'no_such_module_t3d' cannot be"),
+        (["demo", "--tasks", "nope", "--output_dir", "OUT"], r"Unknown demo task\(s\) \['nope'\]"),
+    ],
+)
+def test_errors_found_while_running_are_one_line_with_status_1(tmp_path, capsys, argv, message):
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"question": "x"}) + "\n")
+    argv = [arg.replace("BAD", str(tmp_path / "bad.jsonl")).replace("OUT", str(tmp_path / "out")) for arg in argv]
+    assert main(argv) == 1
+    line = _one_error_line(capsys.readouterr().err, f"t3d-trl {argv[0]}")
+    assert re.search(message, line) and line.endswith("(--debug shows the traceback)")
+    assert main([*argv, "--debug"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and re.search(message, err.splitlines()[-1])
+
+
+def test_an_interrupted_rollout_says_how_to_resume(monkeypatch, capsys):
+    from t3d_trl.scripts import rollout
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rollout, "main", interrupted)
+    assert main(["rollout", "--batch_size", "2"]) == 130
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("t3d-trl rollout: interrupted") and "rerun the same command to resume" in line
+
+
+def test_train_keeps_its_own_debug_option():
+    """`--debug <option>` is TrainingArguments.debug; a bare `--debug` is t3d-trl's."""
+    *_, training_args = parse_command("train", ["--debug", "underflow_overflow", "--output_dir", "x"])
+    assert [str(option.value) for option in training_args.debug] == ["underflow_overflow"]
+    *_, training_args = parse_command("train", ["--output_dir", "x", "--debug"])
+    assert not training_args.debug
+
+
+def test_errors_as_programs(tmp_path):
+    """`python -m t3d_trl.cli` and `python -m t3d_trl.scripts.<name>`: exit status and stderr of this checkout's code."""
+    usage = _run(["rollout", "--batch_size", "x"], tmp_path, check=False)
+    assert usage.returncode == 2
+    assert "invalid int value: 'x'" in _one_error_line(usage.stderr, "t3d-trl rollout")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "x"}) + "\n")
+    script = [sys.executable, "-m", "t3d_trl.scripts.evaluate", "--eval_dataset", str(bad)]
+    for debug in ([], ["--debug"]):
+        completed = subprocess.run(
+            [*script, *debug], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=240
+        )
+        assert completed.returncode == 1, completed.stderr
+        assert ("Traceback (most recent call last)" in completed.stderr) == bool(debug)
+        last = completed.stderr.splitlines()[-1] if debug else _one_error_line(completed.stderr, "t3d-trl eval")
+        assert "`prompt` and `reference` columns" in last
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -303,6 +415,41 @@ def _tiny_workspace(root: Path) -> None:
     tiny_prompts(12, seed=0).to_json(root / "tiny-t3d" / "prompts.jsonl")
 
 
+def _library_output_state() -> tuple:
+    import datasets
+    import transformers
+
+    return (
+        logging.getLogger("t3d_trl").level, logging.getLogger("t3d_trl").handlers[:],
+        datasets.utils.logging.get_verbosity(), datasets.utils.are_progress_bars_disabled(),
+        transformers.utils.logging.get_verbosity(), transformers.utils.logging.is_progress_bar_enabled(),
+    )  # fmt: skip
+
+
+def test_rollout_shows_its_stage_and_a_summary_only(tmp_path, monkeypatch, capsys):
+    """One progress display (the rollout's), a summary; the bars of `datasets` and INFO logs only with --verbose;
+    the libraries' settings restored afterwards."""
+    _tiny_workspace(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    before = _library_output_state()
+    argv = ["rollout", "--config", str(CONFIG_ROLLOUT), "--max_samples", "4", "--batch_size", "2",
+            "--num_generations", "2", "--as_chat"]  # fmt: skip
+    assert main([*argv, "--output_dir", "quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "Teacher rollouts" in captured.err  # the stage's own bar
+    for noise in ("Formatting prompts", "Saving the dataset", "Map", "INFO"):
+        assert noise not in captured.err, noise
+    (summary,) = captured.out.splitlines()
+    assert re.match(r"Rolled out 4 prompts x 2 samples in [\d.]+ s \(\d+ completion tokens", summary), summary
+    assert len(load_from_disk(str(tmp_path / "quiet" / "dataset"))) == 8
+    assert _library_output_state() == before
+
+    assert main([*argv, "--output_dir", "verbose", "--verbose"]) == 0
+    captured = capsys.readouterr()
+    assert "Formatting prompts" in captured.err and "Saving the dataset" in captured.err
+    assert _library_output_state() == before
+
+
 @pytest.mark.slow
 def test_rollout_train_eval_chain(tmp_path, monkeypatch, capsys):
     _tiny_workspace(tmp_path)
@@ -366,4 +513,12 @@ def test_demo_command_runs_a_micro_study(tmp_path, capsys):
         torch.set_num_threads(threads)
     report = json.loads((tmp_path / "results.json").read_text())
     assert report["config"]["methods"] == ["T3D"] and report["config"]["tasks"] == ["words"]
+    captured = capsys.readouterr()  # a readable run: a line per stage, the table; none of the libraries' noise
+    stages = [line for line in captured.out.splitlines() if line.startswith("[seed 0]")]
+    assert [line.split(":")[0] for line in stages] == [
+        "[seed 0] teacher trained", "[seed 0] teacher rollouts", "[seed 0] teacher evaluated", "[seed 0] T3D"
+    ]  # fmt: skip
+    assert "| TokPS | Method |" in captured.out
+    for noise in ("Filter", "Indexing trajectories", "Saving the dataset", "Writing model shards", "INFO"):
+        assert noise not in captured.err, noise
     assert (tmp_path / "results.md").exists() and (tmp_path / "accuracy_vs_tokens_per_step.png").exists()

@@ -192,12 +192,44 @@ def test_evaluate_few_step_metrics(model, tokenizer, gsm8k, tmp_path):
     assert "B8-S2-static" in md and "50.00" in md
     assert (out / "accuracy_vs_tokens_per_step.png").stat().st_size > 0
     samples = [json.loads(line) for line in (out / "samples_B4-S4-static.jsonl").read_text().splitlines()]
+    assert results[0].samples == samples  # the same per-sample results in memory
+    assert "samples" not in results[0].to_dict() and "samples" not in json.loads((out / "results.json").read_text())[0]
     assert [s["correct"] for s in samples] == truth
     assert samples[0]["completion"] == completions[0]
     assert samples[2]["gen_length"] == MAX_NEW_TOKENS
     assert samples[2]["completion"] == completions[2][:MAX_NEW_TOKENS]
     assert samples[0]["nfe"] == math.ceil((len(completions[0]) + 1) / 4) * 4
     assert (out / "samples_B4-S4-dynamic0.9.jsonl").exists()
+
+
+def test_per_sample_results_in_memory(model, tokenizer, gsm8k, tmp_path):
+    """Without output_dir too: every problem's prompt, completion, reference, score, length and forwards."""
+    results = evaluate_few_step(
+        model, tokenizer, gsm8k, [DecodingSetting(4, 2), DecodingSetting(8, 8)], batch_size=3,
+        max_new_tokens=MAX_NEW_TOKENS, progress=False,
+    )
+    keys = ["Janet", "robe", "Josh", "James"]
+    completions = [GSM8K_COMPLETIONS[k][0] for k in keys]
+    for result, (block, steps) in zip(results, [(4, 2), (8, 8)]):
+        lengths, nfes = expected_metrics(completions, block, steps)
+        assert [s["id"] for s in result.samples] == gsm8k["id"]
+        assert [s["completion"] for s in result.samples] == [c[:MAX_NEW_TOKENS] for c in completions]
+        assert [s["reference"] for s in result.samples] == gsm8k["reference"]
+        assert [s["correct"] for s in result.samples] == [GSM8K_COMPLETIONS[k][1] for k in keys]
+        assert [s["gen_length"] for s in result.samples] == lengths and [s["nfe"] for s in result.samples] == nfes
+        assert all(s["prompt"].startswith("<|user|>") and s["scorer"] == "math" for s in result.samples)
+        assert sum(s["correct"] for s in result.samples) == result.num_correct
+    assert " samples=" not in repr(results[0])  # (num_samples= is)
+    assert read_json_roundtrip(results, tmp_path) == results  # samples are not part of the JSON nor of equality
+
+
+def read_json_roundtrip(results, tmp_path):
+    from t3d_trl.evaluation import write_json
+
+    write_json(results, tmp_path / "results.json")
+    loaded = read_json(tmp_path / "results.json")
+    assert all(r.samples == [] for r in loaded)
+    return loaded
 
 
 def test_plain_text_prompts_need_no_chat_template(model, tokenizer):
@@ -292,4 +324,42 @@ def test_bad_inputs(model, tokenizer, gsm8k):
         evaluate_few_step(model, tokenizer, gsm8k, setting, batch_size=0, progress=False)
     with pytest.raises(ValueError, match="Valid scorers"):
         evaluate_few_step(model, tokenizer, gsm8k, setting, scorer="bleu", progress=False)
+    for name, value in (("batch_size", True), ("batch_size", 2.0), ("max_new_tokens", 0), ("max_new_tokens", None)):
+        with pytest.raises(ValueError, match=rf"{name} must be a positive integer, got {value!r}"):
+            evaluate_few_step(model, tokenizer, gsm8k, setting, progress=False, **{name: value})
+    with pytest.raises(ValueError, match=r"generate_kwargs sets \['block_size', 'max_new_tokens'\].*DecodingSetting"):
+        evaluate_few_step(model, tokenizer, gsm8k, setting, generate_kwargs={"block_size": 8, "max_new_tokens": 9},
+                          progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match=r"num_return_sequences=2: evaluate_few_step scores one completion"):
+        evaluate_few_step(model, tokenizer, gsm8k, setting, generate_kwargs={"num_return_sequences": 2}, progress=False)
+    with pytest.raises(TypeError, match="generate_kwargs must be a dict"):
+        evaluate_few_step(model, tokenizer, gsm8k, setting, generate_kwargs=[("temperature", 0)], progress=False)
+    with pytest.raises(ValueError, match=r"Row 1: the `reference` is missing \(None; 1 such row"):
+        no_reference = datasets.Dataset.from_list([{"prompt": "a", "reference": "x"}, {"prompt": "b", "reference": None}])
+        evaluate_few_step(model, tokenizer, no_reference, setting, progress=False)
+    with pytest.raises(TypeError, match=r"has no generate\(\)"):
+        evaluate_few_step(object(), tokenizer, gsm8k, setting, progress=False)
     assert model.calls == []
+
+
+@pytest.mark.parametrize(
+    "setting, generate_kwargs, match",
+    [
+        ({"block_size": 4, "steps_per_block": 2, "remasking": "nope"}, None, r"B4-S2-static.*nope"),
+        ({"block_size": 4, "steps_per_block": 2}, {"temperature": -1}, r"B4-S2-static.*temperature"),
+        ({"block_size": 4, "steps_per_block": 2}, {"no_such_option": 1}, r"B4-S2-static.*no_such_option"),
+        ({"block_size": 4, "steps_per_block": 2}, {"num_beams": 2}, r"does not implement: \{'num_beams': 2\}"),
+    ],
+)
+def test_decoding_settings_of_a_patched_model_are_checked_before_generating(setting, generate_kwargs, match):
+    from t3d_trl import patch_model
+    from t3d_trl.testing import tiny_qwen3, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    model = patch_model(tiny_qwen3(seed=0), tokenizer)
+    calls = []
+    model.generate = lambda **kwargs: calls.append(kwargs)
+    ds = datasets.Dataset.from_list([{"prompt": "abc", "reference": "x"}])
+    with pytest.raises(ValueError, match=match):
+        evaluate_few_step(model, tokenizer, ds, [setting], generate_kwargs=generate_kwargs, progress=False)
+    assert calls == []

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+import t3d_trl.evaluation.execution as execution_module
 import t3d_trl.evaluation.scorers as scorers_module
 from t3d_trl.evaluation import (
     CODE_EXECUTION_ENV_VAR,
@@ -20,7 +21,7 @@ from t3d_trl.evaluation import (
     math_equal,
     register_scorer,
 )
-from t3d_trl.evaluation.scorers import _user_task_count
+from t3d_trl.evaluation.execution import _user_task_count
 
 
 try:
@@ -449,7 +450,7 @@ def test_code_that_cannot_start_fails_with_a_warning(no_code_eval_env, monkeypat
     def no_more_processes(*args, **kwargs):
         raise BlockingIOError(11, "Resource temporarily unavailable")
 
-    monkeypatch.setattr(scorers_module.subprocess, "Popen", no_more_processes)
+    monkeypatch.setattr(execution_module.subprocess, "Popen", no_more_processes)
     with pytest.warns(RuntimeWarning, match="could not start a program"):
         assert not code_passes("x = 1", "assert x == 1", allow_code_execution=True)
 

@@ -53,6 +53,24 @@ def test_docstring_recipe_parses():
     assert training_args.loss_type == ["ddo", "path"] and training_args.beta == 0.1
 
 
+def test_recipe_paper_parses_to_the_official_settings():
+    """`--recipe paper` reads examples/configs/sdar_t3d_paper.yaml: the official code's settings, flags still override."""
+    module = runpy.run_path(str(EXAMPLE), run_name="sdar_example")
+    argv = module["with_recipe"](["--recipe", "paper", "--use_cpu", "--bf16", "false", "--tf32", "false", "--seed", "3"])
+    script_args, model_args, _, training_args = module["make_parser"]().parse_args_and_config(argv)
+    assert model_args.model_name_or_path == "JetLM/SDAR-4B-Chat"
+    assert (script_args.rollout_block_size, script_args.rollout_steps_per_block) == (4, 4)
+    assert script_args.rollout_temperature == 0.1 and script_args.rollout_max_new_tokens == 2000
+    assert training_args.random_token_ratio == 0.1 and training_args.block_alignment == "response"
+    assert training_args.state_order == "earliest" and training_args.block_size == 8
+    assert training_args.loss_type == ["ddo", "path"] and training_args.ref_model_sync_steps == 10
+    assert training_args.seed == 3  # a flag after the recipe wins
+    with pytest.raises(SystemExit, match="--recipe must be one of"):
+        module["with_recipe"](["--recipe", "blog"])
+    with pytest.raises(SystemExit, match="cannot be combined"):
+        module["with_recipe"](["--recipe", "paper", "--config", "x.yaml"])
+
+
 @pytest.mark.slow
 def test_tiny_default_under_two_cpu_processes(tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2` with no visible GPU starts two gloo processes (accelerate's

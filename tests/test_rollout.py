@@ -51,22 +51,33 @@ def teacher(**overrides):
 
 
 class GenerateSpy:
-    """Replaces ``model.generate`` (instance attribute) to count calls and optionally crash after some of them."""
+    """Replaces ``model.generate`` (instance attribute) to count calls, keep their keyword arguments and optionally
+    crash after some of them."""
 
     def __init__(self, model, crash_after: int | None = None) -> None:
         t3d_trl.patch_model(model, tiny_tokenizer())
-        self.model, self.crash_after, self.calls = model, crash_after, 0
+        self.model, self.crash_after, self.calls, self.kwargs = model, crash_after, 0, []
         model.generate = self
 
     def __call__(self, *args, **kwargs):
         if self.crash_after is not None and self.calls >= self.crash_after:
             raise KeyboardInterrupt("simulated kill")
         self.calls += 1
+        self.kwargs.append(kwargs)
         return type(self.model).generate(self.model, *args, **kwargs)
 
 
 def rollout_rows(dataset: Dataset) -> list[dict]:
     return [{name: row[name] for name in GENERATED} for row in dataset]
+
+
+def interrupted_rollout(out: Path, dataset: Dataset, batches_done: int, settings: dict = GEN, **kwargs):
+    """A rollout into ``out`` killed after ``batches_done`` batches (the shards of those batches are on disk)."""
+    model, tokenizer = teacher()
+    GenerateSpy(model, crash_after=batches_done)
+    with pytest.raises(KeyboardInterrupt):
+        generate_trajectories(model, tokenizer, dataset, settings, batch_size=2, output_dir=out, progress=False, **kwargs)
+    assert len(list((out / "shards").glob("batch*.jsonl"))) == batches_done
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +186,73 @@ def test_sampling_is_reproducible(text_dataset):
     assert rollout_config(first)["generation_config"]["do_sample"] is True
 
 
+SAMPLED = {**GEN, "temperature": 1.0}
+
+
+def test_num_generations_rows_stay_together_in_dataset_order(text_dataset):
+    model, tokenizer = teacher()
+    dataset = text_dataset.add_column("reference", [f"answer {i}" for i in range(len(text_dataset))])
+    result = generate_trajectories(
+        model, tokenizer, dataset, SAMPLED, batch_size=3, num_generations=3, seed=1, progress=False
+    )
+    n = len(text_dataset)
+    assert len(result) == 3 * n
+    assert result["sample_index"] == [0, 1, 2] * n
+    assert result["id"] == [i for i in range(n) for _ in range(3)]
+    assert result["reference"] == [f"answer {i}" for i in range(n) for _ in range(3)]  # kept, for SFT on references
+    assert result["prompt"] == [p for p in TEXT_PROMPTS for _ in range(3)]
+    groups = [result.select(range(3 * i, 3 * i + 3)) for i in range(n)]
+    assert all(len(set(map(tuple, g["prompt_ids"]))) == 1 for g in groups)
+    assert any(len(set(map(tuple, g["completion_ids"]))) > 1 for g in groups), "samples should differ"
+    record = rollout_config(result)
+    assert record["num_generations"] == 3 and record["generation_config"]["num_return_sequences"] == 3
+    again = generate_trajectories(
+        model, tokenizer, dataset, SAMPLED, batch_size=3, num_generations=3, seed=1, progress=False
+    )
+    assert rollout_rows(again) == rollout_rows(result)
+    prepared, _ = prepare_trajectory_dataset(result)
+    assert len(prepared) == 3 * n
+
+
+def test_num_generations_uses_num_return_sequences(text_dataset):
+    """``model.generate(..., num_return_sequences=n)``: one call per batch, every sample of a prompt from it."""
+    model, tokenizer = teacher()
+    spy = GenerateSpy(model)
+    result = generate_trajectories(
+        model, tokenizer, text_dataset, SAMPLED, batch_size=4, num_generations=2, progress=False
+    )
+    assert spy.calls == 2 and len(result) == 2 * len(text_dataset)
+    assert all(kwargs["generation_config"].num_return_sequences == 2 for kwargs in spy.kwargs)
+
+
+def test_num_generations_with_greedy_decoding_is_refused(text_dataset):
+    model, tokenizer = teacher()
+    spy = GenerateSpy(model)
+    with pytest.raises(ValueError, match=r"`num_generations`=2 needs sampling.*temperature 0.*identical"):
+        generate_trajectories(model, tokenizer, text_dataset, GEN, num_generations=2, progress=False)
+    settings = {**SAMPLED, "num_return_sequences": 2}
+    with pytest.raises(ValueError, match=r"`num_generations`=3 and the generation config's `num_return_sequences`=2"):
+        generate_trajectories(model, tokenizer, text_dataset, settings, num_generations=3, progress=False)
+    assert spy.calls == 0
+    result = generate_trajectories(model, tokenizer, text_dataset.select([0]), settings, progress=False)
+    assert result["sample_index"] == [0, 1]  # the config's num_return_sequences when num_generations is not given
+
+
+def test_a_seeded_generator_is_given_to_every_generate_call(text_dataset):
+    """Also when decoding greedily: the "random" remasking strategy draws from it."""
+    model, tokenizer = teacher()
+    spy = GenerateSpy(model)
+    generate_trajectories(model, tokenizer, text_dataset, GEN, batch_size=4, progress=False)
+    assert spy.calls == 2 and all(isinstance(k["generator"], torch.Generator) for k in spy.kwargs)
+    settings = {**GEN, "remasking": "random"}
+    first = generate_trajectories(model, tokenizer, text_dataset, settings, batch_size=2, seed=5, progress=False)
+    torch.manual_seed(123)  # the global generator is not what decides
+    again = generate_trajectories(model, tokenizer, text_dataset, settings, batch_size=2, seed=5, progress=False)
+    other = generate_trajectories(model, tokenizer, text_dataset, settings, batch_size=2, seed=6, progress=False)
+    assert rollout_rows(first) == rollout_rows(again)
+    assert [r["step_map"] for r in first] != [r["step_map"] for r in other]
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Resuming
 # ---------------------------------------------------------------------------------------------------------------------
@@ -243,6 +321,124 @@ def test_resume_refuses_other_settings(tmp_path, text_dataset):
     assert not (out / "done").exists() and not (out / "dataset").exists()
 
 
+def test_resume_with_samples(tmp_path, text_dataset):
+    uninterrupted = generate_trajectories(
+        *teacher(), text_dataset, SAMPLED, batch_size=2, num_generations=2, seed=4, progress=False
+    )
+    out = tmp_path / "rollout"
+    interrupted_rollout(out, text_dataset, 2, SAMPLED, num_generations=2, seed=4)
+    model, tokenizer = teacher()
+    spy = GenerateSpy(model)
+    resumed = generate_trajectories(
+        model, tokenizer, text_dataset, SAMPLED, batch_size=2, num_generations=2, seed=4, output_dir=out,
+        progress=False,
+    )
+    assert spy.calls == 2 and rollout_rows(resumed) == rollout_rows(uninterrupted)
+    with pytest.raises(ValueError, match="other settings.*num_generations: 2 -> 3"):
+        generate_trajectories(
+            model, tokenizer, text_dataset, SAMPLED, batch_size=2, num_generations=3, seed=4, output_dir=out,
+            progress=False,
+        )
+
+
+def test_weights_sha256_sees_every_change():
+    from t3d_trl.rollout.loop import weights_sha256
+
+    model, _ = teacher()
+    digest = weights_sha256(model)
+    assert digest == weights_sha256(teacher()[0]) and len(digest) == 64
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight[3, 5] += 1e-12
+    assert weights_sha256(model) != digest
+    assert weights_sha256(model.to(torch.bfloat16)) != weights_sha256(model.to(torch.float32))
+
+
+def test_resume_refuses_other_weights(tmp_path, reference, text_dataset):
+    out = tmp_path / "rollout"
+    interrupted_rollout(out, text_dataset, 2)
+    model, tokenizer = teacher()
+    with torch.no_grad():
+        model.model.layers[0].self_attn.q_proj.weight[0, 0] += 1e-6  # same name, config and dtype
+    spy = GenerateSpy(model)
+    with pytest.raises(ValueError, match=r"the teacher's weights are not those of the interrupted run.*"
+                                         r"model_weights_sha256: '[0-9a-f]{64}' -> '[0-9a-f]{64}'.*delete .* to start over"):
+        generate_trajectories(model, tokenizer, text_dataset, GEN, batch_size=2, output_dir=out, progress=False)
+    assert spy.calls == 0 and not (out / "done").exists()
+
+    model, tokenizer = teacher()  # the weights of the interrupted run
+    spy = GenerateSpy(model)
+    resumed = generate_trajectories(model, tokenizer, text_dataset, GEN, batch_size=2, output_dir=out, progress=False)
+    assert spy.calls == 2 and rollout_rows(resumed) == rollout_rows(reference)
+    keys = [(r["index"], r["sample_index"]) for p in (out / "shards").iterdir() for r in map(json.loads, p.open())]
+    assert sorted(keys) == [(i, 0) for i in range(len(text_dataset))]  # every prompt exactly once
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-25])
+
+
+def _garble(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[10:14] = b"\xff\xfe\x00\x81"
+    path.write_bytes(bytes(data))
+
+
+def _rewrite(change):
+    def apply(path: Path) -> None:
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        path.write_text("".join(json.dumps(row) + "\n" for row in change(rows)))
+
+    return apply
+
+
+DAMAGE = {
+    "truncated": (_truncate, r"line 2 is not valid JSON"),
+    "garbled": (_garble, r"it is not UTF-8 text"),
+    "not an object": (lambda path: path.write_text("[1, 2]\n"), r"line 1: it holds a JSON list, not an object"),
+    "missing field": (_rewrite(lambda rows: [{k: v for k, v in r.items() if k != "step_map"} for r in rows]),
+                      r"line 1: it lacks \['step_map'\]"),
+    "wrong type": (_rewrite(lambda rows: [{**r, "completion_ids": [str(i) for i in r["completion_ids"]]} for r in rows]),
+                   r"line 1: `completion_ids` must be a list of integers"),
+    "lengths": (_rewrite(lambda rows: [{**r, "step_map": r["step_map"][:-1]} for r in rows]),
+                r"line 1: `step_map` has \d+ entries for \d+ completion tokens"),
+    "wrong rows": (_rewrite(lambda rows: rows[:1]), r"it holds the rows \(index, sample_index\) \[\(\d, 0\)\] but its batch"),
+    "other prompt": (_rewrite(lambda rows: [{**r, "prompt_ids": r["prompt_ids"] + [5]} for r in rows]),
+                     r"row \d was made from other prompt ids"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_shard_is_named_with_how_to_recover(tmp_path, reference, text_dataset, damage):
+    out = tmp_path / "rollout"
+    interrupted_rollout(out, text_dataset, 2)
+    shard = out / "shards" / "batch000001.jsonl"
+    corrupt, problem = DAMAGE[damage]
+    corrupt(shard)
+    model, tokenizer = teacher()
+    spy = GenerateSpy(model)
+    with pytest.raises(ValueError, match=rf"Shard {shard} is damaged: ({problem}).*Delete it .* and rerun"):
+        generate_trajectories(model, tokenizer, text_dataset, GEN, batch_size=2, output_dir=out, progress=False)
+    assert spy.calls == 0
+    shard.unlink()  # the recovery the message gives
+    resumed = generate_trajectories(model, tokenizer, text_dataset, GEN, batch_size=2, output_dir=out, progress=False)
+    assert spy.calls == 3 and rollout_rows(resumed) == rollout_rows(reference)
+
+
+def test_a_shard_of_no_batch_and_a_damaged_record_are_named(tmp_path, text_dataset):
+    out = tmp_path / "rollout"
+    interrupted_rollout(out, text_dataset, 1)
+    stray = out / "shards" / "batch000009.jsonl"
+    stray.write_text("")
+    model, tokenizer = teacher()
+    with pytest.raises(ValueError, match=rf"Shard {stray} is damaged: this rollout has 4 batches, so there is no "
+                                         "batch 9. Delete it"):
+        generate_trajectories(model, tokenizer, text_dataset, GEN, batch_size=2, output_dir=out, progress=False)
+    stray.unlink()
+    (out / "rollout_config.json").write_text('{"fingerprint": ')
+    with pytest.raises(ValueError, match=r"rollout_config.json is damaged: it is not valid JSON.*delete the directory"):
+        generate_trajectories(model, tokenizer, text_dataset, GEN, batch_size=2, output_dir=out, progress=False)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Bad input
 # ---------------------------------------------------------------------------------------------------------------------
@@ -275,14 +471,92 @@ def test_bad_input_is_refused_before_generation(tmp_path, case, match):
     assert not (out / "done").exists() and not (out / "dataset").exists()
 
 
-def test_other_bad_arguments(text_dataset):
+def test_list_of_dicts_is_a_dataset(reference):
     model, tokenizer = teacher()
-    with pytest.raises(TypeError, match="datasets.Dataset"):
-        generate_trajectories(model, tokenizer, [{"prompt": "a"}], GEN)
-    with pytest.raises(ValueError, match="batch_size"):
-        generate_trajectories(model, tokenizer, text_dataset, GEN, batch_size=0)
-    with pytest.raises(ValueError, match="Row 0: `prompt` must be text or a list of chat messages"):
-        generate_trajectories(model, tokenizer, Dataset.from_dict({"prompt": [3]}), GEN)
+    rows = [{"prompt": prompt, "id": index} for index, prompt in enumerate(TEXT_PROMPTS)]
+    result = generate_trajectories(model, tokenizer, rows, GEN, batch_size=2, progress=False)
+    assert rollout_rows(result) == rollout_rows(reference) and result["id"] == reference["id"]
+
+
+@pytest.mark.parametrize(
+    "dataset, error, match",
+    [
+        ([{"prompt": "a"}, "b"], TypeError, r"Row 1 of `dataset` is a str, not a dict"),
+        ([{"prompt": "a"}, {"prompt": [{"role": "user", "content": "b"}]}], ValueError, "one type"),
+        ([], ValueError, r"empty \(an empty list\)"),
+        ({"prompt": ["a"]}, TypeError, r"must be a datasets.Dataset or a list of dicts \(one per prompt\), got dict"),
+        ("iterable", TypeError, "IterableDataset.*Materialise it"),
+        ("dict", TypeError, r"DatasetDict with the splits \['train'\]; pass one split"),
+        (Dataset.from_dict({"prompt": ["a", "b", None]}), ValueError, "Row 2: `prompt` must be text or a list"),
+        (Dataset.from_dict({"prompt": [3]}), ValueError, "Row 0: `prompt` must be text or a list of chat messages"),
+        (Dataset.from_dict({"prompt": ["a", ""]}), ValueError, "Row 1: the prompt is empty after tokenisation"),
+    ],
+)
+def test_bad_datasets_are_refused_before_generation(dataset, error, match):
+    from datasets import DatasetDict, IterableDataset
+
+    model, tokenizer = teacher()
+    spy = GenerateSpy(model)
+    if dataset == "iterable":
+        dataset = IterableDataset.from_generator(lambda: iter([{"prompt": "a"}]))
+    elif dataset == "dict":
+        dataset = DatasetDict({"train": Dataset.from_dict({"prompt": ["a"]})})
+    with pytest.raises(error, match=match):
+        generate_trajectories(model, tokenizer, dataset, GEN, progress=False)
+    assert spy.calls == 0
+
+
+@pytest.mark.parametrize(
+    "argument, value, match",
+    [
+        ("batch_size", 0, r"`batch_size` must be a positive integer, got 0"),
+        ("batch_size", 2.0, r"`batch_size` must be a positive integer, got 2.0"),
+        ("batch_size", float("nan"), r"`batch_size` must be a positive integer, got nan"),
+        ("batch_size", True, r"`batch_size` must be a positive integer, got True"),
+        ("batch_size", "2", r"`batch_size` must be a positive integer, got '2'"),
+        ("num_generations", 0, r"`num_generations` must be a positive integer or None, got 0"),
+        ("num_generations", 1.5, r"`num_generations` must be a positive integer or None, got 1.5"),
+        ("seed", -1, r"`seed` must be an integer >= 0, got -1"),
+        ("seed", 0.5, r"`seed` must be an integer >= 0, got 0.5"),
+        ("max_prompt_length", 0, r"`max_prompt_length` must be a positive integer or None, got 0"),
+        ("max_prompt_length", float("inf"), r"`max_prompt_length` must be a positive integer or None, got inf"),
+        ("prompt_column", 3, r"`prompt_column` must be a column name \(str\), got 3"),
+        ("output_dir", "FILE", r"`output_dir` .* is a file, not a directory"),
+        ("output_dir", "FILE/sub", r"`output_dir` .* is inside .*, which is a file"),
+        ("output_dir", 3, r"`output_dir` must be a path"),
+    ],
+)
+def test_bad_arguments_are_refused_before_generation(tmp_path, text_dataset, argument, value, match):
+    model, tokenizer = teacher()
+    spy = GenerateSpy(model)
+    if isinstance(value, str) and value.startswith("FILE"):
+        (tmp_path / "FILE").write_text("not a directory")
+        value = str(tmp_path / value)
+    with pytest.raises((ValueError, TypeError), match=match):
+        generate_trajectories(model, tokenizer, text_dataset, GEN, progress=False, **{argument: value})
+    assert spy.calls == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) in ([], ["FILE"])
+
+
+def test_numpy_integers_are_integers(text_dataset, reference):
+    import numpy as np
+
+    model, tokenizer = teacher()
+    result = generate_trajectories(model, tokenizer, text_dataset, GEN, batch_size=np.int64(2), progress=False)
+    assert rollout_rows(result) == rollout_rows(reference)
+
+
+def test_prompt_ids_outside_the_vocabulary_are_refused(text_dataset):
+    """The tokenizer has 48 ids, the model 40 embeddings: " " (id 40) of "hello world" (row 1) has none."""
+    model, tokenizer = teacher(vocab_size=40)
+    spy = GenerateSpy(model)
+    assert tokenizer.convert_tokens_to_ids(" ") == 40
+    with pytest.raises(ValueError, match=r"Row 1: the prompt has the token id 4\d, outside the teacher's vocabulary "
+                                         r"of 40 embeddings \(ids 0 to 39\)"):
+        generate_trajectories(model, tokenizer, text_dataset, GEN, progress=False)
+    with pytest.raises(ValueError, match=r"mask_token_id 45 is outside the teacher's vocabulary of 40"):
+        generate_trajectories(model, tokenizer, [{"prompt": "abc"}], {**GEN, "mask_token_id": 45}, progress=False)
+    assert spy.calls == 0
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -307,11 +581,16 @@ def test_two_process_rollout_equals_one_process(tmp_path):
     assert [(tmp_path / f"world_size_rank{r}.txt").read_text() for r in (0, 1)] == ["2", "2"]
 
     model, tokenizer, dataset = rollout_2proc.build()
-    runs = (("greedy", rollout_2proc.GREEDY, 0), ("sampled", rollout_2proc.SAMPLED, rollout_2proc.SEED))
-    for name, settings, seed in runs:
+    runs = (
+        ("greedy", rollout_2proc.GREEDY, 0, 1),
+        ("sampled", rollout_2proc.SAMPLED, rollout_2proc.SEED, rollout_2proc.NUM_GENERATIONS),
+    )
+    for name, settings, seed, samples in runs:
         single = generate_trajectories(
-            model, tokenizer, dataset, settings, batch_size=rollout_2proc.BATCH_SIZE, seed=seed, progress=False
+            model, tokenizer, dataset, settings, batch_size=rollout_2proc.BATCH_SIZE, seed=seed,
+            num_generations=samples, progress=False,
         ).to_list()
+        assert len(single) == len(dataset) * samples
         for rank in (0, 1):  # every process returns the whole dataset, identical to a 1-process run
             assert json.loads((tmp_path / f"{name}_rank{rank}.json").read_text()) == single, (name, rank)
     shards = tmp_path / "greedy_dir" / "shards"
@@ -331,6 +610,7 @@ def test_dataset_card_text(reference):
     for column in ("prompt", *ROLLOUT_COLUMNS, "id"):
         assert f"`{column}`" in text
     assert "`steps_per_block`: `2`" in text and "`max_new_tokens`: `8`" in text
+    assert "`num_generations`: `1`" in text
     assert '"remasking": "low_confidence_static"' in text  # the full config
     assert 'load_dataset("me/trajectories"' in text
     assert f"rows: {len(reference)}" in text

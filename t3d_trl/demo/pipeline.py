@@ -209,8 +209,13 @@ def evaluate(model, tokenizer, dataset: Dataset, config: DemoConfig, output_dir:
     return results
 
 
+def _progress(seed: int, text: str) -> None:
+    """One line per finished stage of the demo (its progress display)."""
+    print(f"[seed {seed}] {text}", flush=True)
+
+
 def run_seed(config: DemoConfig, seed: int, tokenizer) -> dict[str, Any]:
-    """Teacher, rollouts, students and evaluation for one seed."""
+    """Teacher, rollouts, students and evaluation for one seed (a line printed as each stage finishes)."""
     root = Path(config.output_dir) / f"seed{seed}"
     set_seed(seed)
     timings: dict[str, float] = {}
@@ -230,6 +235,7 @@ def run_seed(config: DemoConfig, seed: int, tokenizer) -> dict[str, Any]:
     teacher.save_pretrained(root / "teacher")
     tokenizer.save_pretrained(root / "teacher")
     timings["teacher"] = time.perf_counter() - start
+    _progress(seed, f"teacher trained: {config.teacher_steps} steps ({timings['teacher']:.1f} s)")
 
     start = time.perf_counter()
     rollout_config = DiffusionGenerationConfig(
@@ -242,11 +248,14 @@ def run_seed(config: DemoConfig, seed: int, tokenizer) -> dict[str, Any]:
     )
     trajectories.save_to_disk(str(root / "trajectories"))
     timings["rollouts"] = time.perf_counter() - start
+    _progress(seed, f"teacher rollouts: {len(trajectories)} prompts ({timings['rollouts']:.1f} s)")
 
     eval_set = evaluation_dataset(config)
     start = time.perf_counter()
     accuracy = {"Teacher": evaluate(teacher, tokenizer, eval_set, config, str(root / "eval" / "teacher"))}
     timings["evaluation"] = time.perf_counter() - start
+    settings = len(decoding_settings(config))
+    _progress(seed, f"teacher evaluated: {len(eval_set)} prompts x {settings} settings ({timings['evaluation']:.1f} s)")
     logs: dict[str, list[dict]] = {}
     for method, overrides in _all_methods(config).items():
         start = time.perf_counter()
@@ -259,7 +268,9 @@ def run_seed(config: DemoConfig, seed: int, tokenizer) -> dict[str, Any]:
         timings[method] = time.perf_counter() - start
         start = time.perf_counter()
         accuracy[method] = evaluate(trainer.model, tokenizer, eval_set, config, str(root / "eval" / method))
-        timings["evaluation"] += time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        timings["evaluation"] += seconds
+        _progress(seed, f"{method}: trained {args.max_steps} steps ({timings[method]:.1f} s), evaluated ({seconds:.1f} s)")
     result = {"seed": seed, "accuracy": accuracy, "timings": timings, "logs": logs}
     (root / "result.json").write_text(json.dumps(result, indent=2))
     return result
@@ -394,6 +405,11 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
         torch.set_num_threads(config.num_threads)
     tokenizer = build_tokenizer()
     start = time.perf_counter()
+    print(
+        f"t3d-trl demo: seeds {list(config.seeds)}, tasks {list(config.tasks)}, students {list(_all_methods(config))} "
+        f"-> {config.output_dir}",
+        flush=True,
+    )
     results = [run_seed(config, seed, tokenizer) for seed in config.seeds]
     summary = summarise(results, config)
     table = markdown_table(summary, config)
@@ -417,5 +433,7 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
     )
     Path(config.output_dir, "results.md").write_text(text)
     plot(summary, config, os.path.join(config.output_dir, "accuracy_vs_tokens_per_step.png"))
+    print()
     print(text)
+    print(f"Written to {config.output_dir}: results.md, results.json, accuracy_vs_tokens_per_step.png")
     return report

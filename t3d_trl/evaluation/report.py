@@ -6,7 +6,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
@@ -42,6 +42,12 @@ class EvalResult:
         total_time_s: Total generation time in seconds.
         total_generated_tokens: Generated tokens over all samples.
         total_nfe: Forward passes over all samples.
+        samples: The per-sample results, one dict per problem in the dataset's order, with the keys of the
+            ``samples_<setting>.jsonl`` files: ``id``, ``prompt`` (the rendered text), ``completion`` (decoded up to
+            the first EOS), ``reference``, ``scorer``, ``correct``, ``gen_length`` (generated tokens up to and
+            including the first EOS) and ``nfe`` (forward passes; ``None`` when ``generate`` does not report them).
+            Filled by :func:`~t3d_trl.evaluation.evaluate_few_step`; empty for results read back from JSON and for
+            averages over sets. Not part of :meth:`to_dict` (nor of ``results.json``), nor of comparisons.
     """
 
     setting: str
@@ -61,6 +67,7 @@ class EvalResult:
     total_time_s: float = 0.0
     total_generated_tokens: int = 0
     total_nfe: int = 0
+    samples: list[dict[str, Any]] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def tokens_per_step(self) -> float:
@@ -68,8 +75,8 @@ class EvalResult:
         return self.block_size / self.steps_per_block
 
     def to_dict(self) -> dict[str, Any]:
-        """The result as a JSON-serialisable dictionary (NaN/inf become None)."""
-        out = asdict(self)
+        """The metrics as a JSON-serialisable dictionary (NaN/inf become None; ``samples`` is left out)."""
+        out = {spec.name: getattr(self, spec.name) for spec in fields(self) if spec.name != "samples"}
         for key, value in out.items():
             if isinstance(value, float) and not math.isfinite(value):
                 out[key] = None
@@ -85,7 +92,7 @@ class EvalResult:
         Returns:
             The result.
         """
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls) if f.name != "samples"}
         kwargs = {k: v for k, v in data.items() if k in known}
         for key in ("tokens_per_second", "latency_per_sample", "avg_nfe", "avg_gen_length", "tokens_per_forward"):
             if kwargs.get(key) is None and key in kwargs:

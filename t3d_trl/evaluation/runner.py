@@ -177,10 +177,10 @@ def _sync(device: torch.device) -> None:
 
 def _validate_dataset(dataset: Any) -> None:
     columns = getattr(dataset, "column_names", None)
-    if columns is None:
+    if columns is None or not hasattr(dataset, "__len__"):
         raise ValueError(
             f"`dataset` must be a datasets.Dataset (see t3d_trl.evaluation.load_eval_dataset), got "
-            f"{type(dataset).__name__}."
+            f"{type(dataset).__name__}; a list of rows converts with datasets.Dataset.from_list(rows)."
         )
     missing = [c for c in ("prompt", "reference") if c not in columns]
     if missing:
@@ -250,15 +250,25 @@ def evaluate_few_step(
         generate_kwargs: Extra keyword arguments passed to every ``generate`` call.
 
     Returns:
-        One :class:`EvalResult` per setting, in order.
+        One :class:`EvalResult` per setting, in order; each holds its per-sample results in
+        :attr:`EvalResult.samples` (one dict per problem, as in the ``samples_<setting>.jsonl`` files).
 
     Raises:
-        ValueError: For an empty dataset, missing columns, no or invalid settings, unknown scorers, a
-            non-positive ``batch_size``/``max_new_tokens``, or code scoring without opting in to execution.
+        ValueError: For an empty dataset, missing columns, a missing reference, no or invalid settings, unknown
+            scorers, a ``batch_size``/``max_new_tokens`` that is not a positive integer, ``generate_kwargs`` that
+            set what a setting sets or that the model's decoding refuses, or code scoring without opting in to
+            execution. All are raised before anything is generated.
+        TypeError: For a model without ``generate`` or ``generate_kwargs`` that are not a mapping.
     """
     _validate_dataset(dataset)
     parsed = _parse_settings(settings)
     _check_sizes(batch_size, max_new_tokens)
+    if not callable(getattr(model, "generate", None)):
+        raise TypeError(
+            f"`model` ({type(model).__name__}) has no generate(); give it t3d-trl's few-step decoding with "
+            "t3d_trl.patch_model(model, tokenizer)."
+        )
+    _check_generate_kwargs(model, parsed, max_new_tokens, generate_kwargs)
     rows = _scored_rows(dataset, scorer)
     scorers = _load_scorers(rows.scorer_names, allow_code_execution, code_timeout)
 
@@ -274,7 +284,6 @@ def evaluate_few_step(
         model.eval()
 
     results: list[EvalResult] = []
-    all_samples: list[list[dict[str, Any]]] = []
     with _pad_token_available(tokenizer):
         for setting in parsed:
             call_kwargs = _generate_call_kwargs(setting, max_new_tokens, generate_kwargs)
@@ -283,11 +292,12 @@ def evaluate_few_step(
             tally, samples = _run_setting(
                 model, tokenizer, setting, call_kwargs, batches, batch_inputs, rows, scorers, eos_ids, progress
             )
-            results.append(tally.result(setting, len(texts), dataset_name))
-            all_samples.append(samples)
+            result = tally.result(setting, len(texts), dataset_name)
+            result.samples = samples
+            results.append(result)
 
     if output_dir is not None:
-        _write_outputs(os.fspath(output_dir), results, all_samples, parsed, dataset_name)
+        _write_outputs(os.fspath(output_dir), results, parsed, dataset_name)
     return results
 
 
@@ -307,10 +317,57 @@ def _parse_settings(settings: Any) -> list[DecodingSetting]:
 
 
 def _check_sizes(batch_size: Any, max_new_tokens: Any) -> None:
-    if not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
-        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
+    """Refuse a ``batch_size`` or ``max_new_tokens`` that is not a positive integer (``True``, ``2.0``, NaN...)."""
+    for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
+#: ``generate`` arguments every call of a setting sets itself
+_SET_PER_CALL = (
+    "input_ids", "attention_mask", "block_size", "steps_per_block", "remasking", "confidence_threshold",
+    "max_new_tokens", "return_dict_in_generate",
+)  # fmt: skip
+#: ``generate`` inputs that are not generation-config fields
+_GENERATE_INPUTS = ("generator", "use_cache", "family", "generation_config")
+
+
+def _check_generate_kwargs(
+    model: Any, settings: Sequence[DecodingSetting], max_new_tokens: int, generate_kwargs: Mapping[str, Any] | None
+) -> None:
+    """Refuse ``generate_kwargs`` that would silently override a setting (or ask for several completions per
+    problem) and, for a model with t3d-trl's decoding, every setting the decoding would refuse, before generating."""
+    generate_kwargs = {} if generate_kwargs is None else generate_kwargs
+    if not isinstance(generate_kwargs, Mapping):
+        raise TypeError(f"generate_kwargs must be a dict of generate() arguments, got {type(generate_kwargs).__name__}.")
+    overridden = sorted(set(generate_kwargs) & set(_SET_PER_CALL))
+    if overridden:
+        raise ValueError(
+            f"generate_kwargs sets {overridden}, which every call sets from its DecodingSetting (block_size, "
+            "steps_per_block, remasking, confidence_threshold) or from the arguments of evaluate_few_step "
+            "(max_new_tokens); give them there."
+        )
+    samples = generate_kwargs.get("num_return_sequences")
+    if samples not in (None, 1):
+        raise ValueError(
+            f"generate_kwargs sets num_return_sequences={samples!r}: evaluate_few_step scores one completion per "
+            "problem. Remove it (for several samples per prompt, roll out with generate_trajectories)."
+        )
+    from ..generation import DiffusionGenerationConfig, FewStepDiffusionGenerationMixin
+    from ..generation.decoding import unsupported_generation_settings
+
+    if not isinstance(model, FewStepDiffusionGenerationMixin):
+        return  # another decoder: its generate() judges its own arguments
+    fields = {key: value for key, value in generate_kwargs.items() if key not in _GENERATE_INPUTS}
+    unsupported = unsupported_generation_settings(fields)
+    if unsupported:
+        raise ValueError(f"generate_kwargs has options that few-step diffusion decoding does not implement: {unsupported}.")
+    for setting in settings:
+        overrides = _generate_call_kwargs(setting, max_new_tokens, fields)
+        try:
+            DiffusionGenerationConfig.from_generation_config(model.generation_config, **overrides)
+        except ValueError as error:
+            raise ValueError(f"Decoding setting {setting.name} with generate_kwargs {dict(fields)}: {error}") from None
 
 
 @dataclass
@@ -326,7 +383,14 @@ class _ScoredRows:
 def _scored_rows(dataset: Any, scorer: str | None) -> _ScoredRows:
     """The rows of ``dataset``; ``scorer`` overrides the ``scorer`` column, ``exact_match`` is the default."""
     prompts = list(dataset["prompt"])
-    references = [str(r) for r in dataset["reference"]]
+    raw_references = list(dataset["reference"])
+    missing = [row for row, reference in enumerate(raw_references) if reference is None]
+    if missing:
+        raise ValueError(
+            f"Row {missing[0]}: the `reference` is missing (None; {len(missing)} such row(s)); every problem needs a "
+            "reference answer to be scored against. Drop those rows or fill in their references."
+        )
+    references = [str(r) for r in raw_references]  # numbers are compared as their text
     if scorer is not None:
         scorer_names = [scorer] * len(prompts)
     elif "scorer" in dataset.column_names:
@@ -542,18 +606,16 @@ def _run_setting(
 
 
 def _write_outputs(
-    output_dir: str,
-    results: list[EvalResult],
-    samples: list[list[dict[str, Any]]],
-    settings: list[DecodingSetting],
-    dataset_name: str | None,
+    output_dir: str, results: list[EvalResult], settings: list[DecodingSetting], dataset_name: str | None
 ) -> None:
+    """``results.json``, ``results.md``, the plot and one ``samples_<setting>.jsonl`` per setting (its results'
+    :attr:`~EvalResult.samples`)."""
     os.makedirs(output_dir, exist_ok=True)
     write_json(results, os.path.join(output_dir, "results.json"))
     write_markdown(results, os.path.join(output_dir, "results.md"), title=dataset_name)
     plot_accuracy_vs_tokens_per_step(results, os.path.join(output_dir, "accuracy_vs_tokens_per_step.png"), dataset_name)
     used: set[str] = set()
-    for setting, setting_samples in zip(settings, samples):
+    for setting, result in zip(settings, results):
         assert setting.name is not None
         base = _safe_name(setting.name)
         filename, k = base, 1
@@ -562,5 +624,5 @@ def _write_outputs(
             filename = f"{base}_{k}"
         used.add(filename)
         with open(os.path.join(output_dir, f"samples_{filename}.jsonl"), "w", encoding="utf-8") as f:
-            for sample in setting_samples:
+            for sample in result.samples:
                 f.write(json.dumps(sample, ensure_ascii=False, default=str) + "\n")

@@ -64,6 +64,8 @@ def trajectory_dataset_card_text(dataset: Dataset, repo_id: str | None = None) -
         "| `block_size` | the teacher's block size |",
         "| `steps_per_block` | the teacher's denoising steps per block |",
         "| `nfe` | forward passes the teacher spent on the row |",
+        "| `sample_index` | the sample's number among its prompt's samples (0 to `num_generations` - 1; a prompt's "
+        "samples are consecutive rows) |",
     ]
     others = [c for c in dataset.column_names if c not in ROLLOUT_COLUMNS and c != prompt_column]
     if others:
@@ -74,7 +76,11 @@ def trajectory_dataset_card_text(dataset: Dataset, repo_id: str | None = None) -
                 "confidence_threshold", "entropy_bound")
         lines += [f"- teacher: `{teacher}`"]
         lines += [f"- `{key}`: `{config.get(key)}`" for key in keys if key in config]
-        lines += [f"- `batch_size`: `{record.get('batch_size')}`, `seed`: `{record.get('seed')}`", ""]
+        lines += [
+            f"- `batch_size`: `{record.get('batch_size')}`, `num_generations`: `{record.get('num_generations', 1)}`, "
+            f"`seed`: `{record.get('seed')}`",
+            "",
+        ]
         lines += ["Full decoding configuration (`DiffusionGenerationConfig.to_dict()`):", "", "```json"]
         lines += [json.dumps(config, indent=2, sort_keys=True), "```", ""]
     else:

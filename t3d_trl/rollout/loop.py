@@ -12,14 +12,17 @@ import hashlib
 import json
 import logging
 import math
+import numbers
 import os
 from array import array
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 import torch
-from datasets import Dataset, Features, Value, concatenate_datasets
+from datasets import Dataset, DatasetDict, Features, IterableDataset, IterableDatasetDict, Value, concatenate_datasets
 
 try:  # datasets >= 4
     from datasets import List
@@ -38,13 +41,17 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "ROLLOUT_COLUMNS",
     "ROLLOUT_METADATA_KEY",
+    "check_rollout_settings",
     "generate_trajectories",
     "resolve_generation_config",
     "rollout_config",
+    "weights_sha256",
 ]
 
 #: columns :func:`generate_trajectories` adds to the dataset (the prompt column is kept as given)
-ROLLOUT_COLUMNS = ("completion", "prompt_ids", "completion_ids", "step_map", "block_size", "steps_per_block", "nfe")
+ROLLOUT_COLUMNS = (
+    "completion", "prompt_ids", "completion_ids", "step_map", "block_size", "steps_per_block", "nfe", "sample_index"
+)
 #: key of the rollout record in the JSON of ``Dataset.info.description``
 ROLLOUT_METADATA_KEY = "t3d_trl_rollout"
 
@@ -58,6 +65,7 @@ _ROLLOUT_FEATURES = {
     "block_size": Value("int64"),
     "steps_per_block": Value("int64"),
     "nfe": Value("int64"),
+    "sample_index": Value("int64"),
 }
 
 
@@ -159,6 +167,164 @@ def rollout_config(dataset: Dataset) -> dict[str, Any] | None:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Input checks (before anything runs)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _as_dataset(dataset: Any) -> Dataset:
+    """``dataset`` as a ``datasets.Dataset``: a list of dicts is converted; other types are refused."""
+    if isinstance(dataset, Dataset):
+        return dataset
+    if isinstance(dataset, (IterableDataset, IterableDatasetDict)):
+        raise TypeError(
+            "`dataset` is an IterableDataset (streamed), which generate_trajectories does not take: the batches are "
+            "planned over all the prompts (sorted by length) and a resumed run checks a hash of every prompt. "
+            "Materialise it first, e.g. Dataset.from_list(list(dataset.take(n))), or load it without streaming=True."
+        )
+    if isinstance(dataset, DatasetDict):
+        raise TypeError(
+            f"`dataset` is a DatasetDict with the splits {list(dataset)}; pass one split, e.g. dataset['train']."
+        )
+    if isinstance(dataset, (list, tuple)):
+        if not dataset:
+            raise ValueError("The dataset is empty (an empty list): there are no prompts to roll out.")
+        for row, item in enumerate(dataset):
+            if not isinstance(item, Mapping):
+                raise TypeError(
+                    f"Row {row} of `dataset` is a {type(item).__name__}, not a dict: a list dataset holds one dict "
+                    "per prompt, e.g. [{'prompt': 'What is 2+2?'}, ...]."
+                )
+        try:
+            return Dataset.from_list([dict(item) for item in dataset])
+        except (pa.ArrowException, TypeError, ValueError) as error:
+            raise ValueError(
+                f"The list of rows cannot be made into a datasets.Dataset ({error}): every column must hold values "
+                "of one type (e.g. all prompts text, or all chat messages)."
+            ) from None
+    raise TypeError(
+        f"`dataset` must be a datasets.Dataset or a list of dicts (one per prompt), got {type(dataset).__name__}."
+    )
+
+
+def _check_integer(name: str, value: Any, minimum: int, optional: bool = False) -> int | None:
+    """``value`` as an ``int`` when it is an integer ``>= minimum`` (``None`` too when ``optional``); else an error
+    naming the argument, the value and what is accepted."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        accepted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"`{name}` must be {accepted}{' or None' if optional else ''}, got {value!r}.")
+    return int(value)
+
+
+def _check_output_dir(output_dir: Any) -> Path | None:
+    """``output_dir`` as a path; refused when it, or the first part of it that exists, is not a directory."""
+    if output_dir is None:
+        return None
+    if not isinstance(output_dir, (str, os.PathLike)):
+        raise TypeError(f"`output_dir` must be a path (str or os.PathLike) or None, got {type(output_dir).__name__}.")
+    directory = Path(output_dir)
+    existing = next((path for path in (directory, *directory.parents) if path.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "is a file" if existing == directory else f"is inside {existing}, which is a file"
+        raise ValueError(
+            f"`output_dir` {str(directory)!r} {where}, not a directory. Give a directory (it is created if missing)."
+        )
+    return directory
+
+
+def check_rollout_settings(
+    *,
+    batch_size: Any = 16,
+    num_generations: Any = None,
+    seed: Any = 0,
+    max_prompt_length: Any = None,
+    output_dir: Any = None,
+) -> dict[str, Any]:
+    """Check the numbers and the directory of a rollout, as :func:`generate_trajectories` does before anything runs
+    (the command line calls it before loading the model).
+
+    Returns:
+        The settings, the numbers as ``int`` and ``output_dir`` as a ``Path`` (or ``None``).
+
+    Raises:
+        ValueError: a ``batch_size`` or ``num_generations`` that is not a positive integer (``None`` allowed for
+            ``num_generations``), a ``seed`` that is not an integer ``>= 0``, a ``max_prompt_length`` that is not a
+            positive integer or ``None``, an ``output_dir`` that is a file or inside one.
+        TypeError: an ``output_dir`` that is not a path.
+    """
+    return {
+        "batch_size": _check_integer("batch_size", batch_size, 1),
+        "num_generations": _check_integer("num_generations", num_generations, 1, optional=True),
+        "seed": _check_integer("seed", seed, 0),
+        "max_prompt_length": _check_integer("max_prompt_length", max_prompt_length, 1, optional=True),
+        "output_dir": _check_output_dir(output_dir),
+    }
+
+
+def _check_dataset(dataset: Any, prompt_column: Any) -> Dataset:
+    """The dataset (converted from a list of dicts) when it has prompts in ``prompt_column``; refused otherwise."""
+    dataset = _as_dataset(dataset)
+    if not isinstance(prompt_column, str):
+        raise TypeError(f"`prompt_column` must be a column name (str), got {prompt_column!r}.")
+    if prompt_column not in dataset.column_names:
+        raise ValueError(
+            f"The dataset has no `{prompt_column}` column (columns: {dataset.column_names}). Pass the prompt column "
+            "with `prompt_column=`."
+        )
+    if len(dataset) == 0:
+        raise ValueError("The dataset is empty: there are no prompts to roll out.")
+    return dataset
+
+
+def _resolve_num_generations(config: DiffusionGenerationConfig, num_generations: int | None) -> int:
+    """The samples per prompt: ``num_generations``, else the config's ``num_return_sequences``, else 1. Sets the
+    config's ``num_return_sequences`` to it; refuses several samples of greedy decoding (they would be identical)."""
+    configured = config.num_return_sequences
+    if num_generations is None:
+        num_generations = int(configured or 1)
+    elif configured not in (None, 1, num_generations):
+        raise ValueError(
+            f"`num_generations`={num_generations} and the generation config's `num_return_sequences`={configured} "
+            "disagree; give the samples per prompt once, as `num_generations`."
+        )
+    if num_generations > 1 and config.effective_temperature == 0:
+        raise ValueError(
+            f"`num_generations`={num_generations} needs sampling, but the teacher decodes greedily (temperature 0): "
+            f"the {num_generations} samples of a prompt would be identical. Set a temperature > 0 in "
+            "`generation_config` (the official T3D rollout uses 0.1), or num_generations=1."
+        )
+    config.update(num_return_sequences=num_generations)
+    return num_generations
+
+
+def _check_vocabulary(
+    prompt_ids: Sequence[Sequence[int]], config: DiffusionGenerationConfig, model: Any, pad_token_id: int
+) -> None:
+    """Refuse token ids the teacher has no embedding for: in the prompts (naming the row and the id), or the mask
+    and pad tokens."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    size = getattr(embeddings, "num_embeddings", None) or getattr(getattr(model, "config", None), "vocab_size", None)
+    if size is None:
+        return
+    for name, token_id in (("mask_token_id", config.mask_token_id), ("pad token id", pad_token_id)):
+        if not 0 <= int(token_id) < size:
+            raise ValueError(
+                f"The {name} {token_id} is outside the teacher's vocabulary of {size} embeddings. Resize the "
+                "embeddings (model.resize_token_embeddings(len(tokenizer))) or fix the generation config."
+            )
+    for row, ids in enumerate(prompt_ids):
+        low, high = min(ids), max(ids)
+        if low < 0 or high >= size:
+            bad = low if low < 0 else high
+            raise ValueError(
+                f"Row {row}: the prompt has the token id {bad}, outside the teacher's vocabulary of {size} embeddings "
+                f"(ids 0 to {size - 1}). The tokenizer does not match the teacher: use the teacher's own tokenizer, "
+                "or resize the embeddings (model.resize_token_embeddings(len(tokenizer)))."
+            )
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Prompts
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -237,8 +403,10 @@ def _generate_batch(
     seed: int,
     batch_index: int,
 ) -> list[dict[str, Any]]:
-    """Roll out one batch (left padded) and cut each row's completion at its first EOS."""
+    """Roll out one batch (left padded; ``config.num_return_sequences`` samples of each prompt, consecutive) and
+    cut each sample's completion at its first EOS."""
     device = model_device(model)
+    samples = int(config.num_return_sequences or 1)
     width = max(len(prompt_ids[row]) for row in rows)
     input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -247,15 +415,14 @@ def _generate_batch(
         input_ids[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
         attention_mask[i, width - len(ids) :] = 1
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-    kwargs: dict[str, Any] = {}
-    if config.effective_temperature > 0:
-        kwargs["generator"] = torch.Generator(device=device).manual_seed(_batch_seed(seed, batch_index))
+    # always seeded: sampling and the "random" remasking strategy draw from it
+    generator = torch.Generator(device=device).manual_seed(_batch_seed(seed, batch_index))
     output = model.generate(
         input_ids=input_ids,
         attention_mask=attention_mask,
         generation_config=config,
         return_dict_in_generate=True,
-        **kwargs,
+        generator=generator,
     )
     step_map = getattr(output, "step_map", None)
     if step_map is None:
@@ -263,11 +430,17 @@ def _generate_batch(
             "model.generate(..., return_dict_in_generate=True) returned no `step_map`: the model does not decode with "
             "t3d-trl's few-step diffusion generate(). Patch it with t3d_trl.patch_model(model, tokenizer)."
         )
+    if output.sequences.shape[0] != len(rows) * samples:
+        raise RuntimeError(
+            f"model.generate returned {output.sequences.shape[0]} sequences for {len(rows)} prompts x "
+            f"{samples} samples; it does not honour num_return_sequences. Patch it with t3d_trl.patch_model."
+        )
     generated = output.sequences[:, width:].cpu()
     step_map = step_map.cpu()
     nfe = output.nfe.cpu()
     results = []
-    for i, row in enumerate(rows):
+    for i in range(len(rows) * samples):
+        row = rows[i // samples]
         kept = step_map[i] >= 0
         length = int(kept.sum())
         if not bool(kept[:length].all()):
@@ -278,6 +451,7 @@ def _generate_batch(
         results.append(
             {
                 "index": int(row),
+                "sample_index": i % samples,
                 "prompt_ids": list(prompt_ids[row]),
                 "completion_ids": generated[i, :length].tolist(),
                 "step_map": step_map[i, :length].tolist(),
@@ -285,6 +459,21 @@ def _generate_batch(
             }
         )
     return results
+
+
+def weights_sha256(model: Any) -> str:
+    """SHA-256 over every parameter of ``model``: its name, dtype, shape and bytes, in name order.
+
+    Exact (any change of any weight changes it) and not sampled, so it reads every byte: about a second per GB of
+    weights on a CPU (a few seconds for a 4B model in bfloat16), plus the copy to the CPU of weights on an
+    accelerator.
+    """
+    digest = hashlib.sha256()
+    for name, parameter in sorted(model.named_parameters(), key=lambda item: item[0]):
+        tensor = parameter.detach()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).contiguous().cpu().view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def _default_state() -> Any:
@@ -304,23 +493,6 @@ def _default_state() -> Any:
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or (launched and not has_accelerator))
 
 
-def _check_arguments(dataset: Any, prompt_column: str, batch_size: Any, max_prompt_length: int | None) -> None:
-    """Refuse a dataset without prompts and invalid batch or length settings (before anything runs)."""
-    if not isinstance(dataset, Dataset):
-        raise TypeError(f"`dataset` must be a datasets.Dataset, got {type(dataset).__name__}.")
-    if prompt_column not in dataset.column_names:
-        raise ValueError(
-            f"The dataset has no `{prompt_column}` column (columns: {dataset.column_names}). Pass the prompt column "
-            "with `prompt_column=`."
-        )
-    if len(dataset) == 0:
-        raise ValueError("The dataset is empty: there are no prompts to roll out.")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
-    if max_prompt_length is not None and max_prompt_length < 1:
-        raise ValueError(f"`max_prompt_length` must be a positive integer or None, got {max_prompt_length!r}.")
-
-
 def _settings_record(
     model: Any,
     config: DiffusionGenerationConfig,
@@ -328,18 +500,22 @@ def _settings_record(
     prompt_ids: Sequence[Sequence[int]],
     prompt_column: str,
     batch_size: int,
+    num_generations: int,
     seed: int,
     max_prompt_length: int | None,
 ) -> dict[str, Any]:
-    """Everything the rows depend on, its fingerprint and the t3d-trl version: the rollout record."""
+    """Everything the rows depend on (the teacher's weights included), its fingerprint and the t3d-trl version: the
+    rollout record."""
     settings = {
         "model_name_or_path": _model_name(model),
         "model_class": type(model).__name__,
         "model_dtype": str(getattr(model, "dtype", None)),
         "model_config_sha256": sha256_of(model.config.to_dict()) if hasattr(model, "config") else None,
+        "model_weights_sha256": weights_sha256(model),
         "generation_config": _config_dict(config),
         "prompt_column": prompt_column,
         "batch_size": batch_size,
+        "num_generations": num_generations,
         "seed": seed,
         "max_prompt_length": max_prompt_length,
         "num_prompts": len(prompt_ids),
@@ -393,18 +569,24 @@ def _generate_batches(
 
 
 def _rows_in_order(
-    finished: Mapping[int, list[dict[str, Any]]], new_rows: Sequence[dict[str, Any]], num_prompts: int
+    finished: Mapping[int, list[dict[str, Any]]],
+    new_rows: Sequence[dict[str, Any]],
+    num_prompts: int,
+    num_generations: int,
 ) -> list[dict[str, Any]]:
-    """The rows read back from the store and the new ones, in the dataset's order (each prompt exactly once)."""
-    by_index = {row["index"]: row for rows in finished.values() for row in rows}
+    """The rows read back from the store and the new ones, in the dataset's order, each prompt's samples together
+    (every sample of every prompt exactly once)."""
+    by_key = {(row["index"], row["sample_index"]): row for rows in finished.values() for row in rows}
     for row in new_rows:
-        if row["index"] in by_index:
-            raise RuntimeError(f"Row {row['index']} was generated twice; this is a bug in generate_trajectories.")
-        by_index[row["index"]] = row
-    if sorted(by_index) != list(range(num_prompts)):
-        missing = sorted(set(range(num_prompts)) - set(by_index))
+        key = (row["index"], row["sample_index"])
+        if key in by_key:
+            raise RuntimeError(f"Row {key} was generated twice; this is a bug in generate_trajectories.")
+        by_key[key] = row
+    keys = [(index, sample) for index in range(num_prompts) for sample in range(num_generations)]
+    missing = [key for key in keys if key not in by_key]
+    if missing or len(by_key) != len(keys):
         raise RuntimeError(f"Rows {missing[:10]} have no rollout; this is a bug in generate_trajectories.")
-    return [by_index[row] for row in range(num_prompts)]
+    return [by_key[key] for key in keys]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -415,11 +597,12 @@ def _rows_in_order(
 def generate_trajectories(
     model: Any,
     processing_class: Any,
-    dataset: Dataset,
+    dataset: Dataset | Sequence[Mapping[str, Any]],
     generation_config: DiffusionGenerationConfig | Mapping[str, Any] | None = None,
     *,
     prompt_column: str = "prompt",
     batch_size: int = 16,
+    num_generations: int | None = None,
     max_prompt_length: int | None = None,
     output_dir: str | os.PathLike | None = None,
     seed: int = 0,
@@ -429,8 +612,10 @@ def generate_trajectories(
     """Roll out a block diffusion teacher over the prompts of ``dataset`` and record its trajectories.
 
     Each prompt (text, or chat messages put through ``processing_class.apply_chat_template(...,
-    add_generation_prompt=True)``) is decoded by ``model.generate`` with the teacher's settings. The result has one
-    row per prompt, in the dataset's order, with every input column kept and these columns added:
+    add_generation_prompt=True)``) is decoded by ``model.generate`` with the teacher's settings, ``num_generations``
+    times. The result has one row per sample: a prompt's ``num_generations`` rows are consecutive, and the prompts
+    are in the dataset's order. Every input column is kept (a prompt's rows repeat its values, e.g. a ``reference``
+    answer) and these columns are added:
 
     ===================  ==========================================================================================
     ``completion``       the decoded completion (special tokens skipped)
@@ -441,35 +626,47 @@ def generate_trajectories(
     ``block_size``       the teacher's block size
     ``steps_per_block``  the teacher's denoising steps per block
     ``nfe``              forward passes the teacher spent on the row
+    ``sample_index``     the sample's number among its prompt's samples, ``0 .. num_generations - 1``
     ===================  ==========================================================================================
 
-    Input columns with these names are replaced. The teacher's settings (``model_name_or_path``, the full
-    ``DiffusionGenerationConfig.to_dict()``, ``batch_size``, ``seed``...) are stored as JSON in
-    ``dataset.info.description`` (read them with :func:`rollout_config`) and in ``output_dir/rollout_config.json``.
+    Input columns with these names are replaced (with a warning). The teacher's settings (``model_name_or_path``,
+    the full ``DiffusionGenerationConfig.to_dict()``, ``batch_size``, ``num_generations``, ``seed``, a hash of the
+    weights...) are stored as JSON in ``dataset.info.description`` (read them with :func:`rollout_config`) and in
+    ``output_dir/rollout_config.json``.
 
     Under ``accelerate launch`` the batches are dealt out to the processes and the rows gathered: every process
     returns the same dataset, identical to a one-process run (put the model on ``PartialState().device`` first).
 
     With ``output_dir``, each finished batch is written to ``output_dir/shards/batchNNNNNN.jsonl`` as it finishes
     (atomically; ``output_dir`` must be shared by the processes). Rerunning with the same ``output_dir`` and settings
-    reads the finished rows back and only generates the missing ones; other settings are refused. The full dataset is
-    saved with ``save_to_disk(output_dir/"dataset")`` and a ``done`` marker written once every prompt has its row.
-    The resume check covers the decoding settings, the tokenised prompts, ``batch_size``, ``seed`` and the model's
-    name, config and dtype, but not its weights: use a new ``output_dir`` for a new checkpoint under the same name.
+    reads the finished rows back and only generates the missing ones; other settings are refused, naming what
+    differs. The full dataset is saved with ``save_to_disk(output_dir/"dataset")`` and a ``done`` marker written once
+    every prompt has its rows. The resume check covers the decoding settings, ``num_generations``, the tokenised
+    prompts, ``batch_size``, ``seed`` and the model's name, config, dtype and weights (a SHA-256 of every parameter,
+    :func:`weights_sha256`: about a second per GB of weights). A damaged shard is named, with how to recover (delete
+    it and rerun).
+
+    Every argument is checked before anything is generated or written; a mistake raises an error naming the
+    argument or the row, the value and what is accepted.
 
     Args:
         model: the teacher, a block diffusion model; patched with :func:`t3d_trl.patch_model` if it is not yet.
         processing_class: its tokenizer (or a processor with a ``tokenizer``), with a mask token.
-        dataset: a ``datasets.Dataset`` with a prompt column.
+        dataset: a ``datasets.Dataset`` with a prompt column, or a list of dicts (converted with
+            ``Dataset.from_list``). A streamed ``IterableDataset`` is refused: the batches are planned over all the
+            prompts, and resuming hashes every prompt.
         generation_config: decoding settings overriding the model's defaults (see :func:`resolve_generation_config`):
             a :class:`DiffusionGenerationConfig` or a ``dict`` of its fields (``block_size``, ``steps_per_block``,
             ``remasking``, ``temperature``, ``max_new_tokens``...).
         prompt_column: the column holding the prompts.
-        batch_size: prompts per ``generate`` call.
+        batch_size: prompts per ``generate`` call (each call decodes ``batch_size * num_generations`` sequences).
+        num_generations: samples per prompt (``None``: the generation config's ``num_return_sequences``, else 1).
+            More than one needs sampling (``temperature > 0``); with greedy decoding it is refused, the samples would
+            be identical.
         max_prompt_length: refuse prompts with more tokens than this (``None``: only the model's position limit).
         output_dir: directory for resumable shards, ``rollout_config.json``, the final ``dataset`` and ``done``.
-        seed: seed of the sampling generators (one per batch, seeded from ``(seed, batch index)``); unused when
-            decoding greedily.
+        seed: seed of the random generators, a non-negative integer: one generator per batch, seeded from ``(seed,
+            batch index)``, given to every ``generate`` call (sampling and the ``"random"`` remasking draw from it).
         progress: show a tqdm progress bar (main process only).
         accelerator: an ``accelerate.Accelerator`` or ``PartialState`` (default: ``PartialState()``).
 
@@ -477,13 +674,26 @@ def generate_trajectories(
         The trajectory dataset.
 
     Raises:
-        ValueError: no prompt column, an empty dataset, a prompt over ``max_prompt_length`` or over the model's
-            position limit (raised before any generation, naming the row), invalid settings, or an ``output_dir``
-            made with other settings.
+        TypeError: a ``dataset`` that is neither a ``Dataset`` nor a list of dicts, or an ``output_dir`` that is not
+            a path.
+        ValueError: no prompt column, an empty dataset, a prompt that is empty, over ``max_prompt_length``, over the
+            model's position limit or with token ids outside the model's vocabulary (naming the row), invalid
+            ``batch_size``/``num_generations``/``seed``/``max_prompt_length``, several samples of greedy decoding, an
+            ``output_dir`` that is a file, made with other settings or with a damaged shard.
     """
     from accelerate.utils import gather_object
 
-    _check_arguments(dataset, prompt_column, batch_size, max_prompt_length)
+    dataset = _check_dataset(dataset, prompt_column)
+    checked = check_rollout_settings(
+        batch_size=batch_size,
+        num_generations=num_generations,
+        seed=seed,
+        max_prompt_length=max_prompt_length,
+        output_dir=output_dir,
+    )
+    batch_size, seed, max_prompt_length, directory = (
+        checked["batch_size"], checked["seed"], checked["max_prompt_length"], checked["output_dir"]
+    )
     state = accelerator if accelerator is not None else _default_state()
     num_processes, process_index = int(state.num_processes), int(state.process_index)
     distributed = num_processes > 1
@@ -493,18 +703,22 @@ def generate_trajectories(
     if getattr(model, "training", False):
         logger.warning("The teacher is in training mode (dropout is active); call model.eval() before rolling out.")
     config = resolve_generation_config(model, generation_config)
+    num_generations = _resolve_num_generations(config, checked["num_generations"])
+    pad_token_id = _pad_token_id(config, processing_class)
 
     prompt_ids = tokenize_prompts(processing_class, list(dataset[prompt_column]), column=prompt_column)
     _check_not_empty(prompt_ids)
+    _check_vocabulary(prompt_ids, config, model, pad_token_id)
     _check_lengths(prompt_ids, config, model, max_prompt_length)
     batches = _plan_batches([len(ids) for ids in prompt_ids], batch_size)
-    record = _settings_record(model, config, dataset, prompt_ids, prompt_column, batch_size, seed, max_prompt_length)
+    record = _settings_record(
+        model, config, dataset, prompt_ids, prompt_column, batch_size, num_generations, seed, max_prompt_length
+    )
 
-    directory = Path(output_dir) if output_dir is not None else None
     finished: dict[int, list[dict[str, Any]]] = {}
     already_done = False
     if directory is not None:
-        finished, already_done = open_store(directory, record, batches, prompt_ids, state)
+        finished, already_done = open_store(directory, record, batches, prompt_ids, state, num_generations)
 
     pending = [index for index in range(len(batches)) if index not in finished]
     mine = pending[process_index::num_processes]
@@ -515,7 +729,7 @@ def generate_trajectories(
         prompt_ids,
         batches,
         mine,
-        _pad_token_id(config, processing_class),
+        pad_token_id,
         seed,
         directory,
         description,
@@ -523,9 +737,9 @@ def generate_trajectories(
     )
     if distributed:
         new_rows = gather_object(new_rows)
-    rows = _rows_in_order(finished, new_rows, len(prompt_ids))
+    rows = _rows_in_order(finished, new_rows, len(prompt_ids), num_generations)
 
-    result = _assemble(dataset, processing_class, rows, config, record)
+    result = _assemble(dataset, processing_class, rows, config, record, num_generations)
     if directory is not None:
         close_store(directory, result, record["fingerprint"], already_done, state)
     return result
@@ -537,8 +751,10 @@ def _assemble(
     rows: Sequence[dict[str, Any]],
     config: DiffusionGenerationConfig,
     record: dict[str, Any],
+    num_generations: int = 1,
 ) -> Dataset:
-    """The input dataset with the rollout columns added and the rollout record in ``info.description``."""
+    """The input dataset (each row repeated ``num_generations`` times) with the rollout columns added and the
+    rollout record in ``info.description``."""
     tokenizer = tokenizer_of(processing_class)
     completion_ids = [row["completion_ids"] for row in rows]
     columns: dict[str, list[Any]] = {
@@ -549,11 +765,14 @@ def _assemble(
         "block_size": [int(config.block_size)] * len(rows),
         "steps_per_block": [int(config.steps_per_block)] * len(rows),
         "nfe": [row["nfe"] for row in rows],
+        "sample_index": [row["sample_index"] for row in rows],
     }
     replaced = [name for name in ROLLOUT_COLUMNS if name in dataset.column_names]
     if replaced:
         logger.warning("generate_trajectories replaces the input column(s) %s with the rollout's.", replaced)
         dataset = dataset.remove_columns(replaced)
+    if num_generations > 1:  # each prompt's row once per sample, consecutively
+        dataset = dataset.select(np.repeat(np.arange(len(dataset)), num_generations))
     # one concatenation instead of a fingerprinted copy of the table per added column
     features = Features({name: _ROLLOUT_FEATURES[name] for name in ROLLOUT_COLUMNS})
     added = Dataset.from_dict({name: columns[name] for name in ROLLOUT_COLUMNS}, features=features)

@@ -3,8 +3,12 @@
 Layout of ``output_dir`` (see ``docs/rollouts.md``, "Resuming"):
 
 * ``rollout_config.json``: the settings record, whose ``fingerprint`` a rerun must match to resume;
-* ``shards/batchNNNNNN.jsonl``: the rows of every finished batch, written atomically as soon as it finishes;
-* ``dataset/``: the final dataset (``save_to_disk``) and ``done``, written once every prompt has its row.
+* ``shards/batchNNNNNN.jsonl``: the rows of every finished batch, written atomically as soon as it finishes, one JSON
+  object a line with the fields of :data:`SHARD_KEYS`;
+* ``dataset/``: the final dataset (``save_to_disk``) and ``done``, written once every prompt has its rows.
+
+Shards are checked when read back (:func:`read_shard`): a damaged one is refused with its path and how to recover
+(delete it and rerun: its batch is generated again).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+from array import array
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,8 @@ _DONE_FILE = "done"
 _SHARD_DIR = "shards"
 _DATASET_DIR = "dataset"
 _SHARD_PATTERN = re.compile(r"^batch(\d{6,})\.jsonl$")
+#: the fields of every row of a shard
+SHARD_KEYS = ("index", "sample_index", "prompt_ids", "completion_ids", "step_map", "nfe")
 
 #: entries of the settings record that are informational (not part of the fingerprint)
 _INFORMATIONAL = ("fingerprint", "dataset_fingerprint", "t3d_trl_version")
@@ -56,6 +63,7 @@ def _shard_path(output_dir: Path, batch_index: int) -> Path:
 
 
 def write_shard(output_dir: Path, batch_index: int, rows: Sequence[dict[str, Any]]) -> None:
+    """Write the rows of a finished batch to ``shards/batchNNNNNN.jsonl`` (atomically), one JSON row a line."""
     _atomic_write(_shard_path(output_dir, batch_index), "".join(json.dumps(row) + "\n" for row in rows))
 
 
@@ -72,31 +80,63 @@ def _describe_difference(old: Mapping[str, Any], new: Mapping[str, Any], prefix:
     return differences
 
 
+def _stored_record(config_path: Path) -> dict[str, Any]:
+    """The settings record of an earlier run, or a ``ValueError`` saying how to recover when it is damaged."""
+    try:
+        stored = json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        stored, problem = None, f"it is not valid JSON ({error})"
+    else:
+        problem = "it is not a JSON object with a `fingerprint`"
+    if not isinstance(stored, dict) or "fingerprint" not in stored:
+        raise ValueError(
+            f"{config_path} is damaged: {problem}. The finished shards next to it cannot be checked without it: "
+            f"delete the directory {config_path.parent} and rerun to start over."
+        )
+    return stored
+
+
+def _check_same_settings(output_dir: Path, stored: Mapping[str, Any], record: Mapping[str, Any]) -> None:
+    """Refuse to resume a rollout made with other settings, naming what differs and how to start over."""
+    if stored.get("fingerprint") == record["fingerprint"]:
+        return
+    differences = _describe_difference(stored, record) or ["(settings fingerprint)"]
+    weights = any(line.startswith("model_weights_sha256:") for line in differences)
+    reason = "the teacher's weights are not those of the interrupted run; other settings" if weights else "other settings"
+    raise ValueError(
+        f"{output_dir} holds a rollout made with {reason}, so it cannot be resumed: "
+        + "; ".join(differences)
+        + f". Rerun with the settings and teacher of that run to resume it, use a new output_dir, or delete "
+        f"{output_dir} to start over."
+    )
+
+
 def _prepare_output_dir(
-    output_dir: Path, record: dict[str, Any], batches: Sequence[Sequence[int]], prompt_ids: Sequence[list[int]]
+    output_dir: Path,
+    record: dict[str, Any],
+    batches: Sequence[Sequence[int]],
+    prompt_ids: Sequence[list[int]],
+    num_generations: int = 1,
 ) -> tuple[dict[int, list[dict[str, Any]]], bool]:
     """Check (or write) the settings record of ``output_dir`` and read back the finished batches.
 
     Returns:
         ``(finished, done)``: the rows of every finished batch by batch index, and whether the ``done`` marker is
         there.
+
+    Raises:
+        ValueError: for a directory made with other settings, a damaged record or shard (naming the file and how to
+            recover), or a directory that is not a rollout's.
     """
     config_path = output_dir / CONFIG_FILE
     if config_path.is_file():
-        stored = json.loads(config_path.read_text(encoding="utf-8"))
-        if stored.get("fingerprint") != record["fingerprint"]:
-            differences = _describe_difference(stored, record) or ["(settings fingerprint)"]
-            raise ValueError(
-                f"{output_dir} holds a rollout made with other settings, so it cannot be resumed: "
-                + "; ".join(differences)
-                + ". Use a new output_dir, or delete this one to start over."
-            )
+        _check_same_settings(output_dir, _stored_record(config_path), record)
     else:
         leftovers = [name for name in (_SHARD_DIR, _DATASET_DIR, _DONE_FILE) if (output_dir / name).exists()]
         if leftovers:
             raise ValueError(
                 f"{output_dir} has {', '.join(leftovers)} but no {CONFIG_FILE}: it is not a t3d-trl rollout "
-                "directory (or a damaged one). Use a new output_dir."
+                "directory (or a damaged one). Use a new output_dir, or delete this one to start over."
             )
         output_dir.mkdir(parents=True, exist_ok=True)
         _atomic_write(config_path, json.dumps(record, indent=2, sort_keys=True) + "\n")
@@ -108,20 +148,93 @@ def _prepare_output_dir(
         if match is None:
             continue  # temporary files of an interrupted write, or foreign files
         batch_index = int(match.group(1))
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        expected = list(batches[batch_index]) if batch_index < len(batches) else None
-        if expected is None or [row["index"] for row in rows] != expected:
-            raise ValueError(
-                f"Shard {path} does not match this rollout's batches (rows {[r.get('index') for r in rows]}, "
-                f"expected {expected}). The output_dir is damaged; use a new one."
-            )
-        for row in rows:
-            if row["prompt_ids"] != prompt_ids[row["index"]]:
-                raise ValueError(
-                    f"Shard {path}: row {row['index']} was made from other prompt ids; use a new output_dir."
-                )
-        finished[batch_index] = rows
+        if batch_index >= len(batches):
+            raise _damaged(path, f"this rollout has {len(batches)} batches, so there is no batch {batch_index}")
+        expected = [(row, sample) for row in batches[batch_index] for sample in range(num_generations)]
+        finished[batch_index] = read_shard(path, expected, prompt_ids)
     return finished, (output_dir / _DONE_FILE).is_file()
+
+
+def _damaged(path: Path, problem: str) -> ValueError:
+    return ValueError(
+        f"Shard {path} is damaged: {problem}. Delete it ({path}) and rerun the same command: its batch is generated "
+        "again and the other finished batches are kept."
+    )
+
+
+def _int_list(value: Any) -> bool:
+    """Whether ``value`` is a list of integers (checked by ``array``, in C, not by a Python loop over tokens)."""
+    if not isinstance(value, list):
+        return False
+    try:
+        array("q", value)
+    except (TypeError, OverflowError):
+        return False
+    return True
+
+
+def _row_problem(row: Any) -> str:
+    """What is wrong with one parsed shard line (empty when it is a valid row)."""
+    if not isinstance(row, dict):
+        return f"it holds a JSON {type(row).__name__}, not an object"
+    missing = [key for key in SHARD_KEYS if key not in row]
+    if missing:
+        return f"it lacks {missing}"
+    for key in ("index", "sample_index", "nfe"):
+        if not isinstance(row[key], int) or isinstance(row[key], bool) or row[key] < 0:
+            return f"`{key}` must be a non-negative integer, got {row[key]!r}"
+    for key in ("prompt_ids", "completion_ids", "step_map"):
+        if not _int_list(row[key]):
+            return f"`{key}` must be a list of integers"
+    if len(row["step_map"]) != len(row["completion_ids"]):
+        return f"`step_map` has {len(row['step_map'])} entries for {len(row['completion_ids'])} completion tokens"
+    return ""
+
+
+def read_shard(
+    path: Path, expected: Sequence[tuple[int, int]], prompt_ids: Sequence[Sequence[int]]
+) -> list[dict[str, Any]]:
+    """The rows of one finished batch, checked against the rows the batch must hold.
+
+    Args:
+        path: the shard, ``shards/batchNNNNNN.jsonl``.
+        expected: the ``(row index, sample index)`` of every row the batch holds, in order.
+        prompt_ids: the tokenised prompts of the rollout (each row's ``prompt_ids`` must be its prompt's).
+
+    Returns:
+        The rows, as written by :func:`write_shard`.
+
+    Raises:
+        ValueError: for a damaged shard (not UTF-8, a line that is not a JSON row, missing or ill-typed fields, other
+            rows than the batch's, other prompt ids), naming the file and saying how to recover.
+    """
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise _damaged(path, f"it is not UTF-8 text ({error})") from None
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise _damaged(path, f"line {number} is not valid JSON ({error})") from None
+        problem = _row_problem(row)
+        if problem:
+            raise _damaged(path, f"line {number}: {problem}")
+        rows.append(row)
+    found = [(row["index"], row["sample_index"]) for row in rows]
+    if found != list(expected):
+        raise _damaged(
+            path,
+            f"it holds the rows (index, sample_index) {found[:8]}{'...' if len(found) > 8 else ''} but its batch is "
+            f"{list(expected)[:8]}{'...' if len(expected) > 8 else ''}",
+        )
+    for row in rows:
+        if row["prompt_ids"] != list(prompt_ids[row["index"]]):
+            raise _damaged(path, f"row {row['index']} was made from other prompt ids than this rollout's")
+    return rows
 
 
 def open_store(
@@ -130,6 +243,7 @@ def open_store(
     batches: Sequence[Sequence[int]],
     prompt_ids: Sequence[list[int]],
     state: Any,
+    num_generations: int = 1,
 ) -> tuple[dict[int, list[dict[str, Any]]], bool]:
     """:func:`_prepare_output_dir` on the main process, its outcome (or its error) sent to every process.
 
@@ -144,7 +258,7 @@ def open_store(
     outcome: list[Any] = [None]
     if state.is_main_process:
         try:
-            outcome = [("ok", *_prepare_output_dir(output_dir, record, batches, prompt_ids))]
+            outcome = [("ok", *_prepare_output_dir(output_dir, record, batches, prompt_ids, num_generations))]
         except Exception as error:  # sent to every process so that all of them raise
             outcome = [("error", error)]
     if int(state.num_processes) > 1:

@@ -23,6 +23,8 @@ from .arguments import (
     TrainDatasetArguments,
 )
 from .utils import (
+    UsageError,
+    cli_output,
     escape_help_percent,
     format_prompts,
     load_dataset_from_args,
@@ -42,6 +44,8 @@ __all__ = [
     "ModelArguments",
     "RolloutArguments",
     "TrainDatasetArguments",
+    "UsageError",
+    "cli_output",
     "escape_help_percent",
     "format_prompts",
     "load_dataset_from_args",

@@ -126,7 +126,16 @@ class RolloutArguments(DatasetArguments):
                   "(LLaDA-style; AutoModelForMaskedLM). Detected from the model when unset.",
                   "choices": ["block_causal", "bidirectional"]},
     )
-    batch_size: int = field(default=16, metadata={"help": "Prompts per `generate` call (per process)."})
+    batch_size: int = field(
+        default=16,
+        metadata={"help": "Prompts per `generate` call (per process); a call decodes batch_size x num_generations "
+                  "sequences."},
+    )
+    num_generations: int = field(
+        default=1,
+        metadata={"help": "Samples per prompt: one row each, with a `sample_index` column; a prompt's rows are "
+                  "consecutive. More than 1 needs sampling (`--temperature` > 0)."},
+    )
     max_prompt_length: int | None = field(
         default=None, metadata={"help": "Refuse prompts longer than this many tokens (checked before generating)."}
     )

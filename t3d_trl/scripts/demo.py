@@ -20,7 +20,7 @@ import types
 import typing
 from typing import Any
 
-from .utils import as_plain, make_script_parser, setup_logging
+from .utils import as_plain, make_script_parser
 
 __all__ = ["demo_arguments_class", "demo_config_from_args", "full_demo_config", "main", "make_parser"]
 
@@ -156,8 +156,9 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
     return make_script_parser("demo", (demo_arguments_class(),), HELP, EXAMPLES, subparsers, prog)
 
 
-if __name__ == "__main__":
-    parser = make_parser()
-    (demo_args,) = parser.parse_args_and_config()
-    setup_logging()
-    main(demo_args)
+if __name__ == "__main__":  # the same program as `t3d-trl demo` (one-line errors, --debug, --verbose)
+    import sys
+
+    from ..cli import main as cli_main
+
+    sys.exit(cli_main(["demo", *sys.argv[1:]]))

@@ -23,11 +23,19 @@ from typing import Any
 
 from ..local_datasets import load_local_dataset
 from .arguments import EvalArguments, ModelArguments
-from .utils import as_plain, load_model, load_tokenizer, make_script_parser, setup_logging
+from .utils import as_plain, load_model, load_tokenizer, make_script_parser
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["average_results", "decoding_settings", "load_eval_sets", "main", "make_parser", "resolve_scorer"]
+__all__ = [
+    "average_results",
+    "check_eval_arguments",
+    "decoding_settings",
+    "load_eval_sets",
+    "main",
+    "make_parser",
+    "resolve_scorer",
+]
 
 HELP = (
     "Few-step evaluation: accuracy, tokens/s, latency, forwards and tokens per forward over decoding settings; "
@@ -42,9 +50,18 @@ EXAMPLES = """examples:
 
 def decoding_settings(args: EvalArguments) -> list[Any]:
     """One :class:`~t3d_trl.evaluation.DecodingSetting` per (block size, tokens per step) pair; pairs where the block
-    size is not a multiple of the tokens per step are skipped."""
+    size is not a multiple of the tokens per step are skipped (with a warning).
+
+    Raises:
+        ValueError: for a block size or tokens per step that is not a positive integer, or when every pair is
+            skipped.
+    """
     from ..evaluation import DecodingSetting
 
+    for flag, values in (("--block_sizes", args.block_sizes), ("--tokens_per_step", args.tokens_per_step)):
+        bad = [value for value in values if isinstance(value, bool) or not isinstance(value, int) or value < 1]
+        if bad or not values:
+            raise ValueError(f"{flag} takes positive integers, got {list(values)}.")
     settings, skipped = [], []
     for block_size in args.block_sizes:
         for tokens in args.tokens_per_step:
@@ -190,6 +207,29 @@ def average_results(results_by_set: dict[str, list[Any]]) -> list[Any]:
     return averaged
 
 
+def check_eval_arguments(args: EvalArguments) -> None:
+    """Refuse the settings of ``t3d-trl eval`` that cannot work, before anything is loaded (the decoding settings
+    are checked by :func:`decoding_settings`).
+
+    Raises:
+        ValueError: naming the flag, the value and what is accepted.
+    """
+    from ..evaluation.runner import _check_sizes
+
+    try:
+        _check_sizes(args.batch_size, args.max_new_tokens)
+    except ValueError as error:
+        raise ValueError(f"--{error}") from None
+    if args.eval_limit is not None and (isinstance(args.eval_limit, bool) or args.eval_limit < 1):
+        raise ValueError(f"--eval_limit must be a positive integer (problems per set), got {args.eval_limit!r}.")
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        raise ValueError(f"--temperature must be >= 0 (0 decodes greedily), got {args.temperature!r}.")
+    if not math.isfinite(args.code_timeout) or args.code_timeout <= 0:
+        raise ValueError(f"--code_timeout must be a positive number of seconds, got {args.code_timeout!r}.")
+    if not args.eval_dataset:
+        raise ValueError("--eval_dataset names no evaluation set; give e.g. --eval_dataset gsm8k.")
+
+
 def main(model_args: ModelArguments, eval_args: EvalArguments) -> dict[str, Any]:
     """Evaluate a model's few-step accuracy and speed on evaluation sets, over decoding settings.
 
@@ -216,9 +256,13 @@ def main(model_args: ModelArguments, eval_args: EvalArguments) -> dict[str, Any]
             "`t3d-trl eval` runs in one process on one device (every process would evaluate everything and write the "
             "same files): run it without `accelerate launch`, and pick the device with --device."
         )
+    check_eval_arguments(eval_args)
     set_seed(eval_args.seed)
     for module in eval_args.scorer_modules or []:
-        importlib.import_module(module)  # registers its scorers
+        try:
+            importlib.import_module(module)  # registers its scorers
+        except ImportError as error:
+            raise ValueError(f"--scorer_modules {module!r} cannot be imported ({error}).") from None
     settings = decoding_settings(eval_args)
     scorer = resolve_scorer(eval_args.scorer)
     eval_sets = load_eval_sets(eval_args)
@@ -275,8 +319,9 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
     return make_script_parser("eval", (ModelArguments, EvalArguments), HELP, EXAMPLES, subparsers, prog)
 
 
-if __name__ == "__main__":
-    parser = make_parser()
-    model_args, eval_args = parser.parse_args_and_config()
-    setup_logging()
-    main(model_args, eval_args)
+if __name__ == "__main__":  # the same program as `t3d-trl eval` (one-line errors, --debug, --verbose)
+    import sys
+
+    from ..cli import main as cli_main
+
+    sys.exit(cli_main(["eval", *sys.argv[1:]]))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from typing import Any
 
 from .arguments import GenerationArguments, ModelArguments, RolloutArguments
@@ -22,7 +23,6 @@ from .utils import (
     load_model,
     load_tokenizer,
     make_script_parser,
-    setup_logging,
 )
 
 HELP = (
@@ -52,10 +52,23 @@ def main(model_args: ModelArguments, rollout_args: RolloutArguments, generation_
     Returns:
         The trajectory dataset.
     """
-    from ..rollout import _default_state, generate_trajectories, push_trajectories_to_hub
+    from ..rollout import _default_state, check_rollout_settings, generate_trajectories, push_trajectories_to_hub
 
+    # what can be checked without the model, before anything is loaded
     if rollout_args.push_to_hub and not rollout_args.hub_dataset_id:
         raise ValueError("--push_to_hub needs --hub_dataset_id (the dataset repository, `user/name`).")
+    check_rollout_settings(
+        batch_size=rollout_args.batch_size,
+        num_generations=rollout_args.num_generations,
+        seed=rollout_args.seed,
+        max_prompt_length=rollout_args.max_prompt_length,
+        output_dir=rollout_args.output_dir,
+    )
+    if rollout_args.num_generations > 1 and generation_args.temperature == 0:
+        raise ValueError(
+            f"--num_generations {rollout_args.num_generations} needs sampling, but --temperature is 0 (greedy): the "
+            "samples of a prompt would be identical. Give --temperature > 0 (the official rollout uses 0.1)."
+        )
     state = _default_state()  # sees a multi-process CPU launch too
     tokenizer = load_tokenizer(model_args)
     with state.main_process_first():  # one process writes the datasets cache, the others read it
@@ -64,6 +77,7 @@ def main(model_args: ModelArguments, rollout_args: RolloutArguments, generation_
             dataset, rollout_args.prompt_column, rollout_args.prompt_template, rollout_args.as_chat
         )
     model = load_model(model_args, rollout_args.model_family, tokenizer, device=state.device)
+    start = time.perf_counter()
     trajectories = generate_trajectories(
         model,
         tokenizer,
@@ -71,6 +85,7 @@ def main(model_args: ModelArguments, rollout_args: RolloutArguments, generation_
         generation_args.to_dict(),
         prompt_column=rollout_args.prompt_column,
         batch_size=rollout_args.batch_size,
+        num_generations=rollout_args.num_generations,
         max_prompt_length=rollout_args.max_prompt_length,
         output_dir=rollout_args.output_dir,
         seed=rollout_args.seed,
@@ -79,9 +94,11 @@ def main(model_args: ModelArguments, rollout_args: RolloutArguments, generation_
     if state.is_main_process:
         tokens = sum(len(ids) for ids in trajectories["completion_ids"])
         forwards = sum(trajectories["nfe"])
+        samples = rollout_args.num_generations
+        rows = f"{len(trajectories) // samples} prompts x {samples} samples" if samples > 1 else f"{len(trajectories)} prompts"
         print(
-            f"Rolled out {len(trajectories)} prompts ({tokens} completion tokens, {forwards} teacher forwards); "
-            f"trajectories saved to {os.path.join(rollout_args.output_dir, 'dataset')}"
+            f"Rolled out {rows} in {time.perf_counter() - start:.1f} s ({tokens} completion tokens, {forwards} teacher "
+            f"forwards); trajectories saved to {os.path.join(rollout_args.output_dir, 'dataset')}"
         )
         if rollout_args.push_to_hub:
             push_trajectories_to_hub(trajectories, rollout_args.hub_dataset_id, private=rollout_args.hub_private_repo)
@@ -96,8 +113,9 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
     return make_script_parser("rollout", dataclass_types, HELP, EXAMPLES, subparsers, prog)
 
 
-if __name__ == "__main__":
-    parser = make_parser()
-    model_args, rollout_args, generation_args = parser.parse_args_and_config()
-    setup_logging()
-    main(model_args, rollout_args, generation_args)
+if __name__ == "__main__":  # the same program as `t3d-trl rollout` (one-line errors, --debug, --verbose)
+    import sys
+
+    from ..cli import main as cli_main
+
+    sys.exit(cli_main(["rollout", *sys.argv[1:]]))

@@ -23,7 +23,6 @@ from .utils import (
     make_script_parser,
     model_init_kwargs,
     peft_config_from_args,
-    setup_logging,
 )
 
 if TYPE_CHECKING:
@@ -98,8 +97,9 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
     return make_script_parser("train", dataclass_types, HELP, EXAMPLES, subparsers, prog)
 
 
-if __name__ == "__main__":
-    parser = make_parser()
-    script_args, model_args, lora_args, training_args = parser.parse_args_and_config()
-    setup_logging()
-    main(script_args, model_args, lora_args, training_args)
+if __name__ == "__main__":  # the same program as `t3d-trl train` (one-line errors, --debug, --verbose)
+    import sys
+
+    from ..cli import main as cli_main
+
+    sys.exit(cli_main(["train", *sys.argv[1:]]))

@@ -4,11 +4,14 @@ and the example scripts: their parsers, logging, and the loading of datasets, to
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, NoReturn
 
 from ..local_datasets import load_local_dataset
 from .arguments import DatasetArguments, LoraArguments, ModelArguments
@@ -17,7 +20,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "HelpFormatter",
+    "UsageError",
     "as_plain",
+    "cli_output",
     "escape_help_percent",
     "format_prompts",
     "load_dataset_from_args",
@@ -28,6 +33,7 @@ __all__ = [
     "model_init_kwargs",
     "peft_config_from_args",
     "resolve_prompt_template",
+    "script_parser_class",
     "setup_logging",
 ]
 
@@ -54,6 +60,69 @@ def escape_help_percent(parser: Any) -> Any:
     return parser
 
 
+class UsageError(ValueError):
+    """A mistake in a command line or in its ``--config`` file (``t3d-trl`` prints it on one line, exit status 2)."""
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _normalise_config_flag(args: list[str]) -> list[str]:
+    """``--config=file.yaml`` as ``--config file.yaml`` (TRL reads only the latter); a ``--config`` without a file,
+    or given twice, is a :class:`UsageError`."""
+    args = [part for arg in args for part in (arg.split("=", 1) if arg.startswith("--config=") else [arg])]
+    positions = [position for position, arg in enumerate(args) if arg == "--config"]
+    if len(positions) > 1:
+        raise UsageError("--config is given more than once; give one YAML file (flags override its values).")
+    if positions and (positions[0] + 1 >= len(args) or args[positions[0] + 1].startswith("--")):
+        raise UsageError("--config needs the path of a YAML file, e.g. --config examples/configs/train.yaml.")
+    return args
+
+
+@functools.cache
+def script_parser_class() -> type:
+    """:class:`trl.TrlParser` with errors raised as :class:`UsageError` (one line, no usage dump), and TRL's and
+    transformers' messages on unknown flags and config keys, missing or invalid YAML files said in a command
+    line's words. Built on first use (importing TRL is slow)."""
+    import yaml
+    from trl import TrlParser
+
+    class ScriptParser(TrlParser):
+        """The parser of a ``t3d-trl`` command (see :func:`script_parser_class`)."""
+
+        def error(self, message: str) -> NoReturn:
+            raise UsageError(f"{message} (`{self.prog} --help` lists the flags)")
+
+        def parse_args_and_config(self, args: Sequence[str] | None = None, *options: Any, **kwargs: Any) -> Any:
+            args = _normalise_config_flag(list(sys.argv[1:] if args is None else args))
+            config = args[args.index("--config") + 1] if "--config" in args else None
+            try:
+                return super().parse_args_and_config(args, *options, **kwargs)
+            except OSError as error:
+                if config is None or error.filename != config:
+                    raise
+                raise UsageError(f"--config {config}: {error.strerror or error}.") from None
+            except yaml.YAMLError as error:
+                raise UsageError(f"--config {config} is not valid YAML: {_one_line(error)}") from None
+            except ValueError as error:
+                raise self._usage_error(str(error), config) from None
+
+        def _usage_error(self, message: str, config: str | None) -> ValueError:
+            listed = re.findall(r"'([^']*)'", message)
+            if message.startswith("Unknown arguments from config file"):
+                keys = [item[2:] for item in listed[0::2]]
+                return UsageError(
+                    f"--config {config}: {', '.join(keys)} {'is not a flag' if len(keys) == 1 else 'are not flags'} "
+                    f"of `{self.prog}` (`{self.prog} --help` lists them)."
+                )
+            if message.startswith("Some specified arguments are not used"):
+                return UsageError(f"unrecognized arguments: {' '.join(listed)} (`{self.prog} --help` lists the flags)")
+            return UsageError(_one_line(message))  # e.g. a value a dataclass refuses in its __post_init__
+
+    return ScriptParser
+
+
 def make_script_parser(
     command: str,
     dataclass_types: Sequence[type],
@@ -72,9 +141,12 @@ def make_script_parser(
         subparsers: when given (from ``add_subparsers(parser_class=TrlParser)``), the parser is registered there as
             ``command``; otherwise a standalone parser is returned.
         prog: the program name of a standalone parser (``None``: the script's file name).
-    """
-    from trl import TrlParser
 
+    Returns:
+        The parser: a :func:`script_parser_class` parser (errors raised as :class:`UsageError`) when standalone. Its
+        help lists ``--debug`` and ``--verbose``, which :func:`t3d_trl.cli.main` takes out of the arguments before
+        parsing.
+    """
     settings = dict(
         description=help_text + " Settings come from `--config file.yaml` and/or flags (flags win).",
         epilog=examples,
@@ -84,13 +156,84 @@ def make_script_parser(
     if subparsers is not None:
         parser = subparsers.add_parser(command, help=help_text, dataclass_types=dataclass_types, **settings)
     else:
-        parser = TrlParser(dataclass_types, prog=prog, **settings)
+        parser = script_parser_class()(dataclass_types, prog=prog, **settings)
+    group = parser.add_argument_group("output and errors (flags of t3d-trl itself, not settings of the run)")
+    for flag, text in GLOBAL_FLAGS.items():
+        taken = parser._option_string_actions.get(flag)
+        if taken is None:
+            group.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=text)
+        else:  # TrainingArguments' --debug takes a value: a bare --debug is t3d-trl's
+            taken.help = f"{taken.help or ''} A bare `{flag}` (no value) is t3d-trl's: {text[0].lower()}{text[1:]}"
     return escape_help_percent(parser)
 
 
+#: the flags of ``t3d-trl`` itself, taken out of a command's arguments by :func:`t3d_trl.cli.main` when they stand
+#: alone (``t3d-trl train --debug underflow_overflow`` is ``TrainingArguments.debug``)
+GLOBAL_FLAGS = {
+    "--debug": "On an error, print the full traceback (otherwise: one line).",
+    "--verbose": "Show INFO logs and the progress bars of `datasets` and the loading bars of `transformers` "
+    "(hidden otherwise: one progress display per stage of the run).",
+}
+
+
 def setup_logging() -> None:
-    """INFO logging with timestamps, for a script run from the command line."""
+    """INFO logging with timestamps, for a script run from the command line (``examples/``)."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+
+
+@contextlib.contextmanager
+def cli_output(verbose: bool = False) -> Iterator[None]:
+    """What a ``t3d-trl`` command shows while it runs; everything changed is restored on exit.
+
+    Without ``verbose``: t3d-trl's warnings (no INFO logs), the warnings of ``transformers`` and ``datasets``, and
+    no progress bars of ``datasets`` (Map, Filter, Saving...) nor of ``transformers`` (loading and writing weights);
+    the progress bars of t3d-trl's own stages (rollout, evaluation) and the trainer's stay. With ``verbose``: INFO
+    logs of t3d-trl (with timestamps), ``transformers`` and ``datasets``, and the libraries' progress bars.
+
+    Args:
+        verbose: show INFO logs and the libraries' progress bars.
+    """
+    import datasets
+    import transformers
+
+    level = logging.INFO if verbose else logging.WARNING
+    ours = logging.getLogger("t3d_trl")
+    handler = None
+    if not logging.getLogger().handlers and not ours.handlers:  # a caller's own logging set-up is left alone
+        handler = logging.StreamHandler()  # to the current sys.stderr
+        layout = "%(asctime)s %(levelname)s %(name)s: %(message)s" if verbose else "%(levelname)s %(name)s: %(message)s"
+        handler.setFormatter(logging.Formatter(layout))
+        ours.addHandler(handler)
+    saved = (
+        ours.level,
+        datasets.utils.logging.get_verbosity(),
+        datasets.utils.are_progress_bars_disabled(),
+        transformers.utils.logging.get_verbosity(),
+        transformers.utils.logging.is_progress_bar_enabled(),
+    )
+    ours.setLevel(level)
+    datasets.utils.logging.set_verbosity(level)
+    transformers.utils.logging.set_verbosity(level)
+    if verbose:
+        datasets.enable_progress_bars()
+        transformers.utils.logging.enable_progress_bar()
+    else:
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        our_level, datasets_level, datasets_bars_off, transformers_level, transformers_bars_on = saved
+        if handler is not None:
+            ours.removeHandler(handler)
+        ours.setLevel(our_level)
+        datasets.utils.logging.set_verbosity(datasets_level)
+        transformers.utils.logging.set_verbosity(transformers_level)
+        (datasets.disable_progress_bars if datasets_bars_off else datasets.enable_progress_bars)()
+        if transformers_bars_on:
+            transformers.utils.logging.enable_progress_bar()
+        else:
+            transformers.utils.logging.disable_progress_bar()
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 Run as ``accelerate launch --multi_gpu --num_processes 2 tests/scripts/rollout_2proc.py OUT`` with no GPU
 visible: torchrun starts two CPU processes (``accelerate launch --cpu`` starts only one unless MPI is set up). It
-rolls out the tiny teacher of :func:`build` greedily (with an ``output_dir``) and with sampling, and writes every
-process's rows to ``OUT/{greedy,sampled}_rank{r}.json``.
+rolls out the tiny teacher of :func:`build` greedily (with an ``output_dir``) and with sampling (``NUM_GENERATIONS``
+samples per prompt), and writes every process's rows to ``OUT/{greedy,sampled}_rank{r}.json``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ GREEDY = {"max_new_tokens": 8, "steps_per_block": 2}
 SAMPLED = {"max_new_tokens": 8, "steps_per_block": 2, "temperature": 1.0}
 BATCH_SIZE = 2
 SEED = 3
+NUM_GENERATIONS = 2
 
 
 def build():
@@ -44,7 +45,8 @@ def main(out: Path) -> None:
         model, tokenizer, dataset, GREEDY, batch_size=BATCH_SIZE, output_dir=out / "greedy_dir", progress=False
     )
     sampled = generate_trajectories(
-        model, tokenizer, dataset, SAMPLED, batch_size=BATCH_SIZE, seed=SEED, progress=False
+        model, tokenizer, dataset, SAMPLED, batch_size=BATCH_SIZE, seed=SEED, num_generations=NUM_GENERATIONS,
+        progress=False,
     )
     state = PartialState()  # the state generate_trajectories initialised
     for name, result in (("greedy", greedy), ("sampled", sampled)):
