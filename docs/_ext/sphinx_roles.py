@@ -9,6 +9,7 @@ constructs that Markdown does not know. Before mkdocstrings renders a docstring,
   no warning); a leading ``~`` shows only the last component, as in Sphinx;
 * simple tables (``=====  =====`` borders) into Markdown tables;
 * ``text::`` before a literal block into ``text:``, and ```text <url>`_`` links into Markdown links;
+* a first paragraph wrapped over several lines into one line (mkdocstrings' summaries show the first line);
 * references to the guides (````docs/design.md`` ("Importing t3d-trl")``, ````docs/rollouts.md``, "Resuming"``,
   ````docs/cli.md`` (``t3d-trl eval``)``, ````docs/generation.md````) into links to those pages and sections;
 
@@ -187,6 +188,15 @@ def _literal_markers(text: str) -> str:
     return "\n".join(lines)
 
 
+def _one_line_summary(text: str) -> str:
+    """The first paragraph on one line: mkdocstrings' summary tables show a docstring's first line, and the code's
+    summaries often wrap (Markdown renders the paragraph the same either way)."""
+    first, blank, rest = text.partition("\n\n")
+    lines = first.split("\n")
+    plain = all(line and not line[0].isspace() and not re.match(r"([*+|>-]|\d+\.|```|\w+:$)", line) for line in lines)
+    return " ".join(lines) + blank + rest if plain and len(lines) > 1 else text
+
+
 def _convert(obj: griffe.Object, text: str) -> str:
     parts = re.split(r"(```.*?```)", text, flags=re.DOTALL)  # leave fenced code alone
     for index in range(0, len(parts), 2):
@@ -195,7 +205,7 @@ def _convert(obj: griffe.Object, text: str) -> str:
         part = _ROLE.sub(lambda match: _role(obj, match), part)
         part = _LINK.sub(r"[\g<text>](\g<url>)", part)
         parts[index] = _literal_markers(part)
-    return "".join(parts)
+    return _one_line_summary("".join(parts))
 
 
 def _comment_docstring(obj: griffe.Object) -> griffe.Docstring | None:
