@@ -12,7 +12,8 @@ launch. Flags come in three groups, parsed by ``trl.TrlParser`` (a ``--config fi
 own (dataset, rollout), the model's (``ModelArguments``) and every field of :class:`t3d_trl.T3DConfig` /
 ``TrainingArguments``.
 
-# The official T3D recipe (docs/training.md, "The official recipe"): SDAR-4B-Chat on MATH, 8 GPUs, DeepSpeed ZeRO-1
+# The official T3D recipe: SDAR-4B-Chat on MATH, 8 GPUs, DeepSpeed ZeRO-1 (docs/training.md,
+# "The official optimisation, with the library's defaults")
 
 ```bash
 accelerate launch --config_file examples/accelerate_configs/deepspeed_zero1.yaml examples/sdar.py \\

@@ -1,7 +1,7 @@
 """Attention layouts of block diffusion language models.
 
 Every attention pattern in t3d-trl, at inference and in training, is one rule applied to three per-token
-vectors (DESIGN §5):
+vectors (``docs/design.md``, "The attention rule"):
 
 * ``block``: the block id of the token, ``position // block_size`` (derived from position ids, so that left
   padding cannot shift block boundaries);

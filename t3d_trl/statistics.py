@@ -16,7 +16,8 @@ and with gradients each chunk runs under activation checkpointing, so the backwa
 instead of keeping them. The values and gradients equal those computed from the whole logits (up to float rounding).
 For SDAR's 151,936-entry vocabulary, a batch of 8 × 1,024 window positions has 5 GB of float32 logits; in chunks of
 256 tokens it has 156 MB at a time. The price is one more LM-head matmul per student chunk in the backward (the
-recompute), which matters only where the head dominates the model's cost. See ``docs/training.md`` ("Memory at real vocabularies").
+recompute), which matters only where the head dominates the model's cost. See ``docs/design.md`` ("Window
+statistics, computed in chunks from hidden states").
 """
 
 from __future__ import annotations

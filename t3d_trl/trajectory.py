@@ -1,9 +1,9 @@
 """Trajectory states of a teacher rollout: which completion tokens are masked in the student's input x_t.
 
 A teacher rollout records, for every completion token ``i``, the 0-based denoising step ``step_i`` (counted over
-the whole completion) at which the teacher committed it (DESIGN §4). A *trajectory state* of a block keeps the
-tokens committed before some step ``s`` visible and masks the rest; ``s = 0`` is the fully masked block a
-1-step student sees at inference.
+the whole completion) at which the teacher committed it (``docs/design.md``, "Trajectory states"). A *trajectory
+state* of a block keeps the tokens committed before some step ``s`` visible and masks the rest; ``s = 0`` is the
+fully masked block a 1-step student sees at inference.
 
 All functions here are pure and vectorised over ``[batch, length]`` tensors (no Python loop over rows or tokens).
 The per-example randomness comes from a counter-based hash (:func:`hash_uniform`), so the state of an example

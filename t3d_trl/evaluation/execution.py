@@ -4,7 +4,8 @@
 directory, a minimal environment) under resource limits (time, CPU time, memory, file size, processes, open files),
 kills the whole process group when it ends and at the timeout, and counts a run as passed only when the tests are seen
 to have run to their end (a nonce the launcher writes after them). It is opt-in (``HF_ALLOW_CODE_EVAL=1`` or
-``allow_code_execution=True``); the threat model is in ``docs/evaluation.md`` ("Running generated code").
+``allow_code_execution=True``); the threat model is in ``docs/evaluation.md`` ("Running generated code: what is
+limited, and what is not").
 """
 
 from __future__ import annotations

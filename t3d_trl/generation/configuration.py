@@ -51,11 +51,11 @@ class DiffusionGenerationConfig(GenerationConfig):
             :func:`t3d_trl.patch_model` when not given.
         output_trajectory (`bool`, defaults to `False`):
             With ``return_dict_in_generate=True``, also return every intermediate state of the decoding.
-        temperature (`float`, defaults to 0.0):
-            Sampling temperature; ``0`` decodes greedily. A positive temperature turns ``do_sample`` on.
         kwargs:
             Every other :class:`~transformers.GenerationConfig` field (``max_new_tokens``, ``top_k``, ``top_p``,
-            ``eos_token_id``, ``pad_token_id``, ``return_dict_in_generate``...).
+            ``eos_token_id``, ``pad_token_id``, ``return_dict_in_generate``...), among them ``temperature``
+            (`float`, defaults to 0.0): the sampling temperature; ``0`` decodes greedily, a positive temperature
+            turns ``do_sample`` on.
     """
 
     def __init__(

@@ -74,8 +74,8 @@ def _logits_kwargs(model, num_logits: int | None) -> dict:
 class ModelFamily(abc.ABC):
     """How one kind of diffusion LM loads, decodes and trains (see the module docstring).
 
-    Subclasses set the class attributes and implement :meth:`block_forward`; register them with
-    :func:`register_family`.
+    Subclasses set the class attributes and implement :meth:`denoise_forward` and :meth:`training_layout`; register
+    them with :func:`register_family`.
 
     Args:
         shift_logits: whether the logits at position ``i`` predict token ``i + 1`` (autoregressive-style heads).
@@ -143,7 +143,10 @@ class ModelFamily(abc.ABC):
         Args:
             state: ``[b, C]`` bool, the tokens each block's state masks.
             trained: ``[b, C]`` bool, tokens that may carry a loss.
-            block, valid, example_index, seed: the training blocks, padding and per-example hash keys.
+            block: ``[b, C]`` the training block of every token.
+            valid: ``[b, C]`` bool, ``False`` at padding.
+            example_index: ``[b]`` the dataset index of every example (a key of the per-example hash).
+            seed: the seed of the per-example hash.
 
         Returns:
             ``(noised, loss_mask)``; by default every block is noised independently and trained.
