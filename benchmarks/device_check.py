@@ -1,8 +1,9 @@
 """Checks that need a CUDA device, as one short script for a lent GPU machine.
 
-Runs the GPU-marked tests (flex attention decoding equal to sdpa), a bf16 decode of a tiny model with the KV cache
-against the no-cache path, and a few bf16 T3D training steps with the layout mask built on the device; prints
-PASS/FAIL per check and exits non-zero on a failure.
+Runs the GPU-marked tests (flex attention decoding equal to sdpa, static-shape decoding captured as a CUDA graph
+equal to the dynamic path), a bf16 decode of a tiny model with the KV cache against the no-cache path, and a few bf16
+T3D training steps with the layout mask built on the device; prints PASS/FAIL per check and exits non-zero on a
+failure.
 
     python benchmarks/device_check.py
 """

@@ -58,13 +58,14 @@ def test_static_decoding_equals_dynamic(tokenizer, batch, steps, remasking):
     assert len(set(expected.nfe.tolist())) > 1  # rows stopped in different blocks; the static batch kept them all
 
 
-@pytest.mark.parametrize("variant", ["shift_logits", "eager_attention", "right_padding", "one_row"])
+@pytest.mark.parametrize("variant", ["shift_logits", "eager_attention", "right_padding", "one_row", "short_prompts"])
 def test_static_decoding_equals_dynamic_variants(tokenizer, variant):
     model = _model(tokenizer, steps_per_block=2, shift_logits=variant == "shift_logits")
     if variant == "eager_attention":
         model.set_attn_implementation("eager")
     tokenizer_side = tiny_tokenizer(padding_side="right" if variant == "right_padding" else "left")
-    prompts = PROMPTS[1:2] if variant == "one_row" else PROMPTS
+    # short prompts have no whole block: the first block's store slot lies before the canvas
+    prompts = {"one_row": PROMPTS[1:2], "short_prompts": ["ab", "abc", "a"]}.get(variant, PROMPTS)
     batch = tokenizer_side(prompts, return_tensors="pt", padding=True)
     expected = model.generate(**batch, return_dict_in_generate=True, output_trajectory=True)
     got = model.generate(**batch, return_dict_in_generate=True, output_trajectory=True, **STATIC)
@@ -139,7 +140,7 @@ def test_static_cache_is_kept_and_reused(tokenizer, batch):
     model.generate(**batch, steps_per_block=1, **STATIC)
     assert getattr(model, STATIC_CACHE_ATTRIBUTE) is cache  # same rows, enough slots: no new buffers, no new graph
     model.generate(**batch, **STATIC, max_cache_len=300)
-    assert getattr(model, STATIC_CACHE_ATTRIBUTE).max_cache_len == 300  # max_cache_len is a floor on the capacity
+    assert getattr(model, STATIC_CACHE_ATTRIBUTE).max_cache_len == 300  # the capacity, as in transformers
     model.generate(batch["input_ids"][:2], attention_mask=batch["attention_mask"][:2], **STATIC)
     assert getattr(model, STATIC_CACHE_ATTRIBUTE) is not cache
 
@@ -202,3 +203,18 @@ def test_custom_generate_decodes_with_static_shapes(tmp_path, tokenizer, batch):
         **batch, custom_generate=str(tmp_path), trust_remote_code=True, return_dict_in_generate=True, **STATIC
     )
     _assert_same_decoding(got, expected)
+
+
+@pytest.mark.gpu
+def test_static_decoding_with_cuda_graphs(tokenizer, batch):
+    """transformers' default CompileConfig (mode="reduce-overhead") captures the static forward as a CUDA graph."""
+    from torch._dynamo.utils import counters
+
+    model = patch_model(tiny_qwen3().cuda(), tokenizer, block_size=4, max_new_tokens=16)
+    batch = {name: tensor.cuda() for name, tensor in batch.items()}
+    before = counters["stats"]["unique_graphs"]
+    for steps in (1, 2, 4, 2):
+        expected = model.generate(**batch, steps_per_block=steps, return_dict_in_generate=True)
+        got = model.generate(**batch, steps_per_block=steps, return_dict_in_generate=True, cache_implementation="static")
+        _assert_same_decoding(got, expected)
+    assert counters["stats"]["unique_graphs"] - before == 1

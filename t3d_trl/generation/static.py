@@ -5,9 +5,10 @@ runs the prompt, a block's first forward runs ``2B`` queries and the later ones 
 leave the batch. Here every forward after the first has the same shapes, so ``torch.compile`` traces one graph and, on
 CUDA with ``mode="reduce-overhead"``, captures it once as a CUDA graph:
 
-* the cache (:class:`~t3d_trl.models.cache.IndexedStaticCache`) has a fixed capacity ``C`` (the canvas width plus
-  ``B`` scratch slots, rounded up to :data:`CAPACITY_MULTIPLE`, at least ``max_cache_len``); slot ``c`` holds canvas
-  column ``c`` and each forward writes at slots given as a tensor;
+* the cache (:class:`~t3d_trl.models.cache.IndexedStaticCache`) has a fixed capacity ``C``: ``max_cache_len`` when
+  it is set and large enough, else the canvas width plus ``B`` scratch slots rounded up to :data:`CAPACITY_MULTIPLE`;
+  slot ``c`` holds canvas column ``c``, the last ``B`` slots are scratch, and each forward writes at slots given as a
+  tensor;
 * every forward's queries are the canvas columns ``[s − B, s + B)`` of block ``[s, s + B)``: a *store slot* (the
   previous block, stored for good in the first step of the block, as in the fused dynamic path) followed by the block
   being denoised. In the other steps the store slot is unused: its keys go to the scratch slots and its results are
@@ -118,12 +119,15 @@ def static_cache(model, family: ModelFamily, batch_size: int, needed: int, max_c
         family: its family.
         batch_size: rows of the decode.
         needed: slots the decode writes (canvas width plus the scratch slots).
-        max_cache_len: the generation config's ``max_cache_len`` (a floor on the capacity), if any.
+        max_cache_len: the generation config's ``max_cache_len``: the capacity when it is at least ``needed``.
 
     Returns:
         An :class:`~t3d_trl.models.cache.IndexedStaticCache` with zeroed buffers.
     """
-    capacity = max(-(-needed // CAPACITY_MULTIPLE) * CAPACITY_MULTIPLE, int(max_cache_len or 0))
+    if max_cache_len is not None and max_cache_len >= needed:
+        capacity = int(max_cache_len)  # as transformers sizes a static cache: the same shapes for every call below it
+    else:
+        capacity = -(-needed // CAPACITY_MULTIPLE) * CAPACITY_MULTIPLE
     cache = getattr(model, STATIC_CACHE_ATTRIBUTE, None)
     if cache is not None and cache.matches(batch_size, capacity, model.dtype, model.device):
         cache.reset()
@@ -176,8 +180,7 @@ def decode_static(
     scratch = slots[capacity - block_size :]
     window = torch.arange(-block_size, block_size, device=device)  # query columns relative to the block's start
     in_store_slot = window < 0
-    write_index = torch.empty(2 * block_size, dtype=torch.long, device=device)  # one address for every step
-    torch._dynamo.mark_static_address(write_index)
+    write_index = cache.index_buffer(2 * block_size, device)  # one address for every step and every decode
     call, compiled = compiled_forward(model, config)
     num_logits = block_size + (1 if family.shift_logits else 0)
 
@@ -201,6 +204,7 @@ def decode_static(
                     write_index.copy_(query_columns if stores else torch.cat([scratch, query_columns[block_size:]]))
                     write, forward = write_index, call
                 gathered = query_columns.clamp(min=0)
+                window_positions = positions.index_select(1, gathered)
                 query_valid = canvas.valid.index_select(1, gathered)
                 if not stores:
                     query_valid = query_valid & ~in_store_slot
@@ -208,8 +212,7 @@ def decode_static(
             if forward is call and compiled:
                 torch.compiler.cudagraph_mark_step_begin()
             logits = family.static_forward(
-                forward, model, tokens.index_select(1, gathered), positions.index_select(1, gathered), mask, cache,
-                write, num_logits,
+                forward, model, tokens.index_select(1, gathered), window_positions, mask, cache, write, num_logits,
             )
             block_logits = logits[:, -block_size:]
             if family.shift_logits:

@@ -139,7 +139,14 @@ def buffered_cache(config, capacity: int = 256) -> DynamicCache:
 
 
 def has_only_full_attention(config) -> bool:
-    """Whether every layer of ``config`` is a plain full-attention layer (what :class:`IndexedStaticCache` holds)."""
+    """Whether every layer of ``config`` is a plain full-attention layer (what :class:`IndexedStaticCache` holds).
+
+    Args:
+        config: a (text) model config.
+
+    Returns:
+        ``False`` when transformers gives some layer another kind of cache (sliding window, linear attention...).
+    """
     return all(type(layer) is DynamicLayer for layer in DynamicCache(config=config).layers)
 
 
@@ -176,7 +183,18 @@ class IndexedStaticLayer(StaticLayer):
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        """Write the ``Q`` new keys and values at slots ``write_index`` (``Q`` entries); return the whole buffers."""
+        """Write the ``Q`` new keys and values at slots ``write_index`` (``Q`` entries).
+
+        Args:
+            key_states: ``[batch, heads, Q, head_dim]`` new keys.
+            value_states: ``[batch, heads, Q, head_dim]`` new values.
+
+        Returns:
+            The whole key and value buffers ``[batch, heads, max_cache_len, head_dim]``.
+
+        Raises:
+            ValueError: when ``write_index`` is unset or does not name one slot per query.
+        """
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         if self.write_index is None or self.write_index.shape[0] != key_states.shape[-2]:
@@ -193,7 +211,16 @@ class IndexedStaticLayer(StaticLayer):
         raise NotImplementedError("An IndexedStaticLayer is never cropped: the decoder chooses the slots it writes.")
 
     def matches(self, batch_size: int, dtype: torch.dtype, device: torch.device) -> bool:
-        """Whether the buffers exist with this batch size, dtype and device."""
+        """Whether the buffers exist with this batch size, dtype and device.
+
+        Args:
+            batch_size: rows.
+            dtype: key and value dtype.
+            device: their device.
+
+        Returns:
+            ``True`` when the layer can serve a decode with these settings as it is.
+        """
         return (
             self.is_initialized
             and self.keys.shape[0] == batch_size
@@ -223,11 +250,44 @@ class IndexedStaticCache(Cache):
         super().__init__(layers=[IndexedStaticLayer(max_cache_len) for _ in range(text_config.num_hidden_layers)])
         self.max_cache_len = int(max_cache_len)
 
+    def index_buffer(self, length: int, device: torch.device) -> torch.Tensor:
+        """A ``LongTensor`` kept with the cache, for the write index of the fixed-shape forwards.
+
+        Its address never changes, so a CUDA graph recorded with it stays valid from one decode to the next.
+
+        Args:
+            length: slots it names (queries per forward).
+            device: where it lives.
+
+        Returns:
+            The buffer (its contents are the caller's to set).
+        """
+        buffer = getattr(self, "_index_buffer", None)
+        if buffer is None or buffer.shape[0] != length or buffer.device != torch.device(device):
+            buffer = torch.zeros(length, dtype=torch.long, device=device)
+            torch._dynamo.mark_static_address(buffer)
+            self._index_buffer = buffer
+        return buffer
+
     def set_write_index(self, write_index: torch.Tensor) -> None:
-        """Make the next forward write query ``i``'s keys and values at slot ``write_index[i]`` of every layer."""
+        """Make the next forward write query ``i``'s keys and values at slot ``write_index[i]`` of every layer.
+
+        Args:
+            write_index: ``[Q]`` slots, one per query of the next forward.
+        """
         for layer in self.layers:
             layer.write_index = write_index
 
     def matches(self, batch_size: int, capacity: int, dtype: torch.dtype, device: torch.device) -> bool:
-        """Whether this (initialized) cache can serve a decode of ``batch_size`` rows needing ``capacity`` slots."""
+        """Whether this (initialized) cache can serve a decode as it is.
+
+        Args:
+            batch_size: rows of the decode.
+            capacity: slots it needs.
+            dtype: the model's dtype.
+            device: the model's device.
+
+        Returns:
+            ``True`` when every layer has buffers of this batch size, dtype and device and at least ``capacity`` slots.
+        """
         return self.max_cache_len >= capacity and all(layer.matches(batch_size, dtype, device) for layer in self.layers)
