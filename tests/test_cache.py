@@ -1,11 +1,12 @@
 """`BufferedLayer` behaves like transformers' `DynamicLayer` (what attention reads) through every operation the
-decoder uses: append, crop, append again, drop rows, outgrow the buffer."""
+decoder uses: append, crop, append again, drop rows, outgrow the buffer; `IndexedStaticLayer` writes at the slots it is
+given and returns its whole buffer."""
 
 import pytest
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from t3d_trl.models.cache import BufferedLayer, buffered_cache
+from t3d_trl.models.cache import BufferedLayer, IndexedStaticCache, IndexedStaticLayer, buffered_cache
 from t3d_trl.testing import tiny_qwen3
 
 
@@ -66,3 +67,29 @@ def test_buffered_cache_replaces_the_full_attention_layers():
     assert cache.get_seq_length() == 6
     cache.crop(-2)
     assert cache.get_seq_length() == 4
+
+
+def test_indexed_static_layer_writes_at_the_given_slots():
+    layer = IndexedStaticLayer(max_cache_len=8)
+    layer.write_index = torch.tensor([5, 1])
+    keys, values = _kv(2, 2, 0)
+    all_keys, all_values = layer.update(keys, values)
+    assert all_keys.shape == (2, 2, 8, 3) and all_values.shape == (2, 2, 8, 4)  # the whole capacity, every time
+    torch.testing.assert_close(all_keys[:, :, [5, 1]], keys, rtol=0, atol=0)
+    assert not all_keys[:, :, [0, 2, 3, 4, 6, 7]].any()  # the other slots stay zero (finite, masked by attention)
+    buffer = layer.keys
+    layer.write_index = torch.tensor([5])
+    layer.update(*_kv(2, 1, 1))
+    assert layer.keys is buffer  # written in place
+    with pytest.raises(ValueError, match="write_index"):
+        layer.update(*_kv(2, 3, 2))
+
+
+def test_indexed_static_cache_refuses_other_layer_kinds():
+    config = tiny_qwen3(use_sliding_window=True, sliding_window=8, max_window_layers=1).config
+    with pytest.raises(ValueError, match="full-attention layers only"):
+        IndexedStaticCache(config, 16)
+    cache = IndexedStaticCache(tiny_qwen3().config, 16)
+    index = torch.arange(4)
+    cache.set_write_index(index)
+    assert all(layer.write_index is index for layer in cache.layers)

@@ -3,7 +3,8 @@
 transformers loads a checkpoint's ``custom_generate/generate.py`` when asked
 (``model.generate(..., custom_generate=path, trust_remote_code=True)``, or automatically for
 ``from_pretrained(path, trust_remote_code=True)``). The file is assembled from the very modules t3d-trl decodes
-with (masks, trajectory, layouts, statistics, cache, families, remasking, configuration, sampling, decoding), so both
+with (masks, trajectory, layouts, statistics, cache, families, remasking, configuration, sampling, static,
+decoding), so both
 paths run the same code.
 """
 
@@ -26,6 +27,7 @@ SOURCE_MODULES = (
     "generation/remasking.py",
     "generation/configuration.py",
     "generation/sampling.py",
+    "generation/static.py",
     "generation/decoding.py",
 )
 

@@ -19,6 +19,9 @@ Per block and step, masked positions are sampled and committed by a remasking st
 (block-causal family) the finished block is stored in the same forward as the first denoising step of the next
 block (``fuse_store=True``), so a block costs exactly ``steps_per_block`` forwards. A row stops at the end of the
 block in which it emits EOS or reaches ``max_new_tokens``, and leaves the batch (and the cache).
+
+``cache_implementation="static"`` decodes the same tokens with fixed shapes and a compiled forward
+(:mod:`t3d_trl.generation.static`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from ..models.families import ModelFamily
 from .configuration import DEFAULT_MAX_NEW_TOKENS, DIFFUSION_FIELDS, DiffusionGenerationConfig
 from .remasking import num_transfer_tokens, remasking_strategy
 from .sampling import sample_tokens
+from .static import SUPPORTED_CACHE_IMPLEMENTATIONS, check_cache_implementation, decode_static, static_fallback_reason
 
 
 @dataclass
@@ -306,6 +310,12 @@ def diffusion_generate(
 
     canvas = build_canvas(input_ids, attention_mask, block_size, max_new_tokens, mask_id, family.decoding_grid)
     check_position_limit(model, canvas)
+    if config.cache_implementation == "static":
+        reason = static_fallback_reason(model, family, strategy, use_cache, fuse_store)
+        if reason is None:
+            tokens, step_map, nfe = decode_static(model, family, canvas, config, strategy, max_new_tokens, eos_ids, generator)
+            return _outputs(input_ids, tokens, step_map, nfe, canvas, max_new_tokens, eos_ids, pad_id, config)
+        logger.warning_once(f"cache_implementation='static' falls back to the dynamic decoding path: {reason}.")
     batch, width = canvas.tokens.shape
     device = canvas.tokens.device
     tokens = canvas.tokens
@@ -371,11 +381,17 @@ def diffusion_generate(
             if cache is not None:
                 family.select_rows(cache, keep.nonzero().squeeze(-1))
 
+    return _outputs(input_ids, tokens, step_map, nfe, canvas, max_new_tokens, eos_ids, pad_id, config)
+
+
+def _outputs(input_ids, tokens, step_map, nfe, canvas, max_new_tokens, eos_ids, pad_id, config):
+    """The prompts followed by the generated tokens, or a :class:`DiffusionGenerateOutput` with ``step_map``, ``nfe``
+    (and the trajectory)."""
     generated, step_map = _generated_part(tokens, step_map, canvas.gen_start, max_new_tokens, eos_ids, pad_id)
     sequences = torch.cat([input_ids, generated.to(input_ids.dtype)], dim=1)
     if not config.return_dict_in_generate:
         return sequences
-    trajectory = _trajectory(generated, step_map, mask_id) if config.output_trajectory else None
+    trajectory = _trajectory(generated, step_map, config.mask_token_id) if config.output_trajectory else None
     return DiffusionGenerateOutput(sequences=sequences, step_map=step_map, nfe=nfe, trajectory=trajectory)
 
 
@@ -412,7 +428,8 @@ _UNSUPPORTED_ARGUMENTS = (
 SUPPORTED_GENERATION_FIELDS = frozenset({
     "max_new_tokens", "max_length", "do_sample", "temperature", "top_k", "top_p", "num_return_sequences",
     "return_dict_in_generate", "pad_token_id", "eos_token_id", "bos_token_id", "use_cache",
-    "transformers_version", "_from_model_config",
+    "transformers_version", "_from_model_config", "cache_implementation", "max_cache_len", "compile_config",
+    "disable_compile",
 })
 #: values of unsupported fields that change nothing (transformers' neutral settings)
 _NEUTRAL_VALUES = {
@@ -428,15 +445,17 @@ _NEUTRAL_VALUES = {
 def unsupported_generation_settings(values: dict) -> dict:
     """The entries of ``values`` (generation-config fields) set to something few-step diffusion decoding cannot
     honour: a transformers generation field not in :data:`SUPPORTED_GENERATION_FIELDS`, neither ``None`` nor a
-    neutral value. Diffusion fields and names that are not transformers fields are left to the config's own checks."""
+    neutral value, or a ``cache_implementation`` other than ``"dynamic"`` and ``"static"``. Diffusion fields and names
+    that are not transformers fields are left to the config's own checks."""
     from transformers import GenerationConfig
 
     known = GenerationConfig().to_dict()
     return {
         name: value
         for name, value in values.items()
-        if name in known and name not in SUPPORTED_GENERATION_FIELDS and value is not None
-        and _NEUTRAL_VALUES.get(name, object()) != value
+        if name in known and value is not None and _NEUTRAL_VALUES.get(name, object()) != value
+        and (name not in SUPPORTED_GENERATION_FIELDS
+             or (name == "cache_implementation" and value not in SUPPORTED_CACHE_IMPLEMENTATIONS))
     }
 
 
@@ -480,6 +499,7 @@ def generate_with_model(
     base = generation_config if generation_config is not None else getattr(model, "generation_config", None)
     config = DiffusionGenerationConfig.from_generation_config(base)
     ignored = unsupported_generation_settings(config.to_dict())
+    check_cache_implementation(kwargs.get("cache_implementation"))
     requested = unsupported_generation_settings(kwargs)
     if requested:
         raise ValueError(

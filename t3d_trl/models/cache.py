@@ -11,15 +11,21 @@ tokens at the end of the valid prefix and returns views of the prefix, so that
 * ``crop(-k)`` is ``n -= k`` (no copy).
 
 The views are valid until the next ``update`` or ``crop``, which is how attention uses them (within one forward).
+
+Static-shape decoding (``cache_implementation="static"``, :mod:`t3d_trl.generation.static`) needs the opposite: the
+same shapes at every forward, so that ``torch.compile`` builds one graph. :class:`IndexedStaticLayer` keeps a buffer of
+fixed capacity, writes each forward's keys and values at the cache slots of a tensor ``write_index`` (set by the
+decoder before the forward, never a Python int) and returns the whole buffer; the attention mask, which spans the whole
+capacity, hides the slots that hold nothing valid yet.
 """
 
 from __future__ import annotations
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import Cache, DynamicLayer, StaticLayer
 
-__all__ = ["BufferedLayer", "buffered_cache"]
+__all__ = ["BufferedLayer", "IndexedStaticCache", "IndexedStaticLayer", "buffered_cache", "has_only_full_attention"]
 
 
 class BufferedLayer(DynamicLayer):
@@ -130,3 +136,158 @@ def buffered_cache(config, capacity: int = 256) -> DynamicCache:
     cache = DynamicCache(config=config)
     cache.layers = [BufferedLayer(capacity) if type(layer) is DynamicLayer else layer for layer in cache.layers]
     return cache
+
+
+def has_only_full_attention(config) -> bool:
+    """Whether every layer of ``config`` is a plain full-attention layer (what :class:`IndexedStaticCache` holds).
+
+    Args:
+        config: a (text) model config.
+
+    Returns:
+        ``False`` when transformers gives some layer another kind of cache (sliding window, linear attention...).
+    """
+    return all(type(layer) is DynamicLayer for layer in DynamicCache(config=config).layers)
+
+
+class IndexedStaticLayer(StaticLayer):
+    """A fixed-capacity layer that writes every forward's keys and values at the slots ``write_index`` names.
+
+    transformers' ``StaticLayer`` appends at its running length. Block diffusion decoding chooses where each query's
+    keys go (the finished block at its own columns, a query whose keys must not be kept at a scratch slot), so the slots
+    are a ``LongTensor`` with one entry per query, set with :meth:`IndexedStaticCache.set_write_index` before the
+    forward. ``update`` returns the whole buffer, whose shape never changes; the attention mask spans the capacity.
+
+    Args:
+        max_cache_len: slots per row.
+    """
+
+    is_compileable = True
+
+    def __init__(self, max_cache_len: int) -> None:
+        if max_cache_len < 1:
+            raise ValueError(f"`max_cache_len` must be a positive number of tokens, got {max_cache_len}.")
+        super().__init__(max_cache_len=max_cache_len)
+        self.write_index: torch.Tensor | None = None
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Allocate zeroed buffers (masked slots must hold finite values: attention multiplies them by 0) and mark
+        their addresses static for ``torch.compile`` and CUDA graphs."""
+        self.device = key_states.device
+        self.batch_size, self.num_heads = key_states.shape[:2]
+        self.keys = key_states.new_zeros((*key_states.shape[:2], self.max_cache_len, key_states.shape[-1]))
+        self.values = value_states.new_zeros((*value_states.shape[:2], self.max_cache_len, value_states.shape[-1]))
+        if not torch.compiler.is_compiling():
+            torch._dynamo.mark_static_address(self.keys)
+            torch._dynamo.mark_static_address(self.values)
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """Write the ``Q`` new keys and values at slots ``write_index`` (``Q`` entries).
+
+        Args:
+            key_states: ``[batch, heads, Q, head_dim]`` new keys.
+            value_states: ``[batch, heads, Q, head_dim]`` new values.
+
+        Returns:
+            The whole key and value buffers ``[batch, heads, max_cache_len, head_dim]``.
+
+        Raises:
+            ValueError: when ``write_index`` is unset or does not name one slot per query.
+        """
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        if self.write_index is None or self.write_index.shape[0] != key_states.shape[-2]:
+            raise ValueError(
+                f"IndexedStaticLayer.update got {key_states.shape[-2]} new tokens but `write_index` names "
+                f"{None if self.write_index is None else self.write_index.shape[0]} slots; call "
+                "IndexedStaticCache.set_write_index with one slot per query before the forward."
+            )
+        self.keys[:, :, self.write_index] = key_states
+        self.values[:, :, self.write_index] = value_states
+        return self.keys, self.values
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError("An IndexedStaticLayer is never cropped: the decoder chooses the slots it writes.")
+
+    def matches(self, batch_size: int, dtype: torch.dtype, device: torch.device) -> bool:
+        """Whether the buffers exist with this batch size, dtype and device.
+
+        Args:
+            batch_size: rows.
+            dtype: key and value dtype.
+            device: their device.
+
+        Returns:
+            ``True`` when the layer can serve a decode with these settings as it is.
+        """
+        return (
+            self.is_initialized
+            and self.keys.shape[0] == batch_size
+            and self.keys.dtype == dtype
+            and self.keys.device == torch.device(device)
+        )
+
+
+class IndexedStaticCache(Cache):
+    """A cache of :class:`IndexedStaticLayer` s, one per layer of ``config``, for static-shape decoding.
+
+    Args:
+        config: the model config (every layer must be a full-attention layer, see :func:`has_only_full_attention`).
+        max_cache_len: slots per row.
+
+    Raises:
+        ValueError: if ``config`` has layers of another kind (sliding-window, linear attention...).
+    """
+
+    def __init__(self, config, max_cache_len: int) -> None:
+        text_config = config.get_text_config(decoder=True)
+        if not has_only_full_attention(text_config):
+            raise ValueError(
+                "IndexedStaticCache holds full-attention layers only; this config has other layer kinds "
+                f"({getattr(text_config, 'layer_types', None)})."
+            )
+        super().__init__(layers=[IndexedStaticLayer(max_cache_len) for _ in range(text_config.num_hidden_layers)])
+        self.max_cache_len = int(max_cache_len)
+
+    def index_buffer(self, length: int, device: torch.device) -> torch.Tensor:
+        """A ``LongTensor`` kept with the cache, for the write index of the fixed-shape forwards.
+
+        Its address never changes, so a CUDA graph recorded with it stays valid from one decode to the next.
+
+        Args:
+            length: slots it names (queries per forward).
+            device: where it lives.
+
+        Returns:
+            The buffer (its contents are the caller's to set).
+        """
+        buffer = getattr(self, "_index_buffer", None)
+        if buffer is None or buffer.shape[0] != length or buffer.device != torch.device(device):
+            buffer = torch.zeros(length, dtype=torch.long, device=device)
+            torch._dynamo.mark_static_address(buffer)
+            self._index_buffer = buffer
+        return buffer
+
+    def set_write_index(self, write_index: torch.Tensor) -> None:
+        """Make the next forward write query ``i``'s keys and values at slot ``write_index[i]`` of every layer.
+
+        Args:
+            write_index: ``[Q]`` slots, one per query of the next forward.
+        """
+        for layer in self.layers:
+            layer.write_index = write_index
+
+    def matches(self, batch_size: int, capacity: int, dtype: torch.dtype, device: torch.device) -> bool:
+        """Whether this (initialized) cache can serve a decode as it is.
+
+        Args:
+            batch_size: rows of the decode.
+            capacity: slots it needs.
+            dtype: the model's dtype.
+            device: the model's device.
+
+        Returns:
+            ``True`` when every layer has buffers of this batch size, dtype and device and at least ``capacity`` slots.
+        """
+        return self.max_cache_len >= capacity and all(layer.matches(batch_size, dtype, device) for layer in self.layers)

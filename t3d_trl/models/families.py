@@ -5,7 +5,9 @@ A :class:`ModelFamily` owns, for one kind of model:
 * loading: the ``AutoModel*`` class a checkpoint of the family loads with (:attr:`ModelFamily.auto_model_class`);
 * decoding: the block grid (:attr:`ModelFamily.decoding_grid`), the cache (:meth:`ModelFamily.new_cache`,
   :meth:`ModelFamily.select_rows`), the attention mask of a denoising forward (:meth:`ModelFamily.decode_mask`)
-  and the forward itself (:meth:`ModelFamily.denoise_forward`);
+  and the forward itself (:meth:`ModelFamily.denoise_forward`), and their static-shape counterparts
+  (:meth:`ModelFamily.static_decoding_unsupported`, :meth:`ModelFamily.new_static_cache`,
+  :meth:`ModelFamily.static_decode_mask`, :meth:`ModelFamily.static_forward`);
 * training: the sequence layout (:meth:`ModelFamily.training_layout`), which tokens of a trajectory state are
   noised and trained (:meth:`ModelFamily.trajectory_state`), how the collator hands over the attention mask
   (:attr:`ModelFamily.training_attention_layout`) and the training forward (:meth:`ModelFamily.training_forward`).
@@ -34,7 +36,7 @@ from typing import Any, ClassVar
 import torch
 from transformers import DynamicCache
 
-from .cache import buffered_cache
+from .cache import IndexedStaticCache, buffered_cache, has_only_full_attention
 from ..layouts import bidirectional_layout, block_causal_layout
 from ..masks import CLEAN, NOISY, layout_attention_mask, layout_block_mask, to_additive_mask
 from ..statistics import StatisticsRequest, TokenStatistics, head_gives_logits, statistics_head, window_statistics
@@ -42,6 +44,9 @@ from ..trajectory import sample_current_block
 
 #: attention kernels that accept an arbitrary (4D) attention mask
 MASKABLE_KERNELS = ("sdpa", "eager", "flex_attention")
+#: attention kernels of static-shape decoding (a dense mask over the whole cache; flex attention would rebuild its
+#: block mask at every forward)
+STATIC_KERNELS = ("sdpa", "eager")
 
 #: ``model_type`` values of bidirectional mask predictors loaded through remote code
 BIDIRECTIONAL_MODEL_TYPES = ("llada", "llada_moe", "dream", "mdlm")
@@ -134,6 +139,66 @@ class ModelFamily(abc.ABC):
         """Logits of a denoising forward of ``rows``: at least the block's columns ``[block_start, block_start + B)``
         as the last ``B`` (and the column before them for shifted heads). ``block_size=0`` stores
         ``[context_start, block_start)`` in the cache without denoising."""
+
+    # ------------------------------------------------------------------------------------------ static decoding
+    def static_decoding_unsupported(self, model) -> str | None:
+        """Why ``model`` cannot decode with static shapes in this family (``cache_implementation="static"``, see
+        :mod:`t3d_trl.generation.static`), or ``None`` when it can.
+
+        Args:
+            model: a model of the family.
+
+        Returns:
+            ``None``, or a short reason that the decoder logs when it falls back to the dynamic path.
+        """
+        return f"the {self.name or type(self).__name__} family has no static-shape decoding"
+
+    def new_static_cache(self, model, capacity: int):
+        """A fixed-capacity cache of ``capacity`` slots per row whose forwards write at given slots
+        (:class:`~t3d_trl.models.cache.IndexedStaticCache`).
+
+        Args:
+            model: a model of the family.
+            capacity: slots per row.
+
+        Returns:
+            The cache.
+        """
+        raise NotImplementedError(self.static_decoding_unsupported(model))
+
+    def static_decode_mask(self, key_block, key_valid, query_columns, query_valid, write_columns, block_start, block_size):
+        """The attention mask of a static-shape forward, over the whole cache.
+
+        Args:
+            key_block: ``[batch, C]`` block id of every cache slot (slot ``c < N`` holds canvas column ``c``).
+            key_valid: ``[batch, C]`` ``False`` on padding and on slots that are no canvas column.
+            query_columns: ``[Q]`` canvas column of every query.
+            query_valid: ``[batch, Q]`` ``False`` on queries whose result is discarded (padding, an unused store slot).
+            write_columns: ``[Q]`` the slot each query's keys are written to.
+            block_start: first column ``s`` of the block being denoised (queries at ``>= s`` are that block).
+            block_size: tokens per block ``B``.
+
+        Returns:
+            A boolean ``[batch, 1, Q, C]`` mask (``True`` = attend).
+        """
+        raise NotImplementedError(self.static_decoding_unsupported(None))
+
+    def static_forward(self, call, model, input_ids, position_ids, mask, cache, write_columns, num_logits: int):
+        """Run ``call`` (the model's forward, compiled or not) on fixed-shape inputs with the static ``cache``.
+
+        Args:
+            call: ``model.__call__`` or its compiled version.
+            model: the model (for its attention kernel and forward signature).
+            input_ids, position_ids: ``[batch, Q]``.
+            mask: the boolean ``[batch, 1, Q, C]`` mask of :meth:`static_decode_mask`.
+            cache: the cache of :meth:`new_static_cache`.
+            write_columns: ``[Q]`` slot of every query's keys and values.
+            num_logits: logits to keep, counted from the last query.
+
+        Returns:
+            Logits ``[batch, num_logits, V]`` (``[batch, Q, V]`` for models that cannot skip the others).
+        """
+        raise NotImplementedError(self.static_decoding_unsupported(model))
 
     # ------------------------------------------------------------------------------------------------ training
     @staticmethod
@@ -301,6 +366,50 @@ class BlockCausalFamily(ModelFamily):
             num_logits=num_logits if block_size else None,
         )
 
+    def static_decoding_unsupported(self, model) -> str | None:
+        kernel = attention_kernel(model)
+        if kernel not in STATIC_KERNELS:
+            return f"attention kernel {kernel!r} (static decoding runs with {' or '.join(map(repr, STATIC_KERNELS))})"
+        if not has_only_full_attention(model.config.get_text_config(decoder=True)):
+            return (
+                "the model has layers other than full attention (sliding-window, linear...), which a fixed-capacity "
+                "cache of full-attention layers cannot hold"
+            )
+        return None
+
+    def new_static_cache(self, model, capacity: int):
+        return IndexedStaticCache(model.config, capacity)
+
+    def static_decode_mask(self, key_block, key_valid, query_columns, query_valid, write_columns, block_start, block_size):
+        """The rule of :meth:`decode_mask` over the whole cache: slots before ``block_start`` are clean context, the
+        block's slots ``[block_start, block_start + B)`` are the noisy stream, slots from ``block_start + B`` on hold
+        nothing valid yet; a query whose result is discarded sees only its own slot (no empty row)."""
+        batch, capacity = key_block.shape
+        slots = torch.arange(capacity, device=key_block.device)
+        end = block_start + block_size
+        key_stream = torch.where((slots >= block_start) & (slots < end), NOISY, CLEAN).expand(batch, -1)
+        query_stream = torch.where(query_columns >= block_start, NOISY, CLEAN).expand(batch, -1)
+        mask = layout_attention_mask(
+            key_block.index_select(1, query_columns.clamp(min=0)),
+            query_stream,
+            key_block,
+            key_stream,
+            key_valid & (slots < end),
+        )
+        own_slot = slots[None, :] == write_columns[:, None]
+        return torch.where(query_valid[:, None, :, None], mask, own_slot[None, None])
+
+    def static_forward(self, call, model, input_ids, position_ids, mask, cache, write_columns, num_logits):
+        cache.set_write_index(write_columns)
+        outputs = call(
+            input_ids=input_ids,
+            position_ids=position_ids,
+            attention_mask=self.format_mask(model, mask),
+            **self._cache_kwargs(model, cache),
+            **_logits_kwargs(model, num_logits),
+        )
+        return outputs.logits
+
     def format_mask(self, model, mask: torch.Tensor):
         """The layout mask in the form the model's attention kernel expects."""
         kernel = attention_kernel(model)
@@ -361,6 +470,9 @@ class StoreKVFamily(BlockCausalFamily):
     def new_cache(self, model, capacity: int | None = None):
         """A plain ``DynamicCache``: remote code may read its layers in ways a buffered layer does not foresee."""
         return DynamicCache(config=model.config)
+
+    def static_decoding_unsupported(self, model) -> str | None:
+        return "remote code with SDAR's store_kv interface manages its own cache"
 
     def block_forward(
         self, model, input_ids, position_ids, attention_mask, cache=None, num_tokens_to_store=0, num_logits=None
