@@ -189,7 +189,8 @@ class ModelFamily(abc.ABC):
         Args:
             call: ``model.__call__`` or its compiled version.
             model: the model (for its attention kernel and forward signature).
-            input_ids, position_ids: ``[batch, Q]``.
+            input_ids: ``[batch, Q]`` token ids.
+            position_ids: ``[batch, Q]`` positions.
             mask: the boolean ``[batch, 1, Q, C]`` mask of :meth:`static_decode_mask`.
             cache: the cache of :meth:`new_static_cache`.
             write_columns: ``[Q]`` slot of every query's keys and values.
