@@ -95,10 +95,16 @@ def build_model(shapes: Shapes, device: str, dtype: torch.dtype, kernel: str = "
     from t3d_trl.testing import tiny_qwen3_config
 
     config = tiny_qwen3_config(
-        vocab_size=shapes.vocab_size, hidden_size=shapes.hidden_size, intermediate_size=shapes.intermediate_size,
-        num_hidden_layers=shapes.num_layers, num_attention_heads=shapes.num_heads,
-        num_key_value_heads=shapes.num_kv_heads, head_dim=shapes.head_dim, max_position_embeddings=4096,
-        tie_word_embeddings=True, attn_implementation=kernel,
+        vocab_size=shapes.vocab_size,
+        hidden_size=shapes.hidden_size,
+        intermediate_size=shapes.intermediate_size,
+        num_hidden_layers=shapes.num_layers,
+        num_attention_heads=shapes.num_heads,
+        num_key_value_heads=shapes.num_kv_heads,
+        head_dim=shapes.head_dim,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        attn_implementation=kernel,
     )
     torch.manual_seed(seed)
     with torch.device(device):
@@ -117,27 +123,39 @@ def decode_agreement(shapes: Shapes, device: str, tokenizer) -> list[dict]:
     generated positions where the two agree (a position one of them did not generate counts as a disagreement)."""
     from t3d_trl import patch_model
 
-    fp32 = patch_model(build_model(shapes, device, torch.float32), tokenizer, block_size=shapes.block_size,
-                       max_new_tokens=shapes.decode_new_tokens)
+    fp32 = patch_model(
+        build_model(shapes, device, torch.float32),
+        tokenizer,
+        block_size=shapes.block_size,
+        max_new_tokens=shapes.decode_new_tokens,
+    )
     bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
     generator = torch.Generator().manual_seed(0)
-    prompts = torch.randint(4, min(shapes.vocab_size, 512), (shapes.decode_prompts, shapes.decode_prompt_length),
-                            generator=generator).to(device)
+    prompts = torch.randint(
+        4, min(shapes.vocab_size, 512), (shapes.decode_prompts, shapes.decode_prompt_length), generator=generator
+    ).to(device)
     rows = []
     for steps in (1, 2, 4):
         outputs, seconds = {}, {}
         for name, model in (("fp32", fp32), ("bf16", bf16)):
             synchronize(device)
             start = time.perf_counter()
-            outputs[name] = model.generate(prompts, steps_per_block=steps)[:, prompts.shape[1]:]
+            outputs[name] = model.generate(prompts, steps_per_block=steps)[:, prompts.shape[1] :]
             synchronize(device)
             seconds[name] = time.perf_counter() - start
         width = max(o.shape[1] for o in outputs.values())
         padded = [torch.nn.functional.pad(o, (0, width - o.shape[1]), value=-1) for o in outputs.values()]
         agreement = (padded[0] == padded[1]).float().mean().item()
-        rows.append(row("a", "bf16 vs fp32 decoding", f"steps/block {steps}", f"{agreement:.3f} token agreement",
-                        f"{shapes.decode_prompts} prompts x {shapes.decode_new_tokens} tokens; fp32 "
-                        f"{seconds['fp32']:.2f} s, bf16 {seconds['bf16']:.2f} s"))
+        rows.append(
+            row(
+                "a",
+                "bf16 vs fp32 decoding",
+                f"steps/block {steps}",
+                f"{agreement:.3f} token agreement",
+                f"{shapes.decode_prompts} prompts x {shapes.decode_new_tokens} tokens; fp32 "
+                f"{seconds['fp32']:.2f} s, bf16 {seconds['bf16']:.2f} s",
+            )
+        )
     del fp32, bf16
     return rows
 
@@ -152,11 +170,24 @@ def training_setup(shapes: Shapes, device: str, kernel: str, tokenizer, output_d
 
     rows = synthetic_rows(shapes.train_batch, shapes.prompt, shapes.completion)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    args = T3DConfig(output_dir=output_dir, per_device_train_batch_size=shapes.train_batch, learning_rate=1e-5,
-                     max_steps=1000, use_cpu=device == "cpu", bf16=dtype == torch.bfloat16, report_to=[],
-                     save_strategy="no", disable_tqdm=True, seed=0)
-    trainer = T3DTrainer(build_model(shapes, device, dtype, kernel), args=args, train_dataset=Dataset.from_list(rows),
-                         processing_class=tokenizer)
+    args = T3DConfig(
+        output_dir=output_dir,
+        per_device_train_batch_size=shapes.train_batch,
+        learning_rate=1e-5,
+        max_steps=1000,
+        use_cpu=device == "cpu",
+        bf16=dtype == torch.bfloat16,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+    )
+    trainer = T3DTrainer(
+        build_model(shapes, device, dtype, kernel),
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+    )
     trainer.create_optimizer_and_scheduler(num_training_steps=args.max_steps)
     trainer.current_gradient_accumulation_steps = 1
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(shapes.train_batch)])
@@ -189,8 +220,9 @@ def training_rows(shapes: Shapes, device: str, tokenizer) -> list[dict]:
     for kernel in ("sdpa", "flex_attention"):
         mask = "dense [b,1,N,N] mask" if kernel == "sdpa" else "flex BlockMask"
         if kernel == "flex_attention" and device != "cuda":
-            rows.append(row("b", "T3D step", f"{mask}, {layout}", "skipped",
-                            "flex attention has no backward on CPU", "n/a"))
+            rows.append(
+                row("b", "T3D step", f"{mask}, {layout}", "skipped", "flex attention has no backward on CPU", "n/a")
+            )
             continue
         with tempfile.TemporaryDirectory() as output_dir:
             try:
@@ -214,15 +246,31 @@ def training_rows(shapes: Shapes, device: str, tokenizer) -> list[dict]:
         tokens = shapes.train_batch * (shapes.prompt + 2 * shapes.completion)
         t3d = medians[(kernel, "t3d")]
         before, peak = memory["t3d"]
-        rows.append(row("b", "T3D step", f"{mask}, {layout}", f"{1000 * t3d:.0f} ms, peak {gib(peak)}",
-                        f"{tokens / t3d:,.0f} tokens/s; {gib(before)} resident before the step", "PASS"))
+        rows.append(
+            row(
+                "b",
+                "T3D step",
+                f"{mask}, {layout}",
+                f"{1000 * t3d:.0f} ms, peak {gib(peak)}",
+                f"{tokens / t3d:,.0f} tokens/s; {gib(before)} resident before the step",
+                "PASS",
+            )
+        )
         if gap is not None:
             official = medians[(kernel, "official")]
             ok = math.isfinite(gap) and gap < 5e-2
-            comparison.append(row("c", "T3D step vs official 4 forwards", f"sdpa, {layout}",
-                                  f"{t3d / official:.2f}x time", f"T3D {1000 * t3d:.0f} ms, peak {gib(peak)}; "
-                                  f"official {1000 * official:.0f} ms, peak {gib(memory['official'][1])}; "
-                                  f"loss gap {gap:.1e}", "PASS" if ok else "FAIL"))
+            comparison.append(
+                row(
+                    "c",
+                    "T3D step vs official 4 forwards",
+                    f"sdpa, {layout}",
+                    f"{t3d / official:.2f}x time",
+                    f"T3D {1000 * t3d:.0f} ms, peak {gib(peak)}; "
+                    f"official {1000 * official:.0f} ms, peak {gib(memory['official'][1])}; "
+                    f"loss gap {gap:.1e}",
+                    "PASS" if ok else "FAIL",
+                )
+            )
     if ("flex_attention", "t3d") in medians:
         ratio = medians[("flex_attention", "t3d")] / medians[("sdpa", "t3d")]
         rows.append(row("b", "flex / dense step time", layout, f"{ratio:.2f}x"))
@@ -241,16 +289,29 @@ def static_decode_rows(shapes: Shapes, device: str, tokenizer, budget_s: float) 
     from t3d_trl import patch_model
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = patch_model(build_model(shapes, device, dtype), tokenizer, block_size=shapes.block_size,
-                        max_new_tokens=shapes.decode_new_tokens)
+    model = patch_model(
+        build_model(shapes, device, dtype),
+        tokenizer,
+        block_size=shapes.block_size,
+        max_new_tokens=shapes.decode_new_tokens,
+    )
     prompt = torch.randint(4, 512, (1, shapes.decode_prompt_length), generator=torch.Generator().manual_seed(1))
     try:
-        model.generate(prompt.to(device), steps_per_block=1, max_new_tokens=shapes.block_size,
-                       cache_implementation="static")
+        model.generate(
+            prompt.to(device), steps_per_block=1, max_new_tokens=shapes.block_size, cache_implementation="static"
+        )
     except (ValueError, TypeError, NotImplementedError) as error:
         reason = str(error).split(". ")[0][:90]
-        return [row("d", "static-cache decode, eager vs compiled", "batch " + "/".join(map(str, shapes.static_batches))
-                    + ", steps/block 1/2/4", "not available in this build", reason, "n/a")]
+        return [
+            row(
+                "d",
+                "static-cache decode, eager vs compiled",
+                "batch " + "/".join(map(str, shapes.static_batches)) + ", steps/block 1/2/4",
+                "not available in this build",
+                reason,
+                "n/a",
+            )
+        ]
     rows, start = [], time.perf_counter()
     for variant, extra in (("eager", {"disable_compile": True}), ("compiled", {})):
         for batch in shapes.static_batches:
@@ -271,8 +332,15 @@ def static_decode_rows(shapes: Shapes, device: str, tokenizer, budget_s: float) 
                     rows.append(row("d", "static-cache decode", setting, "error", str(error)[:90], "FAIL"))
                     continue
                 new = batch * (out.shape[1] - ids.shape[1])
-                rows.append(row("d", "static-cache decode", setting, f"{new / seconds:,.0f} tokens/s",
-                                f"{seconds:.2f} s for {new} tokens"))
+                rows.append(
+                    row(
+                        "d",
+                        "static-cache decode",
+                        setting,
+                        f"{new / seconds:,.0f} tokens/s",
+                        f"{seconds:.2f} s for {new} tokens",
+                    )
+                )
     return rows
 
 
@@ -280,12 +348,23 @@ def static_decode_rows(shapes: Shapes, device: str, tokenizer, budget_s: float) 
 def gpu_tests_row(smoke: bool) -> dict:
     if smoke:
         return row("e", "pytest -m gpu", "tests/", "skipped", "--cpu-smoke", "n/a")
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-                           str(ROOT / "tests")], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", str(ROOT / "tests")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     summary = (done.stdout.strip().splitlines() or ["no output"])[-1]
-    return row("e", "pytest -m gpu", "tests/", "PASS" if done.returncode == 0 else "FAIL", summary,
-               "PASS" if done.returncode == 0 else "FAIL")
+    return row(
+        "e",
+        "pytest -m gpu",
+        "tests/",
+        "PASS" if done.returncode == 0 else "FAIL",
+        summary,
+        "PASS" if done.returncode == 0 else "FAIL",
+    )
 
 
 def fsdp1_row(smoke: bool) -> dict:
@@ -297,26 +376,51 @@ def fsdp1_row(smoke: bool) -> dict:
     script = str(ROOT / "tests" / "scripts" / "train_sharded.py")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with tempfile.TemporaryDirectory() as tmp:
-        launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                  str(ROOT / "examples" / "accelerate_configs" / "fsdp.yaml"), "--fsdp_version", "1",
-                  "--num_processes", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        launch = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(ROOT / "examples" / "accelerate_configs" / "fsdp.yaml"),
+            "--fsdp_version",
+            "1",
+            "--num_processes",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+        ]
         results = {}
         for name, command in (("plain", [sys.executable]), ("fsdp1", launch)):
             out = os.path.join(tmp, name)
-            done = subprocess.run(command + [script, out, "8", "cuda"], env=env, capture_output=True, text=True,
-                                  timeout=300)
+            done = subprocess.run(
+                command + [script, out, "8", "cuda"], env=env, capture_output=True, text=True, timeout=300
+            )
             if done.returncode != 0:
                 return row("f", "FSDP1 refresh and resume", setting, "FAIL", done.stderr.strip()[-90:], "FAIL")
             results[name] = json.loads(Path(out, "result.json").read_text())
     plain, fsdp = results["plain"], results["fsdp1"]
     loss_gap = max(abs(fsdp["logs"][s]["loss"] - plain["logs"][s]["loss"]) for s in ("1", "2", "3"))
     resumed_gap = abs(fsdp["resumed_logs"]["3"]["loss"] - plain["logs"]["3"]["loss"])
-    ok = (fsdp["distributed_type"] == "DistributedType.FSDP" and loss_gap < 1e-4 and resumed_gap < 1e-4
-          and abs(fsdp["logs"]["3"]["loss/real"] - math.log(2)) < 1e-5 and fsdp["max_ref_student_diff"] == 0.0
-          and fsdp["ref_checkpoint_full"] and fsdp["ref_checkpoint_max_diff"] == 0.0)
-    return row("f", "FSDP1 refresh and resume", setting, "PASS" if ok else "FAIL",
-               f"loss gap {loss_gap:.1e}, resumed {resumed_gap:.1e}, step-3 loss/real "
-               f"{fsdp['logs']['3']['loss/real']:.6f}, ref param {fsdp['ref_param_type']}", "PASS" if ok else "FAIL")
+    ok = (
+        fsdp["distributed_type"] == "DistributedType.FSDP"
+        and loss_gap < 1e-4
+        and resumed_gap < 1e-4
+        and abs(fsdp["logs"]["3"]["loss/real"] - math.log(2)) < 1e-5
+        and fsdp["max_ref_student_diff"] == 0.0
+        and fsdp["ref_checkpoint_full"]
+        and fsdp["ref_checkpoint_max_diff"] == 0.0
+    )
+    return row(
+        "f",
+        "FSDP1 refresh and resume",
+        setting,
+        "PASS" if ok else "FAIL",
+        f"loss gap {loss_gap:.1e}, resumed {resumed_gap:.1e}, step-3 loss/real "
+        f"{fsdp['logs']['3']['loss/real']:.6f}, ref param {fsdp['ref_param_type']}",
+        "PASS" if ok else "FAIL",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -353,8 +457,10 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU (--cpu-smoke)"
     params = sum(p.numel() for p in build_model(shapes, "meta", torch.float32).parameters())
-    print(f"device check: {name}; torch {torch.__version__}; Qwen3-shaped random model of {params / 1e6:,.1f} M "
-          f"parameters (hidden {shapes.hidden_size}, {shapes.num_layers} layers); {time.perf_counter() - start:.0f} s")
+    print(
+        f"device check: {name}; torch {torch.__version__}; Qwen3-shaped random model of {params / 1e6:,.1f} M "
+        f"parameters (hidden {shapes.hidden_size}, {shapes.num_layers} layers); {time.perf_counter() - start:.0f} s"
+    )
     print(markdown_table(rows))
     return 1 if any(entry["status"] == "FAIL" for entry in rows) else 0
 

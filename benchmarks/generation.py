@@ -143,7 +143,10 @@ def decode(model, input_ids, steps, new_tokens, variant, max_cache_len=None):
     if variant in STATIC_VARIANTS and max_cache_len:
         fields = {**fields, "max_cache_len": max_cache_len}  # the warm-up compiles the shapes of the timed decodes
     config = DiffusionGenerationConfig.from_generation_config(
-        model.generation_config, steps_per_block=steps, max_new_tokens=new_tokens, return_dict_in_generate=True,
+        model.generation_config,
+        steps_per_block=steps,
+        max_new_tokens=new_tokens,
+        return_dict_in_generate=True,
         **fields,
     )
     wall, cpu = time.perf_counter(), time.process_time()
@@ -194,8 +197,11 @@ def run(args) -> tuple[dict, float]:
             decode(model, prompts[b], min(2, max(args.steps)), 8, v, static_capacity(args))
             if v == "e":
                 args.compile_log[b] = (compiled_graphs() - graphs, time.perf_counter() - started)
-                print(f"  warm-up of (e) at batch {b}: {args.compile_log[b][0]} graph(s) compiled in "
-                      f"{args.compile_log[b][1]:.0f} s", flush=True)
+                print(
+                    f"  warm-up of (e) at batch {b}: {args.compile_log[b][0]} graph(s) compiled in "
+                    f"{args.compile_log[b][1]:.0f} s",
+                    flush=True,
+                )
     args.graphs_before_timing = compiled_graphs()
     started = time.perf_counter()
 
@@ -222,8 +228,9 @@ def run(args) -> tuple[dict, float]:
             guess = estimate(m)
             if guess is not None and guess > remaining():
                 continue
-            wall, cpu, out = decode(model, prompts[m.batch_size], m.steps, args.new_tokens, m.variant,
-                                    static_capacity(args))
+            wall, cpu, out = decode(
+                model, prompts[m.batch_size], m.steps, args.new_tokens, m.variant, static_capacity(args)
+            )
             m.wall.append(wall)
             m.cpu.append(cpu)
             m.new_tokens = out.sequences.shape[1] - args.prompt_length
@@ -251,8 +258,10 @@ def print_table(results, args, clock: str) -> None:
             for v in args.variants:
                 m = results[(b, s, v)]
                 if m.measured:
-                    cells.append(f" {m.tokens_per_second(clock):9.1f} {m.nfe / m.blocks(args.prompt_length):8.2f} "
-                                 f"{len(m.wall):3d}   ")
+                    cells.append(
+                        f" {m.tokens_per_second(clock):9.1f} {m.nfe / m.blocks(args.prompt_length):8.2f} "
+                        f"{len(m.wall):3d}   "
+                    )
                 else:
                     cells.append(f" {'skipped (budget)':>22}   ")
             print(f"{b:5d} {s:2d} |" + "|".join(cells))
@@ -288,8 +297,10 @@ def report(results, args, clock: str) -> bool:
             ok &= m.nfe == expected * m.blocks(args.prompt_length)
             lines.append(f"({v}) b{b} S{s}: {per_block:g}")
     if lines and args.prompt_length % BLOCK_SIZE:
-        print("[n/a] forwards per block: a prompt tail shares the first block, so it takes fewer steps; use a "
-              f"--prompt-length that is a multiple of {BLOCK_SIZE} for this target")
+        print(
+            "[n/a] forwards per block: a prompt tail shares the first block, so it takes fewer steps; use a "
+            f"--prompt-length that is a multiple of {BLOCK_SIZE} for this target"
+        )
     elif lines:
         print("  forwards per block: " + ", ".join(lines))
         print(f"[{verdict(ok)}] forwards per block = S for (a), (d), (e) and S+1 for (b)")
@@ -298,13 +309,17 @@ def report(results, args, clock: str) -> bool:
     if ratios:
         print("  cached (a) / no-cache (c) tokens/s: " + listed(ratios))
         worst = min(ratios, key=ratios.get)
-        print(f"[{verdict(ratios[worst] >= TARGET_CACHE_SPEEDUP)}] cached / no-cache tokens/s >= "
-              f"{TARGET_CACHE_SPEEDUP:g}x (worst {ratios[worst]:.2f}x at batch {worst[0]}, S={worst[1]})")
+        print(
+            f"[{verdict(ratios[worst] >= TARGET_CACHE_SPEEDUP)}] cached / no-cache tokens/s >= "
+            f"{TARGET_CACHE_SPEEDUP:g}x (worst {ratios[worst]:.2f}x at batch {worst[0]}, S={worst[1]})"
+        )
         at_16 = {key: r for key, r in ratios.items() if key[0] == 16}
         if at_16:
             worst = min(at_16, key=at_16.get)
-            print(f"[{verdict(at_16[worst] >= TARGET_CACHE_SPEEDUP_BATCH_16)}] cached / no-cache tokens/s at batch 16 "
-                  f">= {TARGET_CACHE_SPEEDUP_BATCH_16:g}x (worst {at_16[worst]:.2f}x at S={worst[1]})")
+            print(
+                f"[{verdict(at_16[worst] >= TARGET_CACHE_SPEEDUP_BATCH_16)}] cached / no-cache tokens/s at batch 16 "
+                f">= {TARGET_CACHE_SPEEDUP_BATCH_16:g}x (worst {at_16[worst]:.2f}x at S={worst[1]})"
+            )
 
     fused = ratios_of(measured, clock, "a", "b")
     if fused:
@@ -312,8 +327,10 @@ def report(results, args, clock: str) -> bool:
         at_1 = {key: r for key, r in fused.items() if key[0] == 1}
         for (_, s), r in sorted(at_1.items()):
             target = TARGET_FUSED_SHARE * (s + 1) / s
-            print(f"[{verdict(r >= target)}] fused / store pass tokens/s at batch 1, S={s}: {r:.2f}x >= "
-                  f"{TARGET_FUSED_SHARE:g} x (S+1)/S = {target:.2f}x")
+            print(
+                f"[{verdict(r >= target)}] fused / store pass tokens/s at batch 1, S={s}: {r:.2f}x >= "
+                f"{TARGET_FUSED_SHARE:g} x (S+1)/S = {target:.2f}x"
+            )
 
     big, small = max(args.batch_sizes), min(args.batch_sizes)
     scaling = {}
@@ -322,46 +339,60 @@ def report(results, args, clock: str) -> bool:
         if big != small and hi and lo:
             scaling[s] = hi.tokens_per_second(clock) / lo.tokens_per_second(clock)
     if scaling:
-        print(f"  batch-{big} / batch-{small} tokens/s of (a): "
-              + ", ".join(f"S{s} {r:.2f}x" for s, r in scaling.items()))
+        print(
+            f"  batch-{big} / batch-{small} tokens/s of (a): " + ", ".join(f"S{s} {r:.2f}x" for s, r in scaling.items())
+        )
         worst = min(scaling, key=scaling.get)
         if (small, big) == (1, 16):  # the target is stated for these two batch sizes
-            print(f"[{verdict(scaling[worst] >= TARGET_BATCH_SPEEDUP)}] batch-16 / batch-1 tokens/s of (a) >= "
-                  f"{TARGET_BATCH_SPEEDUP:g}x (worst {scaling[worst]:.2f}x at S={worst})")
+            print(
+                f"[{verdict(scaling[worst] >= TARGET_BATCH_SPEEDUP)}] batch-16 / batch-1 tokens/s of (a) >= "
+                f"{TARGET_BATCH_SPEEDUP:g}x (worst {scaling[worst]:.2f}x at S={worst})"
+            )
             for s in (2, 4):
                 if s in scaling:
-                    print(f"[{verdict(scaling[s] >= TARGET_BATCH_SPEEDUP)}] batch-16 / batch-1 tokens/s of (a) at "
-                          f"S={s}: {scaling[s]:.2f}x >= {TARGET_BATCH_SPEEDUP:g}x")
+                    print(
+                        f"[{verdict(scaling[s] >= TARGET_BATCH_SPEEDUP)}] batch-16 / batch-1 tokens/s of (a) at "
+                        f"S={s}: {scaling[s]:.2f}x >= {TARGET_BATCH_SPEEDUP:g}x"
+                    )
 
     for numerator, denominator in (("d", "a"), ("e", "d")):
         ratios = ratios_of(measured, clock, numerator, denominator)
         if ratios:
-            print(f"  ({numerator}) {VARIANTS[numerator][0]} / ({denominator}) {VARIANTS[denominator][0]} tokens/s: "
-                  + listed(ratios))
+            print(
+                f"  ({numerator}) {VARIANTS[numerator][0]} / ({denominator}) {VARIANTS[denominator][0]} tokens/s: "
+                + listed(ratios)
+            )
     compiled = ratios_of(measured, clock, "e", "a")
     if compiled:
         print("  (e) static compiled / (a) fused tokens/s: " + listed(compiled))
         at_1 = {key: r for key, r in compiled.items() if key[0] == 1}
         if at_1:
             worst = min(at_1, key=at_1.get)
-            print(f"[{verdict(at_1[worst] >= TARGET_COMPILED_SPEEDUP)}] static compiled / fused (eager) tokens/s at "
-                  f"batch 1 >= {TARGET_COMPILED_SPEEDUP:g}x (worst {at_1[worst]:.2f}x at S={worst[1]})")
+            print(
+                f"[{verdict(at_1[worst] >= TARGET_COMPILED_SPEEDUP)}] static compiled / fused (eager) tokens/s at "
+                f"batch 1 >= {TARGET_COMPILED_SPEEDUP:g}x (worst {at_1[worst]:.2f}x at S={worst[1]})"
+            )
     if "e" in args.variants and args.compile_log:
         timed = sum(len(m.wall) for (b, s, v), m in measured.items() if v == "e")
         warm = ", ".join(f"batch {b}: {n} in {t:.0f} s" for b, (n, t) in args.compile_log.items())
-        print(f"  graphs compiled by the warm-up of (e): {warm}; by its {timed} timed decodes: "
-              f"{args.graphs_while_timing}")
+        print(
+            f"  graphs compiled by the warm-up of (e): {warm}; by its {timed} timed decodes: {args.graphs_while_timing}"
+        )
         one_each = all(n == 1 for n, _ in args.compile_log.values())
-        print(f"[{verdict(one_each and args.graphs_while_timing == 0)}] one compiled graph per decode after warm-up "
-              f"(the warm-up compiles one per batch size, the timed decodes none)")
+        print(
+            f"[{verdict(one_each and args.graphs_while_timing == 0)}] one compiled graph per decode after warm-up "
+            f"(the warm-up compiles one per batch size, the timed decodes none)"
+        )
 
     for b in args.batch_sizes:  # one semantics: the variants should decode the same tokens
         for s in args.steps:
             runs = [results[(b, s, v)] for v in args.variants if results[(b, s, v)].measured]
             agree = [float((m.sequences == runs[0].sequences).float().mean()) for m in runs[1:]]
             if any(x < 1.0 for x in agree):
-                print(f"  note: batch {b} S={s}: token agreement with ({runs[0].variant}) "
-                      f"{', '.join(f'{x:.3f}' for x in agree)} (float32 rounding can flip near-tied argmaxes)")
+                print(
+                    f"  note: batch {b} S={s}: token agreement with ({runs[0].variant}) "
+                    f"{', '.join(f'{x:.3f}' for x in agree)} (float32 rounding can flip near-tied argmaxes)"
+                )
     return all_pass
 
 
@@ -426,8 +457,9 @@ def profile(args) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 32 new tokens, one round")
-    parser.add_argument("--new-tokens", type=int, default=None,
-                        help="new tokens per row (default 256; 32 with --quick)")
+    parser.add_argument(
+        "--new-tokens", type=int, default=None, help="new tokens per row (default 256; 32 with --quick)"
+    )
     parser.add_argument("--prompt-length", type=int, default=16)
     parser.add_argument("--hidden-size", type=int, default=256, help="model width (intermediate = 2x; default 256)")
     parser.add_argument("--layers", type=int, default=4, help="decoder layers (default 4)")
@@ -435,17 +467,32 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4])
     parser.add_argument("--variants", default="abcde", help="which of a, b, c, d, e to run (default abcde)")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds, best kept (default 3; 1 with --quick)")
-    parser.add_argument("--max-repeat-seconds", type=float, default=4.0,
-                        help="a configuration whose run takes longer is timed once (default 4)")
-    parser.add_argument("--budget", type=float, default=150.0,
-                        help="seconds for the timed part; no-cache runs at S>1 that would not fit are skipped "
-                             "(default 150; 0 = no limit)")
+    parser.add_argument(
+        "--max-repeat-seconds",
+        type=float,
+        default=4.0,
+        help="a configuration whose run takes longer is timed once (default 4)",
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=150.0,
+        help="seconds for the timed part; no-cache runs at S>1 that would not fit are skipped "
+        "(default 150; 0 = no limit)",
+    )
     parser.add_argument("--threads", default="auto", help="torch threads, or 'auto' (default)")
-    parser.add_argument("--clock", choices=("auto", "wall", "cpu"), default="auto",
-                        help="what tokens/s and the targets are computed from: wall-clock, or process CPU time (meaningful "
-                             "with one thread); default auto, see above")
-    parser.add_argument("--profile", action="store_true",
-                        help="where the time of (a) and (b) goes, and cProfile of (a), instead of benchmarking")
+    parser.add_argument(
+        "--clock",
+        choices=("auto", "wall", "cpu"),
+        default="auto",
+        help="what tokens/s and the targets are computed from: wall-clock, or process CPU time (meaningful "
+        "with one thread); default auto, see above",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="where the time of (a) and (b) goes, and cProfile of (a), instead of benchmarking",
+    )
     parser.add_argument("--strict", action="store_true", help="exit with status 1 when a target fails")
     args = parser.parse_args(argv)
     args.new_tokens = args.new_tokens or (32 if args.quick else 256)
@@ -459,9 +506,11 @@ def main(argv=None) -> int:
     clock = args.clock
     if clock == "auto":
         clock = "cpu" if args.thread_count == 1 and share < 0.9 else "wall"
-    print(f"\nCPU share: the process ran {100 * share:.0f}% of the time on its {args.thread_count} thread(s); "
-          f"figures below use {'wall-clock' if clock == 'wall' else 'process CPU'} time"
-          + (" (other jobs were competing for the cores)" if clock == "cpu" and args.clock == "auto" else ""))
+    print(
+        f"\nCPU share: the process ran {100 * share:.0f}% of the time on its {args.thread_count} thread(s); "
+        f"figures below use {'wall-clock' if clock == 'wall' else 'process CPU'} time"
+        + (" (other jobs were competing for the cores)" if clock == "cpu" and args.clock == "auto" else "")
+    )
     if clock == "cpu":
         print_table(results, args, "wall")
     print_table(results, args, clock)

@@ -134,11 +134,15 @@ def main() -> None:
     for name, values in times.items():
         print(f"{name:>9}: median {medians[name]:.3f} s  (runs: {', '.join(f'{v:.3f}' for v in values)})")
     paired = statistics.median(total / own for total, own in zip(times["rollout"], inner))
-    print(f"generate inside rollout: median {statistics.median(inner):.3f} s  (runs: {', '.join(f'{v:.3f}' for v in inner)})")
+    print(
+        f"generate inside rollout: median {statistics.median(inner):.3f} s  (runs: {', '.join(f'{v:.3f}' for v in inner)})"
+    )
     print(f"rollout / generate = {ratio:.3f} (medians), {best_ratio:.3f} (best runs): unpaired, for reference")
-    print(f"rollout / its own generate call = {paired:.3f} (median of {len(inner)} paired runs; "
-          f"{1000 * statistics.median(t - g for t, g in zip(times['rollout'], inner)):.0f} ms outside generate)  "
-          f"(target <= {TARGET})  {'OK' if paired <= TARGET else 'OVER TARGET'}")
+    print(
+        f"rollout / its own generate call = {paired:.3f} (median of {len(inner)} paired runs; "
+        f"{1000 * statistics.median(t - g for t, g in zip(times['rollout'], inner)):.0f} ms outside generate)  "
+        f"(target <= {TARGET})  {'OK' if paired <= TARGET else 'OVER TARGET'}"
+    )
 
 
 if __name__ == "__main__":

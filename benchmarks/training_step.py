@@ -56,8 +56,8 @@ from transformers import PreTrainedTokenizerFast, Qwen3ForCausalLM
 from transformers.utils import logging as hf_logging
 
 from t3d_trl import DataCollatorForTrajectory, T3DConfig, T3DTrainer
-from t3d_trl.models.families import get_family
 from t3d_trl.losses import ddo_loss, path_loss, sample_fake_tokens, selective_log_softmax, sequence_logps
+from t3d_trl.models.families import get_family
 from t3d_trl.testing import SPECIAL_TOKENS, synthetic_trajectories, tiny_qwen3, tiny_tokenizer
 
 VOCAB_SIZE = 512
@@ -95,7 +95,11 @@ def synthetic_rows(
     """Trajectory rows with random tokens and valid step maps: a teacher decoding one token per step, in a random
     order inside each block (blocks aligned to absolute positions), block after block."""
     return synthetic_trajectories(
-        count, (prompt_length, prompt_length), (completion_length, completion_length), VOCAB_SIZE, block_size,
+        count,
+        (prompt_length, prompt_length),
+        (completion_length, completion_length),
+        VOCAB_SIZE,
+        block_size,
         seed=seed,
     )
 
@@ -181,7 +185,7 @@ def make_steps(trainer: T3DTrainer, batch: dict):
         for name, compute in (("t3d", lambda: trainer.compute_loss(model, batch)), ("official", official_loss)):
             total = [0]
 
-            def counting(input, dim, keepdim=False, **kwargs):
+            def counting(input, dim, keepdim=False, total=total, **kwargs):
                 out = original(input, dim, keepdim=keepdim, **kwargs)
                 if input.shape[-1] == VOCAB_SIZE:
                     total[0] += out.numel()
@@ -390,7 +394,9 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print torch.profiler tables of the steps and collator")
     parser.add_argument("--strict", action="store_true", help="exit with status 1 when a target fails")
     parser.add_argument(
-        "--vocab", type=int, default=VOCAB_SIZE,
+        "--vocab",
+        type=int,
+        default=VOCAB_SIZE,
         help="vocabulary size of the model (default 512; 151936 is SDAR's, where the memory target applies)",
     )
     parser.add_argument("--memory-worker", choices=("t3d", "official"), help=argparse.SUPPRESS)
@@ -497,7 +503,7 @@ def main() -> None:
         )
         if args.profile:
             collator, batches = collator_inputs(layout)
-            print_profile(f"collator {layout}", lambda: collator(batches[0]), 10)
+            print_profile(f"collator {layout}", lambda collator=collator, batches=batches: collator(batches[0]), 10)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     if load > os.cpu_count():
         print(

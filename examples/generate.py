@@ -72,8 +72,10 @@ def show(tokenizer, prompts, out, prompt_width, steps):
         print(f"  [{row}] prompt     {prompt!r}")
         print(f"      completion {text!r}")
         print(f"      step_map   {[step for _, step in kept]}")
-        print(f"      nfe        {int(out.nfe[row])} forwards for {len(kept)} tokens "
-              f"({len(kept) / max(1, int(out.nfe[row])):.2f} tokens per forward)")
+        print(
+            f"      nfe        {int(out.nfe[row])} forwards for {len(kept)} tokens "
+            f"({len(kept) / max(1, int(out.nfe[row])):.2f} tokens per forward)"
+        )
     if out.trajectory is not None and steps == 1:
         first = out.trajectory[0, 0].tolist()
         shown = "".join("_" if t == mask_id else tokenizer.decode([t]) for t in first[:24])
@@ -90,8 +92,12 @@ def main() -> None:
     parser.add_argument("--prompt", action="append", dest="prompts", help="a prompt (repeatable)")
     parser.add_argument("--block_size", type=int, default=4)
     parser.add_argument("--max_new_tokens", type=int, default=32)
-    parser.add_argument("--steps", type=lambda s: [int(x) for x in s.split(",")], default=[4, 2, 1],
-                        help="steps per block to compare (default 4,2,1)")
+    parser.add_argument(
+        "--steps",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[4, 2, 1],
+        help="steps per block to compare (default 4,2,1)",
+    )
     parser.add_argument("--remasking", default="low_confidence_static")
     args = parser.parse_args()
     prompts = args.prompts or DEFAULT_PROMPTS
@@ -99,23 +105,29 @@ def main() -> None:
     if args.model_name_or_path is None:
         tokenizer = tiny_tokenizer(characters=PRINTABLE_ASCII)  # pad, EOS, mask, BOS and a chat template
         model = tiny_model(len(tokenizer)).to(args.device)
-        print(f"tiny Qwen3 (random weights, {sum(p.numel() for p in model.parameters()):,} parameters) and a "
-              f"character tokenizer, built from configs")
+        print(
+            f"tiny Qwen3 (random weights, {sum(p.numel() for p in model.parameters()):,} parameters) and a "
+            f"character tokenizer, built from configs"
+        )
     else:
         model, tokenizer = load_pretrained(args)
         print(f"loaded {args.model_name_or_path} ({type(model).__name__})")
 
     # mask / EOS / pad ids come from the tokenizer; block size and budget become the model's generation defaults
-    patch_model(model, tokenizer, block_size=args.block_size, max_new_tokens=args.max_new_tokens,
-                remasking=args.remasking)
+    patch_model(
+        model, tokenizer, block_size=args.block_size, max_new_tokens=args.max_new_tokens, remasking=args.remasking
+    )
     config = model.generation_config
-    print(f"family: {model.diffusion_family.name}, mask token id {config.mask_token_id}, "
-          f"eos {config.eos_token_id}, block size {config.block_size}, remasking {config.remasking}\n")
+    print(
+        f"family: {model.diffusion_family.name}, mask token id {config.mask_token_id}, "
+        f"eos {config.eos_token_id}, block size {config.block_size}, remasking {config.remasking}\n"
+    )
 
     tokenizer.padding_side = "left"
     texts = [
         tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-        if tokenizer.chat_template else p
+        if tokenizer.chat_template
+        else p
         for p in prompts
     ]
     batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)

@@ -112,14 +112,18 @@ class ScriptArguments(DatasetArguments):
     prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompts (text or messages)."})
     prompt_template: str | None = field(
         default=None,
-        metadata={"help": "Template applied to text prompts (`{prompt}` placeholder), or `math` for the GSM8K/MATH500 "
-                  "evaluation prompt."},
+        metadata={
+            "help": "Template applied to text prompts (`{prompt}` placeholder), or `math` for the GSM8K/MATH500 "
+            "evaluation prompt."
+        },
     )
     as_chat: bool = field(default=False, metadata={"help": "Wrap text prompts as a user message (chat template)."})
     trajectories_path: str | None = field(
         default=None,
-        metadata={"help": "Train on existing trajectories instead of rolling out: a `t3d-trl rollout` output "
-                  "directory, a `save_to_disk` directory, a data file or a Hub dataset id."},
+        metadata={
+            "help": "Train on existing trajectories instead of rolling out: a `t3d-trl rollout` output "
+            "directory, a `save_to_disk` directory, a data file or a Hub dataset id."
+        },
     )
     rollout_dir: str | None = field(
         default=None, metadata={"help": "Resumable rollout directory (default `<output_dir>/rollouts`)."}

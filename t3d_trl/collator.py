@@ -215,10 +215,14 @@ class DataCollatorForTrajectory:
         example_index = torch.as_tensor([int(f["example_index"]) for f in features], dtype=torch.int64)
         comp = self._completion_targets(prompt_len, completion, completion_len, steps, example_index)
         family = family_class(self.family)
-        batch = family.training_layout(prompt, prompt_len, comp, self.block_size, self.pad_token_id, self.attention_layout)
+        batch = family.training_layout(
+            prompt, prompt_len, comp, self.block_size, self.pad_token_id, self.attention_layout
+        )
         if self.complementary_masks:
             complement = {**comp, "noisy": comp["complement_noisy"], "loss": comp["complement_loss"]}
-            other = family.training_layout(prompt, prompt_len, complement, self.block_size, self.pad_token_id, "deferred")
+            other = family.training_layout(
+                prompt, prompt_len, complement, self.block_size, self.pad_token_id, "deferred"
+            )
             batch["complement_input_ids"] = other["input_ids"]
             batch["complement_loss_mask"] = other["loss_mask"]
         batch["example_index"] = example_index
@@ -291,7 +295,9 @@ class DataCollatorForTrajectory:
         if self.complementary_masks:
             flipped = valid & ~drawn
             if self.state_sampling == "trajectory":
-                flipped, flipped_loss = family.trajectory_state(flipped, trained, block, valid, example_index, self.seed)
+                flipped, flipped_loss = family.trajectory_state(
+                    flipped, trained, block, valid, example_index, self.seed
+                )
             else:
                 flipped_loss = flipped & trained
             targets["complement_noisy"] = self._corrupt(x0, flipped, open_fill, example_index)

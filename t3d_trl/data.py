@@ -212,8 +212,17 @@ def prepare_trajectory_dataset(
     """
     with _hidden_datasets_progress():
         return _prepare(
-            _as_dataset(dataset), processing_class, max_prompt_length, max_completion_length, block_size, truncation,
-            num_proc, grid, vocab_size, eos_token_id, require_step_map,
+            _as_dataset(dataset),
+            processing_class,
+            max_prompt_length,
+            max_completion_length,
+            block_size,
+            truncation,
+            num_proc,
+            grid,
+            vocab_size,
+            eos_token_id,
+            require_step_map,
         )
 
 

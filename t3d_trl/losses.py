@@ -98,8 +98,7 @@ def sequence_logps(token_logps: Tensor, loss_mask: Tensor, normalization: str = 
     """
     if normalization not in _NORMALIZATIONS:
         raise ValueError(
-            f"Unknown normalization {normalization!r}; "
-            f"expected one of {', '.join(map(repr, _NORMALIZATIONS))}."
+            f"Unknown normalization {normalization!r}; expected one of {', '.join(map(repr, _NORMALIZATIONS))}."
         )
     if normalization == "mean":
         return masked_mean(token_logps, loss_mask)
@@ -291,9 +290,7 @@ def certainty_forcing_loss(
     return td_loss(token_logps, loss_mask) + entropy_weight * masked_mean(entropy, correct & loss_mask)
 
 
-def dparallel_loss(
-    logits: Tensor, labels: Tensor, loss_mask: Tensor, entropy_weight: float = 1.0
-) -> Tensor:
+def dparallel_loss(logits: Tensor, labels: Tensor, loss_mask: Tensor, entropy_weight: float = 1.0) -> Tensor:
     """Certainty-forcing distillation (dParallel, arXiv 2509.26488) from logits.
 
     C = {i ∈ M : argmax_v p_θ(v | x_t)_i = x0_i}

@@ -149,11 +149,17 @@ def layout_block_mask(block: torch.Tensor, stream: torch.Tensor, valid: torch.Te
     partial, full = [], []
     for start in range(0, length, rows):
         stop = min(start + rows, length)
-        band = torch.zeros(batch, -(-(stop - start) // tile_size) * tile_size, padded, dtype=torch.bool,
-                           device=block.device)
+        band = torch.zeros(
+            batch, -(-(stop - start) // tile_size) * tile_size, padded, dtype=torch.bool, device=block.device
+        )
         band[:, : stop - start, :length] = layout_attention_mask(
-            block[:, start:stop], stream[:, start:stop], block, stream, valid,
-            query_valid=valid[:, start:stop], query_offset=start,
+            block[:, start:stop],
+            stream[:, start:stop],
+            block,
+            stream,
+            valid,
+            query_valid=valid[:, start:stop],
+            query_offset=start,
         )[:, 0]
         tiles = band.view(batch, -1, tile_size, num_tiles, tile_size)
         any_kept, all_kept = tiles.any(dim=4).any(dim=2), tiles.all(dim=4).all(dim=2)
@@ -168,6 +174,11 @@ def layout_block_mask(block: torch.Tensor, stream: torch.Tensor, valid: torch.Te
     kv_num_blocks, kv_indices = sparse(partial)
     full_kv_num_blocks, full_kv_indices = sparse(full)
     return BlockMask.from_kv_blocks(
-        kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices,
-        BLOCK_SIZE=tile_size, mask_mod=mask_mod, seq_lengths=(length, length),
+        kv_num_blocks,
+        kv_indices,
+        full_kv_num_blocks,
+        full_kv_indices,
+        BLOCK_SIZE=tile_size,
+        mask_mod=mask_mod,
+        seq_lengths=(length, length),
     )

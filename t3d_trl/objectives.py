@@ -57,6 +57,7 @@ __all__ = [
     "student_request",
 ]
 
+
 @dataclass
 class ReferenceTerms:
     """What DDO needs from the reference θ_ref: the fake tokens x̂ ``[b, W]`` and the sequence log-probs
@@ -192,10 +193,15 @@ def _ddo(inputs: ObjectiveInputs):
         policy_real, policy_fake, reference.real_logps, reference.fake_logps, config.beta, config.alpha
     )
     metrics = {
-        "loss/ddo": loss, "loss/real": real, "loss/fake": fake,
-        "logps/real": policy_real, "logps/fake": policy_fake,
-        "ref_logps/real": reference.real_logps, "ref_logps/fake": reference.fake_logps,
-        "margins/real": policy_real - reference.real_logps, "margins/fake": policy_fake - reference.fake_logps,
+        "loss/ddo": loss,
+        "loss/real": real,
+        "loss/fake": fake,
+        "logps/real": policy_real,
+        "logps/fake": policy_fake,
+        "ref_logps/real": reference.real_logps,
+        "ref_logps/fake": reference.fake_logps,
+        "margins/real": policy_real - reference.real_logps,
+        "margins/fake": policy_fake - reference.fake_logps,
     }
     return loss, metrics
 
@@ -216,13 +222,13 @@ def _sft(inputs: ObjectiveInputs):
     return loss, {"loss/sft": loss}
 
 
-def _certainty_forcing(scores: TokenStatistics, labels: Tensor, loss_mask: Tensor, config: Any) -> tuple[Tensor, Tensor]:
+def _certainty_forcing(
+    scores: TokenStatistics, labels: Tensor, loss_mask: Tensor, config: Any
+) -> tuple[Tensor, Tensor]:
     """One pass of dParallel: (CE + w · H_T over the correct positions, H_T over them) per example."""
     correct = loss_mask & (scores.predictions == labels)
     entropy = scores.entropy  # at config.dparallel_entropy_temperature (student_request)
-    loss = certainty_forcing_loss(
-        scores.label_log_probs, entropy, correct, loss_mask, config.dparallel_entropy_weight
-    )
+    loss = certainty_forcing_loss(scores.label_log_probs, entropy, correct, loss_mask, config.dparallel_entropy_weight)
     return loss, masked_mean(entropy, correct)
 
 
@@ -231,7 +237,9 @@ def _dparallel(inputs: ObjectiveInputs):
     batch, config = inputs.batch, inputs.config
     loss, entropy = _certainty_forcing(inputs.scores, batch["labels"], batch["loss_mask"], config)
     if inputs.complement is not None:
-        other, other_entropy = _certainty_forcing(inputs.complement, batch["labels"], batch["complement_loss_mask"], config)
+        other, other_entropy = _certainty_forcing(
+            inputs.complement, batch["labels"], batch["complement_loss_mask"], config
+        )
         loss, entropy = loss + other, entropy + other_entropy
     return loss, {"loss/dparallel": loss, "loss/entropy": entropy}
 

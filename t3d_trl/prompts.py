@@ -31,9 +31,10 @@ def is_chat(prompt: Any) -> bool:
 
 
 def _check_chat_template(processing_class: Any) -> None:
-    if getattr(processing_class, "chat_template", None) is None and getattr(
-        tokenizer_of(processing_class), "chat_template", None
-    ) is None:
+    if (
+        getattr(processing_class, "chat_template", None) is None
+        and getattr(tokenizer_of(processing_class), "chat_template", None) is None
+    ):
         raise ValueError(
             "The dataset holds chat-message prompts but the processing class has no chat template. Set "
             "`processing_class.chat_template`, or give the prompts as plain text (for the evaluation sets: "

@@ -59,8 +59,14 @@ def redi(
     for round_index in range(rounds):
         model.eval()
         trajectories = generate_trajectories(
-            model, processing_class, prompts, generation_config, prompt_column=prompt_column, batch_size=batch_size,
-            seed=args.seed + round_index, progress=not args.disable_tqdm,
+            model,
+            processing_class,
+            prompts,
+            generation_config,
+            prompt_column=prompt_column,
+            batch_size=batch_size,
+            seed=args.seed + round_index,
+            progress=not args.disable_tqdm,
         )
         round_args = copy.deepcopy(args)
         round_args.output_dir = os.path.join(args.output_dir, f"round{round_index}")

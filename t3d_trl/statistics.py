@@ -145,8 +145,12 @@ def window_statistics(logits: Tensor, request: StatisticsRequest, chunk_size: in
     (all at once when ``None``); gradients flow to ``logits``."""
     parts = [
         _chunk_statistics(
-            logits[:, part], request.labels[:, part], _fake_slice(request, part), request.draw_fake_temperature,
-            request.entropy_temperature, request.generator,
+            logits[:, part],
+            request.labels[:, part],
+            _fake_slice(request, part),
+            request.draw_fake_temperature,
+            request.entropy_temperature,
+            request.generator,
         )
         for part in _chunks(logits.shape[0], logits.shape[1], chunk_size)
     ]
@@ -182,7 +186,11 @@ class StatisticsHead(nn.Module):
     def _run(self, hidden: Tensor, labels: Tensor, fake_tokens: Tensor | None) -> Tensor:
         request = self.request
         return _chunk_statistics(
-            self.head(hidden), labels, fake_tokens, request.draw_fake_temperature, request.entropy_temperature,
+            self.head(hidden),
+            labels,
+            fake_tokens,
+            request.draw_fake_temperature,
+            request.entropy_temperature,
             request.generator,
         )
 

@@ -208,8 +208,15 @@ def synthetic_trajectories(
             first = len(step_map)  # one token per step: the steps so far
             step_map += [first + step for step in order]
             position += size
-        rows.append({"prompt_ids": prompt, "completion_ids": completion, "step_map": step_map,
-                     "block_size": block_size, "steps_per_block": block_size})
+        rows.append(
+            {
+                "prompt_ids": prompt,
+                "completion_ids": completion,
+                "step_map": step_map,
+                "block_size": block_size,
+                "steps_per_block": block_size,
+            }
+        )
     return rows
 
 
@@ -289,7 +296,10 @@ def tiny_teacher(
         trainer = T3DTrainer(teacher, args=args, train_dataset=dataset, processing_class=tokenizer)
         trainer.train()
         trainer.release_wrappers()  # the DDP wrapper must not outlive the process group (see its docstring)
-        logger.info("Tiny teacher trained for %d steps (last loss %s)", steps,
-                    next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None))
+        logger.info(
+            "Tiny teacher trained for %d steps (last loss %s)",
+            steps,
+            next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None),
+        )
     teacher.eval()
     return teacher, tokenizer

@@ -12,7 +12,9 @@ from t3d_trl.testing import tiny_qwen3
 
 def _kv(batch, length, seed, heads=2, dim=3):
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, heads, length, dim, generator=generator), torch.randn(batch, heads, length, dim + 1, generator=generator)
+    return torch.randn(batch, heads, length, dim, generator=generator), torch.randn(
+        batch, heads, length, dim + 1, generator=generator
+    )
 
 
 @pytest.mark.parametrize("capacity", [1, 5, 64])

@@ -117,8 +117,11 @@ def _one_error_line(stderr: str, program: str) -> str:
         (["rollout", "--config"], r"--config needs the path of a YAML file"),
         (["rollout", "--config", "CONFIG/bad.yaml"], r"--config .*bad.yaml is not valid YAML: "),
         (["rollout", "--config", "CONFIG/list.yaml"], r"must contain a YAML mapping"),
-        (["rollout", "--config=CONFIG/unknown.yaml"], r"--config .*unknown.yaml: not_a_flag, other are not flags of "
-                                                      r"`t3d-trl rollout`"),
+        (
+            ["rollout", "--config=CONFIG/unknown.yaml"],
+            r"--config .*unknown.yaml: not_a_flag, other are not flags of "
+            r"`t3d-trl rollout`",
+        ),
         (["train", "--loss_type", "nope", "--output_dir", "CONFIG/out"], r"nope"),
         (["demo", "--seeds", "x", "--debug"], r"argument --seeds\S*: invalid int value: 'x'"),
     ],
@@ -143,8 +146,10 @@ def test_usage_errors_are_one_line_with_status_2(tmp_path, capsys, argv, message
         (["rollout", "--dataset_path", "x.jsonl"], r"No model: pass --model_name_or_path"),
         # checked before the model (which does not exist) is loaded
         (["rollout", "--model_name_or_path", "OUT", "--batch_size", "0"], r"`batch_size` must be a positive integer"),
-        (["rollout", "--model_name_or_path", "OUT", "--num_generations", "2", "--temperature", "0"],
-         r"--num_generations 2 needs sampling, but --temperature is 0"),
+        (
+            ["rollout", "--model_name_or_path", "OUT", "--num_generations", "2", "--temperature", "0"],
+            r"--num_generations 2 needs sampling, but --temperature is 0",
+        ),
         (["rollout", "--model_name_or_path", "OUT", "--output_dir", "BAD"], r"`output_dir` .* is a file"),
         (["eval", "--eval_dataset", "BAD"], r"a custom evaluation set needs `prompt` and `reference` columns"),
         (["eval", "--block_sizes", "4", "0"], r"--block_sizes takes positive integers, got \[4, 0\]"),

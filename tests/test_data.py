@@ -65,8 +65,9 @@ def test_missing_columns_are_named():
     with pytest.raises(ValueError, match="block_size"):
         prepare_trajectory_dataset(_rows().remove_columns("block_size"))
     with pytest.raises(ValueError, match="processing_class"):
-        prepare_trajectory_dataset(Dataset.from_dict({"prompt": ["two"], COMPLETION_IDS: [[1]], STEP_MAP: [[0]]}),
-                                   block_size=2)
+        prepare_trajectory_dataset(
+            Dataset.from_dict({"prompt": ["two"], COMPLETION_IDS: [[1]], STEP_MAP: [[0]]}), block_size=2
+        )
 
 
 def test_step_map_length_mismatch_names_the_row():
@@ -170,8 +171,15 @@ def test_text_rows_are_tokenised_and_id_rows_untouched():
 
 def test_validate_mask_token():
     assert validate_mask_token(_tokenizer()) == 2
-    config = Qwen3Config(vocab_size=13, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
-                         num_key_value_heads=1, head_dim=8, intermediate_size=8)
+    config = Qwen3Config(
+        vocab_size=13,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        num_key_value_heads=1,
+        head_dim=8,
+        intermediate_size=8,
+    )
     config.mask_token_id = 12
     assert validate_mask_token(_tokenizer(mask=False), config) == 12
     assert validate_mask_token(None, config) == 12
@@ -195,8 +203,9 @@ def test_plain_rows_for_random_mask_objectives():
 
 def test_rows_are_checked_against_the_teachers_schedule():
     # blocks of 2 after a 2-token prompt (absolute grid): {t0, t1}, {t2, t3}, {t4}
-    good = _rows(**{PROMPT_IDS: [[4, 6]], COMPLETION_IDS: [[7, 8, 9, 10, 1]], STEP_MAP: [[1, 0, 2, 3, 4]],
-                    "block_size": [2]})
+    good = _rows(
+        **{PROMPT_IDS: [[4, 6]], COMPLETION_IDS: [[7, 8, 9, 10, 1]], STEP_MAP: [[1, 0, 2, 3, 4]], "block_size": [2]}
+    )
     prepare_trajectory_dataset(good)
     cases = {
         "starts at step 3, not 2": [1, 0, 3, 4, 5],  # a gap between two complete blocks
@@ -205,10 +214,11 @@ def test_rows_are_checked_against_the_teachers_schedule():
     }
     for message, steps in cases.items():
         with pytest.raises(ValueError, match=message):
-            prepare_trajectory_dataset(good.map(lambda row: {STEP_MAP: steps}).add_column("steps_per_block", [2]))
+            prepare_trajectory_dataset(good.map(lambda row, s=steps: {STEP_MAP: s}).add_column("steps_per_block", [2]))
     # the response grid (bidirectional teachers) puts the blocks at the completion: {t0, t1}, {t2, t3}, {t4}
-    shifted = _rows(**{PROMPT_IDS: [[4, 6, 7]], COMPLETION_IDS: [[7, 8, 9, 10, 1]], STEP_MAP: [[1, 0, 2, 3, 4]],
-                       "block_size": [2]})
+    shifted = _rows(
+        **{PROMPT_IDS: [[4, 6, 7]], COMPLETION_IDS: [[7, 8, 9, 10, 1]], STEP_MAP: [[1, 0, 2, 3, 4]], "block_size": [2]}
+    )
     prepare_trajectory_dataset(shifted, grid="response")
     with pytest.raises(ValueError, match="out of order"):
         prepare_trajectory_dataset(shifted)  # on the absolute grid t0 is alone in its block, and t1 comes first

@@ -11,15 +11,12 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM
 
 from t3d_trl import DiffusionGenerationConfig, patch_model
 from t3d_trl.generation import remasking_names
-
 from t3d_trl.testing import tiny_qwen3, tiny_tokenizer
 
 BLOCK = 4
@@ -35,8 +32,12 @@ def tokenizer():
 def tiny_bert(tokenizer, seed: int = 0) -> BertForMaskedLM:
     torch.manual_seed(seed)
     config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=128,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
     )
     return BertForMaskedLM(config).double().eval()
 
@@ -79,7 +80,7 @@ def test_bidirectional_blocks_start_at_the_first_generated_token(tokenizer, step
     for row, prompt in enumerate(prompts):
         ids = tokenizer(prompt)["input_ids"]
         expected = llada_decode(model, ids, steps, 12, tokenizer.mask_token_id, tokenizer.eos_token_id)
-        alone = model.generate(torch.tensor([ids]), steps_per_block=steps)[0, len(ids):].tolist()
+        alone = model.generate(torch.tensor([ids]), steps_per_block=steps)[0, len(ids) :].tolist()
         assert alone[: len(expected)] == expected, prompt
         batched = together.sequences[row, width:][together.step_map[row] >= 0].tolist()
         assert batched == expected, prompt
@@ -137,10 +138,14 @@ def test_the_mask_token_is_never_committed(tokenizer, remasking, temperature):
         with torch.no_grad():
             assert int(model(**batch).logits.argmax(-1).eq(mask_id).float().mean()) == 1  # it does prefer the mask
         out = model.generate(
-            **batch, steps_per_block=2, remasking=remasking, temperature=temperature, return_dict_in_generate=True,
+            **batch,
+            steps_per_block=2,
+            remasking=remasking,
+            temperature=temperature,
+            return_dict_in_generate=True,
             generator=torch.Generator().manual_seed(0),
         )
-        generated = out.sequences[:, batch["input_ids"].shape[1]:]
+        generated = out.sequences[:, batch["input_ids"].shape[1] :]
         assert mask_id not in generated[out.step_map >= 0].tolist()
         assert bool((out.step_map >= 0).any())
 
@@ -170,8 +175,13 @@ def test_llada_names_are_accepted(tokenizer):
 def test_num_return_sequences_gives_n_samples_per_prompt(tokenizer):
     model = patch_model(tiny_qwen3(), tokenizer, block_size=BLOCK, max_new_tokens=8)
     batch = tokenizer(["abc", "hello wor"], return_tensors="pt", padding=True)
-    out = model.generate(**batch, temperature=1.0, num_return_sequences=3, return_dict_in_generate=True,
-                         generator=torch.Generator().manual_seed(0))
+    out = model.generate(
+        **batch,
+        temperature=1.0,
+        num_return_sequences=3,
+        return_dict_in_generate=True,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert out.sequences.shape[0] == 6 and out.step_map.shape[0] == 6 and out.nfe.shape == (6,)
     width = batch["input_ids"].shape[1]
     for row in range(6):  # each prompt's samples stay together
@@ -196,8 +206,14 @@ def test_max_length_counts_the_prompt(tokenizer):
 def test_unsupported_generation_options_are_refused(tokenizer):
     model = patch_model(tiny_qwen3(), tokenizer, block_size=BLOCK, max_new_tokens=4)
     ids = torch.tensor([tokenizer("abc")["input_ids"]])
-    for option in ({"num_beams": 2}, {"repetition_penalty": 1.2}, {"output_scores": True}, {"min_new_tokens": 3},
-                   {"no_repeat_ngram_size": 2}, {"synced_gpus": True}):
+    for option in (
+        {"num_beams": 2},
+        {"repetition_penalty": 1.2},
+        {"output_scores": True},
+        {"min_new_tokens": 3},
+        {"no_repeat_ngram_size": 2},
+        {"synced_gpus": True},
+    ):
         with pytest.raises(ValueError, match=next(iter(option))):
             model.generate(ids, **option)
     model.generate(ids, num_beams=1, repetition_penalty=1.0, trust_remote_code=True)  # neutral values and the flag

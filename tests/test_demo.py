@@ -10,7 +10,14 @@ import pytest
 
 from t3d_trl.demo import TASKS, DemoConfig, run_demo
 from t3d_trl.demo.pipeline import build_tokenizer, markdown_table, summarise
-from t3d_trl.demo.tasks import PROMPT_LENGTH, evaluation_prompts, is_digit_sum, is_one_of, is_permutation, training_pairs
+from t3d_trl.demo.tasks import (
+    PROMPT_LENGTH,
+    evaluation_prompts,
+    is_digit_sum,
+    is_one_of,
+    is_permutation,
+    training_pairs,
+)
 
 
 def test_scorers_on_handmade_answers():
@@ -40,14 +47,18 @@ def test_generated_answers_are_valid_and_prompts_align_to_blocks(name):
 def test_summary_table_recomputes_averages_and_improvement():
     config = DemoConfig(tasks=("words", "sums"), eval_block_sizes=(4,), tokens_per_step=(1, 4))
     results = [
-        {"accuracy": {
-            "Teacher": {"B4-TokPS1": {"words": 100.0, "sums": 50.0}, "B4-TokPS4": {"words": 20.0, "sums": 0.0}},
-            "T3D": {"B4-TokPS1": {"words": 90.0, "sums": 50.0}, "B4-TokPS4": {"words": 60.0, "sums": 20.0}},
-        }},
-        {"accuracy": {
-            "Teacher": {"B4-TokPS1": {"words": 100.0, "sums": 70.0}, "B4-TokPS4": {"words": 40.0, "sums": 0.0}},
-            "T3D": {"B4-TokPS1": {"words": 100.0, "sums": 60.0}, "B4-TokPS4": {"words": 80.0, "sums": 20.0}},
-        }},
+        {
+            "accuracy": {
+                "Teacher": {"B4-TokPS1": {"words": 100.0, "sums": 50.0}, "B4-TokPS4": {"words": 20.0, "sums": 0.0}},
+                "T3D": {"B4-TokPS1": {"words": 90.0, "sums": 50.0}, "B4-TokPS4": {"words": 60.0, "sums": 20.0}},
+            }
+        },
+        {
+            "accuracy": {
+                "Teacher": {"B4-TokPS1": {"words": 100.0, "sums": 70.0}, "B4-TokPS4": {"words": 40.0, "sums": 0.0}},
+                "T3D": {"B4-TokPS1": {"words": 100.0, "sums": 60.0}, "B4-TokPS4": {"words": 80.0, "sums": 20.0}},
+            }
+        },
     ]
     summary = summarise(results, config)
     assert summary["averages"]["T3D"][4]["mean"] == pytest.approx(45.0)  # (40 + 50) / 2
@@ -59,9 +70,17 @@ def test_summary_table_recomputes_averages_and_improvement():
 
 def test_miniature_demo_runs_end_to_end(tmp_path):
     config = DemoConfig(
-        output_dir=str(tmp_path), tasks=("words", "perm"), hidden_size=32, num_layers=1, teacher_steps=12,
-        teacher_batch_size=16, rollouts_per_task=8, student_steps=11, student_batch_size=8,
-        eval_prompts_per_task=4, methods=("SFT", "T3D"),
+        output_dir=str(tmp_path),
+        tasks=("words", "perm"),
+        hidden_size=32,
+        num_layers=1,
+        teacher_steps=12,
+        teacher_batch_size=16,
+        rollouts_per_task=8,
+        student_steps=11,
+        student_batch_size=8,
+        eval_prompts_per_task=4,
+        methods=("SFT", "T3D"),
     )
     report = run_demo(config)
     for name in ("results.json", "results.md", "accuracy_vs_tokens_per_step.png"):

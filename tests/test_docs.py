@@ -71,7 +71,8 @@ def test_the_navigation_lists_every_page_and_only_pages_that_exist():
 def test_top_level_names_are_listed_where_they_are_defined():
     tree = ast.parse((PACKAGE / "__init__.py").read_text(encoding="utf-8"))
     exports = next(
-        ast.literal_eval(node.value) for node in tree.body
+        ast.literal_eval(node.value)
+        for node in tree.body
         if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == "_EXPORTS"
     )
     table = (DOCS / "reference" / "t3d_trl.md").read_text(encoding="utf-8")
@@ -79,9 +80,7 @@ def test_top_level_names_are_listed_where_they_are_defined():
         found = re.search(rf"\[`{name}`\]\[(?P<path>[\w.]+)\.{name}\]", table)
         assert found, f"docs/reference/t3d_trl.md does not list {name}"
         source = ROOT / (found["path"].replace(".", "/") + ".py")
-        defined = {
-            getattr(node, "name", None) for node in ast.parse(source.read_text(encoding="utf-8")).body
-        }
+        defined = {getattr(node, "name", None) for node in ast.parse(source.read_text(encoding="utf-8")).body}
         assert name in defined, f"docs/reference/t3d_trl.md links {name} to {found['path']}, which does not define it"
 
 

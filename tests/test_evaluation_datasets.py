@@ -13,7 +13,6 @@ from t3d_trl.evaluation import (
     math_equal,
 )
 
-
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 COLUMNS = {"id", "prompt", "reference", "scorer"}
 
@@ -138,8 +137,9 @@ def test_hub_code_path_is_called_with_hub_id(monkeypatch):
 
     calls.clear()
     monkeypatch.setattr(
-        datasets, "load_dataset", lambda *a, **k: calls.append((a, k)) or datasets.Dataset.from_list(
-            _read_jsonl("humaneval.jsonl"))
+        datasets,
+        "load_dataset",
+        lambda *a, **k: calls.append((a, k)) or datasets.Dataset.from_list(_read_jsonl("humaneval.jsonl")),
     )
     load_eval_dataset("openai_humaneval")
     assert calls == [(("openai/openai_humaneval",), {"split": "test"})]

@@ -72,8 +72,18 @@ def test_markdown_table(results):
     lines = md.strip().splitlines()
     assert lines[0] == "### GSM8K"
     header = lines[2]
-    for column in ("Setting", "Block", "Steps/Block", "Decoding", "Acc. (%)", "Tokens/s", "Latency (s)",
-                   "Avg. NFE", "Avg. Len", "Tokens/Fwd"):
+    for column in (
+        "Setting",
+        "Block",
+        "Steps/Block",
+        "Decoding",
+        "Acc. (%)",
+        "Tokens/s",
+        "Latency (s)",
+        "Avg. NFE",
+        "Avg. Len",
+        "Tokens/Fwd",
+    ):
         assert column in header
     assert lines[3].startswith("|---")
     rows = lines[4:]

@@ -20,7 +20,6 @@ from t3d_trl.evaluation import (
     read_json,
 )
 
-
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 SPECIALS = ["<pad>", "<eos>", "<mask>", "<unk>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (
@@ -139,8 +138,15 @@ def test_evaluate_few_step_metrics(model, tokenizer, gsm8k, tmp_path):
         {"block_size": 4, "steps_per_block": 4, "remasking": "low_confidence_dynamic", "confidence_threshold": 0.9},
     ]
     results = evaluate_few_step(
-        model, tokenizer, gsm8k, settings, batch_size=3, max_new_tokens=MAX_NEW_TOKENS,
-        output_dir=tmp_path / "out", progress=False, dataset_name="gsm8k",
+        model,
+        tokenizer,
+        gsm8k,
+        settings,
+        batch_size=3,
+        max_new_tokens=MAX_NEW_TOKENS,
+        output_dir=tmp_path / "out",
+        progress=False,
+        dataset_name="gsm8k",
     )
     assert model.eval_called
     assert [r.setting for r in results] == ["B4-S4-static", "B8-S2-static", "B4-S4-dynamic0.9"]
@@ -205,8 +211,13 @@ def test_evaluate_few_step_metrics(model, tokenizer, gsm8k, tmp_path):
 def test_per_sample_results_in_memory(model, tokenizer, gsm8k, tmp_path):
     """Without output_dir too: every problem's prompt, completion, reference, score, length and forwards."""
     results = evaluate_few_step(
-        model, tokenizer, gsm8k, [DecodingSetting(4, 2), DecodingSetting(8, 8)], batch_size=3,
-        max_new_tokens=MAX_NEW_TOKENS, progress=False,
+        model,
+        tokenizer,
+        gsm8k,
+        [DecodingSetting(4, 2), DecodingSetting(8, 8)],
+        batch_size=3,
+        max_new_tokens=MAX_NEW_TOKENS,
+        progress=False,
     )
     keys = ["Janet", "robe", "Josh", "James"]
     completions = [GSM8K_COMPLETIONS[k][0] for k in keys]
@@ -254,7 +265,9 @@ def test_code_dataset(tokenizer, monkeypatch):
     raw = [json.loads(line) for line in (FIXTURES / "humaneval.jsonl").read_text().splitlines()]
     completions = {
         # Correct: full function in a fenced block (List comes from the scorer's import header).
-        "has_close_elements": "```python\n" + raw[0]["prompt"].split("\n\n\n", 1)[1] + raw[0]["canonical_solution"]
+        "has_close_elements": "```python\n"
+        + raw[0]["prompt"].split("\n\n\n", 1)[1]
+        + raw[0]["canonical_solution"]
         + "```",
         # Wrong.
         "truncate_number": "```python\ndef truncate_number(number: float) -> float:\n    return number\n```",
@@ -269,16 +282,19 @@ def test_code_dataset(tokenizer, monkeypatch):
     assert model.calls == []  # refused before generating anything
 
     (result,) = evaluate_few_step(
-        model, tokenizer, ds, [{"block_size": 4, "steps_per_block": 1}], max_new_tokens=1024,
-        allow_code_execution=True, progress=False,
+        model,
+        tokenizer,
+        ds,
+        [{"block_size": 4, "steps_per_block": 1}],
+        max_new_tokens=1024,
+        allow_code_execution=True,
+        progress=False,
     )
     assert result.num_correct == 2 and result.num_samples == 3
 
 
 def test_scorer_override_and_default(model, tokenizer):
-    ds = datasets.Dataset.from_list(
-        [{"prompt": "Janet?", "reference": "18"}, {"prompt": "robe?", "reference": "3"}]
-    )
+    ds = datasets.Dataset.from_list([{"prompt": "Janet?", "reference": "18"}, {"prompt": "robe?", "reference": "3"}])
     (default,) = evaluate_few_step(model, tokenizer, ds, [DecodingSetting(4, 1)], progress=False)
     assert default.num_correct == 0  # exact_match against the whole completion
     (math_result,) = evaluate_few_step(model, tokenizer, ds, [DecodingSetting(4, 1)], progress=False, scorer="math")
@@ -335,7 +351,9 @@ def test_bad_inputs(model, tokenizer, gsm8k):
     with pytest.raises(TypeError, match="generate_kwargs must be a dict"):
         evaluate_few_step(model, tokenizer, gsm8k, setting, generate_kwargs=[("temperature", 0)], progress=False)
     with pytest.raises(ValueError, match=r"Row 1: the `reference` is missing \(None; 1 such row"):
-        no_reference = datasets.Dataset.from_list([{"prompt": "a", "reference": "x"}, {"prompt": "b", "reference": None}])
+        no_reference = datasets.Dataset.from_list(
+            [{"prompt": "a", "reference": "x"}, {"prompt": "b", "reference": None}]
+        )
         evaluate_few_step(model, tokenizer, no_reference, setting, progress=False)
     with pytest.raises(TypeError, match=r"has no generate\(\)"):
         evaluate_few_step(object(), tokenizer, gsm8k, setting, progress=False)

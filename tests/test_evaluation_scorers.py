@@ -23,7 +23,6 @@ from t3d_trl.evaluation import (
 )
 from t3d_trl.evaluation.execution import _user_task_count
 
-
 try:
     import resource
 except ImportError:  # Windows

@@ -56,7 +56,9 @@ def test_docstring_recipe_parses():
 def test_recipe_paper_parses_to_the_official_settings():
     """`--recipe paper` reads examples/configs/sdar_t3d_paper.yaml: the official code's settings, flags still override."""
     module = runpy.run_path(str(EXAMPLE), run_name="sdar_example")
-    argv = module["with_recipe"](["--recipe", "paper", "--use_cpu", "--bf16", "false", "--tf32", "false", "--seed", "3"])
+    argv = module["with_recipe"](
+        ["--recipe", "paper", "--use_cpu", "--bf16", "false", "--tf32", "false", "--seed", "3"]
+    )
     script_args, model_args, _, training_args = module["make_parser"]().parse_args_and_config(argv)
     assert model_args.model_name_or_path == "JetLM/SDAR-4B-Chat"
     assert (script_args.rollout_block_size, script_args.rollout_steps_per_block) == (4, 4)

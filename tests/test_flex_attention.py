@@ -12,7 +12,6 @@ own ``create_block_mask`` and element by element, and the compiled kernel that s
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from datasets import Dataset
@@ -67,8 +66,9 @@ def test_layout_block_mask_is_the_dense_rule_and_torch_create_block_mask(tmp_pat
     block, stream, valid = batch["block_ids"], batch["stream_ids"], batch["valid"]
     length = block.shape[1]
     dense = masks.layout_attention_mask(block, stream, block, stream, valid, query_valid=valid)[:, 0]
-    expected = create_block_mask(lambda b, h, q, k: dense[b, q, k], B=len(block), H=None, Q_LEN=length,
-                                 KV_LEN=length, device="cpu")
+    expected = create_block_mask(
+        lambda b, h, q, k: dense[b, q, k], B=len(block), H=None, Q_LEN=length, KV_LEN=length, device="cpu"
+    )
     # bands of 16 query rows: several bands, each far smaller than the N x N mask
     monkeypatch.setattr(masks, "BLOCK_MASK_CHUNK_ELEMENTS", len(block) * length * 16)
     for tile_size in (16, 128):
@@ -80,8 +80,10 @@ def test_layout_block_mask_is_the_dense_rule_and_torch_create_block_mask(tmp_pat
         # tile by tile: empty tiles are masked out, full tiles kept, partial tiles follow mask_mod
         tiles = -(-length // tile_size)
         kinds = torch.zeros(len(block), tiles, tiles, dtype=torch.long)  # 0 empty, 1 partial, 2 full
-        for kind, num, index in ((1, ours.kv_num_blocks, ours.kv_indices),
-                                 (2, ours.full_kv_num_blocks, ours.full_kv_indices)):
+        for kind, num, index in (
+            (1, ours.kv_num_blocks, ours.kv_indices),
+            (2, ours.full_kv_num_blocks, ours.full_kv_indices),
+        ):
             for b in range(len(block)):
                 for q in range(tiles):
                     kinds[b, q, index[b, 0, q, : num[b, 0, q]].long()] = kind

@@ -24,7 +24,6 @@ import t3d_trl.models.sdar
 from t3d_trl import DiffusionGenerationConfig, patch_model
 from t3d_trl.generation import num_transfer_tokens
 from t3d_trl.generation.remasking import get_remasking_strategy
-
 from t3d_trl.testing import tiny_qwen3, tiny_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -158,7 +157,10 @@ def test_dynamic_decoding_step_map(model, tokenizer):
     assert everything.nfe.item() == 4  # threshold 0: every position of a block in one step
     static = model.generate(ids, steps_per_block=2, return_dict_in_generate=True)
     strict = model.generate(
-        ids, steps_per_block=2, remasking="low_confidence_dynamic", confidence_threshold=1.0,
+        ids,
+        steps_per_block=2,
+        remasking="low_confidence_dynamic",
+        confidence_threshold=1.0,
         return_dict_in_generate=True,
     )
     assert torch.equal(strict.sequences, static.sequences)  # nothing above 1.0: the static schedule
@@ -233,7 +235,9 @@ def test_eos_ends_sequences_and_frees_rows(model, tokenizer):
             blocks_used = -(-(end + tail) // 4)
             assert out.nfe[row] == 2 * blocks_used - (1 if tail >= 3 else 0)  # no forwards after the EOS block
             assert out.nfe[row] < free.nfe[row]
-        alone = model.generate(**tokenizer([prompt], return_tensors="pt"), steps_per_block=2, max_new_tokens=24, eos_token_id=eos)
+        alone = model.generate(
+            **tokenizer([prompt], return_tensors="pt"), steps_per_block=2, max_new_tokens=24, eos_token_id=eos
+        )
         n = alone.shape[1] - len(tokenizer(prompt)["input_ids"])
         assert generated[row, :n].tolist() == alone[0, -n:].tolist()
 
@@ -319,7 +323,9 @@ def test_custom_generate_matches_mixin(tmp_path, tokenizer):
     expected = model.generate(**batch, return_dict_in_generate=True)
     unpatched = Qwen3ForCausalLM.from_pretrained(tmp_path, dtype=torch.float64)  # a concrete class: no load hook
     assert not isinstance(unpatched, t3d_trl.FewStepDiffusionGenerationMixin)
-    out = unpatched.generate(**batch, custom_generate=str(tmp_path), trust_remote_code=True, return_dict_in_generate=True)
+    out = unpatched.generate(
+        **batch, custom_generate=str(tmp_path), trust_remote_code=True, return_dict_in_generate=True
+    )
     assert torch.equal(out.sequences, expected.sequences) and torch.equal(out.step_map, expected.step_map)
     auto = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float64, trust_remote_code=True)
     assert torch.equal(auto.generate(**batch, steps_per_block=4), model.generate(**batch, steps_per_block=4))
@@ -373,8 +379,12 @@ def test_sdar_remote_code_store_kv_interface(tmp_path, tokenizer):
 def _tiny_bert(tokenizer):
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=128,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
     )
     return BertForMaskedLM(config).double().eval()
 
@@ -391,7 +401,10 @@ def test_bidirectional_mask_predictor(tmp_path, tokenizer):
         assert out.sequences[row, width : width + n].tolist() == alone.sequences[0, -n:].tolist()
     model.save_pretrained(tmp_path)
     loaded = patch_model(AutoModelForMaskedLM.from_pretrained(tmp_path, dtype=torch.float64))
-    assert loaded.generation_config.steps_per_block == 2 and loaded.generation_config.mask_token_id == tokenizer.mask_token_id
+    assert (
+        loaded.generation_config.steps_per_block == 2
+        and loaded.generation_config.mask_token_id == tokenizer.mask_token_id
+    )
     assert torch.equal(loaded.generate(**batch), out.sequences)
 
 

@@ -48,8 +48,12 @@ def test_train_save_and_decode_in_few_steps_with_and_without_t3d_trl(tmp_path):
     tokenizer = tiny_tokenizer()
     rows = Dataset.from_list(rollout_rows(tiny_qwen3(dtype=torch.float32), tokenizer, PROMPTS))
     output = tmp_path / "student"
-    trainer = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=tiny_t3d_config(output, max_steps=2),
-                         train_dataset=rows, processing_class=tokenizer)
+    trainer = T3DTrainer(
+        tiny_qwen3(dtype=torch.float32),
+        args=tiny_t3d_config(output, max_steps=2),
+        train_dataset=rows,
+        processing_class=tokenizer,
+    )
     trainer.train()
     trainer.save_model()
     assert (output / "custom_generate" / "generate.py").is_file()
@@ -70,7 +74,10 @@ def test_train_save_and_decode_in_few_steps_with_and_without_t3d_trl(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run(
         [sys.executable, "-c", FRESH_PROCESS, str(output), json.dumps(PROMPTS)],
-        capture_output=True, text=True, timeout=300, env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])

@@ -149,9 +149,7 @@ def test_ddo_loss_hand_values() -> None:
 def test_ddo_loss_at_reference(beta: float, alpha: float) -> None:
     real_logps = torch.tensor([-3.0, -0.2, -50.0])
     fake_logps = torch.tensor([-1.0, -7.0, -0.01])
-    loss, real, fake = ddo_loss(
-        real_logps, fake_logps, real_logps.clone(), fake_logps.clone(), beta, alpha
-    )
+    loss, real, fake = ddo_loss(real_logps, fake_logps, real_logps.clone(), fake_logps.clone(), beta, alpha)
     _close(real, [LOG2] * 3)
     _close(fake, [alpha * LOG2] * 3)
     _close(loss, [(1 + alpha) * LOG2] * 3)
@@ -231,9 +229,7 @@ def test_path_loss_empty_mask_and_zero_weight() -> None:
 
 @pytest.mark.parametrize("loss_fn", [td_loss, sft_loss])
 def test_td_and_sft_hand_values(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
-    token_logps = torch.tensor(
-        [[-1.0, -2.0, -6.0], [-0.5, -9.0, -1.0], [-1.0, -1.0, -1.0]], requires_grad=True
-    )
+    token_logps = torch.tensor([[-1.0, -2.0, -6.0], [-0.5, -9.0, -1.0], [-1.0, -1.0, -1.0]], requires_grad=True)
     mask = torch.tensor([[True, True, True], [True, False, False], [False, False, False]])
     out = loss_fn(token_logps, mask)
     _close(out.detach(), [3.0, 0.5, 0.0])

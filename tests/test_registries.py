@@ -11,8 +11,8 @@ from datasets import Dataset
 
 from t3d_trl import DataCollatorForTrajectory, T3DTrainer, patch_model
 from t3d_trl.evaluation import EvalDatasetSpec, evaluate_few_step, load_eval_dataset, register_eval_dataset
-from t3d_trl.evaluation.datasets import EVAL_DATASETS, _ALIASES
-from t3d_trl.generation.remasking import REMASKING, RemaskingStrategy, register_remasking, top_k_commit
+from t3d_trl.evaluation.datasets import _ALIASES, EVAL_DATASETS
+from t3d_trl.generation.remasking import REMASKING, RemaskingStrategy, register_remasking
 from t3d_trl.models.families import FAMILIES, BlockCausalFamily, register_family
 from t3d_trl.objectives import OBJECTIVES, ObjectiveInputs, register_objective, student_request
 from t3d_trl.testing import rollout_rows, tiny_qwen3, tiny_t3d_config, tiny_tokenizer
@@ -60,8 +60,15 @@ def registered():
     register_objective("summed_td", summed_td)
     register_remasking(SequentialAboveFloor)
     register_eval_dataset(
-        EvalDatasetSpec("toy_copy", "nobody/toy-copy", None, "test", "exact_match", "Copy: {question}",
-                        lambda row, template, index: (f"toy/{index}", template.replace("{question}", row["q"]), row["a"])),
+        EvalDatasetSpec(
+            "toy_copy",
+            "nobody/toy-copy",
+            None,
+            "test",
+            "exact_match",
+            "Copy: {question}",
+            lambda row, template, index: (f"toy/{index}", template.replace("{question}", row["q"]), row["a"]),
+        ),
         aliases=("toy copy",),
     )
     yield
@@ -82,17 +89,21 @@ def test_a_new_family_decodes_and_trains(registered, tmp_path):
     for row, prompt in enumerate(["abc", "hello wor"]):  # blocks start at each row's first generated token
         alone = model.generate(**tokenizer([prompt], return_tensors="pt"), return_dict_in_generate=True)
         assert out.step_map[row, : alone.step_map.shape[1]].tolist() == alone.step_map[0].tolist()
-    collator = DataCollatorForTrajectory(mask_token_id=2, pad_token_id=0, eos_token_id=1, block_size=4,
-                                         family="toy_response_grid")
+    collator = DataCollatorForTrajectory(
+        mask_token_id=2, pad_token_id=0, eos_token_id=1, block_size=4, family="toy_response_grid"
+    )
     assert collator.grid == "response"
 
 
 def test_a_new_objective_trains(registered, tmp_path):
     tokenizer = tiny_tokenizer()
     rows = Dataset.from_list(rollout_rows(tiny_qwen3(dtype=torch.float32), tokenizer, ["abc", "xyz"]))
-    trainer = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=tiny_t3d_config(tmp_path, loss_type=["summed_td"],
-                                                                              max_steps=2),
-                         train_dataset=rows, processing_class=tokenizer)
+    trainer = T3DTrainer(
+        tiny_qwen3(dtype=torch.float32),
+        args=tiny_t3d_config(tmp_path, loss_type=["summed_td"], max_steps=2),
+        train_dataset=rows,
+        processing_class=tokenizer,
+    )
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert "loss/summed_td" in logs[0] and trainer.ref_model is None
@@ -111,11 +122,13 @@ def test_a_new_remasking_strategy_with_a_parameter(registered):
     model = patch_model(tiny_qwen3(), tokenizer, block_size=4, max_new_tokens=8)
     ids = torch.tensor([tokenizer("abcdefgh")["input_ids"]])
     sequential = model.generate(ids, steps_per_block=4, remasking="sequential", return_dict_in_generate=True)
-    floor_one = model.generate(ids, steps_per_block=4, remasking="toy_sequential_floor", confidence_floor=1.0,
-                               return_dict_in_generate=True)
+    floor_one = model.generate(
+        ids, steps_per_block=4, remasking="toy_sequential_floor", confidence_floor=1.0, return_dict_in_generate=True
+    )
     assert torch.equal(floor_one.step_map, sequential.step_map)  # nothing above 1.0: plain left to right
-    floor_zero = model.generate(ids, steps_per_block=4, remasking="toy_sequential_floor", confidence_floor=0.0,
-                                return_dict_in_generate=True)
+    floor_zero = model.generate(
+        ids, steps_per_block=4, remasking="toy_sequential_floor", confidence_floor=0.0, return_dict_in_generate=True
+    )
     assert int(floor_zero.nfe) == 2  # everything above 0.0: one step per block
     with pytest.raises(ValueError, match="confidence_floor"):
         model.generate(ids, remasking="toy_sequential_floor", confidence_floor=2.0)
@@ -128,8 +141,9 @@ def test_a_new_evaluation_set(registered, tmp_path):
     assert dataset["prompt"] == ["Copy: ab", "Copy: cd"] and dataset["scorer"] == ["exact_match"] * 2
     tokenizer = tiny_tokenizer()
     model = patch_model(tiny_qwen3(), tokenizer, block_size=4)
-    results = evaluate_few_step(model, tokenizer, dataset, [{"block_size": 4, "steps_per_block": 2}],
-                                max_new_tokens=4, progress=False)
+    results = evaluate_few_step(
+        model, tokenizer, dataset, [{"block_size": 4, "steps_per_block": 2}], max_new_tokens=4, progress=False
+    )
     assert results[0].num_samples == 2
     with pytest.raises(ValueError, match="already registered"):
         register_eval_dataset(EVAL_DATASETS["toy_copy"])

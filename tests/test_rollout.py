@@ -76,7 +76,9 @@ def interrupted_rollout(out: Path, dataset: Dataset, batches_done: int, settings
     model, tokenizer = teacher()
     GenerateSpy(model, crash_after=batches_done)
     with pytest.raises(KeyboardInterrupt):
-        generate_trajectories(model, tokenizer, dataset, settings, batch_size=2, output_dir=out, progress=False, **kwargs)
+        generate_trajectories(
+            model, tokenizer, dataset, settings, batch_size=2, output_dir=out, progress=False, **kwargs
+        )
     assert len(list((out / "shards").glob("batch*.jsonl"))) == batches_done
 
 
@@ -330,13 +332,27 @@ def test_resume_with_samples(tmp_path, text_dataset):
     model, tokenizer = teacher()
     spy = GenerateSpy(model)
     resumed = generate_trajectories(
-        model, tokenizer, text_dataset, SAMPLED, batch_size=2, num_generations=2, seed=4, output_dir=out,
+        model,
+        tokenizer,
+        text_dataset,
+        SAMPLED,
+        batch_size=2,
+        num_generations=2,
+        seed=4,
+        output_dir=out,
         progress=False,
     )
     assert spy.calls == 2 and rollout_rows(resumed) == rollout_rows(uninterrupted)
     with pytest.raises(ValueError, match="other settings.*num_generations: 2 -> 3"):
         generate_trajectories(
-            model, tokenizer, text_dataset, SAMPLED, batch_size=2, num_generations=3, seed=4, output_dir=out,
+            model,
+            tokenizer,
+            text_dataset,
+            SAMPLED,
+            batch_size=2,
+            num_generations=3,
+            seed=4,
+            output_dir=out,
             progress=False,
         )
 
@@ -360,8 +376,11 @@ def test_resume_refuses_other_weights(tmp_path, reference, text_dataset):
     with torch.no_grad():
         model.model.layers[0].self_attn.q_proj.weight[0, 0] += 1e-6  # same name, config and dtype
     spy = GenerateSpy(model)
-    with pytest.raises(ValueError, match=r"the teacher's weights are not those of the interrupted run.*"
-                                         r"model_weights_sha256: '[0-9a-f]{64}' -> '[0-9a-f]{64}'.*delete .* to start over"):
+    with pytest.raises(
+        ValueError,
+        match=r"the teacher's weights are not those of the interrupted run.*"
+        r"model_weights_sha256: '[0-9a-f]{64}' -> '[0-9a-f]{64}'.*delete .* to start over",
+    ):
         generate_trajectories(model, tokenizer, text_dataset, GEN, batch_size=2, output_dir=out, progress=False)
     assert spy.calls == 0 and not (out / "done").exists()
 
@@ -430,8 +449,11 @@ def test_a_shard_of_no_batch_and_a_damaged_record_are_named(tmp_path, text_datas
     stray = out / "shards" / "batch000009.jsonl"
     stray.write_text("")
     model, tokenizer = teacher()
-    with pytest.raises(ValueError, match=rf"Shard {stray} is damaged: this rollout has 4 batches, so there is no "
-                                         "batch 9. Delete it"):
+    with pytest.raises(
+        ValueError,
+        match=rf"Shard {stray} is damaged: this rollout has 4 batches, so there is no "
+        "batch 9. Delete it",
+    ):
         generate_trajectories(model, tokenizer, text_dataset, GEN, batch_size=2, output_dir=out, progress=False)
     stray.unlink()
     (out / "rollout_config.json").write_text('{"fingerprint": ')
@@ -551,8 +573,11 @@ def test_prompt_ids_outside_the_vocabulary_are_refused(text_dataset):
     model, tokenizer = teacher(vocab_size=40)
     spy = GenerateSpy(model)
     assert tokenizer.convert_tokens_to_ids(" ") == 40
-    with pytest.raises(ValueError, match=r"Row 1: the prompt has the token id 4\d, outside the teacher's vocabulary "
-                                         r"of 40 embeddings \(ids 0 to 39\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"Row 1: the prompt has the token id 4\d, outside the teacher's vocabulary "
+        r"of 40 embeddings \(ids 0 to 39\)",
+    ):
         generate_trajectories(model, tokenizer, text_dataset, GEN, progress=False)
     with pytest.raises(ValueError, match=r"mask_token_id 45 is outside the teacher's vocabulary of 40"):
         generate_trajectories(model, tokenizer, [{"prompt": "abc"}], {**GEN, "mask_token_id": 45}, progress=False)
@@ -587,8 +612,14 @@ def test_two_process_rollout_equals_one_process(tmp_path):
     )
     for name, settings, seed, samples in runs:
         single = generate_trajectories(
-            model, tokenizer, dataset, settings, batch_size=rollout_2proc.BATCH_SIZE, seed=seed,
-            num_generations=samples, progress=False,
+            model,
+            tokenizer,
+            dataset,
+            settings,
+            batch_size=rollout_2proc.BATCH_SIZE,
+            seed=seed,
+            num_generations=samples,
+            progress=False,
         ).to_list()
         assert len(single) == len(dataset) * samples
         for rank in (0, 1):  # every process returns the whole dataset, identical to a 1-process run

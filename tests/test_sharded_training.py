@@ -32,9 +32,21 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "TOKENIZER
 def run_script(output_dir: Path, per_device_batch_size: int, launch: list[str] | None = None) -> dict:
     command = [sys.executable, str(SCRIPT), str(output_dir), str(per_device_batch_size)]
     if launch is not None:  # the module, not the `accelerate` script: it may live in another environment's bin/
-        command = [sys.executable, "-m", "accelerate.commands.launch", *launch, "--num_processes", "2",
-                   "--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no",
-                   *command[1:]]
+        command = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            *launch,
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            str(free_port()),
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            *command[1:],
+        ]
     done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads((output_dir / "result.json").read_text())
@@ -75,8 +87,10 @@ def test_fsdp2_two_processes_give_the_one_process_losses_and_refresh_the_sharded
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
-                    reason="deepspeed is not installed (pip install deepspeed, or the dev extras on Linux)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None,
+    reason="deepspeed is not installed (pip install deepspeed, or the dev extras on Linux)",
+)
 def test_zero3_two_processes_give_the_one_process_losses_and_refresh_the_sharded_reference(tmp_path, one_process):
     sharded = run_script(tmp_path, 4, ["--config_file", str(CONFIGS / "deepspeed_zero3.yaml")])
     assert sharded["distributed_type"] == "DistributedType.DEEPSPEED"

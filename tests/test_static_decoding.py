@@ -107,7 +107,10 @@ def test_every_forward_after_the_prefill_runs_one_compiled_graph(tokenizer, batc
         settings = {"steps_per_block": steps, "max_new_tokens": 23, "eos_token_id": None}
         expected = model.generate(**batch, return_dict_in_generate=True, **settings)
         got = model.generate(
-            **batch, return_dict_in_generate=True, cache_implementation="static", compile_config=compile_config,
+            **batch,
+            return_dict_in_generate=True,
+            cache_implementation="static",
+            compile_config=compile_config,
             **settings,
         )
         _assert_same_decoding(got, expected)
@@ -125,7 +128,10 @@ def test_inductor_compiled_static_decoding_equals_dynamic(tokenizer, batch):
     for steps in (1, 2, 4):
         expected = model.generate(**batch, steps_per_block=steps, return_dict_in_generate=True)
         got = model.generate(
-            **batch, steps_per_block=steps, return_dict_in_generate=True, cache_implementation="static",
+            **batch,
+            steps_per_block=steps,
+            return_dict_in_generate=True,
+            cache_implementation="static",
             compile_config=CompileConfig(fullgraph=True),
         )
         _assert_same_decoding(got, expected)
@@ -215,6 +221,8 @@ def test_static_decoding_with_cuda_graphs(tokenizer, batch):
     before = counters["stats"]["unique_graphs"]
     for steps in (1, 2, 4, 2):
         expected = model.generate(**batch, steps_per_block=steps, return_dict_in_generate=True)
-        got = model.generate(**batch, steps_per_block=steps, return_dict_in_generate=True, cache_implementation="static")
+        got = model.generate(
+            **batch, steps_per_block=steps, return_dict_in_generate=True, cache_implementation="static"
+        )
         _assert_same_decoding(got, expected)
     assert counters["stats"]["unique_graphs"] - before == 1

@@ -70,8 +70,12 @@ def test_trainer_loss_and_gradients_do_not_depend_on_the_chunking(tmp_path, loss
     results = []
     for chunk in (0, 2):
         args = tiny_t3d_config(tmp_path / str(chunk), loss_type=loss_type, logits_chunk_size=chunk, max_steps=1)
-        trainer = T3DTrainer(tiny_qwen3(dtype=torch.float64), args=args, train_dataset=Dataset.from_list(rows),
-                             processing_class=tokenizer)
+        trainer = T3DTrainer(
+            tiny_qwen3(dtype=torch.float64),
+            args=args,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+        )
         batch = trainer.data_collator([dict(r, example_index=i) for i, r in enumerate(trainer.train_dataset)])
         model = trainer.model.train()
         loss = trainer.compute_loss(model, batch)
@@ -86,9 +90,15 @@ def test_models_that_post_process_logits_use_the_whole_logits():
     model = tiny_qwen3(dtype=torch.float64)
     model.config.final_logit_softcapping = 30.0  # e.g. Gemma: the head's output is not the logits
     family = get_family(model)
-    batch = {"input_ids": torch.randint(4, 48, (1, 6)), "attention_mask": None, "logits_to_keep": 3,
-             "block_ids": torch.zeros(1, 6, dtype=torch.long), "stream_ids": torch.zeros(1, 6, dtype=torch.long),
-             "valid": torch.ones(1, 6, dtype=torch.bool), "position_ids": torch.arange(6)[None]}
+    batch = {
+        "input_ids": torch.randint(4, 48, (1, 6)),
+        "attention_mask": None,
+        "logits_to_keep": 3,
+        "block_ids": torch.zeros(1, 6, dtype=torch.long),
+        "stream_ids": torch.zeros(1, 6, dtype=torch.long),
+        "valid": torch.ones(1, 6, dtype=torch.bool),
+        "position_ids": torch.arange(6)[None],
+    }
     seen = []
     model.get_output_embeddings().register_forward_hook(lambda module, args, output: seen.append(output.shape))
     family.training_forward(model, batch, statistics=_request(torch.zeros(1, 3, dtype=torch.long)), chunk_size=2)

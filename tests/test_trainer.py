@@ -15,7 +15,6 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from t3d_trl import T3DTrainer, patch_model
-
 from t3d_trl.testing import free_port, rollout_rows, tiny_qwen3, tiny_t3d_config, tiny_tokenizer
 
 PROMPTS = ["abc", "hello wor", "what is 2+3?", "abcdefgh", "xyz", "12+34=", "k", "the cat"]
@@ -49,7 +48,9 @@ class RecordParameters(TrainerCallback):
 
 def test_ddo_is_log_two_at_every_refresh(tmp_path, tokenizer, trajectories):
     args = tiny_t3d_config(tmp_path, max_steps=7, ref_model_sync_steps=3)
-    trainer = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=args, train_dataset=trajectories, processing_class=tokenizer)
+    trainer = T3DTrainer(
+        tiny_qwen3(dtype=torch.float32), args=args, train_dataset=trajectories, processing_class=tokenizer
+    )
     trainer.train()
     logs = step_logs(trainer)
     for log in logs:
@@ -60,13 +61,24 @@ def test_ddo_is_log_two_at_every_refresh(tmp_path, tokenizer, trajectories):
             assert log["margins/real"] == pytest.approx(0.0, abs=1e-6)
         else:
             assert abs(log["margins/real"]) > 1e-6
-    assert {"loss/ddo", "loss/path", "logps/real", "logps/fake", "ref_logps/real", "ref_logps/fake", "margins/fake",
-            "token_accuracy", "mask_ratio"} <= set(logs[0])
+    assert {
+        "loss/ddo",
+        "loss/path",
+        "logps/real",
+        "logps/fake",
+        "ref_logps/real",
+        "ref_logps/fake",
+        "margins/fake",
+        "token_accuracy",
+        "mask_ratio",
+    } <= set(logs[0])
 
 
 def test_reference_changes_only_at_sync_steps_and_gets_no_gradient(tmp_path, tokenizer, trajectories):
     args = tiny_t3d_config(tmp_path, max_steps=7, ref_model_sync_steps=3)
-    trainer = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=args, train_dataset=trajectories, processing_class=tokenizer)
+    trainer = T3DTrainer(
+        tiny_qwen3(dtype=torch.float32), args=args, train_dataset=trajectories, processing_class=tokenizer
+    )
     previous = [p.detach().clone() for p in trainer.ref_model.parameters()]
     reference = RecordParameters(lambda: trainer.ref_model.parameters())
     student = RecordParameters(lambda: trainer.model.parameters())
@@ -87,9 +99,10 @@ def test_training_raises_one_step_accuracy_on_training_prompts(tmp_path, tokeniz
         patch_model(model, tokenizer, block_size=4)
         hits = total = 0
         for row in trajectories:
-            out = model.generate(torch.tensor([row["prompt_ids"]]), steps_per_block=1, max_new_tokens=12,
-                                 return_dict_in_generate=True)
-            generated = out.sequences[0, len(row["prompt_ids"]):].tolist()
+            out = model.generate(
+                torch.tensor([row["prompt_ids"]]), steps_per_block=1, max_new_tokens=12, return_dict_in_generate=True
+            )
+            generated = out.sequences[0, len(row["prompt_ids"]) :].tolist()
             target = row["completion_ids"]
             n = min(len(generated), len(target))
             hits += sum(a == b for a, b in zip(generated[:n], target[:n]))
@@ -98,7 +111,9 @@ def test_training_raises_one_step_accuracy_on_training_prompts(tmp_path, tokeniz
 
     student = tiny_qwen3(dtype=torch.float32)
     before = one_step_agreement(student)
-    args = tiny_t3d_config(tmp_path, max_steps=60, learning_rate=1e-2, ref_model_sync_steps=10, per_device_train_batch_size=8)
+    args = tiny_t3d_config(
+        tmp_path, max_steps=60, learning_rate=1e-2, ref_model_sync_steps=10, per_device_train_batch_size=8
+    )
     trainer = T3DTrainer(student, args=args, train_dataset=trajectories, processing_class=tokenizer)
     trainer.train()
     logs = step_logs(trainer)
@@ -112,7 +127,9 @@ def test_training_raises_one_step_accuracy_on_training_prompts(tmp_path, tokeniz
 @pytest.mark.parametrize("loss_type", [["td"], ["sft"], ["dparallel"], ["path"]])
 def test_baseline_objectives_train_without_reference(tmp_path, tokenizer, trajectories, loss_type):
     args = tiny_t3d_config(tmp_path, loss_type=loss_type, max_steps=3)
-    trainer = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=args, train_dataset=trajectories, processing_class=tokenizer)
+    trainer = T3DTrainer(
+        tiny_qwen3(dtype=torch.float32), args=args, train_dataset=trajectories, processing_class=tokenizer
+    )
     assert trainer.ref_model is None and trainer.sync_callback is None
     trainer.train()
     logs = step_logs(trainer)
@@ -128,7 +145,9 @@ def test_lora_changes_only_adapter_weights_and_syncs_ref_adapter(tmp_path, token
     base_before = {k: v.clone() for k, v in model.state_dict().items()}
     args = tiny_t3d_config(tmp_path, max_steps=5, ref_model_sync_steps=2)
     peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights="gaussian")
-    trainer = T3DTrainer(model, args=args, train_dataset=trajectories, processing_class=tokenizer, peft_config=peft_config)
+    trainer = T3DTrainer(
+        model, args=args, train_dataset=trajectories, processing_class=tokenizer, peft_config=peft_config
+    )
     peft_model = trainer.model
     ref_params = lambda: [p for n, p in sorted(peft_model.named_parameters()) if ".ref." in n]  # noqa: E731
     assert ref_params() and all(not p.requires_grad for p in ref_params())
@@ -158,8 +177,13 @@ def test_lora_save_adapter_and_merged(tmp_path, tokenizer, trajectories):
     for merged in (False, True):
         out = tmp_path / ("merged" if merged else "adapter")
         args = tiny_t3d_config(out, max_steps=2, save_merged_model=merged)
-        trainer = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=args, train_dataset=trajectories,
-                             processing_class=tokenizer, peft_config=peft_config)
+        trainer = T3DTrainer(
+            tiny_qwen3(dtype=torch.float32),
+            args=args,
+            train_dataset=trajectories,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+        )
         trainer.train()
         trainer.save_model()
         files = set(os.listdir(out))
@@ -175,7 +199,9 @@ def test_lora_save_adapter_and_merged(tmp_path, tokenizer, trajectories):
 
 def test_save_model_writes_card_and_generation_config(tmp_path, tokenizer, trajectories):
     args = tiny_t3d_config(tmp_path, max_steps=1, block_size=8)
-    trainer = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=args, train_dataset=trajectories, processing_class=tokenizer)
+    trainer = T3DTrainer(
+        tiny_qwen3(dtype=torch.float32), args=args, train_dataset=trajectories, processing_class=tokenizer
+    )
     trainer.train()
     trainer.save_model()
     card = (tmp_path / "README.md").read_text()
@@ -188,11 +214,19 @@ def test_save_model_writes_card_and_generation_config(tmp_path, tokenizer, traje
 
 def test_precomputed_reference_matches_live_reference(tmp_path, tokenizer, trajectories):
     common = dict(max_steps=3, sync_ref_model=False)
-    live = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=tiny_t3d_config(tmp_path / "a", **common),
-                      train_dataset=trajectories, processing_class=tokenizer)
+    live = T3DTrainer(
+        tiny_qwen3(dtype=torch.float32),
+        args=tiny_t3d_config(tmp_path / "a", **common),
+        train_dataset=trajectories,
+        processing_class=tokenizer,
+    )
     live.train()
-    pre = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=tiny_t3d_config(tmp_path / "b", precompute_ref_log_probs=True, **common),
-                     train_dataset=trajectories, processing_class=tokenizer)
+    pre = T3DTrainer(
+        tiny_qwen3(dtype=torch.float32),
+        args=tiny_t3d_config(tmp_path / "b", precompute_ref_log_probs=True, **common),
+        train_dataset=trajectories,
+        processing_class=tokenizer,
+    )
     assert pre.ref_model is None and "ref_real_logps" in pre.train_dataset.column_names
     pre.train()
     for a, b in zip(step_logs(live), step_logs(pre)):
@@ -204,8 +238,9 @@ def test_precomputed_reference_with_different_completion_lengths(tmp_path, token
     cut = trajectories.map(
         lambda row, index: {k: row[k][: 3 + index % 3 * 4] for k in ("completion_ids", "step_map")}, with_indices=True
     )
-    args = tiny_t3d_config(tmp_path, max_steps=2, sync_ref_model=False, precompute_ref_log_probs=True,
-                     per_device_train_batch_size=3)
+    args = tiny_t3d_config(
+        tmp_path, max_steps=2, sync_ref_model=False, precompute_ref_log_probs=True, per_device_train_batch_size=3
+    )
     trainer = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=args, train_dataset=cut, processing_class=tokenizer)
     noisy_lengths = [len(row["ref_fake_tokens"]) for row in trainer.train_dataset]
     prompt_tails = [len(row["prompt_ids"]) % 4 for row in trainer.train_dataset]
@@ -219,9 +254,14 @@ def test_peft_with_a_separate_reference_is_refused(tmp_path, tokenizer, trajecto
     from peft import LoraConfig
 
     with pytest.raises(ValueError, match="ref_model=None"):
-        T3DTrainer(tiny_qwen3(dtype=torch.float32), ref_model=tiny_qwen3(seed=1, dtype=torch.float32),
-                   args=tiny_t3d_config(tmp_path), train_dataset=trajectories, processing_class=tokenizer,
-                   peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+        T3DTrainer(
+            tiny_qwen3(dtype=torch.float32),
+            ref_model=tiny_qwen3(seed=1, dtype=torch.float32),
+            args=tiny_t3d_config(tmp_path),
+            train_dataset=trajectories,
+            processing_class=tokenizer,
+            peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
+        )
 
 
 def test_precompute_with_sync_is_refused(tmp_path):
@@ -237,11 +277,21 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path, tokenizer, trajector
 
     peft_config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights="gaussian") if lora else None
     common = dict(max_steps=8, ref_model_sync_steps=3, save_strategy="steps", save_steps=4)
-    full = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=tiny_t3d_config(tmp_path / "full", **common),
-                      train_dataset=trajectories, processing_class=tokenizer, peft_config=peft_config)
+    full = T3DTrainer(
+        tiny_qwen3(dtype=torch.float32),
+        args=tiny_t3d_config(tmp_path / "full", **common),
+        train_dataset=trajectories,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
     full.train()
-    first = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=tiny_t3d_config(tmp_path / "cut", **common),
-                       train_dataset=trajectories, processing_class=tokenizer, peft_config=peft_config)
+    first = T3DTrainer(
+        tiny_qwen3(dtype=torch.float32),
+        args=tiny_t3d_config(tmp_path / "cut", **common),
+        train_dataset=trajectories,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
 
     class Interrupt(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -251,8 +301,13 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path, tokenizer, trajector
     first.add_callback(Interrupt())
     with pytest.raises(KeyboardInterrupt):
         first.train()
-    resumed = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=tiny_t3d_config(tmp_path / "cut", **common),
-                         train_dataset=trajectories, processing_class=tokenizer, peft_config=peft_config)
+    resumed = T3DTrainer(
+        tiny_qwen3(dtype=torch.float32),
+        args=tiny_t3d_config(tmp_path / "cut", **common),
+        train_dataset=trajectories,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
     resumed.train(resume_from_checkpoint=str(tmp_path / "cut" / "checkpoint-4"))
     expected = {log["step"]: log for log in step_logs(full)}
     for log in step_logs(resumed):
@@ -262,8 +317,13 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path, tokenizer, trajector
 
 def test_eval_loop_logs_the_same_metrics(tmp_path, tokenizer, trajectories):
     args = tiny_t3d_config(tmp_path, max_steps=2, eval_strategy="steps", eval_steps=2, per_device_eval_batch_size=4)
-    trainer = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=args, train_dataset=trajectories,
-                         eval_dataset=trajectories, processing_class=tokenizer)
+    trainer = T3DTrainer(
+        tiny_qwen3(dtype=torch.float32),
+        args=args,
+        train_dataset=trajectories,
+        eval_dataset=trajectories,
+        processing_class=tokenizer,
+    )
     trainer.train()
     metrics = trainer.evaluate()
     for key in ("eval_loss", "eval_loss/real", "eval_loss/path", "eval_token_accuracy", "eval_mask_ratio"):
@@ -273,8 +333,12 @@ def test_eval_loop_logs_the_same_metrics(tmp_path, tokenizer, trajectories):
 def test_bad_input_is_refused_with_a_message(tmp_path, tokenizer, trajectories):
     args = tiny_t3d_config(tmp_path)
     with pytest.raises(ValueError, match="step_map"):
-        T3DTrainer(tiny_qwen3(dtype=torch.float32), args=args, processing_class=tokenizer,
-                   train_dataset=trajectories.remove_columns(["step_map"]))
+        T3DTrainer(
+            tiny_qwen3(dtype=torch.float32),
+            args=args,
+            processing_class=tokenizer,
+            train_dataset=trajectories.remove_columns(["step_map"]),
+        )
     broken = trajectories.map(lambda row: {"step_map": row["step_map"][:-1]})
     with pytest.raises(ValueError, match="step_map"):
         T3DTrainer(tiny_qwen3(dtype=torch.float32), args=args, processing_class=tokenizer, train_dataset=broken)
@@ -304,14 +368,34 @@ def test_two_processes_give_the_one_process_first_step_loss(tmp_path):
     script = SCRIPTS / "train_2proc.py"
     # the repository root, so that the workers import this checkout's t3d_trl
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    single = subprocess.run([sys.executable, str(script), str(tmp_path / "one"), "8"], env=env,
-                            capture_output=True, text=True, timeout=300)
+    single = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "one"), "8"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     double = subprocess.run(
         # on a CPU-only machine `--multi_gpu` starts 2 gloo processes (accelerate's `--cpu` starts one without MPI)
-        ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port()), "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", str(script), str(tmp_path / "two"), "4"],
-        env=env, capture_output=True, text=True, timeout=600,
+        [
+            "accelerate",
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            str(free_port()),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            str(script),
+            str(tmp_path / "two"),
+            "4",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert double.returncode == 0, double.stderr[-3000:]
     one = json.loads((tmp_path / "one" / "first_step.json").read_text())
@@ -325,8 +409,12 @@ def test_two_processes_give_the_one_process_first_step_loss(tmp_path):
 
 def test_a_checkpoint_without_its_reference_is_refused_at_resume(tmp_path, tokenizer, trajectories):
     common = dict(max_steps=4, ref_model_sync_steps=3, save_strategy="steps", save_steps=2)
-    first = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=tiny_t3d_config(tmp_path / "run", **common),
-                       train_dataset=trajectories, processing_class=tokenizer)
+    first = T3DTrainer(
+        tiny_qwen3(dtype=torch.float32),
+        args=tiny_t3d_config(tmp_path / "run", **common),
+        train_dataset=trajectories,
+        processing_class=tokenizer,
+    )
     first.train()
     checkpoint = tmp_path / "run" / "checkpoint-4"
     assert (checkpoint / "ref_model.pt").is_file() and (checkpoint / "trainer_state.json").is_file()
@@ -335,8 +423,12 @@ def test_a_checkpoint_without_its_reference_is_refused_at_resume(tmp_path, token
     # no reference can only come from elsewhere (an older run, a copy); either way it is refused, never resumed
     # with another reference
     (checkpoint / "ref_model.pt").unlink()
-    resumed = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=tiny_t3d_config(tmp_path / "run", **common),
-                         train_dataset=trajectories, processing_class=tokenizer)
+    resumed = T3DTrainer(
+        tiny_qwen3(dtype=torch.float32),
+        args=tiny_t3d_config(tmp_path / "run", **common),
+        train_dataset=trajectories,
+        processing_class=tokenizer,
+    )
     with pytest.raises(ValueError, match=r"checkpoint-4 has no ref_model.pt.*earlier checkpoint"):
         resumed.train(resume_from_checkpoint=str(checkpoint))
 
@@ -350,8 +442,12 @@ def test_a_checkpoint_without_its_reference_is_refused_at_resume(tmp_path, token
         def _save_optimizer_and_scheduler(self, output_dir):
             raise KeyboardInterrupt
 
-    crashing = CrashAfterReference(tiny_qwen3(dtype=torch.float32), args=tiny_t3d_config(tmp_path / "crash", **common),
-                                   train_dataset=trajectories, processing_class=tokenizer)
+    crashing = CrashAfterReference(
+        tiny_qwen3(dtype=torch.float32),
+        args=tiny_t3d_config(tmp_path / "crash", **common),
+        train_dataset=trajectories,
+        processing_class=tokenizer,
+    )
     with pytest.raises(KeyboardInterrupt):
         crashing.train()
     partial = tmp_path / "crash" / "checkpoint-2"

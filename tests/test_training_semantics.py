@@ -16,14 +16,17 @@ from t3d_trl.collator import DataCollatorForTrajectory
 from t3d_trl.masks import CLEAN, NOISY
 from t3d_trl.objectives import compute_objectives, student_request
 from t3d_trl.statistics import window_statistics
-
 from t3d_trl.testing import rollout_rows, tiny_qwen3, tiny_t3d_config, tiny_tokenizer
 
 PAD, EOS, MASK, VOCAB = 0, 1, 39, 40
 BLOCK = 4
 # P = 5, C = 6 ending with EOS; teacher steps per completion token.
-ROW = {"prompt_ids": [11, 12, 13, 14, 15], "completion_ids": [21, 22, 23, 24, 25, EOS],
-       "step_map": [0, 0, 1, 2, 3, 2], "example_index": 0}
+ROW = {
+    "prompt_ids": [11, 12, 13, 14, 15],
+    "completion_ids": [21, 22, 23, 24, 25, EOS],
+    "step_map": [0, 0, 1, 2, 3, 2],
+    "example_index": 0,
+}
 
 
 def _rule(q_block, q_stream, k_block, k_stream):
@@ -34,7 +37,11 @@ def _rule(q_block, q_stream, k_block, k_stream):
 
 def test_response_alignment_layout_by_hand():
     collator = DataCollatorForTrajectory(
-        mask_token_id=MASK, pad_token_id=PAD, eos_token_id=EOS, block_size=BLOCK, mask_ratios=(0.5,),
+        mask_token_id=MASK,
+        pad_token_id=PAD,
+        eos_token_id=EOS,
+        block_size=BLOCK,
+        mask_ratios=(0.5,),
         block_alignment="response",
     )
     batch = collator([ROW])
@@ -62,13 +69,21 @@ def test_response_alignment_layout_by_hand():
 def test_response_alignment_noisy_logits_equal_the_blockwise_forward_float64():
     model = tiny_qwen3(vocab_size=VOCAB, max_position_embeddings=128)
     collator = DataCollatorForTrajectory(
-        mask_token_id=MASK, pad_token_id=PAD, eos_token_id=EOS, block_size=BLOCK, mask_ratios=(0.75,),
+        mask_token_id=MASK,
+        pad_token_id=PAD,
+        eos_token_id=EOS,
+        block_size=BLOCK,
+        mask_ratios=(0.75,),
         block_alignment="response",
     )
     batch = collator([ROW])
     with torch.no_grad():
-        logits = model(batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"],
-                       logits_to_keep=8).logits[0]
+        logits = model(
+            batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
+            logits_to_keep=8,
+        ).logits[0]
     prompt, x0 = ROW["prompt_ids"], batch["labels"][0].tolist()
     noisy = batch["input_ids"][0, -8:].tolist()
     for block in range(2):
@@ -76,8 +91,9 @@ def test_response_alignment_noisy_logits_equal_the_blockwise_forward_float64():
         blocks = torch.tensor([(position - len(prompt)) // BLOCK for position in range(len(sequence))])
         attention = (blocks[None, :] <= blocks[:, None])[None, None]
         with torch.no_grad():
-            direct = model(torch.tensor([sequence]), attention_mask=attention,
-                           position_ids=torch.arange(len(sequence))[None]).logits[0, -BLOCK:]
+            direct = model(
+                torch.tensor([sequence]), attention_mask=attention, position_ids=torch.arange(len(sequence))[None]
+            ).logits[0, -BLOCK:]
         torch.testing.assert_close(logits[block * BLOCK : (block + 1) * BLOCK], direct, atol=1e-10, rtol=0)
 
 
@@ -85,10 +101,14 @@ def test_trainer_draws_random_tokens_from_the_tokenizer_vocabulary(tmp_path):
     tokenizer = tiny_tokenizer()
     rows = rollout_rows(tiny_qwen3(dtype=torch.float32), tokenizer, ["abc", "hello wor", "xyz", "k"] * 4)
     args = tiny_t3d_config(tmp_path, random_token_ratio=0.1, max_steps=1, loss_type=["td"])
-    trainer = T3DTrainer(tiny_qwen3(dtype=torch.float32, vocab_size=64), args=args,
-                         train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    trainer = T3DTrainer(
+        tiny_qwen3(dtype=torch.float32, vocab_size=64),
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+    )
     batch = trainer.data_collator([dict(row, example_index=index) for index, row in enumerate(trainer.train_dataset)])
-    window = batch["input_ids"][:, -batch["logits_to_keep"]:]
+    window = batch["input_ids"][:, -batch["logits_to_keep"] :]
     masked = batch["loss_mask"]
     random = masked & (window != tokenizer.mask_token_id)
     special = torch.tensor(tokenizer.all_special_ids)
@@ -116,16 +136,21 @@ def test_dparallel_loss_as_published_on_a_hand_case():
     labels = [0, 1, 1, 0]
     state, complement = [True, True, False, False], [False, False, True, True]
     batch = {
-        "labels": torch.tensor([labels]), "loss_mask": torch.tensor([state]),
-        "complement_loss_mask": torch.tensor([complement]), "path_weights": torch.zeros(1, 4),
+        "labels": torch.tensor([labels]),
+        "loss_mask": torch.tensor([state]),
+        "complement_loss_mask": torch.tensor([complement]),
+        "path_weights": torch.zeros(1, 4),
         "mask_ratio": torch.tensor([0.5]),
     }
-    config = SimpleNamespace(loss_type=["dparallel"], loss_weights=[1.0], dparallel_entropy_weight=2.0,
-                             dparallel_entropy_temperature=0.5)
+    config = SimpleNamespace(
+        loss_type=["dparallel"], loss_weights=[1.0], dparallel_entropy_weight=2.0, dparallel_entropy_temperature=0.5
+    )
     request = student_request(batch, config)
     assert request.entropy_temperature == 0.5
     loss, metrics = compute_objectives(
-        window_statistics(torch.tensor([logits], dtype=torch.float64), request), batch, config,
+        window_statistics(torch.tensor([logits], dtype=torch.float64), request),
+        batch,
+        config,
         complement=window_statistics(torch.tensor([complement_logits], dtype=torch.float64), request),
     )
 
@@ -148,10 +173,12 @@ def test_dparallel_loss_as_published_on_a_hand_case():
 def test_dparallel_trains_with_its_second_pass_and_logs_the_entropy(tmp_path, complementary):
     tokenizer = tiny_tokenizer()
     rows = rollout_rows(tiny_qwen3(dtype=torch.float32), tokenizer, ["abc", "hello wor", "xyz", "k"])
-    args = tiny_t3d_config(tmp_path, loss_type=["dparallel"], max_steps=2, mask_ratios=[0.5],
-                         dparallel_complementary_masks=complementary)
-    trainer = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=args, train_dataset=Dataset.from_list(rows),
-                         processing_class=tokenizer)
+    args = tiny_t3d_config(
+        tmp_path, loss_type=["dparallel"], max_steps=2, mask_ratios=[0.5], dparallel_complementary_masks=complementary
+    )
+    trainer = T3DTrainer(
+        tiny_qwen3(dtype=torch.float32), args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+    )
     forwards = []
     trainer.model.register_forward_pre_hook(lambda *a: forwards.append(1))
     trainer.train()

@@ -144,7 +144,10 @@ def test_random_token_replacement_as_the_official_code():
     batch, length, mask_id = 300, 64, 5
     allowed = torch.tensor([0, 1, 2, 3, 4, 6, 7, 8])  # e.g. the tokenizer's vocabulary without its special tokens
     input_ids = torch.randint(10, 20, (batch, length), generator=torch.Generator().manual_seed(0))
-    mask = torch.rand(batch, length, generator=torch.Generator().manual_seed(1)) < torch.linspace(0.01, 0.9, batch)[:, None]
+    mask = (
+        torch.rand(batch, length, generator=torch.Generator().manual_seed(1))
+        < torch.linspace(0.01, 0.9, batch)[:, None]
+    )
     mask[0] = False
     mask[1, :] = False
     mask[1, 3] = True  # one masked position: it is the random one

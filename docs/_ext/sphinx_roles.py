@@ -87,14 +87,16 @@ def _slug(title: str) -> str:
     return slugify(" ".join(title.split()), "-")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _anchors(page: str) -> frozenset[str] | None:
     """The heading anchors of ``docs/<page>.md`` (``None`` when there is no such page)."""
     path = _DOCS / f"{page}.md"
     if not path.is_file():
         return None
     text = re.sub(r"^```.*?^```", "", path.read_text(encoding="utf-8"), flags=re.DOTALL | re.MULTILINE)
-    return frozenset(_slug(title.replace("`", "")) for title in re.findall(r"^#{1,6}\s+(.+?)\s*#*$", text, re.MULTILINE))
+    return frozenset(
+        _slug(title.replace("`", "")) for title in re.findall(r"^#{1,6}\s+(.+?)\s*#*$", text, re.MULTILINE)
+    )
 
 
 def _guide_link(obj: griffe.Object, match: re.Match) -> str:

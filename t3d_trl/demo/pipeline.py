@@ -124,7 +124,9 @@ class CyclingBlockSizeCollator:
         return collator(features)
 
 
-def _trainer_args(output_dir: str, steps: int, batch_size: int, learning_rate: float, seed: int, **overrides) -> T3DConfig:
+def _trainer_args(
+    output_dir: str, steps: int, batch_size: int, learning_rate: float, seed: int, **overrides
+) -> T3DConfig:
     values = dict(
         max_steps=steps,
         per_device_train_batch_size=batch_size,
@@ -158,11 +160,17 @@ def ground_truth_dataset(tokenizer, tasks, num_rows: int, seed: int, block_size:
     records = []
     for row, prompt, answer in zip(rows, prompt_ids, answer_ids):
         completion = list(answer) + [tokenizer.eos_token_id]
-        records.append({
-            "prompt": row["prompt"], "completion": row["answer"], "prompt_ids": list(prompt),
-            "completion_ids": completion, "step_map": list(range(len(completion))), "block_size": block_size,
-            "steps_per_block": block_size,
-        })
+        records.append(
+            {
+                "prompt": row["prompt"],
+                "completion": row["answer"],
+                "prompt_ids": list(prompt),
+                "completion_ids": completion,
+                "step_map": list(range(len(completion))),
+                "block_size": block_size,
+                "steps_per_block": block_size,
+            }
+        )
     return Dataset.from_list(records)
 
 
@@ -171,7 +179,9 @@ def rollout_prompts(config: DemoConfig, seed: int) -> Dataset:
     rows = []
     for name in config.tasks:
         distinct = evaluation_prompts(name, config.rollouts_per_task, seed + 1000)
-        rows += [{"prompt": distinct[i % len(distinct)]["prompt"], "task": name} for i in range(config.rollouts_per_task)]
+        rows += [
+            {"prompt": distinct[i % len(distinct)]["prompt"], "task": name} for i in range(config.rollouts_per_task)
+        ]
     return Dataset.from_list(rows)
 
 
@@ -198,9 +208,15 @@ def evaluate(model, tokenizer, dataset: Dataset, config: DemoConfig, output_dir:
     results: dict[str, dict[str, float]] = {}
     settings = decoding_settings(config)
     for name in config.tasks:
-        subset = dataset.filter(lambda row: row["task"] == name)
+        subset = dataset.filter(lambda row, task=name: row["task"] == task)
         for result in evaluate_few_step(
-            model, tokenizer, subset, settings, batch_size=128, max_new_tokens=8, progress=False,
+            model,
+            tokenizer,
+            subset,
+            settings,
+            batch_size=128,
+            max_new_tokens=8,
+            progress=False,
             output_dir=os.path.join(output_dir, name),
         ):
             results.setdefault(result.setting, {})[name] = 100.0 * result.accuracy
@@ -222,15 +238,27 @@ def run_seed(config: DemoConfig, seed: int, tokenizer) -> dict[str, Any]:
     start = time.perf_counter()
     teacher = build_teacher(tokenizer, config, seed)
     teacher_args = _trainer_args(
-        str(root / "teacher"), config.teacher_steps, config.teacher_batch_size, config.teacher_learning_rate, seed,
-        loss_type=["sft"], sync_ref_model=False, random_token_ratio=0.0, num_eos_tokens=1,
+        str(root / "teacher"),
+        config.teacher_steps,
+        config.teacher_batch_size,
+        config.teacher_learning_rate,
+        seed,
+        loss_type=["sft"],
+        sync_ref_model=False,
+        random_token_ratio=0.0,
+        num_eos_tokens=1,
     )
     ground_truth = ground_truth_dataset(
         tokenizer, config.tasks, config.teacher_steps * 4, seed, block_size=config.rollout_block_size
     )
     _train(teacher, tokenizer, ground_truth, teacher_args, config.train_block_sizes)
-    patch_model(teacher, tokenizer, block_size=config.rollout_block_size, steps_per_block=config.rollout_block_size,
-                max_new_tokens=8)
+    patch_model(
+        teacher,
+        tokenizer,
+        block_size=config.rollout_block_size,
+        steps_per_block=config.rollout_block_size,
+        max_new_tokens=8,
+    )
     teacher.eval()
     teacher.save_pretrained(root / "teacher")
     tokenizer.save_pretrained(root / "teacher")
@@ -239,9 +267,13 @@ def run_seed(config: DemoConfig, seed: int, tokenizer) -> dict[str, Any]:
 
     start = time.perf_counter()
     rollout_config = DiffusionGenerationConfig(
-        block_size=config.rollout_block_size, steps_per_block=config.rollout_block_size, max_new_tokens=8,
-        temperature=config.rollout_temperature, mask_token_id=tokenizer.mask_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        block_size=config.rollout_block_size,
+        steps_per_block=config.rollout_block_size,
+        max_new_tokens=8,
+        temperature=config.rollout_temperature,
+        mask_token_id=tokenizer.mask_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     trajectories = generate_trajectories(
         teacher, tokenizer, rollout_prompts(config, seed), rollout_config, batch_size=128, seed=seed, progress=False
@@ -260,8 +292,12 @@ def run_seed(config: DemoConfig, seed: int, tokenizer) -> dict[str, Any]:
     for method, overrides in _all_methods(config).items():
         start = time.perf_counter()
         args = _trainer_args(
-            str(root / method.replace(" ", "_")), config.student_steps, config.student_batch_size,
-            config.student_learning_rate, seed, **overrides,
+            str(root / method.replace(" ", "_")),
+            config.student_steps,
+            config.student_batch_size,
+            config.student_learning_rate,
+            seed,
+            **overrides,
         )
         trainer = _train(copy.deepcopy(teacher), tokenizer, trajectories, args, config.train_block_sizes)
         logs[method] = trainer.state.log_history
@@ -270,7 +306,9 @@ def run_seed(config: DemoConfig, seed: int, tokenizer) -> dict[str, Any]:
         accuracy[method] = evaluate(trainer.model, tokenizer, eval_set, config, str(root / "eval" / method))
         seconds = time.perf_counter() - start
         timings["evaluation"] += seconds
-        _progress(seed, f"{method}: trained {args.max_steps} steps ({timings[method]:.1f} s), evaluated ({seconds:.1f} s)")
+        _progress(
+            seed, f"{method}: trained {args.max_steps} steps ({timings[method]:.1f} s), evaluated ({seconds:.1f} s)"
+        )
     result = {"seed": seed, "accuracy": accuracy, "timings": timings, "logs": logs}
     (root / "result.json").write_text(json.dumps(result, indent=2))
     return result
@@ -320,7 +358,8 @@ def summarise(results: list[dict[str, Any]], config: DemoConfig) -> dict[str, An
             for task in config.tasks:
                 values = [r["accuracy"][method][setting][task] for r in results]
                 table[method][f"{setting}/{task}"] = {
-                    "mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
+                    "mean": statistics.fmean(values),
+                    "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
                 }
     averages: dict[str, dict[int, dict[str, float]]] = {}
     for method in methods:
@@ -333,7 +372,8 @@ def summarise(results: list[dict[str, Any]], config: DemoConfig) -> dict[str, An
                 for r in results
             ]
             averages[method][tps] = {
-                "mean": statistics.fmean(per_seed), "std": statistics.pstdev(per_seed) if len(per_seed) > 1 else 0.0,
+                "mean": statistics.fmean(per_seed),
+                "std": statistics.pstdev(per_seed) if len(per_seed) > 1 else 0.0,
             }
     return {"table": table, "averages": averages, "settings": settings, "methods": methods}
 
@@ -341,9 +381,11 @@ def summarise(results: list[dict[str, Any]], config: DemoConfig) -> dict[str, An
 def markdown_table(summary: dict[str, Any], config: DemoConfig) -> str:
     """The paper-style table: per tokens-per-step, methods × (block size, task), average and improvement."""
     lines = []
-    header = ["TokPS", "Method"] + [
-        f"B={b} {task}" for b in config.eval_block_sizes for task in config.tasks
-    ] + ["Average", "Improvement (%)"]
+    header = (
+        ["TokPS", "Method"]
+        + [f"B={b} {task}" for b in config.eval_block_sizes for task in config.tasks]
+        + ["Average", "Improvement (%)"]
+    )
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     for tps in config.tokens_per_step:
@@ -428,8 +470,7 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
     text = (
         f"# t3d-trl demo\n\nAccuracy (%) of greedy few-step decoding; {len(config.seeds)} seed(s) "
         f"(mean ± std over seeds); {elapsed / 60:.1f} minutes.\n\n{table}\n\n"
-        "DDO at each reference refresh (θ = θ_ref gives loss/real = log 2):\n\n"
-        + _identity_text(identity) + "\n"
+        "DDO at each reference refresh (θ = θ_ref gives loss/real = log 2):\n\n" + _identity_text(identity) + "\n"
     )
     Path(config.output_dir, "results.md").write_text(text)
     plot(summary, config, os.path.join(config.output_dir, "accuracy_vs_tokens_per_step.png"))

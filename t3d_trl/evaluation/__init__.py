@@ -32,7 +32,6 @@ from .scorers import (
     CodeExecutionResult,
     Scorer,
     available_scorers,
-    register_scorer,
     code_passes,
     code_scorer,
     exact_match,
@@ -42,8 +41,8 @@ from .scorers import (
     extract_math_answer,
     get_scorer,
     math_equal,
+    register_scorer,
 )
-
 
 __all__ = [
     "CODE_EXECUTION_ENV_VAR",

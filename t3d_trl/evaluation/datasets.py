@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-
 from ..local_datasets import load_local_dataset
 
 if TYPE_CHECKING:

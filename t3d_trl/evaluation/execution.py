@@ -215,14 +215,19 @@ def _user_task_count() -> int | None:
 def _applicable_limits(limits: dict[str, int]) -> dict[str, int]:
     """The limits this platform can apply, ``RLIMIT_NPROC`` raised by the processes the user runs already."""
     if not _HAS_RESOURCE:  # pragma: no cover - Windows
-        warnings.warn("No `resource` module: the code scorer runs programs without resource limits.", RuntimeWarning)
+        warnings.warn(
+            "No `resource` module: the code scorer runs programs without resource limits.", RuntimeWarning, stacklevel=3
+        )
         return {}
     if "RLIMIT_NPROC" not in limits:
         return limits
     running = _user_task_count()
     if running is None:  # pragma: no cover - no /proc (macOS, BSD)
-        warnings.warn("max_processes is not applied: this system has no /proc to count the user's processes.",
-                      RuntimeWarning)
+        warnings.warn(
+            "max_processes is not applied: this system has no /proc to count the user's processes.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return {name: value for name, value in limits.items() if name != "RLIMIT_NPROC"}
     return {**limits, "RLIMIT_NPROC": running + limits["RLIMIT_NPROC"]}
 
@@ -429,14 +434,16 @@ def execute_code(
         RuntimeError: If the child could not apply a limit (pass None for that limit to run without it).
     """
     _check_code_execution_allowed(allow_code_execution)
-    limits = _applicable_limits(_resource_limits(
-        timeout=timeout,
-        cpu_time_limit=cpu_time_limit,
-        memory_limit_mb=memory_limit_mb,
-        file_size_limit_mb=file_size_limit_mb,
-        max_processes=max_processes,
-        max_open_files=max_open_files,
-    ))
+    limits = _applicable_limits(
+        _resource_limits(
+            timeout=timeout,
+            cpu_time_limit=cpu_time_limit,
+            memory_limit_mb=memory_limit_mb,
+            file_size_limit_mb=file_size_limit_mb,
+            max_processes=max_processes,
+            max_open_files=max_open_files,
+        )
+    )
     source = (_IMPORT_HEADER if add_imports else "") + program + "\n\n" + test_code + "\n"
     nonce, marker = secrets.token_hex(16).encode(), secrets.token_hex(16)
     with tempfile.TemporaryDirectory(prefix="t3d_code_eval_") as tmp:
@@ -520,8 +527,11 @@ def code_passes(
     try:
         result = execute_code(program, test_code, **_code_options(timeout, allow_code_execution, limits))
     except OSError as error:
-        warnings.warn(f"The code scorer could not start a program ({error!r}); it counts as failing.",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"The code scorer could not start a program ({error!r}); it counts as failing.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return False
     return result.passed
 

@@ -9,7 +9,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-
 __all__ = [
     "EvalResult",
     "plot_accuracy_vs_tokens_per_step",
@@ -246,9 +245,7 @@ def plot_accuracy_vs_tokens_per_step(
         ys = [100.0 * r.accuracy for r in group]
         xs_all += xs
         label = f"block {block_size}" + (f" ({kind})" if several_kinds else "")
-        ax.plot(
-            xs, ys, marker="o", color=colors[block_size], linestyle="--" if kind == "dynamic" else "-", label=label
-        )
+        ax.plot(xs, ys, marker="o", color=colors[block_size], linestyle="--" if kind == "dynamic" else "-", label=label)
     if xs_all and min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 4:
         ax.set_xscale("log", base=2)
     ticks = sorted(set(xs_all))

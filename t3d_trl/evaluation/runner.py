@@ -33,7 +33,6 @@ from ..prompts import render_prompts, tokenizer_of
 from .report import EvalResult, plot_accuracy_vs_tokens_per_step, write_json, write_markdown
 from .scorers import _check_code_execution_allowed, available_scorers, get_scorer
 
-
 __all__ = ["DecodingSetting", "evaluate_few_step"]
 
 
@@ -339,7 +338,9 @@ def _check_generate_kwargs(
     problem) and, for a model with t3d-trl's decoding, every setting the decoding would refuse, before generating."""
     generate_kwargs = {} if generate_kwargs is None else generate_kwargs
     if not isinstance(generate_kwargs, Mapping):
-        raise TypeError(f"generate_kwargs must be a dict of generate() arguments, got {type(generate_kwargs).__name__}.")
+        raise TypeError(
+            f"generate_kwargs must be a dict of generate() arguments, got {type(generate_kwargs).__name__}."
+        )
     overridden = sorted(set(generate_kwargs) & set(_SET_PER_CALL))
     if overridden:
         raise ValueError(
@@ -361,7 +362,9 @@ def _check_generate_kwargs(
     fields = {key: value for key, value in generate_kwargs.items() if key not in _GENERATE_INPUTS}
     unsupported = unsupported_generation_settings(fields)
     if unsupported:
-        raise ValueError(f"generate_kwargs has options that few-step diffusion decoding does not implement: {unsupported}.")
+        raise ValueError(
+            f"generate_kwargs has options that few-step diffusion decoding does not implement: {unsupported}."
+        )
     for setting in settings:
         overrides = _generate_call_kwargs(setting, max_new_tokens, fields)
         try:
@@ -399,7 +402,9 @@ def _scored_rows(dataset: Any, scorer: str | None) -> _ScoredRows:
         scorer_names = ["exact_match"] * len(prompts)
     unknown = sorted(set(scorer_names) - set(available_scorers()))
     if unknown:
-        raise ValueError(f"Unknown scorer(s) {unknown} in the dataset. Valid scorers: {', '.join(available_scorers())}.")
+        raise ValueError(
+            f"Unknown scorer(s) {unknown} in the dataset. Valid scorers: {', '.join(available_scorers())}."
+        )
     ids = list(dataset["id"]) if "id" in dataset.column_names else list(range(len(prompts)))
     return _ScoredRows(prompts, references, scorer_names, ids)
 

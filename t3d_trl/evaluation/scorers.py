@@ -256,6 +256,7 @@ def math_equal(prediction: str, reference: str) -> bool:
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+\-.]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _PYTHON_TAGS = {"python", "py", "python3", "py3"}
 
+
 def extract_code(completion: str) -> str:
     """Python program in a completion.
 

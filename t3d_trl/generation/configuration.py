@@ -128,7 +128,6 @@ class DiffusionGenerationConfig(GenerationConfig):
         if samples is not None and (not isinstance(samples, int) or samples < 1):
             raise ValueError(f"`num_return_sequences` must be a positive integer, got {samples!r}.")
 
-
     @classmethod
     def from_generation_config(cls, config: GenerationConfig | None, **overrides: Any) -> DiffusionGenerationConfig:
         """Build a diffusion config from any generation config (e.g. one loaded from ``generation_config.json``).

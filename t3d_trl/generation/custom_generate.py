@@ -14,7 +14,6 @@ import os
 import re
 from pathlib import Path
 
-
 _PACKAGE = Path(__file__).resolve().parent.parent
 #: modules in dependency order; each may import only the standard library, torch, transformers and earlier ones
 SOURCE_MODULES = (

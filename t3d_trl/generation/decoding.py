@@ -31,13 +31,13 @@ from dataclasses import dataclass
 import torch
 from transformers.utils import ModelOutput, logging
 
-logger = logging.get_logger(__name__)
-
 from ..models.families import ModelFamily
-from .configuration import DEFAULT_MAX_NEW_TOKENS, DIFFUSION_FIELDS, DiffusionGenerationConfig
+from .configuration import DEFAULT_MAX_NEW_TOKENS, DiffusionGenerationConfig
 from .remasking import num_transfer_tokens, remasking_strategy
 from .sampling import sample_tokens
 from .static import SUPPORTED_CACHE_IMPLEMENTATIONS, check_cache_implementation, decode_static, static_fallback_reason
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -125,7 +125,7 @@ def build_canvas(
     valid = (positions >= 0) & (positions < ends[:, None])
     generated = valid & (positions >= lengths[:, None])
     tokens = torch.full((batch, columns.numel()), mask_token_id, dtype=input_ids.dtype, device=device)
-    prompt_columns = (offsets[:, None] + torch.arange(width, device=device)[None, :] - (width - lengths)[:, None])
+    prompt_columns = offsets[:, None] + torch.arange(width, device=device)[None, :] - (width - lengths)[:, None]
     is_prompt = attention_mask.bool()
     tokens[torch.arange(batch, device=device)[:, None].expand(-1, width)[is_prompt], prompt_columns[is_prompt]] = (
         input_ids[is_prompt]
@@ -295,7 +295,9 @@ def diffusion_generate(
     max_new_tokens = resolve_max_new_tokens(config, input_ids.shape[1])
     mask_id = config.mask_token_id
     eos_ids = torch.tensor(_as_id_list(config.eos_token_id), dtype=torch.long, device=input_ids.device)
-    pad_id = config.pad_token_id if config.pad_token_id is not None else (int(eos_ids[0]) if eos_ids.numel() else mask_id)
+    pad_id = (
+        config.pad_token_id if config.pad_token_id is not None else (int(eos_ids[0]) if eos_ids.numel() else mask_id)
+    )
     strategy = remasking_strategy(config)
     schedule = num_transfer_tokens(block_size, steps)
     max_steps = steps if strategy.follows_schedule else block_size
@@ -313,7 +315,9 @@ def diffusion_generate(
     if config.cache_implementation == "static":
         reason = static_fallback_reason(model, family, strategy, use_cache, fuse_store)
         if reason is None:
-            tokens, step_map, nfe = decode_static(model, family, canvas, config, strategy, max_new_tokens, eos_ids, generator)
+            tokens, step_map, nfe = decode_static(
+                model, family, canvas, config, strategy, max_new_tokens, eos_ids, generator
+            )
             return _outputs(input_ids, tokens, step_map, nfe, canvas, max_new_tokens, eos_ids, pad_id, config)
         logger.warning_once(f"cache_implementation='static' falls back to the dynamic decoding path: {reason}.")
     batch, width = canvas.tokens.shape
@@ -425,20 +429,55 @@ _UNSUPPORTED_ARGUMENTS = (
     "negative_prompt_attention_mask",
 )
 #: fields of `GenerationConfig` that few-step diffusion decoding honours (besides its own diffusion fields)
-SUPPORTED_GENERATION_FIELDS = frozenset({
-    "max_new_tokens", "max_length", "do_sample", "temperature", "top_k", "top_p", "num_return_sequences",
-    "return_dict_in_generate", "pad_token_id", "eos_token_id", "bos_token_id", "use_cache",
-    "transformers_version", "_from_model_config", "cache_implementation", "max_cache_len", "compile_config",
-    "disable_compile",
-})
+SUPPORTED_GENERATION_FIELDS = frozenset(
+    {
+        "max_new_tokens",
+        "max_length",
+        "do_sample",
+        "temperature",
+        "top_k",
+        "top_p",
+        "num_return_sequences",
+        "return_dict_in_generate",
+        "pad_token_id",
+        "eos_token_id",
+        "bos_token_id",
+        "use_cache",
+        "transformers_version",
+        "_from_model_config",
+        "cache_implementation",
+        "max_cache_len",
+        "compile_config",
+        "disable_compile",
+    }
+)
 #: values of unsupported fields that change nothing (transformers' neutral settings)
 _NEUTRAL_VALUES = {
-    "num_beams": 1, "num_beam_groups": 1, "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0,
-    "length_penalty": 1.0, "diversity_penalty": 0.0, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0,
-    "min_length": 0, "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0, "renormalize_logits": False,
-    "remove_invalid_values": False, "output_attentions": False, "output_hidden_states": False, "output_scores": False,
-    "output_logits": False, "early_stopping": False, "low_memory": False, "token_healing": False, "is_assistant": False,
-    "disable_compile": False, "guidance_scale": 1.0, "min_p": 0.0,
+    "num_beams": 1,
+    "num_beam_groups": 1,
+    "repetition_penalty": 1.0,
+    "encoder_repetition_penalty": 1.0,
+    "length_penalty": 1.0,
+    "diversity_penalty": 0.0,
+    "typical_p": 1.0,
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
+    "min_length": 0,
+    "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0,
+    "renormalize_logits": False,
+    "remove_invalid_values": False,
+    "output_attentions": False,
+    "output_hidden_states": False,
+    "output_scores": False,
+    "output_logits": False,
+    "early_stopping": False,
+    "low_memory": False,
+    "token_healing": False,
+    "is_assistant": False,
+    "disable_compile": False,
+    "guidance_scale": 1.0,
+    "min_p": 0.0,
 }
 
 
@@ -453,9 +492,13 @@ def unsupported_generation_settings(values: dict) -> dict:
     return {
         name: value
         for name, value in values.items()
-        if name in known and value is not None and _NEUTRAL_VALUES.get(name, object()) != value
-        and (name not in SUPPORTED_GENERATION_FIELDS
-             or (name == "cache_implementation" and value not in SUPPORTED_CACHE_IMPLEMENTATIONS))
+        if name in known
+        and value is not None
+        and _NEUTRAL_VALUES.get(name, object()) != value
+        and (
+            name not in SUPPORTED_GENERATION_FIELDS
+            or (name == "cache_implementation" and value not in SUPPORTED_CACHE_IMPLEMENTATIONS)
+        )
     }
 
 

@@ -68,7 +68,9 @@ class FewStepDiffusionGenerationMixin:
             **kwargs,
         )
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, write_custom_generate: bool = True, **kwargs: Any):
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, *args: Any, write_custom_generate: bool = True, **kwargs: Any
+    ):
         """``save_pretrained`` of the model, plus its :class:`DiffusionGenerationConfig` and, unless
         ``write_custom_generate=False``, a ``custom_generate/generate.py`` with which the checkpoint decodes in few
         steps without t3d-trl installed (``generate(..., custom_generate=path, trust_remote_code=True)``)."""

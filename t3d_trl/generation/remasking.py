@@ -28,7 +28,9 @@ def num_transfer_tokens(block_size: int, steps_per_block: int) -> list[int]:
 def _rank_descending(scores: torch.Tensor) -> torch.Tensor:
     """Rank of every entry in its row by decreasing score, ties broken by position (leftmost first)."""
     order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
-    return torch.empty_like(order).scatter_(-1, order, torch.arange(scores.shape[-1], device=scores.device).expand_as(order))
+    return torch.empty_like(order).scatter_(
+        -1, order, torch.arange(scores.shape[-1], device=scores.device).expand_as(order)
+    )
 
 
 def top_k_commit(scores: torch.Tensor, masked: torch.Tensor, k: int | torch.Tensor) -> torch.Tensor:
@@ -178,7 +180,9 @@ def register_remasking(strategy: type[RemaskingStrategy], aliases: tuple[str, ..
     for name in (strategy.name, *aliases):
         taken = REMASKING.get(name) or REMASKING.get(REMASKING_ALIASES.get(name, ""))
         if not name or (taken is not None and taken is not strategy):
-            raise ValueError(f"Cannot register remasking strategy {strategy.__name__} as {name!r}: name taken or empty.")
+            raise ValueError(
+                f"Cannot register remasking strategy {strategy.__name__} as {name!r}: name taken or empty."
+            )
     for field, default in strategy.parameters.items():
         known = remasking_parameters()
         if field in known and known[field] != default:
@@ -222,7 +226,9 @@ def get_remasking_strategy(name: str, **parameters: Any) -> RemaskingStrategy:
     cls = remasking_class(name)
     unknown = sorted(set(parameters) - set(cls.parameters))
     if unknown:
-        raise ValueError(f"Remasking strategy {name!r} takes {sorted(cls.parameters) or 'no parameters'}, got {unknown}.")
+        raise ValueError(
+            f"Remasking strategy {name!r} takes {sorted(cls.parameters) or 'no parameters'}, got {unknown}."
+        )
     values = {**cls.parameters, **parameters}
     cls.check_parameters(values)
     return cls(**values)

@@ -208,11 +208,20 @@ def decode_static(
                 query_valid = canvas.valid.index_select(1, gathered)
                 if not stores:
                     query_valid = query_valid & ~in_store_slot
-                mask = family.static_decode_mask(key_block, key_valid, query_columns, query_valid, write, start, block_size)
+                mask = family.static_decode_mask(
+                    key_block, key_valid, query_columns, query_valid, write, start, block_size
+                )
             if forward is call and compiled:
                 torch.compiler.cudagraph_mark_step_begin()
             logits = family.static_forward(
-                forward, model, tokens.index_select(1, gathered), window_positions, mask, cache, write, num_logits,
+                forward,
+                model,
+                tokens.index_select(1, gathered),
+                window_positions,
+                mask,
+                cache,
+                write,
+                num_logits,
             )
             block_logits = logits[:, -block_size:]
             if family.shift_logits:

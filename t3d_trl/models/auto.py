@@ -92,7 +92,7 @@ def _install_on(auto_factory) -> None:
         classes.extend(cls.__subclasses__())
         function = cls.__dict__.get("from_pretrained")
         if isinstance(function, classmethod):
-            setattr(cls, "from_pretrained", classmethod(_wrap(function.__func__)))
+            cls.from_pretrained = classmethod(_wrap(function.__func__))
 
 
 class _AutoFactoryFinder(importlib.abc.MetaPathFinder):

@@ -36,11 +36,11 @@ from typing import Any, ClassVar
 import torch
 from transformers import DynamicCache
 
-from .cache import IndexedStaticCache, buffered_cache, has_only_full_attention
 from ..layouts import bidirectional_layout, block_causal_layout
 from ..masks import CLEAN, NOISY, layout_attention_mask, layout_block_mask, to_additive_mask
 from ..statistics import StatisticsRequest, TokenStatistics, head_gives_logits, statistics_head, window_statistics
 from ..trajectory import sample_current_block
+from .cache import IndexedStaticCache, buffered_cache, has_only_full_attention
 
 #: attention kernels that accept an arbitrary (4D) attention mask
 MASKABLE_KERNELS = ("sdpa", "eager", "flex_attention")
@@ -59,7 +59,7 @@ def _forward_parameters(model) -> frozenset[str]:
     return _class_forward_parameters(type(model))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _class_forward_parameters(cls: type) -> frozenset[str]:
     return frozenset(inspect.signature(cls.forward).parameters)
 
@@ -166,7 +166,9 @@ class ModelFamily(abc.ABC):
         """
         raise NotImplementedError(self.static_decoding_unsupported(model))
 
-    def static_decode_mask(self, key_block, key_valid, query_columns, query_valid, write_columns, block_start, block_size):
+    def static_decode_mask(
+        self, key_block, key_valid, query_columns, query_valid, write_columns, block_start, block_size
+    ):
         """The attention mask of a static-shape forward, over the whole cache.
 
         Args:
@@ -279,10 +281,14 @@ class ModelFamily(abc.ABC):
         if statistics is not None and chunk_size and head_gives_logits(owner):
             request = statistics
             if self.shift_logits:  # one more hidden state; its statistics are dropped below
-                request = dataclasses.replace(statistics, **{
-                    name: torch.nn.functional.pad(getattr(statistics, name), (0, 1))
-                    for name in ("labels", "fake_tokens") if getattr(statistics, name) is not None
-                })
+                request = dataclasses.replace(
+                    statistics,
+                    **{
+                        name: torch.nn.functional.pad(getattr(statistics, name), (0, 1))
+                        for name in ("labels", "fake_tokens")
+                        if getattr(statistics, name) is not None
+                    },
+                )
             with statistics_head(owner, request, chunk_size) as head:
                 output = model(**kwargs).logits[:, -keep:]
             if head.calls:
@@ -354,7 +360,9 @@ class BlockCausalFamily(ModelFamily):
             query_offset=context_start,
         )
 
-    def denoise_forward(self, model, tokens, positions, valid, rows, context_start, block_start, block_size, cache, mask):
+    def denoise_forward(
+        self, model, tokens, positions, valid, rows, context_start, block_start, block_size, cache, mask
+    ):
         end = block_start + block_size
         num_logits = block_size + (1 if self.shift_logits else 0)
         return self.block_forward(
@@ -381,7 +389,9 @@ class BlockCausalFamily(ModelFamily):
     def new_static_cache(self, model, capacity: int):
         return IndexedStaticCache(model.config, capacity)
 
-    def static_decode_mask(self, key_block, key_valid, query_columns, query_valid, write_columns, block_start, block_size):
+    def static_decode_mask(
+        self, key_block, key_valid, query_columns, query_valid, write_columns, block_start, block_size
+    ):
         """The rule of :meth:`decode_mask` over the whole cache: slots before ``block_start`` are clean context, the
         block's slots ``[block_start, block_start + B)`` are the noisy stream, slots from ``block_start + B`` on hold
         nothing valid yet; a query whose result is discarded sees only its own slot (no empty row)."""
@@ -425,9 +435,7 @@ class BlockCausalFamily(ModelFamily):
                 return dense[b, q_idx, kv_idx]
 
             batch, num_queries, num_keys = dense.shape
-            return create_block_mask(
-                mask_mod, B=batch, H=None, Q_LEN=num_queries, KV_LEN=num_keys, device=dense.device
-            )
+            return create_block_mask(mask_mod, B=batch, H=None, Q_LEN=num_queries, KV_LEN=num_keys, device=dense.device)
         return mask
 
     def _cache_kwargs(self, model, cache) -> dict:
@@ -483,7 +491,9 @@ class StoreKVFamily(BlockCausalFamily):
         if fused and not hasattr(cache, "crop"):
             head, tail = slice(0, num_tokens_to_store), slice(num_tokens_to_store, None)
             stored = self._run(model, input_ids, position_ids, attention_mask, cache, head, store=True)
-            rest = self._run(model, input_ids, position_ids, attention_mask, cache, tail, store=False, num_logits=num_logits)
+            rest = self._run(
+                model, input_ids, position_ids, attention_mask, cache, tail, store=False, num_logits=num_logits
+            )
             return torch.cat([stored, rest], dim=1)
         logits = self._run(
             model, input_ids, position_ids, attention_mask, cache, slice(None), num_tokens_to_store > 0, num_logits
@@ -527,7 +537,9 @@ class BidirectionalFamily(ModelFamily):
         class_names = {cls.__name__ for cls in type(model).__mro__}
         return model_type in BIDIRECTIONAL_MODEL_TYPES or bool(class_names & masked_lm_classes)
 
-    def denoise_forward(self, model, tokens, positions, valid, rows, context_start, block_start, block_size, cache, mask):
+    def denoise_forward(
+        self, model, tokens, positions, valid, rows, context_start, block_start, block_size, cache, mask
+    ):
         end = block_start + block_size
         kwargs = {"input_ids": tokens[rows], "attention_mask": valid[rows].long()}
         if "position_ids" in _forward_parameters(model):
@@ -561,7 +573,9 @@ def register_family(family: type[ModelFamily]) -> type[ModelFamily]:
     if not family.name:
         raise ValueError(f"{family.__name__} needs a non-empty `name` to be registered.")
     if family.name in FAMILIES and FAMILIES[family.name] is not family:
-        raise ValueError(f"A model family named {family.name!r} is already registered ({FAMILIES[family.name].__name__}).")
+        raise ValueError(
+            f"A model family named {family.name!r} is already registered ({FAMILIES[family.name].__name__})."
+        )
     FAMILIES[family.name] = family
     return family
 
@@ -616,7 +630,9 @@ def check_supported(model) -> None:
         )
     else:
         return
-    raise ValueError(f"t3d-trl cannot run {type(base).__name__}: {problem}. Supported families: {supported_families()}.")
+    raise ValueError(
+        f"t3d-trl cannot run {type(base).__name__}: {problem}. Supported families: {supported_families()}."
+    )
 
 
 def get_family(model, family: str | None = None, shift_logits: bool = False) -> ModelFamily:

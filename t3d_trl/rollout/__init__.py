@@ -30,7 +30,6 @@ from .hub import push_trajectories_to_hub, trajectory_dataset_card, trajectory_d
 from .loop import (
     ROLLOUT_COLUMNS,
     ROLLOUT_METADATA_KEY,
-    _default_state,
     check_rollout_settings,
     generate_trajectories,
     resolve_generation_config,

@@ -72,8 +72,17 @@ def trajectory_dataset_card_text(dataset: Dataset, repo_id: str | None = None) -
         lines.append(f"| {', '.join(f'`{c}`' for c in others)} | columns of the source dataset, kept as they were |")
     lines += ["", "## Teacher settings", ""]
     if config:
-        keys = ("block_size", "steps_per_block", "remasking", "temperature", "top_k", "top_p", "max_new_tokens",
-                "confidence_threshold", "entropy_bound")
+        keys = (
+            "block_size",
+            "steps_per_block",
+            "remasking",
+            "temperature",
+            "top_k",
+            "top_p",
+            "max_new_tokens",
+            "confidence_threshold",
+            "entropy_bound",
+        )
         lines += [f"- teacher: `{teacher}`"]
         lines += [f"- `{key}`: `{config.get(key)}`" for key in keys if key in config]
         lines += [

@@ -50,7 +50,14 @@ __all__ = [
 
 #: columns :func:`generate_trajectories` adds to the dataset (the prompt column is kept as given)
 ROLLOUT_COLUMNS = (
-    "completion", "prompt_ids", "completion_ids", "step_map", "block_size", "steps_per_block", "nfe", "sample_index"
+    "completion",
+    "prompt_ids",
+    "completion_ids",
+    "step_map",
+    "block_size",
+    "steps_per_block",
+    "nfe",
+    "sample_index",
 )
 #: key of the rollout record in the JSON of ``Dataset.info.description``
 ROLLOUT_METADATA_KEY = "t3d_trl_rollout"
@@ -692,7 +699,10 @@ def generate_trajectories(
         output_dir=output_dir,
     )
     batch_size, seed, max_prompt_length, directory = (
-        checked["batch_size"], checked["seed"], checked["max_prompt_length"], checked["output_dir"]
+        checked["batch_size"],
+        checked["seed"],
+        checked["max_prompt_length"],
+        checked["output_dir"],
     )
     state = accelerator if accelerator is not None else _default_state()
     num_processes, process_index = int(state.num_processes), int(state.process_index)
@@ -776,6 +786,8 @@ def _assemble(
     # one concatenation instead of a fingerprinted copy of the table per added column
     features = Features({name: _ROLLOUT_FEATURES[name] for name in ROLLOUT_COLUMNS})
     added = Dataset.from_dict({name: columns[name] for name in ROLLOUT_COLUMNS}, features=features)
-    dataset = concatenate_datasets([dataset.flatten_indices() if dataset._indices is not None else dataset, added], axis=1)
+    dataset = concatenate_datasets(
+        [dataset.flatten_indices() if dataset._indices is not None else dataset, added], axis=1
+    )
     dataset.info.description = json.dumps({ROLLOUT_METADATA_KEY: record}, sort_keys=True)
     return dataset

@@ -102,7 +102,9 @@ def _check_same_settings(output_dir: Path, stored: Mapping[str, Any], record: Ma
         return
     differences = _describe_difference(stored, record) or ["(settings fingerprint)"]
     weights = any(line.startswith("model_weights_sha256:") for line in differences)
-    reason = "the teacher's weights are not those of the interrupted run; other settings" if weights else "other settings"
+    reason = (
+        "the teacher's weights are not those of the interrupted run; other settings" if weights else "other settings"
+    )
     raise ValueError(
         f"{output_dir} holds a rollout made with {reason}, so it cannot be resumed: "
         + "; ".join(differences)

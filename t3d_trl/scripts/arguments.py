@@ -73,8 +73,10 @@ class LoraArguments:
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
     lora_target_modules: list[str] | None = field(
         default=None,
-        metadata={"help": "Modules to adapt (e.g. `q_proj k_proj v_proj o_proj`, or `all-linear`); PEFT's default "
-                  "for the architecture when unset."},
+        metadata={
+            "help": "Modules to adapt (e.g. `q_proj k_proj v_proj o_proj`, or `all-linear`); PEFT's default "
+            "for the architecture when unset."
+        },
     )
 
 
@@ -84,13 +86,17 @@ class DatasetArguments:
 
     dataset_name: str | None = field(
         default=None,
-        metadata={"help": "Hub dataset id (`load_dataset(dataset_name, dataset_config, split=dataset_split)`), or a "
-                  "local path (then read like `dataset_path`)."},
+        metadata={
+            "help": "Hub dataset id (`load_dataset(dataset_name, dataset_config, split=dataset_split)`), or a "
+            "local path (then read like `dataset_path`)."
+        },
     )
     dataset_path: str | None = field(
         default=None,
-        metadata={"help": "Local dataset: a `save_to_disk` directory, a `t3d-trl rollout` output directory (its "
-                  "`dataset/` is read), or a `.json`/`.jsonl`/`.parquet`/`.csv`/`.arrow` file."},
+        metadata={
+            "help": "Local dataset: a `save_to_disk` directory, a `t3d-trl rollout` output directory (its "
+            "`dataset/` is read), or a `.json`/`.jsonl`/`.parquet`/`.csv`/`.arrow` file."
+        },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
     dataset_split: str = field(default="train", metadata={"help": "Split to read."})
@@ -105,16 +111,20 @@ class RolloutArguments(DatasetArguments):
 
     output_dir: str = field(
         default="rollouts",
-        metadata={"help": "Resumable rollout directory: shards as batches finish, then the final dataset in "
-                  "`<output_dir>/dataset` (read it with `load_from_disk`, or give the directory to `t3d-trl train "
-                  "--dataset_path`)."},
+        metadata={
+            "help": "Resumable rollout directory: shards as batches finish, then the final dataset in "
+            "`<output_dir>/dataset` (read it with `load_from_disk`, or give the directory to `t3d-trl train "
+            "--dataset_path`)."
+        },
     )
     prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompts (text or messages)."})
     prompt_template: str | None = field(
         default=None,
-        metadata={"help": "Template applied to text prompts: `{prompt}` is replaced by the prompt; `math` is the "
-                  "GSM8K/MATH500 evaluation prompt (`{prompt}` + 'Please reason step by step, and put your final "
-                  "answer within \\boxed{}.')."},
+        metadata={
+            "help": "Template applied to text prompts: `{prompt}` is replaced by the prompt; `math` is the "
+            "GSM8K/MATH500 evaluation prompt (`{prompt}` + 'Please reason step by step, and put your final "
+            "answer within \\boxed{}.')."
+        },
     )
     as_chat: bool = field(
         default=False,
@@ -122,19 +132,24 @@ class RolloutArguments(DatasetArguments):
     )
     model_family: str | None = field(
         default=None,
-        metadata={"help": "`block_causal` (SDAR, decoder LMs; loaded with AutoModelForCausalLM) or `bidirectional` "
-                  "(LLaDA-style; AutoModelForMaskedLM). Detected from the model when unset.",
-                  "choices": ["block_causal", "bidirectional"]},
+        metadata={
+            "help": "`block_causal` (SDAR, decoder LMs; loaded with AutoModelForCausalLM) or `bidirectional` "
+            "(LLaDA-style; AutoModelForMaskedLM). Detected from the model when unset.",
+            "choices": ["block_causal", "bidirectional"],
+        },
     )
     batch_size: int = field(
         default=16,
-        metadata={"help": "Prompts per `generate` call (per process); a call decodes batch_size x num_generations "
-                  "sequences."},
+        metadata={
+            "help": "Prompts per `generate` call (per process); a call decodes batch_size x num_generations sequences."
+        },
     )
     num_generations: int = field(
         default=1,
-        metadata={"help": "Samples per prompt: one row each, with a `sample_index` column; a prompt's rows are "
-                  "consecutive. More than 1 needs sampling (`--temperature` > 0)."},
+        metadata={
+            "help": "Samples per prompt: one row each, with a `sample_index` column; a prompt's rows are "
+            "consecutive. More than 1 needs sampling (`--temperature` > 0)."
+        },
     )
     max_prompt_length: int | None = field(
         default=None, metadata={"help": "Refuse prompts longer than this many tokens (checked before generating)."}
@@ -155,8 +170,9 @@ class GenerationArguments:
     )
     remasking: str | None = field(
         default=None,
-        metadata={"help": "`low_confidence_static` (official), `low_confidence_dynamic`, `sequential` or "
-                  "`entropy_bounded`."},
+        metadata={
+            "help": "`low_confidence_static` (official), `low_confidence_dynamic`, `sequential` or `entropy_bounded`."
+        },
     )
     temperature: float | None = field(
         default=None, metadata={"help": "Sampling temperature; 0 decodes greedily (official rollout: 0.1)."}
@@ -193,14 +209,18 @@ class EvalArguments:
 
     eval_dataset: list[str] = field(
         default_factory=lambda: ["gsm8k"],
-        metadata={"help": "Evaluation sets: registered names (`gsm8k`, `math500`, `mbpp`, `mbpp_sanitized`, "
-                  "`humaneval`), or local datasets with `prompt` and `reference` columns (a `save_to_disk` "
-                  "directory or a `.json`/`.jsonl`/`.parquet` file)."},
+        metadata={
+            "help": "Evaluation sets: registered names (`gsm8k`, `math500`, `mbpp`, `mbpp_sanitized`, "
+            "`humaneval`), or local datasets with `prompt` and `reference` columns (a `save_to_disk` "
+            "directory or a `.json`/`.jsonl`/`.parquet` file)."
+        },
     )
     eval_data_files: list[str] | None = field(
         default=None,
-        metadata={"help": "Local files in the Hub schema for the registered sets, instead of downloading them: one "
-                  "per registered name of `eval_dataset`, in order (local datasets need none)."},
+        metadata={
+            "help": "Local files in the Hub schema for the registered sets, instead of downloading them: one "
+            "per registered name of `eval_dataset`, in order (local datasets need none)."
+        },
     )
     eval_split: str | None = field(default=None, metadata={"help": "Split of the registered sets (default: test)."})
     eval_limit: int | None = field(default=None, metadata={"help": "Evaluate only the first N problems of each set."})
@@ -214,19 +234,24 @@ class EvalArguments:
     )
     model_family: str | None = field(
         default=None,
-        metadata={"help": "`block_causal` or `bidirectional`; detected from the model when unset.",
-                  "choices": ["block_causal", "bidirectional"]},
+        metadata={
+            "help": "`block_causal` or `bidirectional`; detected from the model when unset.",
+            "choices": ["block_causal", "bidirectional"],
+        },
     )
     block_sizes: list[int] = field(default_factory=lambda: [4, 8], metadata={"help": "Block sizes B to evaluate."})
     tokens_per_step: list[int] = field(
         default_factory=lambda: [2, 4],
-        metadata={"help": "Tokens per step B/S to evaluate for each block size (the paper's few-step settings are "
-                  "2 and 4; 1 is full-step decoding). Pairs where B is not a multiple are skipped."},
+        metadata={
+            "help": "Tokens per step B/S to evaluate for each block size (the paper's few-step settings are "
+            "2 and 4; 1 is full-step decoding). Pairs where B is not a multiple are skipped."
+        },
     )
     remasking: str = field(
         default="low_confidence_static",
-        metadata={"help": "Remasking strategy (`low_confidence_dynamic` with `--confidence_threshold` for dynamic "
-                  "decoding)."},
+        metadata={
+            "help": "Remasking strategy (`low_confidence_dynamic` with `--confidence_threshold` for dynamic decoding)."
+        },
     )
     confidence_threshold: float | None = field(
         default=None, metadata={"help": "Confidence threshold of dynamic decoding (the paper's: 0.9)."}
@@ -234,18 +259,24 @@ class EvalArguments:
     temperature: float = field(default=0.0, metadata={"help": "Decoding temperature (0: greedy, reproducible)."})
     scorer: str | None = field(
         default=None,
-        metadata={"help": "Scorer for every row instead of each set's own: `exact_match`, `math`, `code`, a name "
-                  "registered with `register_scorer`, or `module:function` (imported and registered)."},
+        metadata={
+            "help": "Scorer for every row instead of each set's own: `exact_match`, `math`, `code`, a name "
+            "registered with `register_scorer`, or `module:function` (imported and registered)."
+        },
     )
     scorer_modules: list[str] | None = field(
         default=None,
-        metadata={"help": "Modules imported before scoring, which register scorers with `register_scorer` (e.g. "
-                  "`t3d_trl.demo.tasks` for the demo tasks' `one_of`, `digit_sum`, `permutation`)."},
+        metadata={
+            "help": "Modules imported before scoring, which register scorers with `register_scorer` (e.g. "
+            "`t3d_trl.demo.tasks` for the demo tasks' `one_of`, `digit_sum`, `permutation`)."
+        },
     )
     allow_code_execution: bool = field(
         default=False,
-        metadata={"help": "Allow the `code` scorer to run model-written programs (MBPP, HumanEval). NOT a sandbox: "
-                  "use a disposable container. `HF_ALLOW_CODE_EVAL=1` does the same."},
+        metadata={
+            "help": "Allow the `code` scorer to run model-written programs (MBPP, HumanEval). NOT a sandbox: "
+            "use a disposable container. `HF_ALLOW_CODE_EVAL=1` does the same."
+        },
     )
     code_timeout: float = field(default=3.0, metadata={"help": "Seconds per program of the `code` scorer."})
     batch_size: int = field(default=8, metadata={"help": "Prompts per `generate` call."})

@@ -82,14 +82,28 @@ def demo_arguments_class() -> type:
             text += f"; with --full {_describe(full_value)}"
         text += ")" + (f"; {note}" if note else "") + "."
         specs.append((spec.name, parser_type, dataclasses.field(default=None, metadata={"help": text})))
-    specs.append(("full", bool, dataclasses.field(
-        default=False,
-        metadata={"help": "Run the full study (more seeds, longer budgets) instead of the quick demo; other flags "
-                  "still override single settings."},
-    )))
-    specs.append(("print_config", bool, dataclasses.field(
-        default=False, metadata={"help": "Print the resolved DemoConfig as JSON and exit without running."}
-    )))
+    specs.append(
+        (
+            "full",
+            bool,
+            dataclasses.field(
+                default=False,
+                metadata={
+                    "help": "Run the full study (more seeds, longer budgets) instead of the quick demo; other flags "
+                    "still override single settings."
+                },
+            ),
+        )
+    )
+    specs.append(
+        (
+            "print_config",
+            bool,
+            dataclasses.field(
+                default=False, metadata={"help": "Print the resolved DemoConfig as JSON and exit without running."}
+            ),
+        )
+    )
     cls = dataclasses.make_dataclass("DemoArguments", specs)
     cls.__module__ = __name__
     cls.__doc__ = "Arguments of `t3d-trl demo`: overrides of `t3d_trl.demo.DemoConfig`."

@@ -77,8 +77,10 @@ def decoding_settings(args: EvalArguments) -> list[Any]:
                 )
             )
     if skipped:
-        logger.warning("Skipping decoding settings whose block size is not a multiple of the tokens per step: %s",
-                       ", ".join(skipped))
+        logger.warning(
+            "Skipping decoding settings whose block size is not a multiple of the tokens per step: %s",
+            ", ".join(skipped),
+        )
     if not settings:
         raise ValueError(
             f"No decoding setting: every (block size, tokens per step) pair of {args.block_sizes} x "

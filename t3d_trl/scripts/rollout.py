@@ -52,7 +52,8 @@ def main(model_args: ModelArguments, rollout_args: RolloutArguments, generation_
     Returns:
         The trajectory dataset.
     """
-    from ..rollout import _default_state, check_rollout_settings, generate_trajectories, push_trajectories_to_hub
+    from ..rollout import check_rollout_settings, generate_trajectories, push_trajectories_to_hub
+    from ..rollout.loop import _default_state
 
     # what can be checked without the model, before anything is loaded
     if rollout_args.push_to_hub and not rollout_args.hub_dataset_id:
@@ -95,7 +96,11 @@ def main(model_args: ModelArguments, rollout_args: RolloutArguments, generation_
         tokens = sum(len(ids) for ids in trajectories["completion_ids"])
         forwards = sum(trajectories["nfe"])
         samples = rollout_args.num_generations
-        rows = f"{len(trajectories) // samples} prompts x {samples} samples" if samples > 1 else f"{len(trajectories)} prompts"
+        rows = (
+            f"{len(trajectories) // samples} prompts x {samples} samples"
+            if samples > 1
+            else f"{len(trajectories)} prompts"
+        )
         print(
             f"Rolled out {rows} in {time.perf_counter() - start:.1f} s ({tokens} completion tokens, {forwards} teacher "
             f"forwards); trajectories saved to {os.path.join(rollout_args.output_dir, 'dataset')}"

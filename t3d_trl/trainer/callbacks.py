@@ -125,7 +125,9 @@ def is_torch_sharded(module: torch.nn.Module) -> bool:
 
 
 def _rank() -> int:
-    return torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+    return (
+        torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+    )
 
 
 def full_state_dict(module: torch.nn.Module, keep: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
@@ -145,8 +147,11 @@ def full_state_dict(module: torch.nn.Module, keep: Callable[[str], bool] | None 
             if _rank() != 0:
                 return {}
             state = {name: param.detach().cpu().clone() for name, param in selected.items()}
-        buffers = {name: buf.detach().cpu().clone() for name, buf in module.state_dict().items()
-                   if name not in params and keep(name)}
+        buffers = {
+            name: buf.detach().cpu().clone()
+            for name, buf in module.state_dict().items()
+            if name not in params and keep(name)
+        }
         return {**buffers, **state}
     if is_torch_sharded(module):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict

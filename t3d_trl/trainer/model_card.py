@@ -71,7 +71,7 @@ def _snippets(info: ModelCardInfo) -> list[str]:
     load = (
         f'tokenizer = AutoTokenizer.from_pretrained("{repo}")\n'
         f'messages = [{{"role": "user", "content": "What is 12 * 7?"}}]\n'
-        "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\", "
+        'inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", '
         "return_dict=True)\n"
     )
     decode = (
@@ -128,8 +128,15 @@ def model_card_text(info: ModelCardInfo) -> str:
     ]
     lines += _snippets(info)
     lines += ["", "## Decoding defaults (`generation_config.json`)", "", "| setting | value |", "|---|---|"]
-    for key in ("block_size", "steps_per_block", "remasking", "mask_token_id", "eos_token_id", "temperature",
-                "max_new_tokens"):
+    for key in (
+        "block_size",
+        "steps_per_block",
+        "remasking",
+        "mask_token_id",
+        "eos_token_id",
+        "temperature",
+        "max_new_tokens",
+    ):
         if config.get(key) is not None:
             lines.append(f"| `{key}` | `{config[key]}` |")
     lines += ["", "## Training", ""]

@@ -244,7 +244,13 @@ class T3DTrainer(Trainer):
             require_step_map=args.state_sampling != "random",
         )
         decisions = {k: v for k, v in stats.items() if k not in ("num_rows_in", "num_rows_out") and v}
-        logger.info("Prepared %s trajectories: %d rows in, %d out; %s", name, stats["num_rows_in"], stats["num_rows_out"], decisions)
+        logger.info(
+            "Prepared %s trajectories: %d rows in, %d out; %s",
+            name,
+            stats["num_rows_in"],
+            stats["num_rows_out"],
+            decisions,
+        )
         if len(dataset) == 0:
             raise ValueError(f"The {name} dataset has no usable rows after preparation ({stats}).")
         return dataset, stats
@@ -336,7 +342,9 @@ class T3DTrainer(Trainer):
         statistics = self._window_statistics(model, inputs, request)
         complement = None
         if "complement_input_ids" in inputs:  # dParallel's second pass, on the complementary state
-            complement = self._window_statistics(model, {**inputs, "input_ids": inputs["complement_input_ids"]}, request)
+            complement = self._window_statistics(
+                model, {**inputs, "input_ids": inputs["complement_input_ids"]}, request
+            )
         loss, metrics = compute_objectives(statistics, inputs, self.args, reference, complement)
         self._record_metrics(metrics, "train" if model.training else "eval")
         return (loss, {"statistics": statistics.values}) if return_outputs else loss
@@ -358,7 +366,9 @@ class T3DTrainer(Trainer):
         self._metrics[mode].clear()
         return metrics
 
-    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         for key, value in self._averaged_metrics("eval").items():
             output.metrics[f"{metric_key_prefix}_{key}"] = value
@@ -389,9 +399,7 @@ class T3DTrainer(Trainer):
             window = fake.shape[1]
             # the row's own noisy stream, not the clean columns a short row has in the window
             noisy = batch["valid"][:, -window:] & (batch["stream_ids"][:, -window:] == NOISY)
-            gathered = self.accelerator.gather_for_metrics(
-                (batch["example_index"], fake, noisy, ref_real, ref_fake)
-            )
+            gathered = self.accelerator.gather_for_metrics((batch["example_index"], fake, noisy, ref_real, ref_fake))
             ids, fake, noisy, ref_real, ref_fake = gathered
             index += ids.tolist()
             fakes += [row[mask].tolist() for row, mask in zip(fake.cpu(), noisy.cpu())]
@@ -426,7 +434,9 @@ class T3DTrainer(Trainer):
         folder that is refused at resume, never one that resumes with another reference."""
         state = self._reference_state()
         if state and self.args.should_save:  # rank 0's full state (other ranks of a sharded reference get {})
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            folder = os.path.join(
+                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
             os.makedirs(folder, exist_ok=True)
             target = os.path.join(folder, _REF_CHECKPOINT)
             torch.save(state, target + ".tmp")
@@ -540,8 +550,11 @@ class T3DTrainer(Trainer):
         name = model_name or os.path.basename(os.path.normpath(output_dir))
         hub_id = getattr(self, "hub_model_id", None) or getattr(self.args, "hub_model_id", None)
         args = self.args
-        training = {"loss_type": list(args.loss_type), "loss_weights": list(args.loss_weights),
-                    "training block size": self.block_size}
+        training = {
+            "loss_type": list(args.loss_type),
+            "loss_weights": list(args.loss_weights),
+            "training block size": self.block_size,
+        }
         if args.uses_reference:
             training.update(beta=args.beta, alpha=args.alpha, ref_model_sync_steps=args.ref_model_sync_steps)
         info = ModelCardInfo(

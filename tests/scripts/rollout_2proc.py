@@ -45,7 +45,13 @@ def main(out: Path) -> None:
         model, tokenizer, dataset, GREEDY, batch_size=BATCH_SIZE, output_dir=out / "greedy_dir", progress=False
     )
     sampled = generate_trajectories(
-        model, tokenizer, dataset, SAMPLED, batch_size=BATCH_SIZE, seed=SEED, num_generations=NUM_GENERATIONS,
+        model,
+        tokenizer,
+        dataset,
+        SAMPLED,
+        batch_size=BATCH_SIZE,
+        seed=SEED,
+        num_generations=NUM_GENERATIONS,
         progress=False,
     )
     state = PartialState()  # the state generate_trajectories initialised

@@ -19,9 +19,16 @@ PROMPTS = ["abc", "hello wor", "what is 2+3?", "abcdefgh", "xyz", "12+34=", "k",
 def main(output_dir: str, per_device_batch_size: int) -> None:
     tokenizer = tiny_tokenizer()
     trajectories = Dataset.from_list(rollout_rows(tiny_qwen3(dtype=torch.float32), tokenizer, PROMPTS))
-    args = tiny_t3d_config(output_dir, per_device_train_batch_size=per_device_batch_size, max_steps=1,
-                         random_token_ratio=0.1, dataloader_drop_last=True)
-    trainer = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=args, train_dataset=trajectories, processing_class=tokenizer)
+    args = tiny_t3d_config(
+        output_dir,
+        per_device_train_batch_size=per_device_batch_size,
+        max_steps=1,
+        random_token_ratio=0.1,
+        dataloader_drop_last=True,
+    )
+    trainer = T3DTrainer(
+        tiny_qwen3(dtype=torch.float32), args=args, train_dataset=trajectories, processing_class=tokenizer
+    )
     trainer.train()
     is_main = trainer.is_world_process_zero()
     log = next(h for h in trainer.state.log_history if "loss" in h)

@@ -24,8 +24,8 @@ from datasets import Dataset
 from transformers import TrainerCallback
 
 from t3d_trl import T3DTrainer
-from t3d_trl.trainer.callbacks import state_module
 from t3d_trl.testing import rollout_rows, tiny_qwen3, tiny_t3d_config, tiny_tokenizer
+from t3d_trl.trainer.callbacks import state_module
 
 PROMPTS = ["abc", "hello wor", "what is 2+3?", "abcdefgh", "xyz", "12+34=", "k", "the cat"]
 SYNC_STEPS = 2
@@ -116,11 +116,21 @@ def build_trainer(output_dir: str, per_device_batch_size: int, device: str = "cp
     tokenizer = tiny_tokenizer()
     trajectories = Dataset.from_list(rollout_rows(tiny_qwen3(dtype=torch.float32), tokenizer, PROMPTS))
     args = tiny_t3d_config(
-        output_dir, per_device_train_batch_size=per_device_batch_size, max_steps=3, ref_model_sync_steps=SYNC_STEPS,
-        random_token_ratio=0.1, dataloader_drop_last=True, save_strategy="steps", save_steps=SYNC_STEPS,
-        save_only_model=False, use_cpu=device == "cpu", **overrides,
+        output_dir,
+        per_device_train_batch_size=per_device_batch_size,
+        max_steps=3,
+        ref_model_sync_steps=SYNC_STEPS,
+        random_token_ratio=0.1,
+        dataloader_drop_last=True,
+        save_strategy="steps",
+        save_steps=SYNC_STEPS,
+        save_only_model=False,
+        use_cpu=device == "cpu",
+        **overrides,
     )
-    return T3DTrainer(tiny_qwen3(dtype=torch.float32), args=args, train_dataset=trajectories, processing_class=tokenizer)
+    return T3DTrainer(
+        tiny_qwen3(dtype=torch.float32), args=args, train_dataset=trajectories, processing_class=tokenizer
+    )
 
 
 def step_logs(trainer) -> dict[int, dict]:
@@ -140,8 +150,9 @@ def main(output_dir: str, per_device_batch_size: int, device: str = "cpu") -> No
         "distributed_type": str(trainer.accelerator.distributed_type),
         "ref_param_type": type(ref_param).__name__,
         "ref_fsdp_units": fsdp_units(ref_model),
-        "ref_param_local_numel": sum(p.numel() if not hasattr(p, "to_local") else p.to_local().numel()
-                                     for p in ref_model.parameters()),
+        "ref_param_local_numel": sum(
+            p.numel() if not hasattr(p, "to_local") else p.to_local().numel() for p in ref_model.parameters()
+        ),
     }
     trainer.train()
     result["logs"] = step_logs(trainer)
