@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .checks import check_number
 from .layouts import ATTENTION_LAYOUTS
 from .losses import path_weights
 from .masks import block_ids
@@ -48,15 +49,26 @@ _STATE_SAMPLINGS = ("trajectory", "random")
 _STATE_ORDERS = ("latest", "earliest")
 
 
-def _pad_rows(rows: Sequence[Any], pad_value: int) -> tuple[Tensor, Tensor]:
+def _pad_rows(rows: Sequence[Any], pad_value: int, name: str = "ids") -> tuple[Tensor, Tensor]:
     """Right-pad variable-length integer rows into ``[batch, max_len]`` with one flat tensor and a length mask.
 
     ``out[r, j] = rows[r][j]`` for ``j < len(rows[r])`` and ``pad_value`` elsewhere.
 
     Returns:
         ``(padded int64 [batch, max_len], lengths int64 [batch])``.
+
+    Raises:
+        ValueError: naming the batch row and ``name`` when a row holds something else than integers.
     """
-    tensors = [torch.as_tensor(row, dtype=torch.int64).reshape(-1) for row in rows]
+    tensors = []
+    for index, row in enumerate(rows):
+        try:
+            tensor = torch.as_tensor(row).reshape(-1)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise ValueError(f"Batch row {index}: `{name}` must be a list of integers ({error}).") from None
+        if tensor.numel() and (tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool):
+            raise ValueError(f"Batch row {index}: `{name}` must hold integers, got {tensor.dtype} values.")
+        tensors.append(tensor.to(torch.int64))
     lengths = torch.tensor([t.numel() for t in tensors], dtype=torch.int64)
     width = int(lengths.max()) if len(tensors) else 0
     out = torch.full((len(tensors), width), pad_value, dtype=torch.int64)
@@ -153,10 +165,12 @@ class DataCollatorForTrajectory:
         for name in ("mask_token_id", "pad_token_id", "eos_token_id"):
             if getattr(self, name) is None:
                 raise ValueError(f"DataCollatorForTrajectory needs `{name}`; got None.")
-        if self.block_size < 1:
-            raise ValueError(f"block_size must be >= 1, got {self.block_size}.")
-        if self.num_eos_tokens < 0:
-            raise ValueError(f"num_eos_tokens must be >= 0, got {self.num_eos_tokens}.")
+        check_number("block_size", self.block_size, 1, False, None, True, False)
+        check_number("num_eos_tokens", self.num_eos_tokens, 0, False, None, True, False)
+        check_number("mask_ratio_power", self.mask_ratio_power, None, False, None, False, False)
+        check_number("random_token_ratio", self.random_token_ratio, 0.0, False, 1.0, False, False)
+        for index, ratio in enumerate(self.mask_ratios):
+            check_number(f"mask_ratios[{index}]", ratio, 0.0, False, 1.0, False, False)
         for name, allowed in (
             ("state_sampling", _STATE_SAMPLINGS),
             ("state_order", _STATE_ORDERS),
@@ -165,8 +179,6 @@ class DataCollatorForTrajectory:
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
-        if not 0.0 <= self.random_token_ratio <= 1.0:
-            raise ValueError(f"random_token_ratio must be in [0, 1], got {self.random_token_ratio}.")
         if self.random_token_ratio > 0 and self.vocab_size is None and self.random_token_ids is None:
             raise ValueError(
                 "random_token_ratio > 0 needs `random_token_ids` (the tokenizer's ids random tokens are drawn from) "
@@ -203,9 +215,11 @@ class DataCollatorForTrajectory:
                 f"Trajectory rows lack {missing}; expected keys {list(_REQUIRED_KEYS)}. "
                 "Prepare the dataset with `t3d_trl.data.prepare_trajectory_dataset`."
             )
-        prompt, prompt_len = _pad_rows([f["prompt_ids"] for f in features], self.pad_token_id)
-        completion, completion_len = _pad_rows([f["completion_ids"] for f in features], self.pad_token_id)
-        steps, steps_len = _pad_rows([f["step_map"] for f in features], 0)
+        prompt, prompt_len = _pad_rows([f["prompt_ids"] for f in features], self.pad_token_id, "prompt_ids")
+        completion, completion_len = _pad_rows(
+            [f["completion_ids"] for f in features], self.pad_token_id, "completion_ids"
+        )
+        steps, steps_len = _pad_rows([f["step_map"] for f in features], 0, "step_map")
         if not torch.equal(steps_len, completion_len):
             bad = int(torch.nonzero(steps_len != completion_len)[0, 0])
             raise ValueError(

@@ -291,3 +291,10 @@ def test_noisy_window_logits_equal_blockwise_forward_float64():
             torch.testing.assert_close(logits[r, columns], direct, atol=1e-10, rtol=0)
             checked += 1
     assert checked == 2 + 3 + 2
+
+
+def test_non_integer_ids_are_refused_naming_the_row():
+    with pytest.raises(ValueError, match=r"Batch row 1: `completion_ids` must hold integers, got torch.float32"):
+        _collator()([ROW_A, dict(ROW_B, completion_ids=[31.0, 32.5, 33.0, 34.0, 35.0, 36.0, 37.0])])
+    with pytest.raises(ValueError, match=r"`mask_ratios\[1\]` must be a number >= 0.0 and <= 1.0, got nan"):
+        _collator(mask_ratios=(0.5, float("nan")))

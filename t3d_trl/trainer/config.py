@@ -2,37 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import TrainingArguments
 
+from ..checks import check_number
 from ..models.families import FAMILIES
 from ..objectives import OBJECTIVES, objective_names
-
-
-def _check_number(
-    name: str, value: Any, low: float | None, low_open: bool, high: float | None, integer: bool, optional: bool
-) -> None:
-    """Raise a `ValueError` naming ``name`` unless ``value`` is a number (an integer when ``integer``) in the range
-    ``low < value`` (``low_open``) or ``low <= value``, ``value <= high``; ``None`` only when ``optional``."""
-    if value is None and optional:
-        return
-    kind = "an integer" if integer else "a number"
-    bounds = []
-    if low is not None:
-        bounds.append(f"{'>' if low_open else '>='} {low}")
-    if high is not None:
-        bounds.append(f"<= {high}")
-    accepted = f"{kind}{' ' + ' and '.join(bounds) if bounds else ''}{' or None' if optional else ''}"
-    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if integer:
-        numeric = numeric and float(value).is_integer()
-    if not numeric or math.isnan(value) or math.isinf(value):
-        raise ValueError(f"`{name}` must be {accepted}, got {value!r}.")
-    if (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high):
-        raise ValueError(f"`{name}` must be {accepted}, got {value!r}.")
 
 
 @dataclass
@@ -289,13 +266,13 @@ class T3DConfig(TrainingArguments):
             "logits_chunk_size": (0, False, None, True, False),
         }
         for name, (low, low_open, high, integer, optional) in ranges.items():
-            _check_number(name, getattr(self, name), low, low_open, high, integer, optional)
+            check_number(name, getattr(self, name), low, low_open, high, integer, optional)
         for index, weight in enumerate(self.loss_weights):
-            _check_number(f"loss_weights[{index}]", weight, 0.0, False, None, False, False)
+            check_number(f"loss_weights[{index}]", weight, 0.0, False, None, False, False)
         if not self.mask_ratios:
             raise ValueError("`mask_ratios` must hold at least one ratio in (0, 1].")
         for index, ratio in enumerate(self.mask_ratios):
-            _check_number(f"mask_ratios[{index}]", ratio, 0.0, False, 1.0, False, False)
+            check_number(f"mask_ratios[{index}]", ratio, 0.0, False, 1.0, False, False)
         if max(self.mask_ratios) <= 0:
             raise ValueError(f"`mask_ratios` {list(self.mask_ratios)} mask nothing; give at least one ratio in (0, 1].")
 
