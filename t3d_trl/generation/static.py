@@ -33,6 +33,8 @@ are reused too.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from transformers.utils import logging
 
@@ -94,6 +96,14 @@ def static_fallback_reason(
             "exactly steps_per_block forwards per block)"
         )
     return None
+
+
+def _skipped_guards(skip: bool):
+    """Skip the compiler's guard evaluation (``skip``: a compiled call that follows another compiled call of the same
+    decode, so its inputs match up to their values), else a no-op context."""
+    if skip:
+        return torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
+    return contextlib.nullcontext()
 
 
 def compiled_forward(model, config):
@@ -189,6 +199,7 @@ def decode_static(
     nfe = torch.zeros(batch, dtype=torch.long, device=device)
     active = torch.ones(batch, dtype=torch.bool, device=device)
     carry = None  # shifted heads: the logits of the column before the block
+    guarded = False  # whether a compiled call of this decode already ran with its guards checked
     for block_index in range(canvas.num_blocks):
         start = canvas.start + block_index * block_size
         end = start + block_size
@@ -213,16 +224,22 @@ def decode_static(
                 )
             if forward is call and compiled:
                 torch.compiler.cudagraph_mark_step_begin()
-            logits = family.static_forward(
-                forward,
-                model,
-                tokens.index_select(1, gathered),
-                window_positions,
-                mask,
-                cache,
-                write,
-                num_logits,
-            )
+            # After this decode's first compiled call every call has the same shapes, dtypes and devices: the
+            # compiler's guards cannot change their verdict, so their evaluation is skipped (a per-call cost of the
+            # order of the forward itself for small models).
+            compiled_call = forward is call and compiled
+            with _skipped_guards(guarded and compiled_call):
+                logits = family.static_forward(
+                    forward,
+                    model,
+                    tokens.index_select(1, gathered),
+                    window_positions,
+                    mask,
+                    cache,
+                    write,
+                    num_logits,
+                )
+            guarded = guarded or compiled_call
             block_logits = logits[:, -block_size:]
             if family.shift_logits:
                 if stores and logits.shape[1] > block_size:

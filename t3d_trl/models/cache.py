@@ -208,7 +208,7 @@ class IndexedStaticLayer(StaticLayer):
         return self.keys, self.values
 
     def crop(self, tokens_to_remove: int) -> None:
-        raise NotImplementedError("An IndexedStaticLayer is never cropped: the decoder chooses the slots it writes.")
+        raise RuntimeError("An IndexedStaticLayer is never cropped: the decoder chooses the slots it writes.")
 
     def matches(self, batch_size: int, dtype: torch.dtype, device: torch.device) -> bool:
         """Whether the buffers exist with this batch size, dtype and device.

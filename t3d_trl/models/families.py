@@ -164,7 +164,7 @@ class ModelFamily(abc.ABC):
         Returns:
             The cache.
         """
-        raise NotImplementedError(self.static_decoding_unsupported(model))
+        raise ValueError(self.static_decoding_unsupported(model))
 
     def static_decode_mask(
         self, key_block, key_valid, query_columns, query_valid, write_columns, block_start, block_size
@@ -183,7 +183,7 @@ class ModelFamily(abc.ABC):
         Returns:
             A boolean ``[batch, 1, Q, C]`` mask (``True`` = attend).
         """
-        raise NotImplementedError(self.static_decoding_unsupported(None))
+        raise ValueError(self.static_decoding_unsupported(None))
 
     def static_forward(self, call, model, input_ids, position_ids, mask, cache, write_columns, num_logits: int):
         """Run ``call`` (the model's forward, compiled or not) on fixed-shape inputs with the static ``cache``.
@@ -201,7 +201,7 @@ class ModelFamily(abc.ABC):
         Returns:
             Logits ``[batch, num_logits, V]`` (``[batch, Q, V]`` for models that cannot skip the others).
         """
-        raise NotImplementedError(self.static_decoding_unsupported(model))
+        raise ValueError(self.static_decoding_unsupported(model))
 
     # ------------------------------------------------------------------------------------------------ training
     @staticmethod
