@@ -555,9 +555,9 @@ def test_multiblock_scorers_on_handmade_answers():
 
     assert is_wordplay("cat-tac-atc", "cat|dog") and is_wordplay(" dog-god-ogd ", "cat|dog")
     assert not is_wordplay("cat-tac-tca", "cat|dog") and not is_wordplay("cat-god-ogd", "cat|dog")
-    assert is_walk("34323234545", "3>5") and is_walk("01010101010", "0>0")
+    assert is_walk("34323234545", "3>5") and is_walk("31356420235", "3>5") and is_walk("02020202020", "0>0")
     assert not is_walk("34323234543", "3>5") and not is_walk("3432323454", "3>4") and not is_walk("34323234555", "3>5")
-    assert not is_walk("-1010101010", "0>0")
+    assert not is_walk("-1010101010", "0>0") and not is_walk("31356420535", "3>5")
     assert is_sep_permutation("c-a-e-b-d", "abcde") and not is_sep_permutation("c-a-e-b-b", "abcde")
     assert not is_sep_permutation("ca-e-b-d", "abcde") and not is_sep_permutation("c-a-e-b-d-f", "abcde")
     assert not is_sep_permutation("c-a-e-bd", "abcde")

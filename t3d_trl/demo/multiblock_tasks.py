@@ -8,9 +8,11 @@ blocks of 8 including EOS, and a choice made in the first block constrains the l
 
 * ``wordplay`` (memorisable): a word of a category, then its reverse, then its rotation, ``"cat-tac-atc"``
   (11 characters + EOS = 3 blocks of 4). The word chosen in block 1 (one of 6) fixes blocks 2 and 3.
-* ``walk`` (in between): 11 digits from ``s`` to ``e`` where consecutive digits differ by exactly 1,
-  ``"r:3>5..="`` → ``"34323234545"``. Hundreds of valid answers per prompt; every digit constrains the next one
-  (across the block boundary too) and whether ``e`` can still be reached.
+* ``walk`` (in between): 11 digits from ``s`` to ``e`` where consecutive digits differ by 1 or 2,
+  ``"r:3>5..="`` → ``"31356420235"``. Thousands of valid answers per prompt; every digit constrains the next one
+  (across the block boundary too) and whether ``e`` can still be reached. (With steps of exactly 1 the digits'
+  parity is fixed by the position and independent per-position argmaxes almost always form a valid walk, so
+  parallel decoding would not break it; steps of 1 or 2 remove that shortcut.)
 * ``perm5`` (generalising): the five letters of a group (out of ``a``-``j``) in any order, separated by ``-``,
   ``"q:bdgij="`` → ``"g-b-j-d-i"`` (9 characters + EOS = 3 blocks of 4, EOS mid-block). 120 answers per group and
   252 groups: the rule (each letter exactly once) must be learnt; a letter used in block 1 may not reappear later.
@@ -47,6 +49,7 @@ __all__ = [
 ]
 
 WALK_LENGTH = 11
+WALK_STEPS = (-2, -1, 1, 2)
 PERM5_LETTERS = "abcdefghij"
 PERM5_SIZE = 5
 SEPARATOR = "-"
@@ -70,7 +73,7 @@ def is_wordplay(prediction: str, reference: str) -> bool:
 # --------------------------------------------------------------------------------------------------------------- walk
 def is_walk(prediction: str, reference: str) -> bool:
     """``prediction`` is :data:`WALK_LENGTH` digits from ``s`` to ``e`` (``reference = "s>e"``) whose consecutive
-    digits differ by exactly 1."""
+    digits differ by 1 or 2."""
     answer = prediction.strip()
     start, end = reference.split(">")
     return (
@@ -78,7 +81,7 @@ def is_walk(prediction: str, reference: str) -> bool:
         and answer.isdigit()
         and answer[0] == start
         and answer[-1] == end
-        and all(abs(int(a) - int(b)) == 1 for a, b in zip(answer, answer[1:]))
+        and all(int(b) - int(a) in WALK_STEPS for a, b in zip(answer, answer[1:]))
     )
 
 
@@ -89,12 +92,12 @@ def _walks_to(end: int) -> tuple[tuple[int, ...], ...]:
     count[-1][end] = 1
     for j in range(WALK_LENGTH - 2, -1, -1):
         for d in range(10):
-            count[j][d] = sum(count[j + 1][n] for n in (d - 1, d + 1) if 0 <= n <= 9)
+            count[j][d] = sum(count[j + 1][d + step] for step in WALK_STEPS if 0 <= d + step <= 9)
     return tuple(tuple(row) for row in count)
 
 
 def walk_pairs() -> list[tuple[int, int]]:
-    """Every ``(start, end)`` joined by at least one walk (even difference): 50 prompts."""
+    """Every ``(start, end)`` joined by at least one walk: all 100 pairs of digits."""
     return [(s, e) for s in range(10) for e in range(10) if _walks_to(e)[0][s] > 0]
 
 
@@ -103,7 +106,8 @@ def _sample_walk(rng: random.Random, start: int, end: int) -> str:
     count = _walks_to(end)
     digits = [start]
     for j in range(1, WALK_LENGTH):
-        options = [n for n in (digits[-1] - 1, digits[-1] + 1) if 0 <= n <= 9 and count[j][n] > 0]
+        options = [digits[-1] + step for step in WALK_STEPS if 0 <= digits[-1] + step <= 9]
+        options = [n for n in options if count[j][n] > 0]
         digits.append(rng.choices(options, weights=[count[j][n] for n in options])[0])
     return "".join(map(str, digits))
 
