@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 import random
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 from ..evaluation import available_scorers, register_scorer
 from .tasks import ARGUMENT_WIDTH, CATEGORIES, PROMPT_LENGTH
@@ -81,11 +81,11 @@ def is_walk(prediction: str, reference: str) -> bool:
         and answer.isdigit()
         and answer[0] == start
         and answer[-1] == end
-        and all(int(b) - int(a) in WALK_STEPS for a, b in zip(answer, answer[1:]))
+        and all(int(b) - int(a) in WALK_STEPS for a, b in itertools.pairwise(answer))
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def _walks_to(end: int) -> tuple[tuple[int, ...], ...]:
     """``count[j][d]``: walks of digits from ``d`` at index ``j`` to ``end`` at index ``WALK_LENGTH − 1``."""
     count = [[0] * 10 for _ in range(WALK_LENGTH)]
