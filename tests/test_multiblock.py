@@ -1,6 +1,6 @@
 """Trajectories that cross blocks: states, layout, path weights, EOS fill, reference refresh and evaluation.
 
-Every expectation here is written from the algorithm's description (DESIGN §3-§6), on hand-made teacher trajectories
+Every expectation here is written from the algorithm's description (docs/design.md), on hand-made teacher trajectories
 whose completion spans several blocks, not from the library's code:
 
 * a teacher rollout commits the blocks of its completion one after the other; ``step_map`` counts denoising steps over
@@ -30,8 +30,7 @@ from t3d_trl.evaluation import DecodingSetting, evaluate_few_step
 from t3d_trl.generation import DiffusionGenerationConfig
 from t3d_trl.masks import CLEAN, NOISY
 from t3d_trl.rollout import generate_trajectories
-
-from tiny import tiny_qwen3, tiny_qwen3_config, tiny_t3d_args, tiny_tokenizer
+from t3d_trl.testing import tiny_qwen3, tiny_qwen3_config, tiny_t3d_config, tiny_tokenizer
 
 PAD, EOS, MASK = 0, 1, 2  # the tiny tokenizer's special ids
 VOCAB = 48
@@ -44,8 +43,14 @@ ORDER = (2, 0, 3, 1)  # the teacher's decode order inside a block of 4: position
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def teacher_rollout(prompt_len: int, completion_len: int, tokens_per_step: int = 1, ends_with_eos: bool = True,
-                    example_index: int = 0, first_token: int = 10) -> dict:
+def teacher_rollout(
+    prompt_len: int,
+    completion_len: int,
+    tokens_per_step: int = 1,
+    ends_with_eos: bool = True,
+    example_index: int = 0,
+    first_token: int = 10,
+) -> dict:
     """A teacher rollout with blocks of 4 on the absolute grid, each block decoded in the order ``ORDER`` (positions
     absent from a partial block are skipped), ``tokens_per_step`` tokens per step, steps counted over the whole
     completion. The completion's last token is EOS when ``ends_with_eos`` (otherwise it was cut at the token limit)."""
@@ -66,8 +71,13 @@ def teacher_rollout(prompt_len: int, completion_len: int, tokens_per_step: int =
 
 
 def collator(block_size: int, ratio: float = 1.0, **overrides) -> DataCollatorForTrajectory:
-    values = {"mask_token_id": MASK, "pad_token_id": PAD, "eos_token_id": EOS, "block_size": block_size,
-              "mask_ratios": (ratio,)}
+    values = {
+        "mask_token_id": MASK,
+        "pad_token_id": PAD,
+        "eos_token_id": EOS,
+        "block_size": block_size,
+        "mask_ratios": (ratio,),
+    }
     values.update(overrides)
     return DataCollatorForTrajectory(**values)
 
@@ -83,18 +93,33 @@ def row_layout(batch: dict, r: int) -> dict:
     return columns
 
 
+def ended(row: dict) -> bool:
+    return row["completion_ids"][-1] == EOS
+
+
+def completed(row: dict, block_size: int) -> list[int]:
+    """x0: the completion completed to a block boundary, with EOS after a completion that ended with EOS, with open
+    slots (the mask token, never trained, always masked) after one cut at the token limit."""
+    p, completion = len(row["prompt_ids"]), list(row["completion_ids"])
+    fill = (-(p + len(completion))) % block_size
+    return completion + [EOS if ended(row) else MASK] * fill
+
+
 def expected_masked(row: dict, block_size: int, ratio: float) -> set[int]:
     """Completion indices masked by the state of ratio ``ratio``: per training block, the ⌊r·n⌋ latest-decoded of its
-    n completion tokens (appended EOS fill counts as decoded after every real token; ties: larger position later)."""
+    n tokens with a target (appended EOS fill counts as decoded after every real token; ties: larger position later);
+    the open slots after a cut completion are masked on top, outside the count."""
     p, steps = len(row["prompt_ids"]), list(row["step_map"])
     fill = (-(p + len(steps))) % block_size
+    real = len(steps)
     steps += [max(steps) + 1] * fill
-    masked = set()
+    ranked = len(steps) if ended(row) else real
+    masked = set(range(ranked, len(steps)))
     for block in sorted({(p + j) // block_size for j in range(len(steps))}):
-        members = [j for j in range(len(steps)) if (p + j) // block_size == block]
+        members = [j for j in range(ranked) if (p + j) // block_size == block]
         members.sort(key=lambda j: (steps[j], j))
         count = math.floor(ratio * len(members) + 1e-9)
-        masked |= set(members[len(members) - count:])
+        masked |= set(members[len(members) - count :])
     return masked
 
 
@@ -133,15 +158,17 @@ def test_state_by_hand_three_blocks():
 @pytest.mark.parametrize("ratio", [1.0, 0.75, 0.5, 0.25])
 @pytest.mark.parametrize("tokens_per_step", [1, 2])
 def test_every_training_block_masks_its_latest_decoded_tokens(prompt_len, block_size, ratio, tokens_per_step):
-    rows = [teacher_rollout(prompt_len, 13, tokens_per_step, example_index=0),
-            teacher_rollout(prompt_len + 3, 9, tokens_per_step, ends_with_eos=False, example_index=1, first_token=12)]
+    rows = [
+        teacher_rollout(prompt_len, 13, tokens_per_step, example_index=0),
+        teacher_rollout(prompt_len + 3, 9, tokens_per_step, ends_with_eos=False, example_index=1, first_token=12),
+    ]
     batch = collator(block_size, ratio)(rows)
     window = batch["logits_to_keep"]
     for r, row in enumerate(rows):
         p, completion = len(row["prompt_ids"]), row["completion_ids"]
         columns = row_layout(batch, r)
-        length = len(completion) + (-(p + len(completion))) % block_size
-        x0 = completion + [EOS] * (length - len(completion))
+        x0 = completed(row, block_size)
+        length = len(x0)
         masked = expected_masked(row, block_size, ratio)
         for j in range(length):
             noisy_column, clean_column = columns[(NOISY, p + j)], columns[(CLEAN, p + j)]
@@ -151,8 +178,9 @@ def test_every_training_block_masks_its_latest_decoded_tokens(prompt_len, block_
             assert int(batch["labels"][r, label_column]) == x0[j]
         # every block holding completion tokens is noised, not only the first or the last
         blocks = {(p + j) // block_size for j in range(length)}
+        ranked = length if ended(row) else len(completion)  # open slots are outside the state's count
         for block in blocks:
-            members = [j for j in range(length) if (p + j) // block_size == block]
+            members = [j for j in range(ranked) if (p + j) // block_size == block]
             assert len(masked & set(members)) == math.floor(ratio * len(members) + 1e-9)
         # the prompt's tail (its tokens in the first decoded block) is copied, unmasked, into the noisy stream
         tail = p % block_size
@@ -193,7 +221,8 @@ def test_noisy_block_sees_clean_earlier_blocks_and_itself_only(prompt_len, block
             block = position // block_size
             if stream == NOISY:
                 expected = {(CLEAN, q) for q in range(block * block_size)} | {
-                    (NOISY, q) for q in range(block * block_size, (block + 1) * block_size) if (NOISY, q) in columns}
+                    (NOISY, q) for q in range(block * block_size, (block + 1) * block_size) if (NOISY, q) in columns
+                }
             else:
                 expected = {(CLEAN, q) for q in range((block + 1) * block_size) if (CLEAN, q) in columns}
             seen = {by_column[k] for k in torch.nonzero(mask[r, column]).flatten().tolist() if k in by_column}
@@ -212,7 +241,9 @@ def test_noisy_logits_of_a_block_depend_on_clean_earlier_blocks_only():
 
     def noisy_logits(input_ids):
         with torch.no_grad():
-            return model(input_ids, attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]).logits[0]
+            return model(input_ids, attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]).logits[
+                0
+            ]
 
     base = noisy_logits(batch["input_ids"])
     p = 6
@@ -266,8 +297,13 @@ def blockwise_inference_logits(model, prompt: list[int], x0: list[int], noisy: l
         positions = torch.arange(start, start + len(tokens))
         visible = torch.ones(1, 1, len(tokens), start + len(tokens), dtype=torch.bool)
         with torch.no_grad():
-            logits = model(torch.tensor([tokens]), attention_mask=visible, position_ids=positions[None],
-                           past_key_values=cache, use_cache=True).logits[0]
+            logits = model(
+                torch.tensor([tokens]),
+                attention_mask=visible,
+                position_ids=positions[None],
+                past_key_values=cache,
+                use_cache=True,
+            ).logits[0]
         cache.crop(-len(tokens))  # the noisy block is never stored
         for i, q in enumerate(range(start, start + len(tokens))):
             if q >= p:
@@ -279,12 +315,15 @@ def blockwise_inference_logits(model, prompt: list[int], x0: list[int], noisy: l
 @pytest.mark.parametrize("ratio", [1.0, 0.75, 0.5, 0.25])
 def test_training_logits_equal_cached_block_forward_in_every_block(prompt_len, block_size, ratio):
     model = tiny_qwen3(vocab_size=VOCAB)  # float64
-    rows = [teacher_rollout(prompt_len, 15), teacher_rollout(prompt_len + 1, 10, tokens_per_step=2, example_index=1,
-                                                             ends_with_eos=False, first_token=13)]
+    rows = [
+        teacher_rollout(prompt_len, 15),
+        teacher_rollout(prompt_len + 1, 10, tokens_per_step=2, example_index=1, ends_with_eos=False, first_token=13),
+    ]
     batch = collator(block_size, ratio)(rows)
     with torch.no_grad():
-        logits = model(batch["input_ids"], attention_mask=batch["attention_mask"],
-                       position_ids=batch["position_ids"]).logits
+        logits = model(
+            batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
+        ).logits
     checked_blocks = set()
     for r, row in enumerate(rows):
         columns = row_layout(batch, r)
@@ -316,12 +355,19 @@ def test_rollout_states_reproduce_the_teachers_own_forwards(prompt):
         ids, positions = kwargs["input_ids"], kwargs["position_ids"]
         captured.append((tuple(positions[0, -4:].tolist()), tuple(ids[0, -4:].tolist()), output.logits[0, -4:].clone()))
 
-    config = DiffusionGenerationConfig(block_size=4, steps_per_block=4, max_new_tokens=12 + (8 - len(prompt)),
-                                       mask_token_id=MASK, eos_token_id=None, pad_token_id=PAD)
+    config = DiffusionGenerationConfig(
+        block_size=4,
+        steps_per_block=4,
+        max_new_tokens=12 + (8 - len(prompt)),
+        mask_token_id=MASK,
+        eos_token_id=None,
+        pad_token_id=PAD,
+    )
     handle = model.register_forward_hook(hook, with_kwargs=True)
     try:
-        rollouts = generate_trajectories(model, tokenizer, Dataset.from_list([{"prompt": prompt}]), config,
-                                         batch_size=1, progress=False)
+        rollouts = generate_trajectories(
+            model, tokenizer, Dataset.from_list([{"prompt": prompt}]), config, batch_size=1, progress=False
+        )
     finally:
         handle.remove()
     dataset, _ = prepare_trajectory_dataset(rollouts, tokenizer)
@@ -339,8 +385,9 @@ def test_rollout_states_reproduce_the_teachers_own_forwards(prompt):
     for ratio in (1.0, 0.75, 0.5, 0.25):
         batch = collator(4, ratio)([row])
         with torch.no_grad():
-            logits = model(batch["input_ids"], attention_mask=batch["attention_mask"],
-                           position_ids=batch["position_ids"]).logits[0]
+            logits = model(
+                batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
+            ).logits[0]
         columns = row_layout(batch, 0)
         for block in range(first_block, (p + len(completion)) // 4):
             positions = tuple(range(4 * block, 4 * block + 4))
@@ -436,12 +483,10 @@ def test_truncated_block_aligned_completion_gets_no_eos():
     assert trained_indices(batch, 0, row) == list(range(12))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the collator trains EOS targets after a completion cut at the token limit "
-                                       "(DESIGN §4: a truncated completion gets no trailing targets)")
 def test_truncated_completion_gets_no_eos_targets():
     """A completion cut at the token limit (no EOS) that does not end on a block boundary: the teacher never said the
-    answer ends there, so the appended fill must not be trained as EOS targets (DESIGN §4, official ``post_num``:
-    "only when the completion ended; a truncated completion gets no trailing targets")."""
+    answer ends there, so the slots that complete its block are not trained as EOS targets (docs/design.md; the
+    official ``post_num`` applies only when the completion ended)."""
     row = teacher_rollout(8, 10, ends_with_eos=False)  # e.g. max_new_tokens = 10: 18 → 2 fill positions
     batch = collator(4, 1.0, num_eos_tokens=2)([row])
     assert trained_indices(batch, 0, row) == list(range(10))
@@ -455,15 +500,26 @@ def test_truncated_completion_gets_no_eos_targets():
 def test_ddo_is_log_two_after_every_refresh_on_multi_block_trajectories(tmp_path):
     tokenizer = tiny_tokenizer()
     rows = []
-    for index, (p, c, tps, eos) in enumerate([(8, 12, 1, True), (6, 14, 1, True), (8, 9, 2, False), (5, 15, 2, True),
-                                              (8, 16, 1, False), (7, 11, 1, True), (8, 10, 2, True), (9, 13, 1, True)]):
+    for index, (p, c, tps, eos) in enumerate(
+        [
+            (8, 12, 1, True),
+            (6, 14, 1, True),
+            (8, 9, 2, False),
+            (5, 15, 2, True),
+            (8, 16, 1, False),
+            (7, 11, 1, True),
+            (8, 10, 2, True),
+            (9, 13, 1, True),
+        ]
+    ):
         row = teacher_rollout(p, c, tps, ends_with_eos=eos, example_index=index, first_token=10 + index)
         row.pop("example_index")
         rows.append({**row, "block_size": TEACHER_BLOCK, "steps_per_block": TEACHER_BLOCK // tps})
     trajectories = Dataset.from_list(rows)
-    args = tiny_t3d_args(tmp_path, max_steps=7, ref_model_sync_steps=3, block_size=4)
-    trainer = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=args, train_dataset=trajectories,
-                         processing_class=tokenizer)
+    args = tiny_t3d_config(tmp_path, max_steps=7, ref_model_sync_steps=3, block_size=4)
+    trainer = T3DTrainer(
+        tiny_qwen3(dtype=torch.float32), args=args, train_dataset=trajectories, processing_class=tokenizer
+    )
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert len(logs) == 7
@@ -485,8 +541,9 @@ def test_sequence_logps_average_over_every_block(tmp_path):
     plain = dict(row)
     plain.pop("example_index")
     trajectories = Dataset.from_list([{**plain, "block_size": 4, "steps_per_block": 4}])
-    args = tiny_t3d_args(tmp_path, max_steps=1, loss_type=["td"], block_size=4, per_device_train_batch_size=1,
-                         mask_ratios=[0.5])
+    args = tiny_t3d_config(
+        tmp_path, max_steps=1, loss_type=["td"], block_size=4, per_device_train_batch_size=1, mask_ratios=[0.5]
+    )
     trainer = T3DTrainer(model, args=args, train_dataset=trajectories, processing_class=tokenizer)
     batch = trainer.data_collator([trainer.train_dataset[0]])
     columns = row_layout(batch, 0)
@@ -533,11 +590,13 @@ def test_evaluate_few_step_decodes_and_scores_multi_block_answers(block_size):
     model = OracleQwen3(tiny_qwen3_config()).eval()
     patch_model(model, tokenizer, block_size=block_size)
     tokenizer.padding_side = "left"
-    dataset = Dataset.from_list([
-        {"prompt": "question", "reference": answer},
-        {"prompt": "other q=", "reference": "abc-def-gi"},
-        {"prompt": "3rd one=", "reference": answer},
-    ])
+    dataset = Dataset.from_list(
+        [
+            {"prompt": "question", "reference": answer},
+            {"prompt": "other q=", "reference": "abc-def-gi"},
+            {"prompt": "3rd one=", "reference": answer},
+        ]
+    )
     settings = [DecodingSetting(block_size=block_size, steps_per_block=block_size // tps) for tps in (1, 2, 4)]
     results = evaluate_few_step(model, tokenizer, dataset, settings, batch_size=2, max_new_tokens=16, progress=False)
     blocks = -(-11 // block_size)
