@@ -16,26 +16,39 @@ from t3d_trl.demo.tasks import (
     is_digit_sum,
     is_one_of,
     is_permutation,
+    is_sep_permutation,
+    is_walk,
+    is_wordplay,
     training_pairs,
 )
+from t3d_trl.evaluation import get_scorer
 
 
 def test_scorers_on_handmade_answers():
     assert is_one_of("cat", "cat|dog") and not is_one_of("cot", "cat|dog")
     assert is_digit_sum("159", "15") and not is_digit_sum("158", "15") and not is_digit_sum("1509", "15")
     assert is_permutation("cab", "abc") and not is_permutation("aab", "abc") and not is_permutation("abcd", "abc")
+    assert is_wordplay("cat-tac-atc", "cat|dog") and not is_wordplay("cat-tac-cat", "cat|dog")
+    assert is_walk("31356420235", "3>5") and not is_walk("31356420236", "3>5") and not is_walk("3135642023", "3>3")
+    assert not is_walk("31356420285", "3>5")  # 2 → 8 is not a step of 1 or 2
+    assert is_sep_permutation("g-b-j-d-i", "bdgij") and not is_sep_permutation("g-b-j-d-d", "bdgij")
+    assert not is_sep_permutation("gb-j-d-i", "bdgij")
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_generated_answers_are_valid_and_prompts_align_to_blocks(name):
     tokenizer = build_tokenizer()
-    scorer = {"one_of": is_one_of, "digit_sum": is_digit_sum, "permutation": is_permutation}[TASKS[name].scorer]
+    scorer = get_scorer(TASKS[name].scorer)
+    block = 4
     rng = random.Random(0)
     answers = set()
     for _ in range(200):
         prompt, answer, reference = TASKS[name].sample(rng)
         assert len(tokenizer(prompt)["input_ids"]) == PROMPT_LENGTH  # answers start on a block boundary
-        assert len(answer) == 3 and scorer(answer, reference)
+        assert scorer(answer, reference)
+        # the answer and its EOS fill exactly the task's number of blocks of 4
+        assert (TASKS[name].blocks - 1) * block < len(answer) + 1 <= TASKS[name].blocks * block
+        assert set(prompt + answer) <= set(TASKS[name].alphabet)
         answers.add((prompt, answer))
     prompts = {p for p, _ in answers}
     assert len(answers) > len(prompts)  # several valid answers per prompt: the task is multimodal

@@ -612,7 +612,7 @@ def test_evaluate_few_step_decodes_and_scores_multi_block_answers(block_size):
 
 
 def test_multiblock_scorers_on_handmade_answers():
-    from t3d_trl.demo.multiblock_tasks import is_sep_permutation, is_walk, is_wordplay
+    from t3d_trl.demo.tasks import is_sep_permutation, is_walk, is_wordplay
 
     assert is_wordplay("cat-tac-atc", "cat|dog") and is_wordplay(" dog-god-ogd ", "cat|dog")
     assert not is_wordplay("cat-tac-tca", "cat|dog") and not is_wordplay("cat-god-ogd", "cat|dog")
@@ -626,16 +626,13 @@ def test_multiblock_scorers_on_handmade_answers():
 
 @pytest.mark.parametrize("name", ["wordplay", "walk", "perm5"])
 def test_multiblock_tasks_cross_blocks_and_are_multimodal(name):
-    from t3d_trl.demo.multiblock_tasks import (
-        MULTIBLOCK_TASKS,
-        build_multiblock_tokenizer,
-        multiblock_evaluation_prompts,
-        multiblock_training_pairs,
-    )
+    from t3d_trl.demo.pipeline import build_tokenizer
+    from t3d_trl.demo.tasks import TASKS, evaluation_prompts, training_pairs
     from t3d_trl.evaluation import get_scorer
 
-    tokenizer = build_multiblock_tokenizer()
-    task = MULTIBLOCK_TASKS[name]
+    tokenizer = build_tokenizer()
+    task = TASKS[name]
+    assert task.blocks == 3
     scorer = get_scorer(task.scorer)
     rng = __import__("random").Random(0)
     answers: dict[str, set[str]] = {}
@@ -657,6 +654,7 @@ def test_multiblock_tasks_cross_blocks_and_are_multimodal(name):
     reference = references[prompt]
     mixed = [a[:4] + b[4:] for a in answers[prompt] for b in answers[prompt] if a[:4] != b[:4]]
     assert mixed and sum(not scorer(m, reference) for m in mixed) > 0
-    rows = multiblock_evaluation_prompts(name, 20, seed=1)
-    assert len({r["prompt"] for r in rows}) == len(rows) == min(20, task.num_prompts())
-    assert all(r["task"] == name for r in multiblock_training_pairs([name], 5, seed=2))
+    rows = evaluation_prompts(name, 20, seed=1)
+    distinct_prompts = {"wordplay": 5, "walk": 100, "perm5": 252}[name]
+    assert len({r["prompt"] for r in rows}) == len(rows) == min(20, distinct_prompts)
+    assert all(r["task"] == name for r in training_pairs([name], 5, seed=2))

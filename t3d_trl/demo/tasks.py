@@ -1,27 +1,55 @@
-"""Small tasks whose valid answers are multimodal and strongly correlated across tokens.
+"""The demo's tasks: small problems whose valid answers are multimodal and correlated across tokens.
 
-Every prompt is exactly :data:`PROMPT_LENGTH` characters (``"<tag>:<argument>="``, the argument padded with
-``.``), so the answer starts on a block boundary for block sizes 4 and 8 and a few-step decoder must commit
-correlated tokens of the answer in the same step. Each task has a generator of (prompt, answer) pairs for
-training the teacher, a generator of evaluation prompts with references, and an exact scorer registered with
-:func:`t3d_trl.evaluation.register_scorer`.
+Every prompt is exactly :data:`PROMPT_LENGTH` characters (``"<tag>:<argument>="``, the argument padded with ``.``),
+so the answer starts on a block boundary for block sizes 4 and 8 and a few-step decoder must commit correlated tokens
+of the answer in the same step. Each task has a sampler of (prompt, answer, reference) triples, with answers drawn
+uniformly among the valid ones (to train the teacher), and an exact scorer registered with
+:func:`t3d_trl.evaluation.register_scorer`. Tasks are a registry (:data:`TASKS`, :func:`register_task`).
 
-* ``words`` (memorisable): name a word of a category; each category has six 3-letter words.
+One-block tasks (a 3-character answer and its EOS fill exactly one block of 4: the trajectory never crosses a block):
+
+* ``words`` (memorisable): a word of a category; each category has six 3-letter words.
 * ``sums`` (in between): three digits 1-9 that add up to a target.
-* ``perm`` (generalising): any permutation of three distinct letters out of eight.
+* ``perm`` (generalising): a permutation of three distinct letters out of eight.
 
-Every answer has three characters, so answer + EOS fill exactly one block of 4.
+Multi-block tasks (the paper's regime in miniature: the answer and its EOS span three blocks of 4 and two of 8, and a
+choice made in the first block constrains the later ones):
+
+* ``wordplay`` (memorisable): a word of a category, then its reverse, then its rotation: ``"v:beast="`` →
+  ``"cat-tac-atc"``. The word chosen in block 1 (one of 6) fixes blocks 2 and 3.
+* ``walk`` (in between): 11 digits from ``s`` to ``e`` whose consecutive digits differ by 1 or 2: ``"r:3>5..="`` →
+  ``"31356420235"``. Thousands of valid answers per prompt; every digit constrains the next one (across block
+  boundaries too) and whether ``e`` can still be reached. (With steps of exactly 1 a digit's parity is fixed by its
+  position, so independent per-position argmaxes would almost always form a valid walk.)
+* ``perm5`` (generalising): the five letters of a group (out of ``a``-``j``) in any order, separated by ``-``:
+  ``"q:bdgij="`` → ``"g-b-j-d-i"`` (9 characters + EOS, which falls mid-block). 120 answers per group, 252 groups: the
+  rule (each letter once) must be learnt; a letter used in block 1 may not reappear.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 
 from ..evaluation import available_scorers, register_scorer
 
+__all__ = [
+    "CATEGORIES",
+    "PROMPT_LENGTH",
+    "TASKS",
+    "Task",
+    "evaluation_prompts",
+    "register_task",
+    "task_alphabet",
+    "training_pairs",
+]
+
 PROMPT_LENGTH = 8
 ARGUMENT_WIDTH = 5
+SEPARATOR = "-"
 
 CATEGORIES: dict[str, tuple[str, ...]] = {
     "beast": ("cat", "dog", "cow", "pig", "rat", "bat"),
@@ -31,12 +59,19 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
     "place": ("inn", "spa", "zoo", "gym", "bar", "den"),
 }
 PERM_LETTERS = "abcdefgh"
+PERM5_LETTERS = "abcdefghij"
+PERM5_SIZE = 5
+WALK_LENGTH = 11
+WALK_STEPS = (-2, -1, 1, 2)
+
+Sample = tuple[str, str, str]
 
 
 def _prompt(tag: str, argument: str) -> str:
     return f"{tag}:{argument.ljust(ARGUMENT_WIDTH, '.')}="
 
 
+# ------------------------------------------------------------------------------------------------------- scorers
 def is_one_of(prediction: str, reference: str) -> bool:
     """``prediction`` (stripped) is one of the ``|``-separated words of ``reference``."""
     return prediction.strip() in reference.split("|")
@@ -53,45 +88,143 @@ def is_permutation(prediction: str, reference: str) -> bool:
     return sorted(prediction.strip()) == sorted(reference)
 
 
+def wordplay_answer(word: str) -> str:
+    """``word``, its reverse and its left rotation by one, joined by ``-``: ``"cat"`` → ``"cat-tac-atc"``."""
+    return SEPARATOR.join((word, word[::-1], word[1:] + word[:1]))
+
+
+def is_wordplay(prediction: str, reference: str) -> bool:
+    """``prediction`` (stripped) is :func:`wordplay_answer` of one of the ``|``-separated words of ``reference``."""
+    return prediction.strip() in {wordplay_answer(word) for word in reference.split("|")}
+
+
+def is_walk(prediction: str, reference: str) -> bool:
+    """``prediction`` is :data:`WALK_LENGTH` digits from ``s`` to ``e`` (``reference = "s>e"``) whose consecutive
+    digits differ by 1 or 2."""
+    answer = prediction.strip()
+    start, end = reference.split(">")
+    return (
+        len(answer) == WALK_LENGTH
+        and answer.isdigit()
+        and answer[0] == start
+        and answer[-1] == end
+        and all(int(b) - int(a) in WALK_STEPS for a, b in itertools.pairwise(answer))
+    )
+
+
+def is_sep_permutation(prediction: str, reference: str) -> bool:
+    """``prediction`` is the letters of ``reference`` in any order, each exactly once, separated by ``-``."""
+    letters = prediction.strip().split(SEPARATOR)
+    return all(len(letter) == 1 for letter in letters) and sorted(letters) == sorted(reference)
+
+
+# ------------------------------------------------------------------------------------------------------- samplers
+def _sample_words(rng: random.Random) -> Sample:
+    category = rng.choice(sorted(CATEGORIES))
+    words = CATEGORIES[category]
+    return _prompt("w", category), rng.choice(words), "|".join(words)
+
+
+def _sample_sums(rng: random.Random) -> Sample:
+    digits = [rng.randint(1, 9) for _ in range(3)]
+    target = str(sum(digits))
+    return _prompt("s", target), "".join(map(str, digits)), target
+
+
+def _sample_perm(rng: random.Random) -> Sample:
+    letters = rng.sample(PERM_LETTERS, 3)
+    group = "".join(sorted(letters))
+    return _prompt("p", group), "".join(letters), group
+
+
+def _sample_wordplay(rng: random.Random) -> Sample:
+    category = rng.choice(sorted(CATEGORIES))
+    words = CATEGORIES[category]
+    return _prompt("v", category), wordplay_answer(rng.choice(words)), "|".join(words)
+
+
+@cache
+def _walks_to(end: int) -> tuple[tuple[int, ...], ...]:
+    """``count[j][d]``: walks of digits from ``d`` at index ``j`` to ``end`` at index ``WALK_LENGTH − 1``."""
+    count = [[0] * 10 for _ in range(WALK_LENGTH)]
+    count[-1][end] = 1
+    for j in range(WALK_LENGTH - 2, -1, -1):
+        for d in range(10):
+            count[j][d] = sum(count[j + 1][d + step] for step in WALK_STEPS if 0 <= d + step <= 9)
+    return tuple(tuple(row) for row in count)
+
+
+def _sample_walk(rng: random.Random) -> Sample:
+    """A walk drawn uniformly among all walks from a random start to a random end (forward sampling on path counts)."""
+    start, end = rng.randrange(10), rng.randrange(10)
+    count = _walks_to(end)
+    digits = [start]
+    for j in range(1, WALK_LENGTH):
+        options = [
+            digits[-1] + step for step in WALK_STEPS if 0 <= digits[-1] + step <= 9 and count[j][digits[-1] + step]
+        ]
+        digits.append(rng.choices(options, weights=[count[j][n] for n in options])[0])
+    reference = f"{start}>{end}"
+    return _prompt("r", reference), "".join(map(str, digits)), reference
+
+
+def _sample_perm5(rng: random.Random) -> Sample:
+    letters = rng.sample(PERM5_LETTERS, PERM5_SIZE)
+    group = "".join(sorted(letters))
+    return _prompt("q", group), SEPARATOR.join(letters), group
+
+
+# ---------------------------------------------------------------------------------------------------------- registry
 @dataclass(frozen=True)
 class Task:
-    """A demo task: a name, a scorer and how to draw prompts and answers."""
+    """A demo task.
+
+    Attributes:
+        name: the task's name.
+        scorer: the name of its registered scorer.
+        sampler: draws ``(prompt, answer, reference)`` with the answer uniform among the valid ones.
+        alphabet: every character its prompts and answers use.
+        blocks: blocks of 4 its answers and their EOS span (1 for the one-block tasks).
+    """
 
     name: str
     scorer: str
+    sampler: Callable[[random.Random], Sample]
+    alphabet: str
+    blocks: int = 1
 
-    def sample(self, rng: random.Random) -> tuple[str, str, str]:
-        """One ``(prompt, answer, reference)`` with the answer drawn uniformly among the valid ones."""
-        if self.name == "words":
-            category = rng.choice(sorted(CATEGORIES))
-            words = CATEGORIES[category]
-            return _prompt("w", category), rng.choice(words), "|".join(words)
-        if self.name == "sums":
-            digits = [rng.randint(1, 9) for _ in range(3)]
-            target = str(sum(digits))
-            return _prompt("s", target), "".join(map(str, digits)), target
-        letters = rng.sample(PERM_LETTERS, 3)
-        group = "".join(sorted(letters))
-        return _prompt("p", group), "".join(letters), group
+    def sample(self, rng: random.Random) -> Sample:
+        """One ``(prompt, answer, reference)``."""
+        return self.sampler(rng)
 
 
-TASKS: dict[str, Task] = {
-    "words": Task("words", "one_of"),
-    "sums": Task("sums", "digit_sum"),
-    "perm": Task("perm", "permutation"),
-}
-
-for _name, _scorer in (("one_of", is_one_of), ("digit_sum", is_digit_sum), ("permutation", is_permutation)):
-    if _name not in available_scorers():
-        register_scorer(_name, _scorer)
+#: the registered tasks by name
+TASKS: dict[str, Task] = {}
 
 
-def task_alphabet() -> list[str]:
-    """Every character the tasks use."""
-    characters = set("wsp:.=|0123456789") | set(PERM_LETTERS)
-    for category, words in CATEGORIES.items():
-        characters |= set(category) | set("".join(words))
-    return sorted(characters)
+def register_task(task: Task, scorer: Callable[[str, str], bool]) -> Task:
+    """Register ``task`` and its scorer (under ``task.scorer``, unless a scorer of that name exists)."""
+    if task.name in TASKS:
+        raise ValueError(f"A demo task named {task.name!r} is already registered.")
+    if task.scorer not in available_scorers():
+        register_scorer(task.scorer, scorer)
+    TASKS[task.name] = task
+    return task
+
+
+_WORD_CHARACTERS = "".join(CATEGORIES) + "".join("".join(words) for words in CATEGORIES.values())
+register_task(Task("words", "one_of", _sample_words, "w:.=|" + _WORD_CHARACTERS), is_one_of)
+register_task(Task("sums", "digit_sum", _sample_sums, "s:.=0123456789"), is_digit_sum)
+register_task(Task("perm", "permutation", _sample_perm, "p:.=" + PERM_LETTERS), is_permutation)
+register_task(Task("wordplay", "wordplay", _sample_wordplay, "v:.=|-" + _WORD_CHARACTERS, blocks=3), is_wordplay)
+register_task(Task("walk", "walk", _sample_walk, "r:.=>0123456789", blocks=3), is_walk)
+register_task(Task("perm5", "sep_permutation", _sample_perm5, "q:.=-" + PERM5_LETTERS, blocks=3), is_sep_permutation)
+
+
+def task_alphabet(task_names=None) -> list[str]:
+    """Every character the tasks use (all registered tasks by default), sorted."""
+    names = TASKS if task_names is None else task_names
+    return sorted(set("".join(TASKS[name].alphabet for name in names)))
 
 
 def training_pairs(task_names, num_examples: int, seed: int) -> list[dict]:
@@ -107,7 +240,7 @@ def training_pairs(task_names, num_examples: int, seed: int) -> list[dict]:
 
 
 def evaluation_prompts(task_name: str, num_prompts: int, seed: int) -> list[dict]:
-    """Distinct evaluation prompts of one task with their references and scorer name."""
+    """Distinct evaluation prompts of one task (at most as many as the task has) with references and scorer name."""
     rng = random.Random(seed)
     task = TASKS[task_name]
     seen, rows = set(), []
