@@ -202,6 +202,9 @@ def _ddo(inputs: ObjectiveInputs):
         "ref_logps/fake": reference.fake_logps,
         "margins/real": policy_real - reference.real_logps,
         "margins/fake": policy_fake - reference.fake_logps,
+        # share of the masked positions where the fake token x̂ is the label x0 (there the real and fake terms pull
+        # the same token up and down): high agreement leaves DDO little to discriminate
+        "fake_agreement": masked_mean((reference.fake_tokens == inputs.batch["labels"]).float(), loss_mask),
     }
     return loss, metrics
 

@@ -269,7 +269,7 @@ def tiny_teacher(
     Returns:
         ``(teacher, tokenizer)``; the teacher is in eval mode on the training device.
     """
-    from .demo.pipeline import DemoConfig, build_teacher, build_tokenizer, ground_truth_dataset
+    from .demo.pipeline import DemoConfig, answer_rows, build_teacher, build_tokenizer
     from .trainer import T3DTrainer
 
     tokenizer = build_tokenizer()
@@ -292,7 +292,7 @@ def tiny_teacher(
             use_cpu=use_cpu,
             seed=seed,
         )
-        dataset = ground_truth_dataset(tokenizer, tasks, steps * batch_size, seed, block_size=4)
+        dataset = answer_rows(tasks, steps * batch_size, seed)
         trainer = T3DTrainer(teacher, args=args, train_dataset=dataset, processing_class=tokenizer)
         trainer.train()
         trainer.release_wrappers()  # the DDP wrapper must not outlive the process group (see its docstring)

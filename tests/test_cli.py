@@ -521,7 +521,7 @@ def test_demo_command_runs_a_micro_study(tmp_path, capsys):
     captured = capsys.readouterr()  # a readable run: a line per stage, the table; none of the libraries' noise
     stages = [line for line in captured.out.splitlines() if line.startswith("[seed 0]")]
     assert [line.split(":")[0] for line in stages] == [
-        "[seed 0] teacher trained", "[seed 0] teacher rollouts", "[seed 0] teacher evaluated", "[seed 0] T3D"
+        "[seed 0] teacher trained", "[seed 0] teacher evaluated", "[seed 0] teacher rollouts", "[seed 0] T3D"
     ]  # fmt: skip
     assert "| TokPS | Method |" in captured.out
     for noise in ("Filter", "Indexing trajectories", "Saving the dataset", "Writing model shards", "INFO"):

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
 
 import pytest
+from datasets import Dataset
 
 from t3d_trl.demo import TASKS, DemoConfig, run_demo
-from t3d_trl.demo.pipeline import build_tokenizer, markdown_table, summarise
+from t3d_trl.demo.pipeline import build_tokenizer, markdown_table, summarise, valid_rollouts
 from t3d_trl.demo.tasks import (
     PROMPT_LENGTH,
     evaluation_prompts,
@@ -81,10 +83,10 @@ def test_summary_table_recomputes_averages_and_improvement():
     assert "| 4 | T3D | 70.0 ± 10.0 | 20.0 | 45.0 ± 5.0 | +200.0 |" in table
 
 
-def test_miniature_demo_runs_end_to_end(tmp_path):
+def test_miniature_demo_runs_end_to_end_and_reuses_finished_seeds(tmp_path, capsys):
     config = DemoConfig(
         output_dir=str(tmp_path),
-        tasks=("words", "perm"),
+        tasks=("words", "walk"),
         hidden_size=32,
         num_layers=1,
         teacher_steps=12,
@@ -94,15 +96,80 @@ def test_miniature_demo_runs_end_to_end(tmp_path):
         student_batch_size=8,
         eval_prompts_per_task=4,
         methods=("SFT", "T3D"),
+        extra_methods={"T3D (uniform r)": {"loss_type": ["ddo", "path"], "mask_ratio_power": 0.0}},
     )
     report = run_demo(config)
     for name in ("results.json", "results.md", "accuracy_vs_tokens_per_step.png"):
         assert (tmp_path / name).stat().st_size > 0
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["summary"]["methods"] == ["Teacher", "SFT", "T3D"]
+    summary = saved["summary"]
+    assert summary["methods"] == ["Teacher", "SFT", "T3D", "T3D (uniform r)"]
     assert (tmp_path / "seed0" / "teacher" / "generation_config.json").exists()
+    assert json.loads((tmp_path / "seed0" / "teacher" / "generation_config.json").read_text())["max_new_tokens"] == 16
     identity = report["ddo_identity"]
     assert [line.split(":")[0] for line in identity] == ["step    1", "step   11"]
     assert all(abs(float(line.split("= ")[1].split()[0]) - math.log(2)) < 1e-5 for line in identity)
     accuracy = saved["seeds"][0]["accuracy"]
     assert set(accuracy["Teacher"]) == {"B4-TokPS1", "B4-TokPS2", "B4-TokPS4", "B8-TokPS1", "B8-TokPS2", "B8-TokPS4"}
+    # the multi-block average is the walk column's average; DDO's logs include the fake-token agreement
+    assert summary["multi_block_averages"]["T3D"]["1"]["mean"] == pytest.approx(
+        (accuracy["T3D"]["B4-TokPS1"]["walk"] + accuracy["T3D"]["B8-TokPS1"]["walk"]) / 2
+    )
+    assert "fake_agreement" in summary["logs"]["T3D"] and "fake_agreement" not in summary["logs"]["SFT"]
+    assert set(summary["rollout_validity"]) == {"words", "walk"} and summary["peak_memory_mb"] > 0
+    text = (tmp_path / "results.md").read_text()
+    assert "Multi-block average" in text and "Teacher at one token per step" in text
+    capsys.readouterr()
+    # a second run with the same settings reuses the seed; other settings run it again
+    again = run_demo(config)
+    assert "reused" in capsys.readouterr().out
+    assert again["seeds"][0]["accuracy"] == saved["seeds"][0]["accuracy"]
+    changed = dataclasses.replace(config, methods=("SFT",), extra_methods={}, student_steps=2)
+    run_demo(changed)
+    assert "other settings" in capsys.readouterr().out
+    assert list(json.loads((tmp_path / "results.json").read_text())["summary"]["methods"]) == ["Teacher", "SFT"]
+
+
+def test_valid_rollouts_keep_what_the_task_scorer_accepts():
+    rows = Dataset.from_list(
+        [
+            {"task": "walk", "completion": "31356420235", "reference": "3>5"},
+            {"task": "walk", "completion": "31356420285", "reference": "3>5"},
+            {"task": "words", "completion": "cat", "reference": "cat|dog"},
+            {"task": "words", "completion": "cot", "reference": "cat|dog"},
+            {"task": "words", "completion": "dog", "reference": "cat|dog"},
+        ]
+    )
+    valid, share = valid_rollouts(rows)
+    assert valid["completion"] == ["31356420235", "cat", "dog"]
+    assert share == {"walk": 50.0, "words": pytest.approx(200 / 3)}
+
+
+def test_generated_tokens_cover_the_longest_answer_in_whole_blocks():
+    assert DemoConfig(tasks=("words", "perm")).generated_tokens() == 8  # 3 characters + EOS, one block of 8
+    assert DemoConfig().generated_tokens() == 16  # walk: 11 + EOS = 3 blocks of 4, 2 of 8
+    assert DemoConfig(max_new_tokens=24).generated_tokens() == 24
+
+
+def test_demo_refuses_unknown_tasks_methods_and_data(tmp_path):
+    with pytest.raises(ValueError, match="Unknown demo task"):
+        run_demo(DemoConfig(output_dir=str(tmp_path), tasks=("nope",)))
+    with pytest.raises(ValueError, match="Unknown method"):
+        run_demo(DemoConfig(output_dir=str(tmp_path), methods=("T4D",)))
+    with pytest.raises(ValueError, match="unknown data 'teacher'"):
+        run_demo(DemoConfig(output_dir=str(tmp_path), extra_methods={"X": {"data": "teacher"}}))
+    assert not list(tmp_path.iterdir())  # refused before anything ran
+    untrained = DemoConfig(
+        output_dir=str(tmp_path),
+        tasks=("walk",),
+        hidden_size=16,
+        num_layers=1,
+        teacher_steps=1,
+        teacher_batch_size=4,
+        rollouts_per_task=4,
+        eval_prompts_per_task=2,
+        methods=(),
+        extra_methods={"TD (valid)": {"data": "valid_rollouts", "loss_type": ["td"]}},
+    )
+    with pytest.raises(ValueError, match=r"'TD \(valid\)' trains on the teacher rollouts its task's scorer accepts"):
+        run_demo(untrained)  # an untrained teacher has no valid walk

@@ -69,6 +69,7 @@ def test_ddo_is_log_two_at_every_refresh(tmp_path, tokenizer, trajectories):
         "ref_logps/real",
         "ref_logps/fake",
         "margins/fake",
+        "fake_agreement",
         "token_accuracy",
         "mask_ratio",
     } <= set(logs[0])
@@ -230,7 +231,7 @@ def test_precomputed_reference_matches_live_reference(tmp_path, tokenizer, traje
     assert pre.ref_model is None and "ref_real_logps" in pre.train_dataset.column_names
     pre.train()
     for a, b in zip(step_logs(live), step_logs(pre)):
-        for key in ("loss", "loss/real", "loss/fake", "ref_logps/real", "ref_logps/fake"):
+        for key in ("loss", "loss/real", "loss/fake", "ref_logps/real", "ref_logps/fake", "fake_agreement"):
             assert a[key] == pytest.approx(b[key], abs=1e-5), key
 
 

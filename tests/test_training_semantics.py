@@ -14,7 +14,7 @@ from datasets import Dataset
 from t3d_trl import T3DTrainer
 from t3d_trl.collator import DataCollatorForTrajectory
 from t3d_trl.masks import CLEAN, NOISY
-from t3d_trl.objectives import compute_objectives, student_request
+from t3d_trl.objectives import ReferenceTerms, compute_objectives, student_request
 from t3d_trl.statistics import window_statistics
 from t3d_trl.testing import rollout_rows, tiny_qwen3, tiny_t3d_config, tiny_tokenizer
 
@@ -213,3 +213,17 @@ def test_redi_trains_rounds_on_the_models_own_outputs(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     with pytest.raises(ValueError, match="rounds"):
         redi(model, tokenizer, prompts, tiny_t3d_config(tmp_path), rounds=0)
+
+
+def test_ddo_logs_the_share_of_fake_tokens_equal_to_the_labels():
+    labels = torch.tensor([[0, 1, 1, 0], [2, 2, 0, 1]])
+    fake = torch.tensor([[0, 2, 1, 1], [2, 0, 0, 0]])  # row 0: 2 of 3 masked agree; row 1: 1 of 2 masked agree
+    loss_mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    batch = {"labels": labels, "loss_mask": loss_mask, "path_weights": torch.zeros(2, 4), "mask_ratio": torch.ones(2)}
+    config = SimpleNamespace(
+        loss_type=["ddo"], loss_weights=[1.0], logps_normalization="mean", beta=1.0, alpha=1.0, reference_temperature=0
+    )
+    reference = ReferenceTerms(fake, torch.zeros(2), torch.zeros(2))
+    statistics = window_statistics(torch.randn(2, 4, 3, dtype=torch.float64), student_request(batch, config, reference))
+    _, metrics = compute_objectives(statistics, batch, config, reference=reference)
+    assert float(metrics["fake_agreement"]) == pytest.approx((2 / 3 + 1 / 2) / 2)

@@ -1,9 +1,14 @@
-"""The end-to-end demo: a tiny teacher, its rollouts, four distilled students and the paper-style table.
+"""The end-to-end demo: a tiny teacher, its rollouts, distilled students and the paper-style table.
 
 Everything runs on the library's public API: the teacher is trained from scratch with ``T3DTrainer``'s ``sft``
-objective on ground-truth answers, rolled out at one token per step with :func:`t3d_trl.generate_trajectories`,
-distilled into students with SFT, Naive TD, dParallel and T3D, and every model is evaluated with
-:func:`t3d_trl.evaluation.evaluate_few_step` at block sizes 4 and 8 and 1, 2 and 4 tokens per step.
+objective on the tasks' reference answers, rolled out at one token per step with
+:func:`t3d_trl.generate_trajectories` (temperature 0.1, the official rollout temperature), distilled into students
+(SFT on the reference answers, Naive TD, dParallel and T3D; the full study adds the paper's recipe and the remedies
+of ``docs/results.md``), and every model is evaluated with :func:`t3d_trl.evaluation.evaluate_few_step` at block
+sizes 4 and 8 and 1, 2 and 4 tokens per step.
+
+A student is a :class:`~t3d_trl.T3DConfig` override mapping; its optional ``"data"`` key says what it trains on (see
+:data:`DATA_SOURCES`).
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ import json
 import logging
 import math
 import os
+import resource
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +32,7 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerFast, PrinterCallback, Qwen3ForCausalLM, set_seed
 
 from ..collator import DataCollatorForTrajectory
-from ..evaluation import DecodingSetting, evaluate_few_step
+from ..evaluation import DecodingSetting, evaluate_few_step, get_scorer
 from ..generation import DiffusionGenerationConfig, patch_model
 from ..rollout import generate_trajectories
 from ..testing import tiny_qwen3, tiny_t3d_config, tiny_tokenizer
@@ -34,38 +41,85 @@ from .tasks import CATEGORIES, TASKS, evaluation_prompts, task_alphabet, trainin
 
 logger = logging.getLogger(__name__)
 
-#: the objectives compared in the table, as ``T3DConfig`` overrides
+#: what a student can train on (the ``"data"`` key of a method; ``"rollouts"`` when absent)
+DATA_SOURCES: dict[str, str] = {
+    "rollouts": "every teacher rollout",
+    "valid_rollouts": "the teacher rollouts its task's scorer accepts",
+    "answers": "the tasks' reference answers (plain prompt/completion rows, as the paper's SFT)",
+}
+
+#: the students of the table, as ``T3DConfig`` overrides (plus the optional ``"data"`` key)
 METHODS: dict[str, dict[str, Any]] = {
-    "SFT": {"loss_type": ["sft"]},
+    "SFT": {"data": "answers", "loss_type": ["sft"]},
     "Naive TD": {"loss_type": ["td"]},
     "dParallel": {"loss_type": ["dparallel"]},
     "T3D": {"loss_type": ["ddo", "path"]},
 }
+
+#: further students of the full study: the paper's recipe against the library's defaults, and the remedies tested
+#: for T3D ≈ Naive TD (fake tokens sampled instead of the argmax, which mostly equals the teacher's token; uniformly
+#: drawn mask ratios; T3D mixed with TD)
+STUDY_VARIANTS: dict[str, dict[str, Any]] = {
+    # the official trainer's state distribution (examples/configs/sdar_t3d_paper.yaml); the demo's prompts end on a
+    # block boundary, so "response" alignment is the absolute grid here
+    "T3D (paper recipe)": {
+        "loss_type": ["ddo", "path"],
+        "random_token_ratio": 0.1,
+        "state_order": "earliest",
+        "block_alignment": "response",
+    },
+    "T3D (fake T=1)": {"loss_type": ["ddo", "path"], "reference_temperature": 1.0},
+    "Naive TD (uniform r)": {"loss_type": ["td"], "mask_ratio_power": 0.0},
+    "T3D (uniform r)": {"loss_type": ["ddo", "path"], "mask_ratio_power": 0.0},
+    "T3D + TD": {"loss_type": ["ddo", "path", "td"], "loss_weights": [1.0, 0.2, 1.0]},
+}
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<mask>"]
+#: the training-log metrics the report averages over the last quarter of each student's steps
+LOG_METRICS = (
+    "token_accuracy",
+    "loss/real",
+    "loss/fake",
+    "margins/real",
+    "margins/fake",
+    "fake_agreement",
+)
 
 
 @dataclass
 class DemoConfig:
-    """Settings of the demo (defaults finish in minutes on 2 CPU cores)."""
+    """Settings of the demo (the defaults finish in under 10 minutes on 2 CPU cores).
+
+    The quick demo trains one seed of a 3-layer, 96-wide teacher and the four students of :data:`METHODS`; the full
+    study (:meth:`full`) three seeds and the variants of :data:`STUDY_VARIANTS` too. A seed
+    whose ``seed<k>/result.json`` was written with the same settings is reused, so seeds can run in separate
+    processes (``--seeds 1``) and a last run over all of them writes the table.
+    """
 
     output_dir: str = "t3d-demo"
     num_threads: int | None = 1  # tiny models: extra CPU threads mostly add OpenMP contention
-    tasks: tuple[str, ...] = ("words", "sums", "perm")
+    #: one one-block control task and the three tasks whose answers span three blocks of 4 (two of 8)
+    tasks: tuple[str, ...] = ("words", "wordplay", "walk", "perm5")
     seeds: tuple[int, ...] = (0,)
     # teacher
     hidden_size: int = 96
     num_layers: int = 3
-    teacher_steps: int = 1000
+    teacher_steps: int = 3000
     teacher_batch_size: int = 64
     teacher_learning_rate: float = 5e-3
     train_block_sizes: tuple[int, ...] = (4, 8)
+    #: the teacher's accuracy (%) at one token per step expected on every task before students are trained; below
+    #: it the report says so
+    teacher_accuracy_target: float = 90.0
     # rollouts
     rollouts_per_task: int = 256
-    rollout_temperature: float = 1.0
+    rollout_temperature: float = 0.1
     rollout_block_size: int = 4
+    #: generated tokens (rollouts and evaluation); ``None``: the tasks' longest answer with its EOS, in whole blocks
+    #: of every block size
+    max_new_tokens: int | None = None
     # students
     methods: tuple[str, ...] = tuple(METHODS)
-    #: further rows of the table: name -> T3DConfig overrides (e.g. T3D variants of the study)
+    #: further rows of the table: name -> T3DConfig overrides, with an optional ``"data"`` key (see DATA_SOURCES)
     extra_methods: dict[str, dict[str, Any]] = field(default_factory=dict)
     student_steps: int = 250
     student_batch_size: int = 64
@@ -77,12 +131,23 @@ class DemoConfig:
 
     @classmethod
     def full(cls, **overrides: Any) -> DemoConfig:
-        """The study behind ``docs/results.md`` (``t3d-trl demo --full``): two seeds, the paper's baselines and T3D
-        variants testing the remedies of the calibration run (fake samples at temperature 1, rarer refreshes, a larger
-        β, the official 10% random-token replacement, T3D mixed with Naive TD)."""
-        values: dict[str, Any] = {"output_dir": "t3d-study", "seeds": (0, 1), "extra_methods": dict(STUDY_VARIANTS)}
+        """The study behind ``docs/results.md`` (``t3d-trl demo --full``): three seeds, the four students, T3D with
+        the paper's recipe, and the remedies of :data:`STUDY_VARIANTS`."""
+        values: dict[str, Any] = {
+            "output_dir": "t3d-study",
+            "seeds": (0, 1, 2),
+            "extra_methods": copy.deepcopy(STUDY_VARIANTS),
+        }
         values.update(overrides)
         return cls(**values)
+
+    def generated_tokens(self) -> int:
+        """``max_new_tokens``, or the tasks' longest answer and its EOS rounded up to whole blocks of every size."""
+        if self.max_new_tokens is not None:
+            return self.max_new_tokens
+        longest = 4 * max(TASKS[name].blocks for name in self.tasks)
+        unit = math.lcm(self.rollout_block_size, *self.eval_block_sizes)
+        return unit * math.ceil(longest / unit)
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
@@ -151,38 +216,38 @@ def _train(model, tokenizer, dataset, args: T3DConfig, block_sizes) -> T3DTraine
     return trainer
 
 
-def ground_truth_dataset(tokenizer, tasks, num_rows: int, seed: int, block_size: int = 4) -> Dataset:
-    """Ground-truth answers of ``tasks`` as trajectory rows, to train a teacher with the ``sft`` objective (their
-    ``step_map`` is left to right; ``sft`` masks at random and ignores it)."""
-    rows = training_pairs(tasks, num_rows, seed)
-    prompt_ids = tokenizer([r["prompt"] for r in rows])["input_ids"]
-    answer_ids = tokenizer([r["answer"] for r in rows])["input_ids"]
-    records = []
-    for row, prompt, answer in zip(rows, prompt_ids, answer_ids):
-        completion = list(answer) + [tokenizer.eos_token_id]
-        records.append(
-            {
-                "prompt": row["prompt"],
-                "completion": row["answer"],
-                "prompt_ids": list(prompt),
-                "completion_ids": completion,
-                "step_map": list(range(len(completion))),
-                "block_size": block_size,
-                "steps_per_block": block_size,
-            }
-        )
-    return Dataset.from_list(records)
+def answer_rows(task_names, num_rows: int, seed: int) -> list[dict[str, str]]:
+    """Reference answers as plain ``{"prompt", "completion"}`` rows (answers uniform over the valid ones): what the
+    teacher learns the tasks from, and the paper's SFT baseline trains on (the trainer appends EOS)."""
+    return [{"prompt": r["prompt"], "completion": r["answer"]} for r in training_pairs(task_names, num_rows, seed)]
 
 
 def rollout_prompts(config: DemoConfig, seed: int) -> Dataset:
-    """Training prompts for the teacher's rollouts: every prompt of the small tasks, repeated; fresh ones otherwise."""
+    """The teacher's rollout prompts with their task and reference: every prompt of the small tasks, repeated;
+    fresh ones otherwise."""
     rows = []
     for name in config.tasks:
         distinct = evaluation_prompts(name, config.rollouts_per_task, seed + 1000)
         rows += [
-            {"prompt": distinct[i % len(distinct)]["prompt"], "task": name} for i in range(config.rollouts_per_task)
+            {"prompt": row["prompt"], "task": name, "reference": row["reference"]}
+            for row in (distinct[i % len(distinct)] for i in range(config.rollouts_per_task))
         ]
     return Dataset.from_list(rows)
+
+
+def valid_rollouts(trajectories: Dataset) -> tuple[Dataset, dict[str, float]]:
+    """The rollouts whose completion its task's scorer accepts, and the valid share (%) per task."""
+    verdicts = [
+        get_scorer(TASKS[task].scorer)(completion, reference)
+        for task, completion, reference in zip(
+            trajectories["task"], trajectories["completion"], trajectories["reference"]
+        )
+    ]
+    share: dict[str, float] = {}
+    for name in dict.fromkeys(trajectories["task"]):
+        mine = [ok for ok, task in zip(verdicts, trajectories["task"]) if task == name]
+        share[name] = 100.0 * sum(mine) / len(mine)
+    return trajectories.select([i for i, ok in enumerate(verdicts) if ok]), share
 
 
 def evaluation_dataset(config: DemoConfig) -> Dataset:
@@ -215,7 +280,7 @@ def evaluate(model, tokenizer, dataset: Dataset, config: DemoConfig, output_dir:
             subset,
             settings,
             batch_size=128,
-            max_new_tokens=8,
+            max_new_tokens=config.generated_tokens(),
             progress=False,
             output_dir=os.path.join(output_dir, name),
         ):
@@ -225,17 +290,51 @@ def evaluate(model, tokenizer, dataset: Dataset, config: DemoConfig, output_dir:
     return results
 
 
+def split_method(name: str, spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``(data source, T3DConfig overrides)`` of a method; an unknown data source is refused."""
+    overrides = dict(spec)
+    data = overrides.pop("data", "rollouts")
+    if data not in DATA_SOURCES:
+        raise ValueError(f"Method {name!r}: unknown data {data!r}; choose from {sorted(DATA_SOURCES)}.")
+    return data, overrides
+
+
+def peak_memory_mb() -> float:
+    """The process's peak resident memory so far, in MB (``getrusage``'s ``ru_maxrss``)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
 def _progress(seed: int, text: str) -> None:
     """One line per finished stage of the demo (its progress display)."""
     print(f"[seed {seed}] {text}", flush=True)
 
 
+def _settings_key(config: DemoConfig) -> dict[str, Any]:
+    """The settings a seed's result depends on (not where it is written, which seeds run, or the threads)."""
+    values = dataclasses.asdict(config)
+    for name in ("output_dir", "seeds", "num_threads"):
+        values.pop(name)
+    return json.loads(json.dumps(values))  # tuples as lists, as they come back from result.json
+
+
 def run_seed(config: DemoConfig, seed: int, tokenizer) -> dict[str, Any]:
-    """Teacher, rollouts, students and evaluation for one seed (a line printed as each stage finishes)."""
+    """Teacher, rollouts, students and evaluation for one seed (a line printed as each stage finishes).
+
+    A ``seed<k>/result.json`` written with the same settings is returned as it is instead.
+    """
     root = Path(config.output_dir) / f"seed{seed}"
+    saved = root / "result.json"
+    if saved.exists():
+        result = json.loads(saved.read_text())
+        if result.get("settings") == _settings_key(config):
+            _progress(seed, f"reused {saved} (same settings)")
+            return result
+        _progress(seed, f"{saved} was written with other settings: running the seed again")
     set_seed(seed)
     timings: dict[str, float] = {}
     start = time.perf_counter()
+    max_new_tokens = config.generated_tokens()
     teacher = build_teacher(tokenizer, config, seed)
     teacher_args = _trainer_args(
         str(root / "teacher"),
@@ -245,19 +344,16 @@ def run_seed(config: DemoConfig, seed: int, tokenizer) -> dict[str, Any]:
         seed,
         loss_type=["sft"],
         sync_ref_model=False,
-        random_token_ratio=0.0,
         num_eos_tokens=1,
     )
-    ground_truth = ground_truth_dataset(
-        tokenizer, config.tasks, config.teacher_steps * 4, seed, block_size=config.rollout_block_size
-    )
-    _train(teacher, tokenizer, ground_truth, teacher_args, config.train_block_sizes)
+    answers = answer_rows(config.tasks, config.teacher_steps * config.teacher_batch_size, seed)
+    _train(teacher, tokenizer, answers, teacher_args, config.train_block_sizes)
     patch_model(
         teacher,
         tokenizer,
         block_size=config.rollout_block_size,
         steps_per_block=config.rollout_block_size,
-        max_new_tokens=8,
+        max_new_tokens=max_new_tokens,
     )
     teacher.eval()
     teacher.save_pretrained(root / "teacher")
@@ -265,11 +361,19 @@ def run_seed(config: DemoConfig, seed: int, tokenizer) -> dict[str, Any]:
     timings["teacher"] = time.perf_counter() - start
     _progress(seed, f"teacher trained: {config.teacher_steps} steps ({timings['teacher']:.1f} s)")
 
+    eval_set = evaluation_dataset(config)
+    start = time.perf_counter()
+    accuracy = {"Teacher": evaluate(teacher, tokenizer, eval_set, config, str(root / "eval" / "teacher"))}
+    timings["evaluation"] = time.perf_counter() - start
+    full_step = accuracy["Teacher"].get(f"B{config.rollout_block_size}-TokPS1", {})
+    shown = ", ".join(f"{task} {full_step[task]:.0f}%" for task in config.tasks if task in full_step)
+    _progress(seed, f"teacher evaluated: {shown} at one token per step ({timings['evaluation']:.1f} s)")
+
     start = time.perf_counter()
     rollout_config = DiffusionGenerationConfig(
         block_size=config.rollout_block_size,
         steps_per_block=config.rollout_block_size,
-        max_new_tokens=8,
+        max_new_tokens=max_new_tokens,
         temperature=config.rollout_temperature,
         mask_token_id=tokenizer.mask_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -279,17 +383,24 @@ def run_seed(config: DemoConfig, seed: int, tokenizer) -> dict[str, Any]:
         teacher, tokenizer, rollout_prompts(config, seed), rollout_config, batch_size=128, seed=seed, progress=False
     )
     trajectories.save_to_disk(str(root / "trajectories"))
+    valid, validity = valid_rollouts(trajectories)
     timings["rollouts"] = time.perf_counter() - start
-    _progress(seed, f"teacher rollouts: {len(trajectories)} prompts ({timings['rollouts']:.1f} s)")
+    shown = ", ".join(f"{task} {share:.0f}%" for task, share in validity.items())
+    _progress(seed, f"teacher rollouts: {len(trajectories)}, valid {shown} ({timings['rollouts']:.1f} s)")
 
-    eval_set = evaluation_dataset(config)
-    start = time.perf_counter()
-    accuracy = {"Teacher": evaluate(teacher, tokenizer, eval_set, config, str(root / "eval" / "teacher"))}
-    timings["evaluation"] = time.perf_counter() - start
-    settings = len(decoding_settings(config))
-    _progress(seed, f"teacher evaluated: {len(eval_set)} prompts x {settings} settings ({timings['evaluation']:.1f} s)")
+    data = {
+        "rollouts": trajectories,
+        "valid_rollouts": valid,
+        "answers": Dataset.from_list(answer_rows(config.tasks, len(trajectories), seed + 2000)),
+    }
     logs: dict[str, list[dict]] = {}
-    for method, overrides in _all_methods(config).items():
+    for method, spec in _all_methods(config).items():
+        source, overrides = split_method(method, spec)
+        if len(data[source]) == 0:
+            raise ValueError(
+                f"Method {method!r} trains on {DATA_SOURCES[source]}, but there are none (valid rollouts per task: "
+                f"{shown}); train the teacher longer (`teacher_steps`) or leave the method out."
+            )
         start = time.perf_counter()
         args = _trainer_args(
             str(root / method.replace(" ", "_")),
@@ -299,7 +410,7 @@ def run_seed(config: DemoConfig, seed: int, tokenizer) -> dict[str, Any]:
             seed,
             **overrides,
         )
-        trainer = _train(copy.deepcopy(teacher), tokenizer, trajectories, args, config.train_block_sizes)
+        trainer = _train(copy.deepcopy(teacher), tokenizer, data[source], args, config.train_block_sizes)
         logs[method] = trainer.state.log_history
         timings[method] = time.perf_counter() - start
         start = time.perf_counter()
@@ -309,8 +420,16 @@ def run_seed(config: DemoConfig, seed: int, tokenizer) -> dict[str, Any]:
         _progress(
             seed, f"{method}: trained {args.max_steps} steps ({timings[method]:.1f} s), evaluated ({seconds:.1f} s)"
         )
-    result = {"seed": seed, "accuracy": accuracy, "timings": timings, "logs": logs}
-    (root / "result.json").write_text(json.dumps(result, indent=2))
+    result = {
+        "seed": seed,
+        "settings": _settings_key(config),
+        "accuracy": accuracy,
+        "rollout_validity": validity,
+        "timings": timings,
+        "peak_memory_mb": peak_memory_mb(),
+        "logs": logs,
+    }
+    saved.write_text(json.dumps(result, indent=2))
     return result
 
 
@@ -318,15 +437,6 @@ def _all_methods(config: DemoConfig) -> dict[str, dict[str, Any]]:
     methods = {name: METHODS[name] for name in config.methods}
     methods.update(config.extra_methods)
     return methods
-
-
-STUDY_VARIANTS: dict[str, dict[str, Any]] = {
-    "T3D fake T=1": {"loss_type": ["ddo", "path"], "reference_temperature": 1.0},
-    "T3D sync 50": {"loss_type": ["ddo", "path"], "ref_model_sync_steps": 50},
-    "T3D beta=1": {"loss_type": ["ddo", "path"], "beta": 1.0},
-    "T3D random tokens 0.1": {"loss_type": ["ddo", "path"], "random_token_ratio": 0.1},  # the official setting
-    "T3D + TD": {"loss_type": ["ddo", "path", "td"], "loss_weights": [1.0, 0.2, 1.0]},
-}
 
 
 def ddo_identity_lines(logs: list[dict], sync_steps: int) -> list[str]:
@@ -347,44 +457,89 @@ def _identity_text(lines: list[str], shown: int = 4) -> str:
     )
 
 
+def _spread(values: list[float]) -> dict[str, float]:
+    """Mean and population standard deviation (0 for one value)."""
+    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
+
+
+def multi_block_tasks(config: DemoConfig) -> list[str]:
+    """The tasks of ``config`` whose answers span more than one block of 4."""
+    return [name for name in config.tasks if TASKS[name].blocks > 1]
+
+
+def log_summary(logs: list[dict], metrics=LOG_METRICS) -> dict[str, float]:
+    """The mean of each logged metric over the last quarter of a run's logged steps."""
+    steps = [entry for entry in logs if "loss" in entry and "step" in entry]
+    tail = steps[len(steps) - max(1, len(steps) // 4) :]
+    return {key: statistics.fmean(e[key] for e in tail) for key in metrics if tail and all(key in e for e in tail)}
+
+
 def summarise(results: list[dict[str, Any]], config: DemoConfig) -> dict[str, Any]:
-    """Mean and spread over seeds of every accuracy; per-TokPS averages and improvement over the teacher."""
+    """Mean and spread over seeds of every accuracy; per-TokPS averages (all tasks and the multi-block ones) and
+    improvement over the teacher; the students' training logs; rollout validity, time and memory."""
     methods = list(results[0]["accuracy"])  # the teacher, then every student
     settings = list(results[0]["accuracy"]["Teacher"])
-    table: dict[str, dict[str, dict[str, float]]] = {}
-    for method in methods:
-        table[method] = {}
-        for setting in settings:
-            for task in config.tasks:
-                values = [r["accuracy"][method][setting][task] for r in results]
-                table[method][f"{setting}/{task}"] = {
-                    "mean": statistics.fmean(values),
-                    "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
-                }
-    averages: dict[str, dict[int, dict[str, float]]] = {}
-    for method in methods:
-        averages[method] = {}
-        for tps in config.tokens_per_step:
-            per_seed = [
-                statistics.fmean(
-                    r["accuracy"][method][s][t] for s in settings if s.endswith(f"TokPS{tps}") for t in config.tasks
+    table = {
+        method: {
+            f"{setting}/{task}": _spread([r["accuracy"][method][setting][task] for r in results])
+            for setting in settings
+            for task in config.tasks
+        }
+        for method in methods
+    }
+
+    def averages_over(tasks: list[str]) -> dict[str, dict[int, dict[str, float]]]:
+        if not tasks:
+            return {}
+        return {
+            method: {
+                tps: _spread(
+                    [
+                        statistics.fmean(
+                            r["accuracy"][method][s][t] for s in settings if s.endswith(f"TokPS{tps}") for t in tasks
+                        )
+                        for r in results
+                    ]
                 )
-                for r in results
-            ]
-            averages[method][tps] = {
-                "mean": statistics.fmean(per_seed),
-                "std": statistics.pstdev(per_seed) if len(per_seed) > 1 else 0.0,
+                for tps in config.tokens_per_step
             }
-    return {"table": table, "averages": averages, "settings": settings, "methods": methods}
+            for method in methods
+        }
+
+    logs = {}
+    for method in methods[1:]:
+        per_seed = [log_summary(r.get("logs", {}).get(method, [])) for r in results]
+        keys = set.intersection(*(set(entry) for entry in per_seed))
+        logs[method] = {key: _spread([entry[key] for entry in per_seed]) for key in LOG_METRICS if key in keys}
+    with_validity = [r["rollout_validity"] for r in results if "rollout_validity" in r]
+    timings = [sum(r["timings"].values()) for r in results if "timings" in r]
+    return {
+        "table": table,
+        "averages": averages_over(list(config.tasks)),
+        "multi_block_averages": averages_over(multi_block_tasks(config)),
+        "settings": settings,
+        "methods": methods,
+        "logs": logs,
+        "rollout_validity": {task: _spread([v[task] for v in with_validity]) for task in config.tasks}
+        if with_validity
+        else {},
+        "seconds_per_seed": _spread(timings) if timings else None,
+        "peak_memory_mb": max((r.get("peak_memory_mb", 0.0) for r in results), default=0.0),
+    }
 
 
 def markdown_table(summary: dict[str, Any], config: DemoConfig) -> str:
-    """The paper-style table: per tokens-per-step, methods × (block size, task), average and improvement."""
+    """The paper-style table: per tokens-per-step, methods × (block size, task), the average over every task (and over
+    the multi-block ones when the tasks mix both) and the improvement of the average over the teacher's."""
+    mixed = 0 < len(multi_block_tasks(config)) < len(config.tasks)
+    multi = summary.get("multi_block_averages") if mixed else None
     lines = []
     header = (
         ["TokPS", "Method"]
         + [f"B={b} {task}" for b in config.eval_block_sizes for task in config.tasks]
-        + ["Average", "Improvement (%)"]
+        + ["Average"]
+        + (["Multi-block average"] if multi else [])
+        + ["Improvement (%)"]
     )
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
@@ -398,6 +553,8 @@ def markdown_table(summary: dict[str, Any], config: DemoConfig) -> str:
                     cells.append("—" if entry is None else _cell(entry))
             average = summary["averages"][method][tps]
             cells.append(_cell(average))
+            if multi:
+                cells.append(_cell(multi[method][tps]))
             if method == "Teacher":
                 cells.append("—")
             else:
@@ -407,41 +564,92 @@ def markdown_table(summary: dict[str, Any], config: DemoConfig) -> str:
     return "\n".join(lines)
 
 
-def _cell(entry: dict[str, float]) -> str:
-    return f"{entry['mean']:.1f} ± {entry['std']:.1f}" if entry["std"] else f"{entry['mean']:.1f}"
+def logs_table(summary: dict[str, Any]) -> str:
+    """The students' training metrics (mean over the last quarter of their steps, mean ± std over seeds)."""
+    lines = ["| Method | " + " | ".join(f"`{key}`" for key in LOG_METRICS) + " |", "|---|" + "---|" * len(LOG_METRICS)]
+    for method, values in summary["logs"].items():
+        cells = [_cell(values[key], digits=3) if key in values else "—" for key in LOG_METRICS]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(entry: dict[str, float], digits: int = 1) -> str:
+    mean, std = entry["mean"], entry["std"]
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if std else f"{mean:.{digits}f}"
 
 
 def plot(summary: dict[str, Any], config: DemoConfig, path: str) -> None:
-    """Average accuracy against tokens per step, one line per method."""
+    """Average accuracy against tokens per step, one line per method (error bars: std over seeds); a second panel
+    averages the multi-block tasks only when the tasks mix both kinds."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(6, 4))
+    panels = [("every task", summary["averages"])]
+    if 0 < len(multi_block_tasks(config)) < len(config.tasks):
+        panels.append(("multi-block tasks", summary["multi_block_averages"]))
+    figure = Figure(figsize=(6 * len(panels), 4.5))
     FigureCanvasAgg(figure)
-    axes = figure.add_subplot(1, 1, 1)
-    for method in summary["methods"]:
-        means = [summary["averages"][method][t]["mean"] for t in config.tokens_per_step]
-        stds = [summary["averages"][method][t]["std"] for t in config.tokens_per_step]
-        axes.errorbar(config.tokens_per_step, means, yerr=stds, marker="o", capsize=3, label=method)
-    axes.set_xlabel("tokens per step")
-    axes.set_ylabel("accuracy (%)")
-    axes.set_xticks(list(config.tokens_per_step))
-    axes.set_title("Few-step accuracy (average over tasks and block sizes)")
-    axes.grid(alpha=0.3)
-    axes.legend()
+    for index, (title, averages) in enumerate(panels):
+        axes = figure.add_subplot(1, len(panels), index + 1)
+        for method in summary["methods"]:
+            means = [averages[method][t]["mean"] for t in config.tokens_per_step]
+            stds = [averages[method][t]["std"] for t in config.tokens_per_step]
+            axes.errorbar(config.tokens_per_step, means, yerr=stds, marker="o", capsize=3, label=method)
+        axes.set_xlabel("tokens per step")
+        axes.set_ylabel("accuracy (%)")
+        axes.set_xticks(list(config.tokens_per_step))
+        axes.set_title(f"Few-step accuracy ({title}, block sizes {', '.join(map(str, config.eval_block_sizes))})")
+        axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
 
-def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
-    """Run the whole demo and write ``results.json``, ``results.md`` and ``accuracy_vs_tokens_per_step.png``."""
-    config = config or DemoConfig()
+def check_demo_config(config: DemoConfig) -> None:
+    """Refuse unknown tasks, methods and data sources before anything runs."""
     unknown = [name for name in config.tasks if name not in TASKS]
     if unknown:
         raise ValueError(f"Unknown demo task(s) {unknown}; choose from {sorted(TASKS)}.")
     unknown = [name for name in config.methods if name not in METHODS]
     if unknown:
         raise ValueError(f"Unknown method(s) {unknown}; choose from {list(METHODS)}.")
+    for name, spec in config.extra_methods.items():
+        if not isinstance(spec, dict):
+            raise ValueError(f"extra_methods[{name!r}] must be a mapping of T3DConfig overrides, got {spec!r}.")
+        split_method(name, spec)
+    if not config.seeds:
+        raise ValueError("`seeds` is empty; give at least one seed.")
+
+
+def _teacher_note(summary: dict[str, Any], config: DemoConfig) -> str:
+    """The teacher's accuracy at one token per step, and whether it reaches ``teacher_accuracy_target``."""
+    rows = summary["table"]["Teacher"]
+    below = []
+    cells = []
+    for b in config.eval_block_sizes:
+        for task in config.tasks:
+            entry = rows.get(f"B{b}-TokPS1/{task}")
+            if entry is None:
+                continue
+            cells.append(f"B={b} {task} {_cell(entry)}")
+            if entry["mean"] < config.teacher_accuracy_target:
+                below.append(f"B={b} {task}")
+    verdict = (
+        f"every task reaches the {config.teacher_accuracy_target:g} % target"
+        if not below
+        else f"**below the {config.teacher_accuracy_target:g} % target: {', '.join(below)}** (grow the teacher or "
+        "its budget: `--hidden_size`, `--num_layers`, `--teacher_steps`)"
+    )
+    return f"Teacher at one token per step: {'; '.join(cells)}; {verdict}."
+
+
+def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
+    """Run the whole demo and write ``results.json``, ``results.md`` and ``accuracy_vs_tokens_per_step.png``.
+
+    Seeds whose ``seed<k>/result.json`` holds the same settings are reused (see :class:`DemoConfig`).
+    """
+    config = config or DemoConfig()
+    check_demo_config(config)
     os.makedirs(config.output_dir, exist_ok=True)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
@@ -467,9 +675,16 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
         "categories": {k: list(v) for k, v in CATEGORIES.items()},
     }
     Path(config.output_dir, "results.json").write_text(json.dumps(report, indent=2))
+    validity = "; ".join(f"{task} {_cell(v)} %" for task, v in summary["rollout_validity"].items())
+    per_seed = summary["seconds_per_seed"]
+    cost = (
+        f"{_cell({k: v / 60 for k, v in per_seed.items()})} minutes of work per seed; " if per_seed else ""
+    ) + f"{elapsed / 60:.1f} minutes for this run; peak memory {summary['peak_memory_mb']:.0f} MB"
     text = (
         f"# t3d-trl demo\n\nAccuracy (%) of greedy few-step decoding; {len(config.seeds)} seed(s) "
-        f"(mean ± std over seeds); {elapsed / 60:.1f} minutes.\n\n{table}\n\n"
+        f"(mean ± std over seeds); {cost}.\n\n{_teacher_note(summary, config)}\n\n"
+        f"Valid teacher rollouts (temperature {config.rollout_temperature:g}): {validity}.\n\n{table}\n\n"
+        "Training logs (mean over each student's last quarter of steps):\n\n" + logs_table(summary) + "\n\n"
         "DDO at each reference refresh (θ = θ_ref gives loss/real = log 2):\n\n" + _identity_text(identity) + "\n"
     )
     Path(config.output_dir, "results.md").write_text(text)
