@@ -89,21 +89,22 @@ LOG_METRICS = (
 class DemoConfig:
     """Settings of the demo (the defaults finish in under 10 minutes on 2 CPU cores).
 
-    The quick demo trains one seed of a 3-layer, 96-wide teacher and the four students of :data:`METHODS`; the full
-    study (:meth:`full`) three seeds and the variants of :data:`STUDY_VARIANTS` too. A seed
+    The quick demo trains one seed of a 3-layer, 96-wide teacher for 1,500 steps on three tasks and the four students
+    of :data:`METHODS`; the full study (:meth:`full`) adds the ``perm5`` task, which takes the teacher 5,000 steps,
+    three seeds and the variants of :data:`STUDY_VARIANTS`. A seed
     whose ``seed<k>/result.json`` was written with the same settings is reused, so seeds can run in separate
     processes (``--seeds 1``) and a last run over all of them writes the table.
     """
 
     output_dir: str = "t3d-demo"
     num_threads: int | None = 1  # tiny models: extra CPU threads mostly add OpenMP contention
-    #: one one-block control task and the three tasks whose answers span three blocks of 4 (two of 8)
-    tasks: tuple[str, ...] = ("words", "wordplay", "walk", "perm5")
+    #: a one-block control task and two whose answers span three blocks of 4 (two of 8); the full study adds perm5
+    tasks: tuple[str, ...] = ("words", "wordplay", "walk")
     seeds: tuple[int, ...] = (0,)
     # teacher
     hidden_size: int = 96
     num_layers: int = 3
-    teacher_steps: int = 3000
+    teacher_steps: int = 1500
     teacher_batch_size: int = 64
     teacher_learning_rate: float = 5e-3
     train_block_sizes: tuple[int, ...] = (4, 8)
@@ -131,10 +132,12 @@ class DemoConfig:
 
     @classmethod
     def full(cls, **overrides: Any) -> DemoConfig:
-        """The study behind ``docs/results.md`` (``t3d-trl demo --full``): three seeds, the four students, T3D with
-        the paper's recipe, and the remedies of :data:`STUDY_VARIANTS`."""
+        """The study behind ``docs/results.md`` (``t3d-trl demo --full``): four tasks, a teacher trained 5,000 steps,
+        three seeds, the four students, T3D with the paper's recipe, and the remedies of :data:`STUDY_VARIANTS`."""
         values: dict[str, Any] = {
             "output_dir": "t3d-study",
+            "tasks": ("words", "wordplay", "walk", "perm5"),
+            "teacher_steps": 5000,
             "seeds": (0, 1, 2),
             "extra_methods": copy.deepcopy(STUDY_VARIANTS),
         }
@@ -310,6 +313,56 @@ def _progress(seed: int, text: str) -> None:
     print(f"[seed {seed}] {text}", flush=True)
 
 
+#: the settings a trained teacher depends on (with its seed)
+TEACHER_FIELDS = (
+    "tasks",
+    "hidden_size",
+    "num_layers",
+    "teacher_steps",
+    "teacher_batch_size",
+    "teacher_learning_rate",
+    "train_block_sizes",
+)
+TEACHER_RECORD = "demo_teacher.json"
+
+
+def train_teacher(config: DemoConfig, seed: int, tokenizer, directory: Path) -> tuple[Qwen3ForCausalLM, float, bool]:
+    """The seed's teacher trained from scratch on reference answers with the ``sft`` objective, saved in
+    ``directory``; a teacher saved there with the same :data:`TEACHER_FIELDS` and seed is loaded instead.
+
+    Returns:
+        ``(teacher, seconds its training took, whether it was reused)``.
+    """
+    key = {"seed": seed, **json.loads(json.dumps({name: getattr(config, name) for name in TEACHER_FIELDS}))}
+    record = directory / TEACHER_RECORD
+    if record.exists():
+        saved = json.loads(record.read_text())
+        if saved.get("settings") == key:
+            teacher = Qwen3ForCausalLM.from_pretrained(directory, dtype=torch.float32)
+            return teacher, float(saved["seconds"]), True
+    start = time.perf_counter()
+    set_seed(seed)
+    teacher = build_teacher(tokenizer, config, seed)
+    teacher_args = _trainer_args(
+        str(directory),
+        config.teacher_steps,
+        config.teacher_batch_size,
+        config.teacher_learning_rate,
+        seed,
+        loss_type=["sft"],
+        sync_ref_model=False,
+        num_eos_tokens=1,
+    )
+    answers = answer_rows(config.tasks, config.teacher_steps * config.teacher_batch_size, seed)
+    _train(teacher, tokenizer, answers, teacher_args, config.train_block_sizes)
+    teacher.eval()
+    seconds = time.perf_counter() - start
+    teacher.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    record.write_text(json.dumps({"settings": key, "seconds": seconds}, indent=2))
+    return teacher, seconds, False
+
+
 def _settings_key(config: DemoConfig) -> dict[str, Any]:
     """The settings a seed's result depends on (not where it is written, which seeds run, or the threads)."""
     values = dataclasses.asdict(config)
@@ -333,21 +386,8 @@ def run_seed(config: DemoConfig, seed: int, tokenizer) -> dict[str, Any]:
         _progress(seed, f"{saved} was written with other settings: running the seed again")
     set_seed(seed)
     timings: dict[str, float] = {}
-    start = time.perf_counter()
     max_new_tokens = config.generated_tokens()
-    teacher = build_teacher(tokenizer, config, seed)
-    teacher_args = _trainer_args(
-        str(root / "teacher"),
-        config.teacher_steps,
-        config.teacher_batch_size,
-        config.teacher_learning_rate,
-        seed,
-        loss_type=["sft"],
-        sync_ref_model=False,
-        num_eos_tokens=1,
-    )
-    answers = answer_rows(config.tasks, config.teacher_steps * config.teacher_batch_size, seed)
-    _train(teacher, tokenizer, answers, teacher_args, config.train_block_sizes)
+    teacher, timings["teacher"], reused = train_teacher(config, seed, tokenizer, root / "teacher")
     patch_model(
         teacher,
         tokenizer,
@@ -357,9 +397,9 @@ def run_seed(config: DemoConfig, seed: int, tokenizer) -> dict[str, Any]:
     )
     teacher.eval()
     teacher.save_pretrained(root / "teacher")
-    tokenizer.save_pretrained(root / "teacher")
-    timings["teacher"] = time.perf_counter() - start
-    _progress(seed, f"teacher trained: {config.teacher_steps} steps ({timings['teacher']:.1f} s)")
+    how = "reused (same teacher settings)" if reused else "trained"
+    _progress(seed, f"teacher {how}: {config.teacher_steps} steps ({timings['teacher']:.1f} s)")
+    set_seed(seed)  # the same random state after the teacher, trained or reused
 
     eval_set = evaluation_dataset(config)
     start = time.perf_counter()
