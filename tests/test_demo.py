@@ -120,15 +120,21 @@ def test_miniature_demo_runs_end_to_end_and_reuses_finished_seeds(tmp_path, caps
     text = (tmp_path / "results.md").read_text()
     assert "Multi-block average" in text and "Teacher at one token per step" in text
     capsys.readouterr()
-    # a second run with the same settings reuses the seed; other settings run it again
+    # a second run with the same settings reuses the teacher and every student; a changed student trains again
     again = run_demo(config)
-    assert "reused" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "teacher reused (same teacher settings)" in out and "T3D: reused (same settings)" in out
     assert again["seeds"][0]["accuracy"] == saved["seeds"][0]["accuracy"]
-    changed = dataclasses.replace(config, methods=("SFT",), extra_methods={}, student_steps=2)
+    changed = dataclasses.replace(config, methods=("SFT", "T3D"), extra_methods={"T3D (β=1)": {"beta": 1.0}})
     run_demo(changed)
-    assert "other settings" in capsys.readouterr().out
-    assert list(json.loads((tmp_path / "results.json").read_text())["summary"]["methods"]) == ["Teacher", "SFT"]
-
+    out = capsys.readouterr().out
+    assert "SFT: reused" in out and "T3D (β=1): trained 11 steps" in out
+    summary = json.loads((tmp_path / "results.json").read_text())["summary"]
+    assert summary["methods"] == ["Teacher", "SFT", "T3D", "T3D (β=1)"]
+    # other student settings train every student again, on the same teacher
+    run_demo(dataclasses.replace(config, student_steps=2))
+    out = capsys.readouterr().out
+    assert "teacher reused" in out and "T3D: trained 2 steps" in out
 
 def test_valid_rollouts_keep_what_the_task_scorer_accepts():
     rows = Dataset.from_list(

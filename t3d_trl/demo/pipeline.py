@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import re
 import resource
 import statistics
 import sys
@@ -57,8 +58,9 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 
 #: further students of the full study: the paper's recipe against the library's defaults, and the remedies tested
-#: for T3D ≈ Naive TD (fake tokens sampled instead of the argmax, which mostly equals the teacher's token; uniformly
-#: drawn mask ratios; T3D mixed with TD)
+#: for T3D ≈ Naive TD: fake tokens sampled instead of the argmax (which mostly equals the teacher's token); a reference
+#: that is never refreshed, and a larger β, so that DDO's margins leave the sigmoid's linear region; uniformly drawn
+#: mask ratios; T3D mixed with TD
 STUDY_VARIANTS: dict[str, dict[str, Any]] = {
     # the official trainer's state distribution (examples/configs/sdar_t3d_paper.yaml); the demo's prompts end on a
     # block boundary, so "response" alignment is the absolute grid here
@@ -69,6 +71,8 @@ STUDY_VARIANTS: dict[str, dict[str, Any]] = {
         "block_alignment": "response",
     },
     "T3D (fake T=1)": {"loss_type": ["ddo", "path"], "reference_temperature": 1.0},
+    "T3D (fixed reference)": {"loss_type": ["ddo", "path"], "sync_ref_model": False},
+    "T3D (β=1)": {"loss_type": ["ddo", "path"], "beta": 1.0},
     "Naive TD (uniform r)": {"loss_type": ["td"], "mask_ratio_power": 0.0},
     "T3D (uniform r)": {"loss_type": ["ddo", "path"], "mask_ratio_power": 0.0},
     "T3D + TD": {"loss_type": ["ddo", "path", "td"], "loss_weights": [1.0, 0.2, 1.0]},
@@ -91,9 +95,9 @@ class DemoConfig:
 
     The quick demo trains one seed of a 3-layer, 96-wide teacher for 1,500 steps on three tasks and the four students
     of :data:`METHODS`; the full study (:meth:`full`) adds the ``perm5`` task, which takes the teacher 5,000 steps,
-    three seeds and the variants of :data:`STUDY_VARIANTS`. A seed
-    whose ``seed<k>/result.json`` was written with the same settings is reused, so seeds can run in separate
-    processes (``--seeds 1``) and a last run over all of them writes the table.
+    three seeds and the variants of :data:`STUDY_VARIANTS`. A
+    teacher or a student trained before in the same ``output_dir`` with the same settings is reused, so seeds can run in
+    separate processes (``--seeds 1``), a last run over all of them writes the table, and a new student trains alone.
     """
 
     output_dir: str = "t3d-demo"
@@ -364,26 +368,35 @@ def train_teacher(config: DemoConfig, seed: int, tokenizer, directory: Path) -> 
 
 
 def _settings_key(config: DemoConfig) -> dict[str, Any]:
-    """The settings a seed's result depends on (not where it is written, which seeds run, or the threads)."""
+    """The settings every student of a seed depends on: all but where results go, which seeds run, the threads and
+    which students are trained."""
     values = dataclasses.asdict(config)
-    for name in ("output_dir", "seeds", "num_threads"):
+    for name in ("output_dir", "seeds", "num_threads", "methods", "extra_methods"):
         values.pop(name)
-    return json.loads(json.dumps(values))  # tuples as lists, as they come back from result.json
+    return json.loads(json.dumps(values))  # tuples as lists, as they come back from JSON
+
+
+def _student_record(root: Path, method: str) -> Path:
+    return root / "students" / (re.sub(r"[^A-Za-z0-9]+", "_", method).strip("_") + ".json")
+
+
+def _reused_student(root: Path, method: str, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The saved accuracy, logs and time of a student trained with the same settings (``key``), if any."""
+    record = _student_record(root, method)
+    if record.exists():
+        saved = json.loads(record.read_text())
+        if saved.get("key") == key:
+            return saved
+    return None
 
 
 def run_seed(config: DemoConfig, seed: int, tokenizer) -> dict[str, Any]:
     """Teacher, rollouts, students and evaluation for one seed (a line printed as each stage finishes).
 
-    A ``seed<k>/result.json`` written with the same settings is returned as it is instead.
+    The teacher, and every student, trained before in the same ``output_dir`` with the same settings is reused (its
+    saved weights; the student's saved accuracy, logs and time), so only what changed is trained again.
     """
     root = Path(config.output_dir) / f"seed{seed}"
-    saved = root / "result.json"
-    if saved.exists():
-        result = json.loads(saved.read_text())
-        if result.get("settings") == _settings_key(config):
-            _progress(seed, f"reused {saved} (same settings)")
-            return result
-        _progress(seed, f"{saved} was written with other settings: running the seed again")
     set_seed(seed)
     timings: dict[str, float] = {}
     max_new_tokens = config.generated_tokens()
@@ -441,6 +454,13 @@ def run_seed(config: DemoConfig, seed: int, tokenizer) -> dict[str, Any]:
                 f"Method {method!r} trains on {DATA_SOURCES[source]}, but there are none (valid rollouts per task: "
                 f"{shown}); train the teacher longer (`teacher_steps`) or leave the method out."
             )
+        key = {"settings": _settings_key(config), "method": json.loads(json.dumps(spec))}
+        reused_student = _reused_student(root, method, key)
+        if reused_student is not None:
+            accuracy[method], logs[method] = reused_student["accuracy"], reused_student["logs"]
+            timings[method] = reused_student["seconds"]
+            _progress(seed, f"{method}: reused (same settings)")
+            continue
         start = time.perf_counter()
         args = _trainer_args(
             str(root / method.replace(" ", "_")),
@@ -457,6 +477,11 @@ def run_seed(config: DemoConfig, seed: int, tokenizer) -> dict[str, Any]:
         accuracy[method] = evaluate(trainer.model, tokenizer, eval_set, config, str(root / "eval" / method))
         seconds = time.perf_counter() - start
         timings["evaluation"] += seconds
+        record = _student_record(root, method)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(
+            json.dumps({"key": key, "accuracy": accuracy[method], "logs": logs[method], "seconds": timings[method]})
+        )
         _progress(
             seed, f"{method}: trained {args.max_steps} steps ({timings[method]:.1f} s), evaluated ({seconds:.1f} s)"
         )
@@ -469,7 +494,7 @@ def run_seed(config: DemoConfig, seed: int, tokenizer) -> dict[str, Any]:
         "peak_memory_mb": peak_memory_mb(),
         "logs": logs,
     }
-    saved.write_text(json.dumps(result, indent=2))
+    (root / "result.json").write_text(json.dumps(result, indent=2))
     return result
 
 
@@ -608,14 +633,20 @@ def logs_table(summary: dict[str, Any]) -> str:
     """The students' training metrics (mean over the last quarter of their steps, mean ± std over seeds)."""
     lines = ["| Method | " + " | ".join(f"`{key}`" for key in LOG_METRICS) + " |", "|---|" + "---|" * len(LOG_METRICS)]
     for method, values in summary["logs"].items():
-        cells = [_cell(values[key], digits=3) if key in values else "—" for key in LOG_METRICS]
+        cells = [_significant(values[key]) if key in values else "—" for key in LOG_METRICS]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _cell(entry: dict[str, float], digits: int = 1) -> str:
+def _cell(entry: dict[str, float]) -> str:
     mean, std = entry["mean"], entry["std"]
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if std else f"{mean:.{digits}f}"
+    return f"{mean:.1f} ± {std:.1f}" if std else f"{mean:.1f}"
+
+
+def _significant(entry: dict[str, float]) -> str:
+    """Three significant digits (margins are of the order of 1e-4 between refreshes)."""
+    mean, std = entry["mean"], entry["std"]
+    return f"{mean:.3g} ± {std:.2g}" if std else f"{mean:.3g}"
 
 
 def plot(summary: dict[str, Any], config: DemoConfig, path: str) -> None:
