@@ -18,9 +18,6 @@ from t3d_trl.demo.tasks import (
     is_digit_sum,
     is_one_of,
     is_permutation,
-    is_sep_permutation,
-    is_walk,
-    is_wordplay,
     training_pairs,
 )
 from t3d_trl.evaluation import get_scorer
@@ -30,11 +27,6 @@ def test_scorers_on_handmade_answers():
     assert is_one_of("cat", "cat|dog") and not is_one_of("cot", "cat|dog")
     assert is_digit_sum("159", "15") and not is_digit_sum("158", "15") and not is_digit_sum("1509", "15")
     assert is_permutation("cab", "abc") and not is_permutation("aab", "abc") and not is_permutation("abcd", "abc")
-    assert is_wordplay("cat-tac-atc", "cat|dog") and not is_wordplay("cat-tac-cat", "cat|dog")
-    assert is_walk("31356420235", "3>5") and not is_walk("31356420236", "3>5") and not is_walk("3135642023", "3>3")
-    assert not is_walk("31356420285", "3>5")  # 2 → 8 is not a step of 1 or 2
-    assert is_sep_permutation("g-b-j-d-i", "bdgij") and not is_sep_permutation("g-b-j-d-d", "bdgij")
-    assert not is_sep_permutation("gb-j-d-i", "bdgij")
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
@@ -135,6 +127,7 @@ def test_miniature_demo_runs_end_to_end_and_reuses_finished_seeds(tmp_path, caps
     run_demo(dataclasses.replace(config, student_steps=2))
     out = capsys.readouterr().out
     assert "teacher reused" in out and "T3D: trained 2 steps" in out
+
 
 def test_valid_rollouts_keep_what_the_task_scorer_accepts():
     rows = Dataset.from_list(

@@ -330,12 +330,13 @@ TEACHER_FIELDS = (
 TEACHER_RECORD = "demo_teacher.json"
 
 
-def train_teacher(config: DemoConfig, seed: int, tokenizer, directory: Path) -> tuple[Qwen3ForCausalLM, float, bool]:
+def train_teacher(config: DemoConfig, seed: int, tokenizer, directory: Path) -> tuple[Qwen3ForCausalLM, dict]:
     """The seed's teacher trained from scratch on reference answers with the ``sft`` objective, saved in
     ``directory``; a teacher saved there with the same :data:`TEACHER_FIELDS` and seed is loaded instead.
 
     Returns:
-        ``(teacher, seconds its training took, whether it was reused)``.
+        ``(teacher, record)``: the record holds the training's ``seconds``, the process's ``peak_memory_mb`` when it
+        ended, and whether the teacher was ``reused``.
     """
     key = {"seed": seed, **json.loads(json.dumps({name: getattr(config, name) for name in TEACHER_FIELDS}))}
     record = directory / TEACHER_RECORD
@@ -343,7 +344,7 @@ def train_teacher(config: DemoConfig, seed: int, tokenizer, directory: Path) -> 
         saved = json.loads(record.read_text())
         if saved.get("settings") == key:
             teacher = Qwen3ForCausalLM.from_pretrained(directory, dtype=torch.float32)
-            return teacher, float(saved["seconds"]), True
+            return teacher, {**saved, "reused": True}
     start = time.perf_counter()
     set_seed(seed)
     teacher = build_teacher(tokenizer, config, seed)
@@ -363,8 +364,9 @@ def train_teacher(config: DemoConfig, seed: int, tokenizer, directory: Path) -> 
     seconds = time.perf_counter() - start
     teacher.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-    record.write_text(json.dumps({"settings": key, "seconds": seconds}, indent=2))
-    return teacher, seconds, False
+    saved = {"settings": key, "seconds": seconds, "peak_memory_mb": peak_memory_mb()}
+    record.write_text(json.dumps(saved, indent=2))
+    return teacher, {**saved, "reused": False}
 
 
 def _settings_key(config: DemoConfig) -> dict[str, Any]:
@@ -400,7 +402,9 @@ def run_seed(config: DemoConfig, seed: int, tokenizer) -> dict[str, Any]:
     set_seed(seed)
     timings: dict[str, float] = {}
     max_new_tokens = config.generated_tokens()
-    teacher, timings["teacher"], reused = train_teacher(config, seed, tokenizer, root / "teacher")
+    teacher, teacher_record = train_teacher(config, seed, tokenizer, root / "teacher")
+    timings["teacher"] = teacher_record["seconds"]
+    peaks = [teacher_record.get("peak_memory_mb", 0.0)]  # of the processes that trained what is reused
     patch_model(
         teacher,
         tokenizer,
@@ -410,7 +414,7 @@ def run_seed(config: DemoConfig, seed: int, tokenizer) -> dict[str, Any]:
     )
     teacher.eval()
     teacher.save_pretrained(root / "teacher")
-    how = "reused (same teacher settings)" if reused else "trained"
+    how = "reused (same teacher settings)" if teacher_record["reused"] else "trained"
     _progress(seed, f"teacher {how}: {config.teacher_steps} steps ({timings['teacher']:.1f} s)")
     set_seed(seed)  # the same random state after the teacher, trained or reused
 
@@ -459,6 +463,8 @@ def run_seed(config: DemoConfig, seed: int, tokenizer) -> dict[str, Any]:
         if reused_student is not None:
             accuracy[method], logs[method] = reused_student["accuracy"], reused_student["logs"]
             timings[method] = reused_student["seconds"]
+            peaks.append(reused_student.get("peak_memory_mb", 0.0))
+            timings["evaluation"] += reused_student.get("evaluation_seconds", 0.0)
             _progress(seed, f"{method}: reused (same settings)")
             continue
         start = time.perf_counter()
@@ -480,7 +486,16 @@ def run_seed(config: DemoConfig, seed: int, tokenizer) -> dict[str, Any]:
         record = _student_record(root, method)
         record.parent.mkdir(parents=True, exist_ok=True)
         record.write_text(
-            json.dumps({"key": key, "accuracy": accuracy[method], "logs": logs[method], "seconds": timings[method]})
+            json.dumps(
+                {
+                    "key": key,
+                    "accuracy": accuracy[method],
+                    "logs": logs[method],
+                    "seconds": timings[method],
+                    "evaluation_seconds": seconds,
+                    "peak_memory_mb": peak_memory_mb(),
+                }
+            )
         )
         _progress(
             seed, f"{method}: trained {args.max_steps} steps ({timings[method]:.1f} s), evaluated ({seconds:.1f} s)"
@@ -491,7 +506,7 @@ def run_seed(config: DemoConfig, seed: int, tokenizer) -> dict[str, Any]:
         "accuracy": accuracy,
         "rollout_validity": validity,
         "timings": timings,
-        "peak_memory_mb": peak_memory_mb(),
+        "peak_memory_mb": max(peak_memory_mb(), *peaks),
         "logs": logs,
     }
     (root / "result.json").write_text(json.dumps(result, indent=2))
@@ -652,8 +667,11 @@ def _significant(entry: dict[str, float]) -> str:
 def plot(summary: dict[str, Any], config: DemoConfig, path: str) -> None:
     """Average accuracy against tokens per step, one line per method (error bars: std over seeds); a second panel
     averages the multi-block tasks only when the tasks mix both kinds."""
+    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
+    colors = colormaps["tab20"]  # 20 distinct colours: the study has a dozen rows
 
     panels = [("every task", summary["averages"])]
     if 0 < len(multi_block_tasks(config)) < len(config.tasks):
@@ -662,10 +680,15 @@ def plot(summary: dict[str, Any], config: DemoConfig, path: str) -> None:
     FigureCanvasAgg(figure)
     for index, (title, averages) in enumerate(panels):
         axes = figure.add_subplot(1, len(panels), index + 1)
-        for method in summary["methods"]:
+        for index_method, method in enumerate(summary["methods"]):
             means = [averages[method][t]["mean"] for t in config.tokens_per_step]
             stds = [averages[method][t]["std"] for t in config.tokens_per_step]
-            axes.errorbar(config.tokens_per_step, means, yerr=stds, marker="o", capsize=3, label=method)
+            style = (
+                {"color": "black", "linestyle": "--", "linewidth": 2}
+                if method == "Teacher"
+                else {"color": colors(index_method % colors.N), "marker": "osD^v<>ph*"[index_method % 10]}
+            )
+            axes.errorbar(config.tokens_per_step, means, yerr=stds, capsize=3, label=method, **style)
         axes.set_xlabel("tokens per step")
         axes.set_ylabel("accuracy (%)")
         axes.set_xticks(list(config.tokens_per_step))
