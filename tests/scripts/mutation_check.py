@@ -5,7 +5,7 @@ The faults are the ways trajectories that cross blocks could plausibly be mishan
 or clean copies of blocks it must not, the trajectory state taken in the first block only or from the wrong end of the
 decoding order, path weights from the global instead of the within-block step, and noisy positions shifted by a block.
 
-    python tests/scripts/mutation_check.py            # a line per fault: caught / NOT CAUGHT, about 5 minutes on CPU
+    python tests/scripts/mutation_check.py            # a line per fault: caught / NOT CAUGHT, about a minute on CPU
 
 Exit status 1 when a fault is not caught or the unchanged copy fails. Not part of CI (it runs the test file once per
 fault); run it after changing the collator, the masks or those tests.
@@ -37,14 +37,14 @@ FAULTS: list[tuple[str, str, str, str]] = [
     (
         "state in the first block only",
         "collator.py",
-        "state = trajectory_state_mask(steps, block, valid, ratio, order=self.state_order)",
-        "state = trajectory_state_mask(steps, block, valid, ratio, order=self.state_order) & (block == block[:, :1])",
+        "drawn = trajectory_state_mask(steps, block, valid, ratio, order=self.state_order)",
+        "drawn = trajectory_state_mask(steps, block, valid, ratio, order=self.state_order) & (block == block[:, :1])",
     ),
     (
         "noisy positions shifted by one block",
-        "collator.py",
+        "layouts.py",
         "torch.where(noisy_stream, offset - c - t, torch.zeros_like(offset))",
-        "torch.where(noisy_stream, offset - c - t + size, torch.zeros_like(offset))",
+        "torch.where(noisy_stream, offset - c - t + block_size, torch.zeros_like(offset))",
     ),
 ]
 
