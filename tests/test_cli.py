@@ -21,7 +21,7 @@ from t3d_trl.evaluation import EvalResult, read_json
 from t3d_trl.scripts import EvalArguments, load_local_dataset
 from t3d_trl.scripts.demo import demo_config_from_args, full_demo_config
 from t3d_trl.scripts.evaluate import average_results, decoding_settings, load_eval_sets, resolve_scorer
-from t3d_trl.scripts.utils import format_prompts, resolve_prompt_template
+from t3d_trl.scripts.utils import DEEPSPEED_LOGGER, cli_output, format_prompts, resolve_prompt_template
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "examples" / "configs"
@@ -437,6 +437,7 @@ def test_rollout_shows_its_stage_and_a_summary_only(tmp_path, monkeypatch, capsy
     _tiny_workspace(tmp_path)
     monkeypatch.chdir(tmp_path)
     before = _library_output_state()
+    capsys.readouterr()  # the set-up's own output (importing a library can print)
     argv = ["rollout", "--config", str(CONFIG_ROLLOUT), "--max_samples", "4", "--batch_size", "2",
             "--num_generations", "2", "--as_chat"]  # fmt: skip
     assert main([*argv, "--output_dir", "quiet"]) == 0
@@ -453,6 +454,26 @@ def test_rollout_shows_its_stage_and_a_summary_only(tmp_path, monkeypatch, capsy
     captured = capsys.readouterr()
     assert "Formatting prompts" in captured.err and "Saving the dataset" in captured.err
     assert _library_output_state() == before
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_library_logging_to_stdout_is_moved_to_stderr(capsys, verbose):
+    """DeepSpeed's logger writes to stdout (``accelerate`` imports it when installed): inside a command its records
+    go to stderr at the command's level, so stdout stays the summary; outside, the logger is as it was."""
+    library = logging.getLogger(DEEPSPEED_LOGGER)
+    handler = logging.StreamHandler(sys.stdout)  # as DeepSpeed sets itself up
+    library.addHandler(handler)
+    try:
+        with cli_output(verbose=verbose):
+            library.warning("Setting accelerator to CPU.")
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert "Setting accelerator to CPU." in captured.err
+        library.warning("outside a command")
+        assert capsys.readouterr().out == "outside a command\n"
+        assert library.filters == []
+    finally:
+        library.removeHandler(handler)
 
 
 @pytest.mark.slow

@@ -181,6 +181,27 @@ def setup_logging() -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
 
+#: the logger of DeepSpeed, whose handler writes to stdout
+DEEPSPEED_LOGGER = "DeepSpeed"
+
+
+class _LogsToStderr(logging.Filter):
+    """A logger filter that writes the records at or above ``level`` to stderr and drops them from the logger's own
+    handlers (a library's handler bound to stdout)."""
+
+    def __init__(self, level: int, formatter: logging.Formatter | None) -> None:
+        super().__init__()
+        self.level = level
+        self.handler = logging.StreamHandler()  # the current sys.stderr
+        if formatter is not None:
+            self.handler.setFormatter(formatter)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= self.level:
+            self.handler.handle(record)
+        return False
+
+
 @contextlib.contextmanager
 def cli_output(verbose: bool = False) -> Iterator[None]:
     """What a ``t3d-trl`` command shows while it runs; everything changed is restored on exit.
@@ -189,6 +210,8 @@ def cli_output(verbose: bool = False) -> Iterator[None]:
     no progress bars of ``datasets`` (Map, Filter, Saving...) nor of ``transformers`` (loading and writing weights);
     the progress bars of t3d-trl's own stages (rollout, evaluation) and the trainer's stay. With ``verbose``: INFO
     logs of t3d-trl (with timestamps), ``transformers`` and ``datasets``, and the libraries' progress bars.
+    Standard output stays the command's summary: DeepSpeed's log records (its logger writes to stdout, and
+    ``accelerate`` imports it when it is installed) go to stderr, at the same level as the others.
 
     Args:
         verbose: show INFO logs and the libraries' progress bars.
@@ -212,6 +235,8 @@ def cli_output(verbose: bool = False) -> Iterator[None]:
         transformers.utils.logging.is_progress_bar_enabled(),
     )
     ours.setLevel(level)
+    to_stderr = _LogsToStderr(level, handler.formatter if handler is not None else None)
+    logging.getLogger(DEEPSPEED_LOGGER).addFilter(to_stderr)
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
     if verbose:
@@ -226,6 +251,7 @@ def cli_output(verbose: bool = False) -> Iterator[None]:
         our_level, datasets_level, datasets_bars_off, transformers_level, transformers_bars_on = saved
         if handler is not None:
             ours.removeHandler(handler)
+        logging.getLogger(DEEPSPEED_LOGGER).removeFilter(to_stderr)
         ours.setLevel(our_level)
         datasets.utils.logging.set_verbosity(datasets_level)
         transformers.utils.logging.set_verbosity(transformers_level)
