@@ -248,7 +248,12 @@ class IndexedStaticCache(Cache):
                 f"({getattr(text_config, 'layer_types', None)})."
             )
         super().__init__(layers=[IndexedStaticLayer(max_cache_len) for _ in range(text_config.num_hidden_layers)])
-        self.max_cache_len = int(max_cache_len)
+
+    @property
+    def max_cache_len(self) -> int:
+        """Slots per row (the same in every layer). Our own: transformers' ``Cache.max_cache_len`` is a deprecated
+        read-only property in some versions and absent in others."""
+        return self.layers[0].max_cache_len
 
     def index_buffer(self, length: int, device: torch.device) -> torch.Tensor:
         """A ``LongTensor`` kept with the cache, for the write index of the fixed-shape forwards.

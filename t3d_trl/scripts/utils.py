@@ -11,6 +11,7 @@ import os
 import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from ..local_datasets import load_local_dataset
@@ -80,6 +81,23 @@ def _normalise_config_flag(args: list[str]) -> list[str]:
     return args
 
 
+def _check_config_is_a_mapping(config: str) -> None:
+    """A ``--config`` file that reads as YAML but is not a mapping (a list, a scalar) is a :class:`UsageError`, in the
+    same words with every TRL version (some raise a ``TypeError`` from deep inside). A file that is missing or is
+    not YAML is left to the parser, which names it."""
+    import yaml
+
+    try:
+        content = yaml.safe_load(Path(config).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return
+    if content is not None and not isinstance(content, dict):
+        raise UsageError(
+            f"--config {config} must contain a YAML mapping of flag names to values (e.g. `learning_rate: 1e-5`), "
+            f"got a {type(content).__name__}."
+        )
+
+
 @functools.cache
 def script_parser_class() -> type:
     """:class:`trl.TrlParser` with errors raised as :class:`UsageError` (one line, no usage dump), and TRL's and
@@ -97,6 +115,8 @@ def script_parser_class() -> type:
         def parse_args_and_config(self, args: Sequence[str] | None = None, *options: Any, **kwargs: Any) -> Any:
             args = _normalise_config_flag(list(sys.argv[1:] if args is None else args))
             config = args[args.index("--config") + 1] if "--config" in args else None
+            if config is not None:
+                _check_config_is_a_mapping(config)
             try:
                 return super().parse_args_and_config(args, *options, **kwargs)
             except OSError as error:
