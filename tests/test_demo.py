@@ -87,15 +87,21 @@ def test_miniature_demo_runs_end_to_end_and_reuses_finished_seeds(tmp_path, caps
         student_steps=11,
         student_batch_size=8,
         eval_prompts_per_task=4,
-        methods=("SFT", "T3D"),
+        methods=("SFT", "ReDi", "T3D"),
         extra_methods={"T3D (uniform r)": {"loss_type": ["ddo", "path"], "mask_ratio_power": 0.0}},
     )
     report = run_demo(config)
+    out = capsys.readouterr().out
+    assert "ReDi: trained 2 rounds of 11 steps" in out
     for name in ("results.json", "results.md", "accuracy_vs_tokens_per_step.png"):
         assert (tmp_path / name).stat().st_size > 0
     saved = json.loads((tmp_path / "results.json").read_text())
     summary = saved["summary"]
-    assert summary["methods"] == ["Teacher", "SFT", "T3D", "T3D (uniform r)"]
+    assert summary["methods"] == ["Teacher", "SFT", "ReDi", "T3D", "T3D (uniform r)"]
+    # ReDi: a second round, trained on the first round's own rollouts (their rows were drawn by the student)
+    redi = json.loads((tmp_path / "seed0" / "students" / "ReDi.json").read_text())
+    redi_runs = [entry for entry in redi["logs"] if "train_runtime" in entry]
+    assert len(redi_runs) == 2 and (tmp_path / "seed0" / "ReDi" / "round1").is_dir()
     assert (tmp_path / "seed0" / "teacher" / "generation_config.json").exists()
     assert json.loads((tmp_path / "seed0" / "teacher" / "generation_config.json").read_text())["max_new_tokens"] == 16
     identity = report["ddo_identity"]
@@ -157,6 +163,8 @@ def test_demo_refuses_unknown_tasks_methods_and_data(tmp_path):
         run_demo(DemoConfig(output_dir=str(tmp_path), methods=("T4D",)))
     with pytest.raises(ValueError, match="unknown data 'teacher'"):
         run_demo(DemoConfig(output_dir=str(tmp_path), extra_methods={"X": {"data": "teacher"}}))
+    with pytest.raises(ValueError, match="`rounds` must be a positive integer, got 0"):
+        run_demo(DemoConfig(output_dir=str(tmp_path), extra_methods={"X": {"rounds": 0}}))
     assert not list(tmp_path.iterdir())  # refused before anything ran
     untrained = DemoConfig(
         output_dir=str(tmp_path),

@@ -3,12 +3,12 @@
 Everything runs on the library's public API: the teacher is trained from scratch with ``T3DTrainer``'s ``sft``
 objective on the tasks' reference answers, rolled out at one token per step with
 :func:`t3d_trl.generate_trajectories` (temperature 0.1, the official rollout temperature), distilled into students
-(SFT on the reference answers, Naive TD, dParallel and T3D; the full study adds the paper's recipe and the remedies
-of ``docs/results.md``), and every model is evaluated with :func:`t3d_trl.evaluation.evaluate_few_step` at block
+(SFT on the reference answers, ReDi on the model's own outputs, Naive TD, dParallel and T3D; the full study adds the
+paper's recipe and the remedies of ``docs/results.md``), and every model is evaluated with :func:`t3d_trl.evaluation.evaluate_few_step` at block
 sizes 4 and 8 and 1, 2 and 4 tokens per step.
 
 A student is a :class:`~t3d_trl.T3DConfig` override mapping; its optional ``"data"`` key says what it trains on (see
-:data:`DATA_SOURCES`).
+:data:`DATA_SOURCES`), its optional ``"rounds"`` key how many ReDi rounds it runs (see :data:`METHODS`).
 """
 
 from __future__ import annotations
@@ -49,9 +49,14 @@ DATA_SOURCES: dict[str, str] = {
     "answers": "the tasks' reference answers (plain prompt/completion rows, as the paper's SFT)",
 }
 
-#: the students of the table, as ``T3DConfig`` overrides (plus the optional ``"data"`` key)
+#: the students of the table, as ``T3DConfig`` overrides, plus the optional keys ``"data"`` (see
+#: :data:`DATA_SOURCES`) and ``"rounds"`` (ReDi's rounds, see :func:`t3d_trl.recipes.redi`: after each round but the
+#: last, the student rolls itself out on the teacher's rollout prompts, with the teacher's rollout settings, and the
+#: next round trains on those rollouts). SFT trains on the reference answers (the paper's "SD ✗" row); ReDi on the
+#: model's own outputs, ignoring the trajectory (random masks), for two rounds
 METHODS: dict[str, dict[str, Any]] = {
     "SFT": {"data": "answers", "loss_type": ["sft"]},
+    "ReDi": {"rounds": 2, "loss_type": ["sft"], "state_sampling": "random", "sync_ref_model": False},
     "Naive TD": {"loss_type": ["td"]},
     "dParallel": {"loss_type": ["dparallel"]},
     "T3D": {"loss_type": ["ddo", "path"]},
@@ -93,7 +98,7 @@ LOG_METRICS = (
 class DemoConfig:
     """Settings of the demo (the defaults finish in under 10 minutes on 2 CPU cores).
 
-    The quick demo trains one seed of a 3-layer, 96-wide teacher for 1,500 steps on three tasks and the four students
+    The quick demo trains one seed of a 3-layer, 96-wide teacher for 1,500 steps on three tasks and the five students
     of :data:`METHODS`; the full study (:meth:`full`) adds the ``perm5`` task, which takes the teacher 5,000 steps,
     three seeds and the variants of :data:`STUDY_VARIANTS`. A
     teacher or a student trained before in the same ``output_dir`` with the same settings is reused, so seeds can run in
@@ -137,7 +142,7 @@ class DemoConfig:
     @classmethod
     def full(cls, **overrides: Any) -> DemoConfig:
         """The study behind ``docs/results.md`` (``t3d-trl demo --full``): four tasks, a teacher trained 5,000 steps,
-        three seeds, the four students, T3D with the paper's recipe, and the remedies of :data:`STUDY_VARIANTS`."""
+        three seeds, the five students, T3D with the paper's recipe, and the remedies of :data:`STUDY_VARIANTS`."""
         values: dict[str, Any] = {
             "output_dir": "t3d-study",
             "tasks": ("words", "wordplay", "walk", "perm5"),
@@ -297,13 +302,17 @@ def evaluate(model, tokenizer, dataset: Dataset, config: DemoConfig, output_dir:
     return results
 
 
-def split_method(name: str, spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """``(data source, T3DConfig overrides)`` of a method; an unknown data source is refused."""
+def split_method(name: str, spec: dict[str, Any]) -> tuple[str, int, dict[str, Any]]:
+    """``(data source, rounds, T3DConfig overrides)`` of a method; an unknown data source, or ``rounds`` that is not
+    a positive integer, is refused."""
     overrides = dict(spec)
     data = overrides.pop("data", "rollouts")
+    rounds = overrides.pop("rounds", 1)
     if data not in DATA_SOURCES:
         raise ValueError(f"Method {name!r}: unknown data {data!r}; choose from {sorted(DATA_SOURCES)}.")
-    return data, overrides
+    if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
+        raise ValueError(f"Method {name!r}: `rounds` must be a positive integer, got {rounds!r}.")
+    return data, rounds, overrides
 
 
 def peak_memory_mb() -> float:
@@ -436,9 +445,14 @@ def run_seed(config: DemoConfig, seed: int, tokenizer) -> dict[str, Any]:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    trajectories = generate_trajectories(
-        teacher, tokenizer, rollout_prompts(config, seed), rollout_config, batch_size=128, seed=seed, progress=False
-    )
+    prompts = rollout_prompts(config, seed)
+
+    def roll_out(model, rollout_seed: int) -> Dataset:
+        return generate_trajectories(
+            model, tokenizer, prompts, rollout_config, batch_size=128, seed=rollout_seed, progress=False
+        )
+
+    trajectories = roll_out(teacher, seed)
     trajectories.save_to_disk(str(root / "trajectories"))
     valid, validity = valid_rollouts(trajectories)
     timings["rollouts"] = time.perf_counter() - start
@@ -452,7 +466,7 @@ def run_seed(config: DemoConfig, seed: int, tokenizer) -> dict[str, Any]:
     }
     logs: dict[str, list[dict]] = {}
     for method, spec in _all_methods(config).items():
-        source, overrides = split_method(method, spec)
+        source, rounds, overrides = split_method(method, spec)
         if len(data[source]) == 0:
             raise ValueError(
                 f"Method {method!r} trains on {DATA_SOURCES[source]}, but there are none (valid rollouts per task: "
@@ -468,16 +482,21 @@ def run_seed(config: DemoConfig, seed: int, tokenizer) -> dict[str, Any]:
             _progress(seed, f"{method}: reused (same settings)")
             continue
         start = time.perf_counter()
-        args = _trainer_args(
-            str(root / method.replace(" ", "_")),
-            config.student_steps,
-            config.student_batch_size,
-            config.student_learning_rate,
-            seed,
-            **overrides,
-        )
-        trainer = _train(copy.deepcopy(teacher), tokenizer, data[source], args, config.train_block_sizes)
-        logs[method] = trainer.state.log_history
+        student, dataset, logs[method] = copy.deepcopy(teacher), data[source], []
+        for round_index in range(rounds):
+            if round_index > 0:  # ReDi: the next round trains on the student's own rollouts
+                dataset = roll_out(student.eval(), seed + round_index)
+            args = _trainer_args(
+                str(root / method.replace(" ", "_") / (f"round{round_index}" if rounds > 1 else "")),
+                config.student_steps,
+                config.student_batch_size,
+                config.student_learning_rate,
+                seed,
+                **overrides,
+            )
+            trainer = _train(student, tokenizer, dataset, args, config.train_block_sizes)
+            student = trainer.model
+            logs[method] += trainer.state.log_history
         timings[method] = time.perf_counter() - start
         start = time.perf_counter()
         accuracy[method] = evaluate(trainer.model, tokenizer, eval_set, config, str(root / "eval" / method))
@@ -497,9 +516,8 @@ def run_seed(config: DemoConfig, seed: int, tokenizer) -> dict[str, Any]:
                 }
             )
         )
-        _progress(
-            seed, f"{method}: trained {args.max_steps} steps ({timings[method]:.1f} s), evaluated ({seconds:.1f} s)"
-        )
+        trained = f"{args.max_steps} steps" if rounds == 1 else f"{rounds} rounds of {args.max_steps} steps"
+        _progress(seed, f"{method}: trained {trained} ({timings[method]:.1f} s), evaluated ({seconds:.1f} s)")
     result = {
         "seed": seed,
         "settings": _settings_key(config),
