@@ -70,6 +70,7 @@ COLLATOR = {"batch": 16, "prompt": 128, "completion": 192}
 STEP_TARGET = 0.5
 MEMORY_TARGET = 0.3  # at a real vocabulary (--vocab 151936, SDAR's)
 COLLATOR_TARGET = 2000.0
+LOGITS_CHUNK_SIZE: int | None = None  # --logits-chunk-size; None keeps T3DConfig's default
 
 
 # ---------------------------------------------------------------------------------------------------- set-up
@@ -123,6 +124,7 @@ def build_trainer(device: str, output_dir: str) -> tuple[T3DTrainer, dict]:
         save_strategy="no",
         disable_tqdm=True,
         seed=0,
+        **({} if LOGITS_CHUNK_SIZE is None else {"logits_chunk_size": LOGITS_CHUNK_SIZE}),
     )
     trainer = T3DTrainer(build_model(VOCAB_SIZE), args=args, train_dataset=dataset, processing_class=tokenizer)
     trainer.create_optimizer_and_scheduler(num_training_steps=args.max_steps)
@@ -303,6 +305,8 @@ def cpu_memory(variant: str, steps: int, threads: int) -> dict:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
     command = [sys.executable, os.path.abspath(__file__), "--memory-worker", variant, "--memory-steps", str(steps)]
     command += ["--threads", str(threads), "--vocab", str(VOCAB_SIZE)]
+    if LOGITS_CHUNK_SIZE is not None:
+        command += ["--logits-chunk-size", str(LOGITS_CHUNK_SIZE)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         raise RuntimeError(f"memory worker {variant} failed:\n{done.stderr[-3000:]}")
@@ -381,7 +385,7 @@ def verdict(ok: bool) -> str:
 
 
 def main() -> None:
-    global VOCAB_SIZE
+    global VOCAB_SIZE, LOGITS_CHUNK_SIZE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 repeats, 1 s per collator layout (< 1.5 minutes)")
     parser.add_argument("--repeats", type=int, default=None, help="timed steps of each variant (default 5, quick 2)")
@@ -402,10 +406,16 @@ def main() -> None:
         default=VOCAB_SIZE,
         help="vocabulary size of the model (default 512; 151936 is SDAR's, where the memory target applies)",
     )
+    parser.add_argument(
+        "--logits-chunk-size",
+        type=int,
+        default=None,
+        help="T3DConfig.logits_chunk_size of the T3D step (default: T3DConfig's; 0: the whole window of logits)",
+    )
     parser.add_argument("--memory-worker", choices=("t3d", "official"), help=argparse.SUPPRESS)
     parser.add_argument("--memory-steps", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    VOCAB_SIZE = args.vocab
+    VOCAB_SIZE, LOGITS_CHUNK_SIZE = args.vocab, args.logits_chunk_size
     if args.threads:
         torch.set_num_threads(args.threads)
     datasets.disable_progress_bars()

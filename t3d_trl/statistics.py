@@ -16,7 +16,9 @@ and with gradients each chunk runs under activation checkpointing, so the backwa
 instead of keeping them. The values and gradients equal those computed from the whole logits (up to float rounding).
 For SDAR's 151,936-entry vocabulary, a batch of 8 × 1,024 window positions has 5 GB of float32 logits; in chunks of
 256 tokens it has 156 MB at a time. The price is one more LM-head matmul per student chunk in the backward (the
-recompute), which matters only where the head dominates the model's cost. See ``docs/design.md`` ("Window
+recompute), which matters only where the head dominates the model's cost; the backward of ``log Z`` and the gathered
+logits is written by hand (:class:`_NormalizerAndGathers`), so a chunk's backward holds two copies of its logits, not
+five. See ``docs/design.md`` ("Window
 statistics, computed in chunks from hidden states").
 """
 
@@ -97,6 +99,33 @@ class TokenStatistics:
         return self.values[..., _FAKE_TOKEN].detach().long()
 
 
+class _NormalizerAndGathers(torch.autograd.Function):
+    """``(log Z, ℓ_label, ℓ_fake)`` of logits ``[b, c, V]``, with a backward that builds one ``[b, c, V]`` tensor.
+
+    ``∂/∂ℓ = g_Z · softmax(ℓ) + g_label · onehot(label) + g_fake · onehot(fake)``: written in place into the
+    ``exp(ℓ − log Z)`` it allocates, where autograd's ``logsumexp`` and two ``gather`` backwards would hold four
+    vocabulary-wide tensors at once (two of them zeros to scatter into). Same values, in fewer passes over the
+    vocabulary; the peak memory of a chunk's backward drops from about five copies of its logits to two.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, labels: Tensor, fake_tokens: Tensor | None):  # type: ignore[override]
+        log_z = torch.logsumexp(logits, dim=-1)
+        label = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+        fake = torch.zeros_like(log_z) if fake_tokens is None else logits.gather(-1, fake_tokens.unsqueeze(-1))
+        ctx.save_for_backward(logits, log_z, labels, fake_tokens)
+        return log_z, label, fake.view_as(log_z)
+
+    @staticmethod
+    def backward(ctx, grad_log_z: Tensor, grad_label: Tensor, grad_fake: Tensor):  # type: ignore[override]
+        logits, log_z, labels, fake_tokens = ctx.saved_tensors
+        grad = (logits - log_z.unsqueeze(-1)).exp_().mul_(grad_log_z.unsqueeze(-1))
+        grad.scatter_add_(-1, labels.unsqueeze(-1), grad_label.unsqueeze(-1).to(grad.dtype))
+        if fake_tokens is not None:
+            grad.scatter_add_(-1, fake_tokens.unsqueeze(-1), grad_fake.unsqueeze(-1).to(grad.dtype))
+        return grad, None, None
+
+
 def _chunk_statistics(
     logits: Tensor,
     labels: Tensor,
@@ -108,10 +137,7 @@ def _chunk_statistics(
     """The statistics of one chunk of logits ``[b, c, V]`` (upcast to float32 here, one chunk at a time)."""
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
-    log_z = torch.logsumexp(logits, dim=-1)
-    zeros = torch.zeros_like(log_z)
-    label = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-    drawn = zeros
+    drawn = None
     if draw_temperature is not None:
         with torch.no_grad():
             if draw_temperature == 0:
@@ -119,8 +145,10 @@ def _chunk_statistics(
             else:
                 probs = torch.softmax(logits / draw_temperature, dim=-1).flatten(0, 1)
                 fake_tokens = torch.multinomial(probs, 1, generator=generator).view(labels.shape)
-        drawn = fake_tokens.to(log_z.dtype)
-    fake = zeros if fake_tokens is None else logits.gather(-1, fake_tokens.unsqueeze(-1)).squeeze(-1)
+        drawn = fake_tokens
+    log_z, label, fake = _NormalizerAndGathers.apply(logits, labels, fake_tokens)
+    zeros = torch.zeros_like(log_z)
+    drawn = zeros if drawn is None else drawn.to(log_z.dtype)
     entropy = zeros
     if entropy_temperature is not None:
         scaled = logits / entropy_temperature

@@ -43,6 +43,32 @@ def test_statistics_head_equals_whole_logits_with_gradients(chunk_size):
     assert isinstance(model.get_output_embeddings(), torch.nn.Linear)  # the head is back
 
 
+@pytest.mark.parametrize("with_fake", [True, False])
+def test_statistics_gradients_equal_the_plain_formulas(with_fake):
+    """The hand-written backward of log Z and the gathered logits equals autograd through ``logsumexp`` and
+    ``gather`` (and passes ``gradcheck``), with repeated labels and fake tokens equal to labels."""
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 5, 11, dtype=torch.float64, generator=generator, requires_grad=True)
+    labels = torch.tensor([[0, 3, 3, 10, 5], [1, 1, 2, 7, 9]])
+    fake = torch.tensor([[0, 4, 3, 1, 5], [2, 1, 6, 7, 0]]) if with_fake else None
+    weights = torch.randn(2, 5, 3, dtype=torch.float64, generator=generator)
+
+    def plain(z):
+        log_z = z.logsumexp(-1)
+        label = z.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+        gathered = z.gather(-1, fake.unsqueeze(-1)).squeeze(-1) if with_fake else torch.zeros_like(log_z)
+        return torch.stack([log_z, label, gathered], -1)
+
+    def ours(z):
+        return window_statistics(z, _request(labels, fake), chunk_size=4).values[..., :3]
+
+    torch.testing.assert_close(ours(logits), plain(logits), atol=1e-12, rtol=0)
+    (expected,) = torch.autograd.grad((plain(logits) * weights).sum(), logits)
+    (got,) = torch.autograd.grad((ours(logits) * weights).sum(), logits)
+    torch.testing.assert_close(got, expected, atol=1e-12, rtol=0)
+    assert torch.autograd.gradcheck(ours, (logits,))
+
+
 def test_drawn_fake_tokens_are_the_reference_argmax():
     logits = torch.randn(2, 5, 9, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     labels = torch.zeros(2, 5, dtype=torch.long)
