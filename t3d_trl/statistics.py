@@ -18,8 +18,7 @@ For SDAR's 151,936-entry vocabulary, a batch of 8 × 1,024 window positions has 
 256 tokens it has 156 MB at a time. The price is one more LM-head matmul per student chunk in the backward (the
 recompute), which matters only where the head dominates the model's cost; the backward of ``log Z`` and the gathered
 logits is written by hand (:class:`_NormalizerAndGathers`), so a chunk's backward holds two copies of its logits, not
-five. See ``docs/design.md`` ("Window
-statistics, computed in chunks from hidden states").
+five. See ``docs/design.md`` ("Window statistics, computed in chunks from hidden states").
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ Everything runs on the library's public API: the teacher is trained from scratch
 objective on the tasks' reference answers, rolled out at one token per step with
 :func:`t3d_trl.generate_trajectories` (temperature 0.1, the official rollout temperature), distilled into students
 (SFT on the reference answers, ReDi on the model's own outputs, Naive TD, dParallel and T3D; the full study adds the
-paper's recipe and the remedies of ``docs/results.md``), and every model is evaluated with :func:`t3d_trl.evaluation.evaluate_few_step` at block
-sizes 4 and 8 and 1, 2 and 4 tokens per step.
+paper's recipe and the remedies of ``docs/results.md``), and every model is evaluated with
+:func:`t3d_trl.evaluation.evaluate_few_step` at block sizes 4 and 8 and 1, 2 and 4 tokens per step.
 
 A student is a :class:`~t3d_trl.T3DConfig` override mapping; its optional ``"data"`` key says what it trains on (see
 :data:`DATA_SOURCES`), its optional ``"rounds"`` key how many ReDi rounds it runs (see :data:`METHODS`).
