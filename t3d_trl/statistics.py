@@ -111,9 +111,11 @@ class _NormalizerAndGathers(torch.autograd.Function):
     def forward(ctx, logits: Tensor, labels: Tensor, fake_tokens: Tensor | None):  # type: ignore[override]
         log_z = torch.logsumexp(logits, dim=-1)
         label = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-        fake = torch.zeros_like(log_z) if fake_tokens is None else logits.gather(-1, fake_tokens.unsqueeze(-1))
+        fake = (
+            torch.zeros_like(log_z) if fake_tokens is None else logits.gather(-1, fake_tokens.unsqueeze(-1)).squeeze(-1)
+        )
         ctx.save_for_backward(logits, log_z, labels, fake_tokens)
-        return log_z, label, fake.view_as(log_z)
+        return log_z, label, fake
 
     @staticmethod
     def backward(ctx, grad_log_z: Tensor, grad_label: Tensor, grad_fake: Tensor):  # type: ignore[override]
@@ -136,7 +138,6 @@ def _chunk_statistics(
     """The statistics of one chunk of logits ``[b, c, V]`` (upcast to float32 here, one chunk at a time)."""
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
-    drawn = None
     if draw_temperature is not None:
         with torch.no_grad():
             if draw_temperature == 0:
@@ -144,10 +145,9 @@ def _chunk_statistics(
             else:
                 probs = torch.softmax(logits / draw_temperature, dim=-1).flatten(0, 1)
                 fake_tokens = torch.multinomial(probs, 1, generator=generator).view(labels.shape)
-        drawn = fake_tokens
     log_z, label, fake = _NormalizerAndGathers.apply(logits, labels, fake_tokens)
     zeros = torch.zeros_like(log_z)
-    drawn = zeros if drawn is None else drawn.to(log_z.dtype)
+    drawn = zeros if draw_temperature is None else fake_tokens.to(log_z.dtype)
     entropy = zeros
     if entropy_temperature is not None:
         scaled = logits / entropy_temperature

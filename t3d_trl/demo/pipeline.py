@@ -499,7 +499,7 @@ def run_seed(config: DemoConfig, seed: int, tokenizer) -> dict[str, Any]:
             logs[method] += trainer.state.log_history
         timings[method] = time.perf_counter() - start
         start = time.perf_counter()
-        accuracy[method] = evaluate(trainer.model, tokenizer, eval_set, config, str(root / "eval" / method))
+        accuracy[method] = evaluate(student, tokenizer, eval_set, config, str(root / "eval" / method))
         seconds = time.perf_counter() - start
         timings["evaluation"] += seconds
         record = _student_record(root, method)
