@@ -9,7 +9,7 @@ one optimizer step of T3D (``loss_type=["ddo", "path"]``) are compared on the sa
 * ``t3d``: ``trainer.training_step(trainer.model, batch)`` of a ``T3DTrainer`` followed by ``optimizer.step()``:
   one student forward with gradients and one reference forward without (docs/training.md, "The method");
 * ``official``: the official scheme, written here with the same ``t3d_trl.losses`` functions and the same
-  ``adapter.training_forward``: four full forwards on the same input: the reference twice without gradients (one
+  training forward (``TrainingLayout.forward``): four full forwards on the same input: the reference twice without gradients (one
   gives x̂ and log p_ref(x0|x_t), the other log p_ref(x̂|x_t)) and the student twice with gradients (one gives the
   real term and the path loss, the other the fake term), one backward through both student graphs, then
   ``optimizer.step()``.
@@ -59,8 +59,7 @@ from transformers import PreTrainedTokenizerFast, Qwen3ForCausalLM
 from transformers.utils import logging as hf_logging
 
 from t3d_trl import DataCollatorForTrajectory, T3DConfig, T3DTrainer
-from t3d_trl.losses import ddo_loss, path_loss, sample_fake_tokens, selective_log_softmax, sequence_logps
-from t3d_trl.models.families import get_family
+from t3d_trl.losses import ddo_loss, path_loss, sequence_logps
 from t3d_trl.testing import SPECIAL_TOKENS, synthetic_trajectories, tiny_qwen3, tiny_tokenizer
 
 VOCAB_SIZE = 512
@@ -135,11 +134,28 @@ def build_trainer(device: str, output_dir: str) -> tuple[T3DTrainer, dict]:
     return trainer, batch
 
 
+def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``log p(index_i) = ℓ_{i, index_i} − logsumexp_v ℓ_{i, v}`` from whole logits (the official scheme's way)."""
+    picked = logits.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+    return picked.float() - torch.logsumexp(logits.float(), dim=-1)
+
+
+def sample_fake_tokens(ref_logits: torch.Tensor, loss_mask: torch.Tensor, labels: torch.Tensor, temperature: float):
+    """x̂: the reference's argmax (or a draw at ``temperature``) at the masked positions, the labels elsewhere."""
+    with torch.no_grad():
+        if temperature == 0:
+            draws = ref_logits.argmax(-1)
+        else:
+            probs = torch.softmax(ref_logits.float() / temperature, dim=-1)
+            draws = torch.multinomial(probs.flatten(0, 1), 1).view(labels.shape)
+        return torch.where(loss_mask, draws, labels)
+
+
 def make_steps(trainer: T3DTrainer, batch: dict):
     """The two optimizer steps, as closures over the same model, reference and optimizer, and a check that both
     compute the same loss."""
     model, ref_model, optimizer, args = trainer.model, trainer.ref_model, trainer.optimizer, trainer.args
-    family = get_family(model)
+    layout = trainer.layout
     accepted = set(inspect.signature(model.forward).parameters)
     labels, loss_mask, weights = batch["labels"], batch["loss_mask"], batch["path_weights"]
     norm = args.logps_normalization
@@ -153,16 +169,16 @@ def make_steps(trainer: T3DTrainer, batch: dict):
 
     def official_loss() -> torch.Tensor:
         with torch.no_grad():  # reference forward 1: x̂ and log p_ref(x0 | x_t)
-            ref_logits = family.training_forward(ref_model, batch, accepted)
+            ref_logits = layout.forward(ref_model, batch, accepted)
             fake = sample_fake_tokens(ref_logits, loss_mask, labels, args.reference_temperature)
             ref_real = sequence_logps(selective_log_softmax(ref_logits, labels), loss_mask, norm)
             del ref_logits
-            ref_logits = family.training_forward(ref_model, batch, accepted)  # reference forward 2: log p_ref(x̂)
+            ref_logits = layout.forward(ref_model, batch, accepted)  # reference forward 2: log p_ref(x̂)
             ref_fake = sequence_logps(selective_log_softmax(ref_logits, fake), loss_mask, norm)
             del ref_logits
-        real_logps = selective_log_softmax(family.training_forward(model, batch, accepted), labels)  # student 1
+        real_logps = selective_log_softmax(layout.forward(model, batch, accepted), labels)  # student 1
         policy_real = sequence_logps(real_logps, loss_mask, norm)
-        fake_logits = family.training_forward(model, batch, accepted)  # student forward 2: the fake term
+        fake_logits = layout.forward(model, batch, accepted)  # student forward 2: the fake term
         policy_fake = sequence_logps(selective_log_softmax(fake_logits, fake), loss_mask, norm)
         ddo, _, _ = ddo_loss(policy_real, policy_fake, ref_real, ref_fake, args.beta, args.alpha)
         return ddo.mean() + lambda_path * path_loss(real_logps, weights, loss_mask).mean()

@@ -21,6 +21,7 @@ Bidirectional family (LLaDA-style mask predictors): the single stream ``[left pa
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,10 +31,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .checks import check_number
-from .layouts import ATTENTION_LAYOUTS
+from .layouts import ATTENTION_LAYOUTS, CompletionTargets, TrajectoryBatch, training_layout_class
 from .losses import path_weights
 from .masks import block_ids
 from .models.families import FAMILIES, family_class
+from .models.grid import GRIDS, BlockGrid, get_grid
 from .trajectory import (
     random_state_mask,
     random_token_replacement,
@@ -174,11 +176,13 @@ class DataCollatorForTrajectory:
         for name, allowed in (
             ("state_sampling", _STATE_SAMPLINGS),
             ("state_order", _STATE_ORDERS),
-            ("family", tuple(FAMILIES)),
+            ("family", FAMILIES.choices()),
             ("attention_layout", ATTENTION_LAYOUTS),
+            ("block_alignment", (None, *GRIDS.names())),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
+        self._layout = training_layout_class(self.family)
         if self.random_token_ratio > 0 and self.vocab_size is None and self.random_token_ids is None:
             raise ValueError(
                 "random_token_ratio > 0 needs `random_token_ids` (the tokenizer's ids random tokens are drawn from) "
@@ -191,21 +195,17 @@ class DataCollatorForTrajectory:
             self._token_pool = pool[pool != self.mask_token_id]
         else:
             self._token_pool = None
-        if self.block_alignment not in (None, "absolute", "response"):
-            raise ValueError(
-                f"block_alignment must be 'absolute', 'response' or None (the family's grid), got {self.block_alignment!r}."
-            )
         if self.return_tensors != "pt":
             raise ValueError(f"Only return_tensors='pt' is supported, got {self.return_tensors!r}.")
         self.mask_ratios = tuple(float(r) for r in self.mask_ratios)
 
     @property
-    def grid(self) -> str:
+    def grid(self) -> BlockGrid:
         """The training block grid: ``block_alignment``, or the family's decoding grid when unset."""
-        return self.block_alignment or family_class(self.family).decoding_grid
+        return get_grid(self.block_alignment or family_class(self.family).decoding_grid)
 
     # ------------------------------------------------------------------------------------------------------------
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+    def __call__(self, features: list[dict[str, Any]]) -> TrajectoryBatch:
         """Collate trajectory rows into a training batch (see the class docstring for the outputs)."""
         if not features:
             raise ValueError("DataCollatorForTrajectory got an empty list of features.")
@@ -227,20 +227,15 @@ class DataCollatorForTrajectory:
                 f"(example_index {features[bad]['example_index']})."
             )
         example_index = torch.as_tensor([int(f["example_index"]) for f in features], dtype=torch.int64)
-        comp = self._completion_targets(prompt_len, completion, completion_len, steps, example_index)
-        family = family_class(self.family)
-        batch = family.training_layout(
-            prompt, prompt_len, comp, self.block_size, self.pad_token_id, self.attention_layout
-        )
-        if self.complementary_masks:
-            complement = {**comp, "noisy": comp["complement_noisy"], "loss": comp["complement_loss"]}
-            other = family.training_layout(
-                prompt, prompt_len, complement, self.block_size, self.pad_token_id, "deferred"
-            )
+        comp, ratio, complement = self._completion_targets(prompt_len, completion, completion_len, steps, example_index)
+        layout = self._layout
+        batch = layout.build(prompt, prompt_len, comp, self.block_size, self.pad_token_id, self.attention_layout)
+        if complement is not None:
+            other = layout.build(prompt, prompt_len, complement, self.block_size, self.pad_token_id, "deferred")
             batch["complement_input_ids"] = other["input_ids"]
             batch["complement_loss_mask"] = other["loss_mask"]
         batch["example_index"] = example_index
-        batch["mask_ratio"] = comp["ratio"]
+        batch["mask_ratio"] = ratio
         return batch
 
     # ------------------------------------------------------------------------------------------------------------
@@ -251,8 +246,9 @@ class DataCollatorForTrajectory:
         completion_len: Tensor,
         steps: Tensor,
         example_index: Tensor,
-    ) -> dict[str, Tensor]:
-        """Per-completion-token tensors ``[b, C'_max]`` aligned at the completion start (column ``j`` = token ``j``).
+    ) -> tuple[CompletionTargets, Tensor, CompletionTargets | None]:
+        """Per-completion-token tensors ``[b, C'_max]`` aligned at the completion start (column ``j`` = token ``j``),
+        the mask ratio of every row, and the complementary state's targets (``None`` without them).
 
         With ``o = P`` on the absolute grid and ``o = 0`` on the response grid, ``block_j = (o + j) // B`` and every
         completion is completed to a block boundary with ``A = (−(o + C)) mod B`` slots. After a completion that ends
@@ -262,7 +258,7 @@ class DataCollatorForTrajectory:
         computed here and placed into the layouts by index arithmetic.
         """
         size = self.block_size
-        grid_start = torch.zeros_like(prompt_len) if self.grid == "absolute" else prompt_len  # where block 0 starts
+        grid_start = self.grid.grid_start(prompt_len)  # where block 0 starts
         origin = prompt_len - grid_start  # position of the completion's first token on that grid
         last = completion.gather(1, (completion_len - 1).clamp(min=0)[:, None]).squeeze(1)
         ended = ((completion_len > 0) & (last == self.eos_token_id))[:, None]
@@ -283,11 +279,11 @@ class DataCollatorForTrajectory:
         steps = torch.where(real, steps, last_step + 1)
         block = block_ids(origin[:, None] + column, size)
 
-        family = family_class(self.family)
+        layout = self._layout
         if self.state_sampling == "trajectory":
             ratio = sample_mask_ratios(example_index, self.seed, self.mask_ratios, self.mask_ratio_power)
             drawn = trajectory_state_mask(steps, block, valid, ratio, order=self.state_order)
-            state, loss = family.trajectory_state(drawn, trained, block, valid, example_index, self.seed)
+            state, loss = layout.trajectory_state(drawn, trained, block, valid, example_index, self.seed)
         else:
             drawn, ratio = random_state_mask(valid, example_index, self.seed)
             state, loss = drawn, drawn & trained
@@ -297,26 +293,19 @@ class DataCollatorForTrajectory:
         weights = path_weights(sigma, steps_in_block).to(torch.float32)  # w_i = (S − σ_i)/S per training block
         weights = torch.where(valid, weights, torch.zeros_like(weights))
         noisy = self._corrupt(x0, state, open_fill, example_index)
-        targets = {
-            "x0": x0,
-            "noisy": noisy,
-            "length": full_len,
-            "origin": grid_start,
-            "loss": loss,
-            "weights": weights,
-            "ratio": ratio.to(torch.float32),
-        }
+        targets = CompletionTargets(x0, noisy, full_len, grid_start, loss, weights)
+        complement = None
         if self.complementary_masks:
             flipped = valid & ~drawn
             if self.state_sampling == "trajectory":
-                flipped, flipped_loss = family.trajectory_state(
+                flipped, flipped_loss = layout.trajectory_state(
                     flipped, trained, block, valid, example_index, self.seed
                 )
             else:
                 flipped_loss = flipped & trained
-            targets["complement_noisy"] = self._corrupt(x0, flipped, open_fill, example_index)
-            targets["complement_loss"] = flipped_loss
-        return targets
+            flipped_noisy = self._corrupt(x0, flipped, open_fill, example_index)
+            complement = dataclasses.replace(targets, noisy=flipped_noisy, loss=flipped_loss)
+        return targets, ratio.to(torch.float32), complement
 
     def _corrupt(self, x0: Tensor, state: Tensor, open_fill: Tensor, example_index: Tensor) -> Tensor:
         """``x_t``: the mask token (or a random token) where ``state`` is set, the mask token in open slots."""

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from datasets import Dataset
 
+from .models.grid import BlockGrid, get_grid
 from .prompts import tokenize_prompts, tokenizer_of
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,8 @@ _TRUNCATIONS = ("keep_start", "error")
 _PROBLEM = "_t3d_problem"
 _PROMPT_LEN = "_t3d_prompt_len"
 _COMPLETION_LEN = "_t3d_completion_len"
-_HELPER_COLUMNS = (_PROBLEM, _PROMPT_LEN, _COMPLETION_LEN)
+_PROMPT_CUT = "_t3d_prompt_cut"
+_HELPER_COLUMNS = (_PROBLEM, _PROMPT_LEN, _COMPLETION_LEN, _PROMPT_CUT)
 
 _FORMAT_HELP = (
     "A trajectory dataset has one row per teacher rollout with `prompt_ids` (or a text/chat `prompt`), "
@@ -104,8 +106,9 @@ def _row_problem(
     """Empty string if the row is consistent, else a description of its first problem.
 
     Checks that the ids are integers in the vocabulary, ``len(step_map) = len(completion_ids)``, and that the steps
-    are a teacher's schedule: with teacher blocks ``k_i = ⌊(o + i) / block_size⌋`` (``o = P`` on the absolute grid,
-    ``0`` on the response grid), the first block starts at step 0, every block after a complete one starts right
+    are a teacher's schedule: with teacher blocks ``k_i = ⌊(o + i) / block_size⌋`` (``o`` the grid's
+    :meth:`~t3d_trl.models.grid.BlockGrid.completion_offset`: ``P`` on the absolute grid, ``0`` on the response grid),
+    the first block starts at step 0, every block after a complete one starts right
     after it (``min_k = max_{k−1} + 1``), and no block spans more than ``steps_per_block`` steps (``block_size``
     when unknown). The last block may have gaps: tokens after an EOS were dropped with their steps.
     """
@@ -128,7 +131,7 @@ def _row_problem(
     if block_size is None or block_size < 1:
         return f"invalid teacher block_size {block_size!r}"
     limit = steps_per_block or block_size
-    origin = len(prompt_ids) if grid == "absolute" else 0
+    origin = get_grid(grid).completion_offset(len(prompt_ids))
     blocks = (origin + np.arange(steps.size)) // block_size
     starts = np.flatnonzero(np.r_[True, blocks[1:] != blocks[:-1]])
     lows = np.minimum.reduceat(steps, starts)
@@ -166,10 +169,11 @@ def prepare_trajectory_dataset(
     block_size: int | None = None,
     truncation: str = "keep_start",
     num_proc: int | None = None,
-    grid: str = "absolute",
+    grid: BlockGrid | str = "absolute",
     vocab_size: int | None = None,
     eos_token_id: int | None = None,
     require_step_map: bool = True,
+    training_block_size: int | None = None,
 ) -> tuple[Dataset, dict[str, int]]:
     """Validate a trajectory dataset and bring it to the collator's format.
 
@@ -187,7 +191,11 @@ def prepare_trajectory_dataset(
        ``step_map`` column and with ``require_step_map=False`` (plain prompt/completion rows for the ``sft``
        objective, whose states ignore steps), a left-to-right step map is added.
     4. Empty completions are dropped (``stats['dropped_empty']``, logged).
-    5. Prompts longer than ``max_prompt_length`` keep their last tokens (``stats['truncated_prompts']``).
+    5. Prompts longer than ``max_prompt_length`` keep their last tokens, cut so that the completion's blocks stay
+       where they were (:meth:`~t3d_trl.models.grid.BlockGrid.prompt_cut`: by whole blocks of the lcm of the teacher's
+       and the training block size on the absolute grid, where cutting any other number of tokens would move the
+       block grid under the step map; ``stats['truncated_prompts']``). A row whose prompt cannot be cut that way
+       within the limit is dropped (``stats['dropped_long_prompts']``, logged).
     6. Completions longer than ``max_completion_length``: ``truncation="keep_start"`` keeps the first tokens and
        their steps (``stats['truncated_completions']``, logged); ``"error"`` raises. The text ``completion`` column,
        if any, is left as is.
@@ -200,15 +208,18 @@ def prepare_trajectory_dataset(
         block_size: the teacher's block size, used when the dataset has no ``block_size`` column.
         truncation: ``"keep_start"`` or ``"error"`` for completions over the limit.
         num_proc: processes for ``Dataset.map``/``filter``.
-        grid: the teacher's decoding grid, ``"absolute"`` or ``"response"`` (its model family's).
+        grid: the teacher's decoding grid, a :class:`~t3d_trl.models.grid.BlockGrid` or its name (its model
+            family's).
         vocab_size: the model's vocabulary size, to refuse ids outside it.
         eos_token_id: the EOS id, to count the completions that end without it (cut at the rollout's limit).
         require_step_map: refuse rows without ``step_map`` (trajectory objectives need the teacher's steps).
+        training_block_size: the block size the rows are trained with (``None``: the teacher's), whose grid
+            left-truncation keeps too.
 
     Returns:
         ``(dataset, stats)``; ``stats`` counts ``num_rows_in``, ``num_rows_out``, ``tokenized_prompts``,
-        ``tokenized_completions``, ``dropped_empty``, ``truncated_prompts``, ``truncated_completions`` and
-        ``completions_without_eos``.
+        ``tokenized_completions``, ``dropped_empty``, ``truncated_prompts``, ``dropped_long_prompts``,
+        ``truncated_completions`` and ``completions_without_eos``.
     """
     with _hidden_datasets_progress():
         return _prepare(
@@ -219,10 +230,11 @@ def prepare_trajectory_dataset(
             block_size,
             truncation,
             num_proc,
-            grid,
+            grid if isinstance(grid, str) else grid.name,
             vocab_size,
             eos_token_id,
             require_step_map,
+            training_block_size,
         )
 
 
@@ -254,10 +266,10 @@ def _prepare(
     vocab_size: int | None,
     eos_token_id: int | None,
     require_step_map: bool,
+    training_block_size: int | None,
 ) -> tuple[Dataset, dict[str, int]]:
     """The steps of :func:`prepare_trajectory_dataset`, in the order of its docstring."""
-    if grid not in ("absolute", "response"):
-        raise ValueError(f"grid must be 'absolute' or 'response', got {grid!r}.")
+    get_grid(grid)  # an unknown grid is refused before any work
     plain = not require_step_map and STEP_MAP not in dataset.column_names
     if plain:  # prompt/completion rows (e.g. a dataset's reference answers) for random-mask objectives
         dataset = _tokenize_text_columns(dataset, processing_class, num_proc, {}, append_eos=eos_token_id)
@@ -271,6 +283,7 @@ def _prepare(
         "tokenized_completions": 0,
         "dropped_empty": 0,
         "truncated_prompts": 0,
+        "dropped_long_prompts": 0,
         "truncated_completions": 0,
         "completions_without_eos": 0,
     }
@@ -283,7 +296,16 @@ def _prepare(
     dataset, completion_lengths = _drop_empty_completions(dataset, stats)
     _count_without_eos(dataset, eos_token_id, stats)
     dataset = _truncate(
-        dataset, completion_lengths, max_prompt_length, max_completion_length, truncation, num_proc, stats
+        dataset,
+        completion_lengths,
+        max_prompt_length,
+        max_completion_length,
+        truncation,
+        num_proc,
+        stats,
+        get_grid(grid),
+        block_size,
+        training_block_size,
     )
     dataset = dataset.remove_columns([c for c in _HELPER_COLUMNS if c in dataset.column_names])
     stats["num_rows_out"] = len(dataset)
@@ -458,13 +480,18 @@ def _truncate(
     truncation: str,
     num_proc: int | None,
     stats: dict[str, int],
+    grid: BlockGrid,
+    default_block_size: int | None,
+    training_block_size: int | None,
 ) -> Dataset:
-    """Keep the last prompt tokens (decision 5) and the first completion tokens, or refuse long completions
-    (decision 6)."""
+    """Keep the last prompt tokens on the grid (decision 5) and the first completion tokens, or refuse long
+    completions (decision 6)."""
     prompt_lengths = np.asarray(dataset[_PROMPT_LEN], dtype=np.int64)
-    no_rows = np.zeros(0, dtype=bool)
-    long_prompts = prompt_lengths > max_prompt_length if max_prompt_length is not None else no_rows
-    long_completions = completion_lengths > max_completion_length if max_completion_length is not None else no_rows
+    long_completions = (
+        completion_lengths > max_completion_length
+        if max_completion_length is not None
+        else np.zeros(len(dataset), dtype=bool)
+    )
     if long_completions.any() and truncation == "error":
         first = int(np.flatnonzero(long_completions)[0])
         raise ValueError(
@@ -472,11 +499,35 @@ def _truncate(
             f"{int(completion_lengths[first])} tokens > max_completion_length={max_completion_length} "
             f"({int(long_completions.sum())} row(s) over the limit). Raise the limit or use truncation='keep_start'."
         )
-    stats["truncated_prompts"] = int(long_prompts.sum())
+    cuts = np.zeros(len(dataset), dtype=np.int64)
+    if max_prompt_length is not None:
+        column = dataset[BLOCK_SIZE] if BLOCK_SIZE in dataset.column_names else [None] * len(dataset)
+        teacher = np.asarray([default_block_size if b is None else b for b in column], dtype=np.int64)
+        unit = teacher if training_block_size is None else np.lcm(teacher, int(training_block_size))
+        cuts = grid.prompt_cut(prompt_lengths, max_prompt_length, unit)
+        off_grid = cuts >= prompt_lengths
+        if off_grid.any():
+            stats["dropped_long_prompts"] = int(off_grid.sum())
+            logger.warning(
+                "Dropping %d trajectory row(s) whose prompt cannot be cut to max_prompt_length=%d without moving the "
+                "%s block grid under the step map (the limit is below the prompt's share of its first block, e.g. "
+                "row %d); raise max_prompt_length.",
+                stats["dropped_long_prompts"],
+                max_prompt_length,
+                grid.name,
+                int(np.flatnonzero(off_grid)[0]),
+            )
+            keep = np.flatnonzero(~off_grid)
+            dataset, cuts, long_completions = dataset.select(keep), cuts[keep], long_completions[keep]
+    stats["truncated_prompts"] = int((cuts > 0).sum())
     stats["truncated_completions"] = int(long_completions.sum())
     if stats["truncated_prompts"]:
         logger.warning(
-            "Left-truncating %d prompt(s) to their last %d tokens.", stats["truncated_prompts"], max_prompt_length
+            "Left-truncating %d prompt(s) to at most %d tokens, by whole blocks of the %s grid so that the step map's "
+            "blocks stay where they were.",
+            stats["truncated_prompts"],
+            max_prompt_length,
+            grid.name,
         )
     if stats["truncated_completions"]:
         logger.warning(
@@ -485,11 +536,12 @@ def _truncate(
             max_completion_length,
         )
     if stats["truncated_prompts"] or stats["truncated_completions"]:
+        dataset = dataset.add_column(_PROMPT_CUT, cuts.tolist())
         dataset = dataset.map(
             _truncate_batch,
             batched=True,
             num_proc=num_proc,
-            fn_kwargs={"max_prompt_length": max_prompt_length, "max_completion_length": max_completion_length},
+            fn_kwargs={"max_completion_length": max_completion_length},
             desc="Truncating trajectories",
         )
     return dataset
@@ -538,13 +590,10 @@ def _check_batch(
     }
 
 
-def _truncate_batch(
-    batch: dict[str, list], max_prompt_length: int | None, max_completion_length: int | None
-) -> dict[str, list]:
-    """Keep the last ``max_prompt_length`` prompt tokens and the first ``max_completion_length`` completion tokens."""
-    out: dict[str, list] = {}
-    if max_prompt_length is not None:
-        out[PROMPT_IDS] = [p[-max_prompt_length:] if len(p) > max_prompt_length else p for p in batch[PROMPT_IDS]]
+def _truncate_batch(batch: dict[str, list], max_completion_length: int | None) -> dict[str, list]:
+    """Drop each prompt's first ``_PROMPT_CUT`` tokens and keep the first ``max_completion_length`` completion
+    tokens."""
+    out: dict[str, list] = {PROMPT_IDS: [p[cut:] for p, cut in zip(batch[PROMPT_IDS], batch[_PROMPT_CUT])]}
     if max_completion_length is not None:
         out[COMPLETION_IDS] = [c[:max_completion_length] for c in batch[COMPLETION_IDS]]
         out[STEP_MAP] = [s[:max_completion_length] for s in batch[STEP_MAP]]

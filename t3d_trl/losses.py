@@ -12,8 +12,9 @@ Every reduction is over M only; values outside M are never read, so they may
 be arbitrary (even ``inf``/``NaN``). A row whose M is empty yields 0.
 
 T3D = trajectory DDO (:func:`ddo_loss`) + λ · path loss (:func:`path_loss`);
-:func:`td_loss`, :func:`sft_loss` and :func:`dparallel_loss` are the paper's
-baselines (arXiv 2602.12262, Table 1).
+:func:`td_loss`, :func:`sft_loss` and :func:`certainty_forcing_loss` (dParallel) are
+the paper's baselines (arXiv 2602.12262, Table 1). The log-probabilities they take
+come from the window statistics of one forward (:mod:`t3d_trl.statistics`).
 """
 
 from __future__ import annotations
@@ -25,25 +26,16 @@ from torch import Tensor
 __all__ = [
     "certainty_forcing_loss",
     "ddo_loss",
-    "dparallel_loss",
     "masked_mean",
     "masked_sum",
     "path_loss",
     "path_weights",
-    "sample_fake_tokens",
-    "selective_log_softmax",
     "sequence_logps",
     "sft_loss",
     "td_loss",
 ]
 
 _NORMALIZATIONS = ("mean", "sum")
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-def _upcast(tensor: Tensor) -> Tensor:
-    """Returns ``tensor`` in float32 if it is half precision, else unchanged."""
-    return tensor.float() if tensor.dtype in _LOW_PRECISION else tensor
 
 
 def masked_sum(values: Tensor, mask: Tensor) -> Tensor:
@@ -55,28 +47,6 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     """(1/|mask|) Σ_{i: mask_i} values_i over the last dimension; 0 for an empty mask."""
     count = mask.sum(-1).clamp_min(1).to(values.dtype)
     return masked_sum(values, mask) / count
-
-
-def selective_log_softmax(logits: Tensor, index: Tensor) -> Tensor:
-    """Log-softmax of ``logits`` gathered at ``index``.
-
-    log p(index_i) = logits_{i, index_i} − log Σ_v exp(logits_{i, v})
-
-    The logit is gathered first and the log-normaliser is computed by
-    ``logsumexp``, so no full log-softmax tensor is materialised. Float32 and
-    float64 logits are processed in their own dtype; float16/bfloat16 logits
-    are upcast to float32 for the ``logsumexp`` (this needs a transient float32
-    copy of the logits), and the result is float32.
-
-    Args:
-        logits: Unnormalised scores, shape ``[B, L, V]``.
-        index: Token ids to gather, shape ``[B, L]``, values in ``[0, V)``.
-
-    Returns:
-        Token log-probabilities, shape ``[B, L]``.
-    """
-    picked = logits.gather(-1, index.unsqueeze(-1)).squeeze(-1)
-    return _upcast(picked) - torch.logsumexp(_upcast(logits), dim=-1)
 
 
 def sequence_logps(token_logps: Tensor, loss_mask: Tensor, normalization: str = "mean") -> Tensor:
@@ -103,49 +73,6 @@ def sequence_logps(token_logps: Tensor, loss_mask: Tensor, normalization: str = 
     if normalization == "mean":
         return masked_mean(token_logps, loss_mask)
     return masked_sum(token_logps, loss_mask)
-
-
-def sample_fake_tokens(
-    ref_logits: Tensor,
-    loss_mask: Tensor,
-    labels: Tensor,
-    temperature: float = 0.0,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Draws the fake sample x̂ from the reference, independently per masked position.
-
-    x̂_i = argmax_v ref_logits_{i, v}                      if i ∈ M and T = 0
-    x̂_i ~ Categorical(softmax(ref_logits_i / T))          if i ∈ M and T > 0
-    x̂_i = labels_i                                        if i ∉ M
-
-    Sampling runs without gradient and only on the rows of M.
-
-    Args:
-        ref_logits: Reference logits, shape ``[B, L, V]``.
-        loss_mask: Bool mask of M, shape ``[B, L]``.
-        labels: Teacher tokens x0, shape ``[B, L]``, kept outside M.
-        temperature: Reference temperature T >= 0; 0 is greedy (official default).
-        generator: Optional random generator for ``torch.multinomial``; it must
-            live on the device of ``ref_logits``.
-
-    Returns:
-        The fake tokens x̂, long tensor of shape ``[B, L]``.
-
-    Raises:
-        ValueError: If ``temperature`` is negative.
-    """
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 means argmax), got {temperature}.")
-    with torch.no_grad():
-        masked_logits = ref_logits[loss_mask]
-        if temperature == 0:
-            draws = masked_logits.argmax(-1)
-        else:
-            probs = torch.softmax(_upcast(masked_logits) / temperature, dim=-1)
-            draws = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-        fake = labels.clone()
-        fake[loss_mask] = draws
-    return fake
 
 
 def ddo_loss(
@@ -288,31 +215,3 @@ def certainty_forcing_loss(
         Per-example losses, shape ``[B]``; 0 for rows with empty M.
     """
     return td_loss(token_logps, loss_mask) + entropy_weight * masked_mean(entropy, correct & loss_mask)
-
-
-def dparallel_loss(logits: Tensor, labels: Tensor, loss_mask: Tensor, entropy_weight: float = 1.0) -> Tensor:
-    """Certainty-forcing distillation (dParallel, arXiv 2509.26488) from logits.
-
-    C = {i ∈ M : argmax_v p_θ(v | x_t)_i = x0_i}
-    H_i = −Σ_v p_θ(v | x_t)_i log p_θ(v | x_t)_i
-    L = −(1/|M|) Σ_{i∈M} log p_θ(x0_i | x_t) + entropy_weight · (1/|C|) Σ_{i∈C} H_i
-
-    (:func:`certainty_forcing_loss` on the quantities above.) The entropy term is 0 for rows with empty C: the
-    student is pushed towards certainty only where it is already right.
-
-    Args:
-        logits: Student logits, shape ``[B, L, V]``.
-        labels: Teacher tokens x0, shape ``[B, L]``; values outside M are ignored.
-        loss_mask: Bool mask of M, shape ``[B, L]``.
-        entropy_weight: Weight of the entropy term.
-
-    Returns:
-        Per-example losses, shape ``[B]``; 0 for rows with empty M.
-    """
-    index = torch.where(loss_mask, labels, torch.zeros_like(labels))
-    token_logps = selective_log_softmax(logits, index)
-    log_probs = torch.log_softmax(_upcast(logits), dim=-1)
-    finite_log_probs = log_probs.masked_fill(torch.isneginf(log_probs), 0.0)
-    entropy = -(log_probs.exp() * finite_log_probs).sum(-1)
-    correct = loss_mask & (logits.argmax(-1) == labels)
-    return certainty_forcing_loss(token_logps, entropy, correct, loss_mask, entropy_weight)

@@ -20,19 +20,26 @@ name                  per-example loss (pure maths in :mod:`t3d_trl.losses`)    
 ``dparallel``         certainty-forcing distillation (:func:`~t3d_trl.losses.certainty_forcing_loss`)  no
 ====================  ===========================================================================  ==============
 
-A new objective is one function ``(inputs: ObjectiveInputs) -> (loss [b], metrics)`` and one
-:func:`register_objective` call (``docs/design.md``, "Adding an objective").
+An objective declares what it needs when it is registered: the reference (``needs_reference``), the states it
+trains on by default (``state_sampling``), the registered window statistics it reads beyond the log-probabilities
+(``statistics``, e.g. dParallel's entropy; see :func:`t3d_trl.statistics.register_statistic`), a second student
+forward on the complementary state (``complement``), and its own hyperparameters (``fields``, a dataclass set
+through ``T3DConfig.objective_kwargs[name]``). A new objective is then one function
+``(inputs: ObjectiveInputs) -> (loss [b], metrics)`` and one :func:`register_objective` call, in one module
+(``docs/design.md``, "Adding an objective"); nothing else changes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from .checks import check_number
 from .losses import (
     certainty_forcing_loss,
     ddo_loss,
@@ -42,15 +49,18 @@ from .losses import (
     sft_loss,
     td_loss,
 )
+from .registry import Registry
 from .statistics import StatisticsRequest, TokenStatistics
 
 __all__ = [
     "OBJECTIVES",
+    "DParallelConfig",
     "Objective",
     "ObjectiveInputs",
     "ReferenceTerms",
     "compute_objectives",
     "objective_names",
+    "objective_params",
     "reference_request",
     "reference_terms",
     "register_objective",
@@ -87,15 +97,22 @@ def reference_terms(statistics: TokenStatistics, loss_mask: Tensor, normalizatio
 
 def student_request(batch: dict, config: Any, reference: ReferenceTerms | None = None) -> StatisticsRequest:
     """What the student's forward computes for the objectives of ``config.loss_type``: the labels' logits, the fake
-    tokens' logits when an objective reads the reference, the entropy at the temperature an objective asks for."""
-    objectives = [OBJECTIVES[name] for name in config.loss_type]
-    fields = {objective.entropy_temperature_field for objective in objectives} - {None}
-    if len(fields) > 1:
-        raise ValueError(f"The objectives {config.loss_type} ask for entropies at different temperatures {fields}.")
+    tokens' logits when an objective reads the reference, and the registered statistics the objectives declare.
+
+    Raises:
+        ValueError: when two objectives ask for the same statistic with different parameters.
+    """
+    extra: dict[str, dict[str, Any]] = {}
+    for name in config.loss_type:
+        for statistic, parameters in OBJECTIVES[name].statistics_for(objective_params(config, name)).items():
+            if statistic in extra and extra[statistic] != dict(parameters):
+                raise ValueError(
+                    f"The objectives {config.loss_type} ask for the statistic {statistic!r} with different "
+                    f"parameters: {extra[statistic]} and {dict(parameters)}."
+                )
+            extra[statistic] = dict(parameters)
     return StatisticsRequest(
-        labels=batch["labels"],
-        fake_tokens=reference.fake_tokens if reference is not None else None,
-        entropy_temperature=float(getattr(config, fields.pop())) if fields else None,
+        labels=batch["labels"], fake_tokens=reference.fake_tokens if reference is not None else None, extra=extra
     )
 
 
@@ -109,7 +126,8 @@ class ObjectiveInputs:
         config: the training arguments (:class:`~t3d_trl.T3DConfig`).
         reference: the reference terms, for objectives with ``needs_reference``.
         complement: the student's scores on the complementary state (``complement_loss_mask`` in the batch), for
-            objectives with ``needs_complement`` when the collator makes complementary masks.
+            objectives that ask for it (``complement``).
+        params: the objective's own hyperparameters (an instance of its ``fields``), or ``None``.
     """
 
     scores: TokenStatistics
@@ -117,25 +135,34 @@ class ObjectiveInputs:
     config: Any
     reference: ReferenceTerms | None = None
     complement: TokenStatistics | None = None
+    params: Any = None
 
 
 ObjectiveFunction = Callable[[ObjectiveInputs], tuple[Tensor, dict[str, Tensor]]]
+#: what an objective reads, given its hyperparameters: a fixed value or a function of them
+Declared = Any
+
+
+def _declared(value: Declared, params: Any) -> Any:
+    return value(params) if callable(value) else value
 
 
 @dataclass(frozen=True)
 class Objective:
-    """A registered objective.
+    """A registered objective and what it needs (see the module docstring).
 
     Attributes:
         name: the ``loss_type`` value.
         function: ``(inputs: ObjectiveInputs) -> (loss [b], metrics)``.
         needs_reference: whether ``inputs.reference`` (a :class:`ReferenceTerms`) must be given.
-        needs_complement: whether it reads the complementary state's scores (given when the trainer's config
-            enables them, see :meth:`~t3d_trl.T3DConfig.uses_complement`).
-        entropy_temperature_field: the config field holding the temperature of the entropy it reads (``None``: it
-            reads no entropy).
         state_sampling: the states it trains on by default: ``"trajectory"`` or ``"random"``.
-        weight_field: the config field holding its default weight (``None``: 1).
+        weight_field: the :class:`~t3d_trl.T3DConfig` field holding its default weight (``None``: 1).
+        fields: a dataclass of its hyperparameters (defaults and ``metadata={"help": ...}``), set through
+            ``T3DConfig.objective_kwargs[name]`` and given as ``inputs.params``; ``None`` when it has none.
+        statistics: the registered statistics it reads (``{name: parameters}``), or a function of its hyperparameters
+            that returns them.
+        complement: whether it reads the student's statistics on the complementary state (a bool, or a function of
+            its hyperparameters).
     """
 
     name: str
@@ -143,12 +170,23 @@ class Objective:
     needs_reference: bool = False
     state_sampling: str = "trajectory"
     weight_field: str | None = None
-    needs_complement: bool = False
-    entropy_temperature_field: str | None = None
+    fields: type | None = None
+    statistics: Declared = field(default_factory=dict)
+    complement: Declared = False
+
+    def statistics_for(self, params: Any) -> Mapping[str, Mapping[str, Any]]:
+        """The statistics it reads with hyperparameters ``params``."""
+        return _declared(self.statistics, params) or {}
+
+    def complement_for(self, params: Any) -> bool:
+        """Whether it reads the complementary state with hyperparameters ``params``."""
+        return bool(_declared(self.complement, params))
 
 
 #: registered objectives by name
-OBJECTIVES: dict[str, Objective] = {}
+OBJECTIVES: Registry[Objective] = Registry(
+    "objective", hint="register one with t3d_trl.register_objective; see docs/design.md, 'Adding an objective'"
+)
 
 
 def register_objective(
@@ -158,29 +196,63 @@ def register_objective(
     needs_reference: bool = False,
     state_sampling: str = "trajectory",
     weight_field: str | None = None,
-    needs_complement: bool = False,
-    entropy_temperature_field: str | None = None,
+    fields: type | None = None,
+    statistics: Declared = None,
+    complement: Declared = False,
     overwrite: bool = False,
 ) -> Objective:
     """Register ``function`` as the objective ``name`` (a ``loss_type`` value of :class:`~t3d_trl.T3DConfig`).
 
+    Args:
+        name: the ``loss_type`` value.
+        function: ``(inputs: ObjectiveInputs) -> (loss [b], metrics)``.
+        needs_reference: whether it reads the reference terms (the reference model is loaded only then).
+        state_sampling: ``"trajectory"`` or ``"random"``, the states it trains on by default.
+        weight_field: the config field holding its default weight.
+        fields: a dataclass of its hyperparameters (``T3DConfig.objective_kwargs[name]`` sets them).
+        statistics: the registered statistics it reads, ``{name: parameters}`` or a function of its hyperparameters.
+        complement: whether it reads the complementary state (a bool or a function of its hyperparameters).
+        overwrite: replace an objective registered under ``name`` (not a built-in one).
+
     Raises:
-        ValueError: if ``name`` is taken (unless ``overwrite=True``) or ``state_sampling`` is unknown.
+        ValueError: if ``name`` is taken (unless ``overwrite=True``), ``state_sampling`` is unknown or ``fields`` is
+            not a dataclass whose every field has a default.
     """
-    if name in OBJECTIVES and not overwrite:
-        raise ValueError(f"An objective named {name!r} is already registered; pass overwrite=True to replace it.")
     if state_sampling not in ("trajectory", "random"):
         raise ValueError(f"state_sampling must be 'trajectory' or 'random', got {state_sampling!r}.")
+    if fields is not None:
+        if not dataclasses.is_dataclass(fields) or not isinstance(fields, type):
+            raise ValueError(f"`fields` of the objective {name!r} must be a dataclass type, got {fields!r}.")
+        fields()  # every field has a default, and the defaults pass the dataclass's own checks
     objective = Objective(
-        name, function, needs_reference, state_sampling, weight_field, needs_complement, entropy_temperature_field
+        name, function, needs_reference, state_sampling, weight_field, fields, statistics or {}, complement
     )
-    OBJECTIVES[name] = objective
-    return objective
+    return OBJECTIVES.register(name, objective, overwrite=overwrite)
 
 
 def objective_names() -> tuple[str, ...]:
     """The registered objective names."""
-    return tuple(OBJECTIVES)
+    return OBJECTIVES.names()
+
+
+def objective_params(config: Any, name: str) -> Any:
+    """The hyperparameters of the objective ``name`` under ``config``: its ``fields`` dataclass built from
+    ``config.objective_kwargs[name]`` (defaults for the rest), or ``None`` for an objective without fields.
+
+    Raises:
+        ValueError: naming the objective, the unknown keys and the accepted ones.
+    """
+    objective = OBJECTIVES.get_entry(name)
+    given = dict((getattr(config, "objective_kwargs", None) or {}).get(name) or {})
+    if objective.fields is None:
+        if given:
+            raise ValueError(f"The objective {name!r} has no hyperparameters, but objective_kwargs sets {given}.")
+        return None
+    accepted = [f.name for f in dataclasses.fields(objective.fields) if f.init]
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:
+        raise ValueError(f"objective_kwargs[{name!r}] sets {unknown}; the objective {name!r} takes {accepted}.")
+    return objective.fields(**given)
 
 
 # ------------------------------------------------------------------------------------------------ the objectives
@@ -225,35 +297,70 @@ def _sft(inputs: ObjectiveInputs):
     return loss, {"loss/sft": loss}
 
 
+@dataclass
+class DParallelConfig:
+    """Hyperparameters of the ``dparallel`` objective (``T3DConfig.objective_kwargs["dparallel"]``), as published."""
+
+    entropy_weight: float = field(
+        default=2.0,
+        metadata={
+            "help": "Weight of the entropy penalty on already-correct masked tokens (dParallel's LLaDA code: 2)."
+        },
+    )
+    entropy_temperature: float = field(
+        default=0.5, metadata={"help": "The entropy is that of softmax(logits / T); dParallel's code uses T = 0.5."}
+    )
+    complementary_masks: bool = field(
+        default=True,
+        metadata={
+            "help": "A second student forward on the complementary state (the tokens the state leaves visible masked, "
+            "and the masked ones visible), its losses added to the first."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        check_number("entropy_weight", self.entropy_weight, 0.0, False, None, False, False)
+        check_number("entropy_temperature", self.entropy_temperature, 0.0, True, None, False, False)
+        if not isinstance(self.complementary_masks, bool):
+            raise ValueError(f"`complementary_masks` must be True or False, got {self.complementary_masks!r}.")
+
+
 def _certainty_forcing(
-    scores: TokenStatistics, labels: Tensor, loss_mask: Tensor, config: Any
+    scores: TokenStatistics, labels: Tensor, loss_mask: Tensor, params: DParallelConfig
 ) -> tuple[Tensor, Tensor]:
     """One pass of dParallel: (CE + w · H_T over the correct positions, H_T over them) per example."""
     correct = loss_mask & (scores.predictions == labels)
-    entropy = scores.entropy  # at config.dparallel_entropy_temperature (student_request)
-    loss = certainty_forcing_loss(scores.label_log_probs, entropy, correct, loss_mask, config.dparallel_entropy_weight)
+    entropy = scores["entropy"]  # at params.entropy_temperature (declared at registration)
+    loss = certainty_forcing_loss(scores.label_log_probs, entropy, correct, loss_mask, params.entropy_weight)
     return loss, masked_mean(entropy, correct)
 
 
 def _dparallel(inputs: ObjectiveInputs):
     """dParallel as published: CE + w · H_T on the state, plus the same on the complementary state when given."""
-    batch, config = inputs.batch, inputs.config
-    loss, entropy = _certainty_forcing(inputs.scores, batch["labels"], batch["loss_mask"], config)
+    batch, params = inputs.batch, inputs.params
+    loss, entropy = _certainty_forcing(inputs.scores, batch["labels"], batch["loss_mask"], params)
     if inputs.complement is not None:
         other, other_entropy = _certainty_forcing(
-            inputs.complement, batch["labels"], batch["complement_loss_mask"], config
+            inputs.complement, batch["labels"], batch["complement_loss_mask"], params
         )
         loss, entropy = loss + other, entropy + other_entropy
     return loss, {"loss/dparallel": loss, "loss/entropy": entropy}
 
 
-register_objective("ddo", _ddo, needs_reference=True)
-register_objective("path", _path, weight_field="lambda_path")
-register_objective("td", _td)
-register_objective("sft", _sft, state_sampling="random")
-register_objective(
-    "dparallel", _dparallel, needs_complement=True, entropy_temperature_field="dparallel_entropy_temperature"
-)
+for _objective in (
+    Objective("ddo", _ddo, needs_reference=True),
+    Objective("path", _path, weight_field="lambda_path"),
+    Objective("td", _td),
+    Objective("sft", _sft, state_sampling="random"),
+    Objective(
+        "dparallel",
+        _dparallel,
+        fields=DParallelConfig,
+        statistics=lambda params: {"entropy": {"temperature": params.entropy_temperature}},
+        complement=lambda params: params.complementary_masks,
+    ),
+):
+    OBJECTIVES.register(_objective.name, _objective, builtin=True)
 
 
 # ------------------------------------------------------------------------------------------------ assembly
@@ -282,13 +389,14 @@ def compute_objectives(
         ``(loss, metrics)``.
     """
     scores = statistics
-    inputs = ObjectiveInputs(scores, batch, config, reference, complement)
     total = torch.zeros((), device=scores.values.device)
     metrics: dict[str, Tensor] = {}
     for name, weight in zip(config.loss_type, config.loss_weights):
         objective = OBJECTIVES[name]
         if objective.needs_reference and reference is None:
             raise ValueError(f"The {name!r} objective needs the reference terms, but none were given.")
+        params = objective_params(config, name)
+        inputs = ObjectiveInputs(scores, batch, config, reference, complement, params)
         loss, values = objective.function(inputs)
         total = total + weight * loss.mean()
         metrics.update({key: value.detach().float().mean() for key, value in values.items()})

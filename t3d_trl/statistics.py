@@ -4,10 +4,12 @@ The objectives never need the logits themselves, only a few numbers per window p
 
 * the log-normaliser ``log Z_i = logsumexp_v ℓ_{i,v}`` (float32);
 * the logit of the label ``ℓ_{i, x0_i}`` and of the fake token ``ℓ_{i, x̂_i}`` (log-probs are ``ℓ − log Z``);
-* the entropy ``H_i(T) = log Z_i(T) − Σ_v p_{i,v}(T) ℓ_{i,v} / T`` of ``p(T) = softmax(ℓ / T)`` (dParallel);
 * the argmax ``argmax_v ℓ_{i,v}`` (accuracy, dParallel's "already right" set);
 * for the reference, the fake token itself: ``x̂_i = argmax_v ℓ_{i,v}`` at temperature 0, else a draw from
-  ``softmax(ℓ_i / T)``.
+  ``softmax(ℓ_i / T)``;
+* any *registered statistic* an objective asks for (:func:`register_statistic`): a function of a chunk's float32
+  logits, such as the entropy ``H_i(T) = −Σ_v p_{i,v}(T) log p_{i,v}(T)`` of ``p(T) = softmax(ℓ / T)`` (``"entropy"``,
+  dParallel's).
 
 :func:`window_statistics` computes them from logits, one chunk of positions at a time in float32 (so a half-precision
 window is never copied whole to float32). :class:`StatisticsHead` computes them *inside* the model's forward, in
@@ -23,24 +25,86 @@ five. See ``docs/design.md`` ("Window statistics, computed in chunks from hidden
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from .registry import Registry
+
 __all__ = [
+    "STATISTICS",
+    "Statistic",
     "StatisticsHead",
     "StatisticsRequest",
     "TokenStatistics",
+    "entropy",
     "head_gives_logits",
+    "register_statistic",
     "statistics_head",
     "window_statistics",
 ]
 
-_LOG_Z, _LABEL, _FAKE, _ENTROPY, _ARGMAX, _FAKE_TOKEN = range(6)
-NUM_STATISTICS = 6
+_LOG_Z, _LABEL, _FAKE, _ARGMAX, _FAKE_TOKEN = range(5)
+#: the statistics every request computes; registered ones follow them in request order
+NUM_STATISTICS = 5
+
+
+# ------------------------------------------------------------------------------------------ registered statistics
+@dataclass(frozen=True)
+class Statistic:
+    """A per-position statistic of the logits that objectives may ask for by name.
+
+    Attributes:
+        name: the name objectives ask for.
+        function: ``(logits [b, c, V] in float32, **parameters) -> [b, c]``; gradients flow through it to the student.
+        parameters: the parameters it takes, with their defaults.
+    """
+
+    name: str
+    function: Callable[..., Tensor]
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+
+#: registered statistics by name
+STATISTICS: Registry[Statistic] = Registry(
+    "window statistic", hint="register one with t3d_trl.statistics.register_statistic"
+)
+
+
+def register_statistic(
+    name: str,
+    function: Callable[..., Tensor],
+    *,
+    parameters: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Statistic:
+    """Make ``function(logits, **parameters) -> [b, c]`` a statistic objectives can ask for by ``name``.
+
+    It runs on each chunk of window logits (float32, ``[b, c, V]``), inside the checkpointed chunk when the statistics
+    are computed in the forward, so its vocabulary-wide intermediates exist one chunk at a time.
+
+    Args:
+        name: the name objectives ask for (``Objective.statistics``).
+        function: the statistic.
+        parameters: the keyword arguments it takes, with their defaults.
+        overwrite: replace a statistic registered under ``name`` (not a built-in one).
+    """
+    return STATISTICS.register(name, Statistic(name, function, dict(parameters or {})), overwrite=overwrite)
+
+
+def entropy(logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """``H(T) = −Σ_v p_v log p_v`` of ``p = softmax(ℓ / T)`` at every position (``0 · log 0 = 0``)."""
+    scaled = logits / temperature
+    log_probs = scaled - torch.logsumexp(scaled, dim=-1, keepdim=True)
+    return -(log_probs.exp() * log_probs.masked_fill(torch.isneginf(log_probs), 0.0)).sum(-1)
+
+
+STATISTICS.register("entropy", Statistic("entropy", entropy, {"temperature": 1.0}), builtin=True)
 
 
 @dataclass
@@ -52,22 +116,65 @@ class StatisticsRequest:
         fake_tokens: ``[b, W]`` fake token ids whose logits are wanted (the student's side of DDO), or ``None``.
         draw_fake_temperature: draw the fake tokens from these logits at this temperature (the reference's side of
             DDO; 0 is the argmax), or ``None``.
-        entropy_temperature: compute ``H(T)`` at this temperature, or ``None``.
+        extra: registered statistics to compute, by name, with their parameters (``{"entropy": {"temperature":
+            0.5}}``); missing parameters take the statistic's defaults.
         generator: random generator for drawing fake tokens at a positive temperature.
     """
 
     labels: Tensor
     fake_tokens: Tensor | None = None
     draw_fake_temperature: float | None = None
-    entropy_temperature: float | None = None
+    extra: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        for name, parameters in self.extra.items():
+            statistic = STATISTICS.get_entry(name)
+            unknown = sorted(set(parameters) - set(statistic.parameters))
+            if unknown:
+                raise ValueError(
+                    f"The statistic {name!r} takes {sorted(statistic.parameters) or 'no parameters'}, got {unknown}."
+                )
+
+    def extra_calls(self) -> list[tuple[Callable[..., Tensor], dict[str, Any]]]:
+        """The registered statistics to compute, in order, as ``(function, parameters)``."""
+        calls = []
+        for name, parameters in self.extra.items():
+            statistic = STATISTICS.get_entry(name)
+            calls.append((statistic.function, {**statistic.parameters, **parameters}))
+        return calls
+
+    def shifted(self) -> StatisticsRequest:
+        """The request one position longer (labels and fake tokens padded at the end): for heads whose logit of token
+        ``i`` sits at position ``i − 1``, the extra position's statistics are dropped by the caller."""
+        padded = {
+            name: torch.nn.functional.pad(getattr(self, name), (0, 1))
+            for name in ("labels", "fake_tokens")
+            if getattr(self, name) is not None
+        }
+        return replace(self, **padded)
+
+    def wrap(self, values: Tensor) -> TokenStatistics:
+        """The :class:`TokenStatistics` of values computed for this request."""
+        return TokenStatistics(values, tuple(self.extra))
 
 
 class TokenStatistics:
-    """The statistics of a window ``[b, W, NUM_STATISTICS]`` with named accessors (see the module docstring)."""
+    """The statistics of a window ``[b, W, NUM_STATISTICS + len(extra)]`` with named accessors (see the module
+    docstring); registered statistics are read with ``statistics[name]``."""
 
-    def __init__(self, values: Tensor) -> None:
+    def __init__(self, values: Tensor, extra: tuple[str, ...] = ()) -> None:
         self.values = values
+        self.extra = extra
+
+    def __getitem__(self, name: str) -> Tensor:
+        """The registered statistic ``name`` at every window position ``[b, W]``."""
+        if name not in self.extra:
+            raise KeyError(
+                f"The statistic {name!r} was not computed (computed: {list(self.extra) or 'none'}); an objective that "
+                "reads it declares it with register_objective(..., statistics=...)."
+            )
+        return self.values[..., NUM_STATISTICS + self.extra.index(name)]
 
     @property
     def log_normalizer(self) -> Tensor:
@@ -82,11 +189,6 @@ class TokenStatistics:
     def fake_log_probs(self) -> Tensor:
         """``log p(x̂_i) = ℓ_{i, x̂_i} − log Z_i`` (when fake tokens were given or drawn)."""
         return self.values[..., _FAKE] - self.values[..., _LOG_Z]
-
-    @property
-    def entropy(self) -> Tensor:
-        """``H_i(T)`` at the requested entropy temperature."""
-        return self.values[..., _ENTROPY]
 
     @property
     def predictions(self) -> Tensor:
@@ -131,11 +233,10 @@ def _chunk_statistics(
     logits: Tensor,
     labels: Tensor,
     fake_tokens: Tensor | None,
-    draw_temperature: float | None,
-    entropy_temperature: float | None,
-    generator: torch.Generator | None,
+    request: StatisticsRequest,
 ) -> Tensor:
     """The statistics of one chunk of logits ``[b, c, V]`` (upcast to float32 here, one chunk at a time)."""
+    draw_temperature = request.draw_fake_temperature
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
     if draw_temperature is not None:
@@ -144,17 +245,12 @@ def _chunk_statistics(
                 fake_tokens = logits.argmax(-1)
             else:
                 probs = torch.softmax(logits / draw_temperature, dim=-1).flatten(0, 1)
-                fake_tokens = torch.multinomial(probs, 1, generator=generator).view(labels.shape)
+                fake_tokens = torch.multinomial(probs, 1, generator=request.generator).view(labels.shape)
     log_z, label, fake = _NormalizerAndGathers.apply(logits, labels, fake_tokens)
-    zeros = torch.zeros_like(log_z)
-    drawn = zeros if draw_temperature is None else fake_tokens.to(log_z.dtype)
-    entropy = zeros
-    if entropy_temperature is not None:
-        scaled = logits / entropy_temperature
-        log_probs = scaled - torch.logsumexp(scaled, dim=-1, keepdim=True)
-        entropy = -(log_probs.exp() * log_probs.masked_fill(torch.isneginf(log_probs), 0.0)).sum(-1)
+    drawn = torch.zeros_like(log_z) if draw_temperature is None else fake_tokens.to(log_z.dtype)
     argmax = logits.detach().argmax(-1).to(log_z.dtype)
-    return torch.stack([log_z, label, fake, entropy, argmax, drawn], dim=-1)
+    extra = [function(logits, **parameters) for function, parameters in request.extra_calls()]
+    return torch.stack([log_z, label, fake, argmax, drawn, *extra], dim=-1)
 
 
 def _chunks(rows: int, length: int, chunk_size: int | None) -> list[slice]:
@@ -171,17 +267,10 @@ def window_statistics(logits: Tensor, request: StatisticsRequest, chunk_size: in
     """The statistics of window logits ``[b, W, V]``, computed about ``chunk_size`` tokens (rows × positions) at a time
     (all at once when ``None``); gradients flow to ``logits``."""
     parts = [
-        _chunk_statistics(
-            logits[:, part],
-            request.labels[:, part],
-            _fake_slice(request, part),
-            request.draw_fake_temperature,
-            request.entropy_temperature,
-            request.generator,
-        )
+        _chunk_statistics(logits[:, part], request.labels[:, part], _fake_slice(request, part), request)
         for part in _chunks(logits.shape[0], logits.shape[1], chunk_size)
     ]
-    return TokenStatistics(torch.cat(parts, dim=1))
+    return request.wrap(torch.cat(parts, dim=1))
 
 
 class StatisticsHead(nn.Module):
@@ -189,9 +278,10 @@ class StatisticsHead(nn.Module):
 
     Called by the model on the last hidden states ``[b, n, H]``, it keeps the last ``W`` positions (the window of
     ``request.labels``; ``n ≥ W`` when the model cannot skip the other positions), runs the original head on
-    ``chunk_size`` positions at a time and returns ``[b, W, NUM_STATISTICS]``. With gradients enabled each chunk runs
-    under :func:`torch.utils.checkpoint.checkpoint`, so only the hidden states are kept for the backward. The original
-    head is called as a module, so the hooks of DeepSpeed ZeRO-3, FSDP and PEFT on it keep working.
+    ``chunk_size`` positions at a time and returns ``[b, W, NUM_STATISTICS + len(request.extra)]``. With gradients
+    enabled each chunk runs under :func:`torch.utils.checkpoint.checkpoint`, so only the hidden states are kept for the
+    backward. The original head is called as a module, so the hooks of DeepSpeed ZeRO-3, FSDP and PEFT on it keep
+    working.
 
     Args:
         head: the model's LM head (``model.get_output_embeddings()``).
@@ -211,15 +301,7 @@ class StatisticsHead(nn.Module):
         return self.head.weight
 
     def _run(self, hidden: Tensor, labels: Tensor, fake_tokens: Tensor | None) -> Tensor:
-        request = self.request
-        return _chunk_statistics(
-            self.head(hidden),
-            labels,
-            fake_tokens,
-            request.draw_fake_temperature,
-            request.entropy_temperature,
-            request.generator,
-        )
+        return _chunk_statistics(self.head(hidden), labels, fake_tokens, self.request)
 
     def forward(self, hidden_states: Tensor) -> Tensor:
         self.calls += 1

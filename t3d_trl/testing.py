@@ -125,8 +125,11 @@ def tiny_qwen3(seed: int = 0, dtype: torch.dtype = torch.float64, **overrides: A
 
 
 def tiny_t3d_config(output_dir: str, **overrides: Any) -> Any:
-    """A :class:`~t3d_trl.T3DConfig` for short CPU runs of a tiny model (6 steps of 4 rows, no saving, no reporting,
-    no random tokens), with ``overrides``."""
+    """A :class:`~t3d_trl.T3DConfig` for short CPU runs of a tiny model (6 steps of 4 rows at a constant-after-zero
+    warm-up linear schedule, no weight decay, no saving, no reporting, no random tokens), with ``overrides``.
+
+    The paper's optimisation defaults of :class:`~t3d_trl.T3DConfig` (20 warm-up steps, cosine to 0.1×, weight decay
+    0.01) are replaced by ``TrainingArguments``' own, so that a few steps move the weights from the first one."""
     from .trainer import T3DConfig
 
     values: dict[str, Any] = dict(
@@ -135,6 +138,9 @@ def tiny_t3d_config(output_dir: str, **overrides: Any) -> Any:
         max_steps=6,
         logging_steps=1,
         learning_rate=1e-3,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        weight_decay=0.0,
         report_to=[],
         save_strategy="no",
         use_cpu=True,

@@ -241,7 +241,7 @@ def test_yaml_config_with_command_line_overrides(tmp_path, monkeypatch):
     assert os.environ["T3D_CLI_TEST_VARIABLE"] == "from-yaml"
     assert script_args.dataset_path == "rollouts/x" and script_args.dataset_split == "train"
     assert model_args.model_name_or_path == "some/model" and model_args.dtype == "float32"
-    assert model_args.attn_implementation == "sdpa" and model_args.trust_remote_code is False
+    assert model_args.attn_implementation == "sdpa" and training_args.trust_remote_code is False
     assert lora_args.use_peft and lora_args.lora_target_modules == ["q_proj", "v_proj"]
     assert training_args.beta == 0.3  # the flag wins over the file
     assert training_args.loss_type == ["td"]

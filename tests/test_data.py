@@ -131,10 +131,35 @@ def test_long_completions_keep_start_or_error(caplog):
         prepare_trajectory_dataset(rows, truncation="keep_end")
 
 
-def test_long_prompts_keep_their_last_tokens():
+def test_left_truncation_keeps_the_block_grid_under_the_step_map():
+    # P = 4, B = 2 on the absolute grid: a limit of 3 cuts a whole block (2 tokens), never 1, which would move every
+    # completion token into another teacher block
     dataset, stats = prepare_trajectory_dataset(_rows(), max_prompt_length=3)
+    assert stats["truncated_prompts"] == 1 and stats["dropped_long_prompts"] == 0
+    assert dataset[PROMPT_IDS] == [[4, 6, 7], [8, 9]]
+    # fed back, the cut rows pass the same validation: their step map is still the teacher's schedule on the grid
+    again, _ = prepare_trajectory_dataset(dataset)
+    assert again[PROMPT_IDS] == dataset[PROMPT_IDS] and again[STEP_MAP] == dataset[STEP_MAP]
+    # the one-token cut the old truncation made is exactly what validation refuses
+    shifted = _rows(**{PROMPT_IDS: [[4, 6, 7], [6, 8, 9]]})
+    with pytest.raises(ValueError, match="steps out of order"):
+        prepare_trajectory_dataset(shifted)
+
+
+def test_left_truncation_keeps_the_training_grid_too_or_refuses_the_row():
+    # training blocks of 4 over teacher blocks of 2: cuts are whole blocks of lcm(2, 4) = 4, so a prompt of 4 tokens
+    # cannot keep any within a limit of 3: the row is dropped and counted, never cut off its grid
+    dataset, stats = prepare_trajectory_dataset(_rows(), max_prompt_length=3, training_block_size=4)
+    assert stats["dropped_long_prompts"] == 1 and stats["num_rows_out"] == 1
+    assert dataset[PROMPT_IDS] == [[4, 6, 7]]
+
+
+def test_left_truncation_on_the_response_grid_cuts_just_the_excess():
+    # blocks start at the completion on the response grid: the prompt's length does not move them
+    row = {PROMPT_IDS: [[4, 6, 8, 9]], COMPLETION_IDS: [[11, 12, 1, 1]], STEP_MAP: [[0, 0, 1, 2]], "block_size": [2]}
+    dataset, stats = prepare_trajectory_dataset(_rows(**row), max_prompt_length=3, grid="response")
     assert stats["truncated_prompts"] == 1
-    assert dataset[PROMPT_IDS] == [[4, 6, 7], [6, 8, 9]]
+    assert dataset[PROMPT_IDS] == [[6, 8, 9]]
 
 
 def test_text_rows_are_tokenised_and_id_rows_untouched():

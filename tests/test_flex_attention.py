@@ -105,11 +105,11 @@ def test_flex_forward_with_the_block_mask_gives_the_dense_mask_logits(
     assert "attention_mask" not in batch  # the deferred layout: no N x N mask on the host
     assert batch["input_ids"].shape[1] > 128  # two flex tiles, partial and full ones
 
-    # nothing builds the N x N mask: the family never calls the dense builder for a flex model, and the BlockMask
-    # is built from bands of query rows
-    import t3d_trl.models.families as families
+    # nothing builds the N x N mask: the training layout never calls the dense builder for a flex model, and the
+    # BlockMask is built from bands of query rows
+    import t3d_trl.layouts as layouts
 
-    monkeypatch.setattr(families, "layout_attention_mask", None)
+    monkeypatch.setattr(layouts, "layout_attention_mask", None)
     monkeypatch.setattr(masks, "BLOCK_MASK_CHUNK_ELEMENTS", 8 * batch["input_ids"].shape[1] * 32)
     bands, dense_builder = [], masks.layout_attention_mask
 
@@ -123,7 +123,7 @@ def test_flex_forward_with_the_block_mask_gives_the_dense_mask_logits(
         lambda module, args, kwargs: received.append(kwargs["attention_mask"]), with_kwargs=True
     )
     with torch.no_grad():
-        flex_logits = trainer.family.training_forward(
+        flex_logits = trainer.layout.forward(
             trainer.model, batch, trainer._forward_parameters, trainer._attention_kernel, dtype
         )
     hook.remove()
@@ -133,10 +133,10 @@ def test_flex_forward_with_the_block_mask_gives_the_dense_mask_logits(
     assert bands and max(bands) < batch["input_ids"].shape[1]
 
     monkeypatch.setattr(masks, "layout_attention_mask", dense_builder)
-    monkeypatch.setattr(families, "layout_attention_mask", dense_builder)
+    monkeypatch.setattr(layouts, "layout_attention_mask", dense_builder)
     dense_model = tiny_qwen3(dtype=dtype)  # the same weights, sdpa with the boolean [b, 1, N, N] mask
     with torch.no_grad():
-        dense_logits = trainer.family.training_forward(dense_model, batch, kernel="sdpa", dtype=dtype)
+        dense_logits = trainer.layout.forward(dense_model, batch, kernel="sdpa", dtype=dtype)
     assert flex_logits.shape == dense_logits.shape == (8, int(batch["logits_to_keep"]), VOCAB_SIZE)
     torch.testing.assert_close(flex_logits, dense_logits, atol=tolerance, rtol=0)
 

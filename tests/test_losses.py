@@ -9,12 +9,10 @@ import pytest
 import torch
 
 from t3d_trl.losses import (
+    certainty_forcing_loss,
     ddo_loss,
-    dparallel_loss,
     path_loss,
     path_weights,
-    sample_fake_tokens,
-    selective_log_softmax,
     sequence_logps,
     sft_loss,
     td_loss,
@@ -25,37 +23,6 @@ LOG2 = math.log(2.0)
 
 def _close(actual: torch.Tensor, expected: list[float], atol: float = 1e-6) -> None:
     torch.testing.assert_close(actual, torch.tensor(expected, dtype=actual.dtype), atol=atol, rtol=0)
-
-
-# selective_log_softmax
-
-
-def test_selective_log_softmax_hand_values() -> None:
-    logits = torch.tensor([[[0.0, math.log(3.0), 0.0], [1.0, 2.0, 3.0]]])
-    index = torch.tensor([[1, 2]])
-    z = math.e + math.e**2 + math.e**3
-    _close(selective_log_softmax(logits, index), [[math.log(3.0 / 5.0), 3.0 - math.log(z)]])
-
-
-def test_selective_log_softmax_keeps_float64() -> None:
-    logits = torch.randn(2, 3, 5, dtype=torch.float64)
-    assert selective_log_softmax(logits, torch.zeros(2, 3, dtype=torch.long)).dtype == torch.float64
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_selective_log_softmax_half_precision_matches_float32(dtype: torch.dtype) -> None:
-    gen = torch.Generator().manual_seed(0)
-    logits = torch.randn(2, 7, 1000, generator=gen) * 3
-    index = torch.randint(0, 1000, (2, 7), generator=gen)
-    half = logits.to(dtype)
-    out = selective_log_softmax(half, index)
-    assert out.dtype == torch.float32
-    # Exact up to float32 rounding against the same (rounded) logits ...
-    expected = torch.log_softmax(half.float(), -1).gather(-1, index.unsqueeze(-1)).squeeze(-1)
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
-    # ... and within the input rounding error of the original float32 logits.
-    reference = torch.log_softmax(logits, -1).gather(-1, index.unsqueeze(-1)).squeeze(-1)
-    torch.testing.assert_close(out, reference, atol=0.1, rtol=0)
 
 
 # sequence_logps
@@ -81,47 +48,6 @@ def test_sequence_logps_empty_mask_is_zero(normalization: str) -> None:
 def test_sequence_logps_invalid_normalization() -> None:
     with pytest.raises(ValueError, match=r"'token'.*'mean', 'sum'"):
         sequence_logps(torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool), normalization="token")
-
-
-# sample_fake_tokens
-
-
-def test_sample_fake_tokens_greedy() -> None:
-    ref_logits = torch.tensor([[[0.0, 5.0, 1.0], [3.0, 0.0, 1.0], [0.0, 1.0, 2.0]]])
-    labels = torch.tensor([[7, 8, 9]])
-    mask = torch.tensor([[True, False, True]])
-    fake = sample_fake_tokens(ref_logits, mask, labels)
-    assert fake.dtype == torch.long
-    assert fake.tolist() == [[1, 8, 2]]
-    assert labels.tolist() == [[7, 8, 9]]
-
-
-def test_sample_fake_tokens_seeded_reproducible_and_distribution() -> None:
-    # p = (0.9, 0.1) at T = 1; at T = 0.5, p ∝ (0.81, 0.01).
-    row = torch.tensor([math.log(0.9), math.log(0.1)])
-    ref_logits = row.expand(4, 5000, 2)
-    labels = torch.full((4, 5000), 5)
-    mask = torch.ones(4, 5000, dtype=torch.bool)
-    mask[0, :1000] = False
-    n = int(mask.sum())
-
-    def draw(temperature: float, seed: int) -> torch.Tensor:
-        return sample_fake_tokens(ref_logits, mask, labels, temperature, torch.Generator().manual_seed(seed))
-
-    first = draw(1.0, 123)
-    assert torch.equal(first, draw(1.0, 123))
-    assert not torch.equal(first, draw(1.0, 124))
-    assert (first[~mask] == 5).all()
-    assert ((first[mask] == 0) | (first[mask] == 1)).all()
-    assert abs(float((first[mask] == 0).sum()) / n - 0.9) < 0.01
-    cold = draw(0.5, 7)
-    assert abs(float((cold[mask] == 0).sum()) / n - 0.81 / 0.82) < 0.005
-
-
-def test_sample_fake_tokens_negative_temperature() -> None:
-    mask = torch.ones(1, 1, dtype=torch.bool)
-    with pytest.raises(ValueError, match="temperature"):
-        sample_fake_tokens(torch.zeros(1, 1, 2), mask, torch.zeros(1, 1, dtype=torch.long), -1.0)
 
 
 # ddo_loss
@@ -170,12 +96,13 @@ def test_ddo_loss_gradients_reach_policy_only() -> None:
     labels = torch.randint(0, 6, (2, 4), generator=gen)
     mask = torch.tensor([[True, True, False, True], [False, True, True, False]])
     ref = ref_logits.detach()
-    fake = sample_fake_tokens(ref, mask, labels)
+    fake = torch.where(mask, ref.argmax(-1), labels)  # the reference's argmax at the masked positions
+
+    def logps(logits, tokens):
+        return sequence_logps(logits.log_softmax(-1).gather(-1, tokens[..., None])[..., 0], mask)
+
     loss, _, _ = ddo_loss(
-        sequence_logps(selective_log_softmax(policy_logits, labels), mask),
-        sequence_logps(selective_log_softmax(policy_logits, fake), mask),
-        sequence_logps(selective_log_softmax(ref, labels), mask),
-        sequence_logps(selective_log_softmax(ref, fake), mask),
+        logps(policy_logits, labels), logps(policy_logits, fake), logps(ref, labels), logps(ref, fake)
     )
     loss.mean().backward()
     assert policy_logits.grad is not None
@@ -237,34 +164,22 @@ def test_td_and_sft_hand_values(loss_fn: Callable[[torch.Tensor, torch.Tensor], 
     assert torch.isfinite(token_logps.grad).all()
 
 
-# dparallel_loss
+# certainty_forcing_loss (dParallel)
 
 
-def test_dparallel_loss_hand_values() -> None:
-    # Every position has p = (0.25, 0.75), argmax 1.
-    logits = torch.tensor([0.0, math.log(3.0)]).expand(2, 3, 2).clone().requires_grad_()
-    labels = torch.tensor([[1, 0, 1], [0, 0, -100]])
+def test_certainty_forcing_loss_hand_values() -> None:
+    # Every position has p = (0.25, 0.75), argmax 1, entropy H; row 0 predicts position 0 right, row 1 nothing.
+    token_logps = torch.tensor([[math.log(0.75), math.log(0.25), 0.0], [math.log(0.25), math.log(0.25), 0.0]])
+    token_logps.requires_grad_()
+    entropy_value = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    entropy = torch.full((2, 3), entropy_value)
     mask = torch.tensor([[True, True, False], [True, True, False]])
-    entropy = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    correct = torch.tensor([[True, False, False], [False, False, False]])
     td_row0 = -(math.log(0.75) + math.log(0.25)) / 2
     td_row1 = -math.log(0.25)
-    # Row 0: position 0 is predicted correctly; row 1: no correct position -> no entropy term.
-    out = dparallel_loss(logits, labels, mask, entropy_weight=0.5)
-    _close(out.detach(), [td_row0 + 0.5 * entropy, td_row1])
-    _close(dparallel_loss(logits, labels, mask, entropy_weight=0.0).detach(), [td_row0, td_row1])
+    out = certainty_forcing_loss(token_logps, entropy, correct, mask, entropy_weight=0.5)
+    _close(out.detach(), [td_row0 + 0.5 * entropy_value, td_row1])  # no correct position: no entropy term
+    _close(certainty_forcing_loss(token_logps, entropy, correct, mask, 0.0).detach(), [td_row0, td_row1])
     out.sum().backward()
-    assert torch.isfinite(logits.grad).all()
-    assert logits.grad[~mask].abs().sum() == 0
-
-
-def test_dparallel_loss_empty_mask_and_neg_inf_logits() -> None:
-    logits = torch.tensor([[[0.0, float("-inf"), 1.0], [2.0, 0.0, float("-inf")]]] * 2).requires_grad_()
-    labels = torch.tensor([[2, 0], [2, 0]])
-    mask = torch.tensor([[False, False], [True, True]])
-    out = dparallel_loss(logits, labels, mask)
-    h0 = -sum(p * math.log(p) for p in (1 / (1 + math.e), math.e / (1 + math.e)))
-    h1 = -sum(p * math.log(p) for p in (math.e**2 / (1 + math.e**2), 1 / (1 + math.e**2)))
-    td = (math.log(1 + math.e) - 1.0 + math.log(1 + math.e**2) - 2.0) / 2
-    _close(out.detach(), [0.0, td + (h0 + h1) / 2], atol=1e-5)
-    out.sum().backward()
-    assert torch.isfinite(logits.grad).all()
+    assert torch.isfinite(token_logps.grad).all()
+    assert token_logps.grad[~mask].abs().sum() == 0

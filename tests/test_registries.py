@@ -3,7 +3,10 @@ set are each one class or function plus one registration (the examples of docs/d
 
 from __future__ import annotations
 
+import importlib
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +17,8 @@ from t3d_trl.evaluation import EvalDatasetSpec, evaluate_few_step, load_eval_dat
 from t3d_trl.evaluation.datasets import _ALIASES, EVAL_DATASETS
 from t3d_trl.generation.remasking import REMASKING, RemaskingStrategy, register_remasking
 from t3d_trl.models.families import FAMILIES, BlockCausalFamily, register_family
-from t3d_trl.objectives import OBJECTIVES, ObjectiveInputs, register_objective, student_request
+from t3d_trl.objectives import OBJECTIVES, ObjectiveInputs, objective_params, register_objective, student_request
+from t3d_trl.statistics import STATISTICS
 from t3d_trl.testing import rollout_rows, tiny_qwen3, tiny_t3d_config, tiny_tokenizer
 
 
@@ -72,9 +76,9 @@ def registered():
         aliases=("toy copy",),
     )
     yield
-    FAMILIES.pop(ResponseGridFamily.name)
-    OBJECTIVES.pop("summed_td")
-    REMASKING.pop(SequentialAboveFloor.name)
+    FAMILIES.unregister(ResponseGridFamily.name)
+    OBJECTIVES.unregister("summed_td")
+    REMASKING.unregister(SequentialAboveFloor.name)
     EVAL_DATASETS.pop("toy_copy")
     for key in [key for key, value in _ALIASES.items() if value == "toy_copy"]:
         _ALIASES.pop(key)
@@ -92,7 +96,7 @@ def test_a_new_family_decodes_and_trains(registered, tmp_path):
     collator = DataCollatorForTrajectory(
         mask_token_id=2, pad_token_id=0, eos_token_id=1, block_size=4, family="toy_response_grid"
     )
-    assert collator.grid == "response"
+    assert collator.grid.name == "response"
 
 
 def test_a_new_objective_trains(registered, tmp_path):
@@ -115,6 +119,53 @@ def test_a_new_objective_trains(registered, tmp_path):
     summed, _ = OBJECTIVES["summed_td"].function(inputs)
     mean, _ = OBJECTIVES["td"].function(inputs)
     torch.testing.assert_close(summed, mean * batch["loss_mask"].sum(-1))
+
+
+@pytest.fixture()
+def toy_objective():
+    """tests/toy_objective.py imported (its registrations run), then both registrations undone."""
+    module = (
+        importlib.reload(toy) if (toy := sys.modules.get("toy_objective")) else importlib.import_module("toy_objective")
+    )
+    yield module
+    OBJECTIVES.unregister("td_with_gap")
+    STATISTICS.unregister("max_log_prob")
+
+
+def test_a_new_objective_that_needs_a_new_statistic_is_one_module(toy_objective, tmp_path):
+    tokenizer = tiny_tokenizer()
+    rows = Dataset.from_list(rollout_rows(tiny_qwen3(dtype=torch.float32), tokenizer, ["abc", "xyz", "hello"]))
+    args = tiny_t3d_config(
+        tmp_path, loss_type=["td_with_gap"], objective_kwargs={"td_with_gap": {"weight": 0.5}}, max_steps=2
+    )
+    trainer = T3DTrainer(tiny_qwen3(dtype=torch.float32), args=args, train_dataset=rows, processing_class=tokenizer)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert {"loss/td_with_gap", "gap"} <= set(logs[0]) and trainer.ref_model is None
+    # the statistic computed in chunks inside the forward equals the plain formula on the whole logits
+    batch = trainer.data_collator([dict(r, example_index=i) for i, r in enumerate(trainer.train_dataset)])
+    request = student_request(batch, trainer.args)
+    assert request.extra == {"max_log_prob": {"temperature": 1.0}}
+    with torch.no_grad():
+        scores = trainer._window_statistics(trainer.model, batch, request)
+        logits = trainer.layout.forward(trainer.model, batch)
+    log_probs = logits.float().log_softmax(-1)
+    torch.testing.assert_close(scores["max_log_prob"], log_probs.amax(-1), atol=1e-5, rtol=0)
+    mask = batch["loss_mask"]
+    gap = ((log_probs.amax(-1) - log_probs.gather(-1, batch["labels"][..., None])[..., 0]) * mask).sum(-1)
+    params = objective_params(trainer.args, "td_with_gap")
+    assert params.weight == 0.5
+    loss, metrics = OBJECTIVES["td_with_gap"].function(ObjectiveInputs(scores, batch, trainer.args, params=params))
+    torch.testing.assert_close(metrics["gap"], gap / mask.sum(-1), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=r"objective_kwargs\['td_with_gap'\] sets \['wieght'\]"):
+        tiny_t3d_config(tmp_path, loss_type=["td_with_gap"], objective_kwargs={"td_with_gap": {"wieght": 0.5}})
+
+
+def test_the_design_docs_show_the_toy_objective_module_as_it_is():
+    design = (Path(__file__).parent.parent / "docs" / "design.md").read_text(encoding="utf-8")
+    module = (Path(__file__).parent / "toy_objective.py").read_text(encoding="utf-8")
+    body = module.split('"""', 2)[2].lstrip("\n")  # the code after the module docstring
+    assert body in design, "docs/design.md ('Adding an objective') must show tests/toy_objective.py's code as it is"
 
 
 def test_a_new_remasking_strategy_with_a_parameter(registered):

@@ -7,13 +7,15 @@ import pytest
 import torch
 
 from t3d_trl import T3DTrainer
+from t3d_trl.layouts import training_layout
 from t3d_trl.models.families import get_family
 from t3d_trl.statistics import StatisticsRequest, statistics_head, window_statistics
 from t3d_trl.testing import rollout_rows, tiny_qwen3, tiny_t3d_config, tiny_tokenizer
 
 
 def _request(labels, fake=None, draw=None, entropy=None):
-    return StatisticsRequest(labels=labels, fake_tokens=fake, draw_fake_temperature=draw, entropy_temperature=entropy)
+    extra = {} if entropy is None else {"entropy": {"temperature": entropy}}
+    return StatisticsRequest(labels=labels, fake_tokens=fake, draw_fake_temperature=draw, extra=extra)
 
 
 @pytest.mark.parametrize("chunk_size", [1, 3, 7, 64])
@@ -27,7 +29,7 @@ def test_statistics_head_equals_whole_logits_with_gradients(chunk_size):
 
     def loss_of(values):
         # a combination that reaches every differentiable statistic
-        return (values[..., 0] * 0.3 + values[..., 1] - values[..., 2] * 0.7 + values[..., 3] * 1.3).square().sum()
+        return (values[..., 0] * 0.3 + values[..., 1] - values[..., 2] * 0.7 + values[..., -1] * 1.3).square().sum()
 
     whole = window_statistics(model(ids, logits_to_keep=7).logits, request)
     loss_of(whole.values).backward()
@@ -83,7 +85,7 @@ def test_tempered_entropy_and_predictions():
     logits = torch.randn(1, 4, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     stats = window_statistics(logits, _request(torch.zeros(1, 4, dtype=torch.long), entropy=0.5))
     p = (logits / 0.5).softmax(-1)
-    torch.testing.assert_close(stats.entropy, -(p * p.log()).sum(-1))
+    torch.testing.assert_close(stats["entropy"], -(p * p.log()).sum(-1))
     assert torch.equal(stats.predictions, logits.argmax(-1))
 
 
@@ -127,5 +129,7 @@ def test_models_that_post_process_logits_use_the_whole_logits():
     }
     seen = []
     model.get_output_embeddings().register_forward_hook(lambda module, args, output: seen.append(output.shape))
-    family.training_forward(model, batch, statistics=_request(torch.zeros(1, 3, dtype=torch.long)), chunk_size=2)
+    training_layout(family).forward(
+        model, batch, statistics=_request(torch.zeros(1, 3, dtype=torch.long)), chunk_size=2
+    )
     assert seen == [(1, 3, 48)]  # the real head ran (on the window), no StatisticsHead

@@ -143,10 +143,12 @@ def test_dparallel_loss_as_published_on_a_hand_case():
         "mask_ratio": torch.tensor([0.5]),
     }
     config = SimpleNamespace(
-        loss_type=["dparallel"], loss_weights=[1.0], dparallel_entropy_weight=2.0, dparallel_entropy_temperature=0.5
+        loss_type=["dparallel"],
+        loss_weights=[1.0],
+        objective_kwargs={"dparallel": {"entropy_weight": 2.0, "entropy_temperature": 0.5}},
     )
     request = student_request(batch, config)
-    assert request.entropy_temperature == 0.5
+    assert request.extra == {"entropy": {"temperature": 0.5}}  # declared by the objective, at its own temperature
     loss, metrics = compute_objectives(
         window_statistics(torch.tensor([logits], dtype=torch.float64), request),
         batch,
@@ -174,7 +176,11 @@ def test_dparallel_trains_with_its_second_pass_and_logs_the_entropy(tmp_path, co
     tokenizer = tiny_tokenizer()
     rows = rollout_rows(tiny_qwen3(dtype=torch.float32), tokenizer, ["abc", "hello wor", "xyz", "k"])
     args = tiny_t3d_config(
-        tmp_path, loss_type=["dparallel"], max_steps=2, mask_ratios=[0.5], dparallel_complementary_masks=complementary
+        tmp_path,
+        loss_type=["dparallel"],
+        max_steps=2,
+        mask_ratios=[0.5],
+        objective_kwargs={"dparallel": {"complementary_masks": complementary}},
     )
     trainer = T3DTrainer(
         tiny_qwen3(dtype=torch.float32), args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer

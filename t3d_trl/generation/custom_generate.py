@@ -3,9 +3,10 @@
 transformers loads a checkpoint's ``custom_generate/generate.py`` when asked
 (``model.generate(..., custom_generate=path, trust_remote_code=True)``, or automatically for
 ``from_pretrained(path, trust_remote_code=True)``). The file is assembled from the very modules t3d-trl decodes
-with (masks, trajectory, layouts, statistics, cache, families, remasking, configuration, sampling, static,
-decoding), so both
-paths run the same code.
+with (:data:`SOURCE_MODULES`: the registry helper, the attention rule, the cache, the block grids, the families'
+decoding half, remasking, the generation config, sampling, the denoising step, static and dynamic decoding), so both
+paths run the same code. Training code (layouts, statistics, objectives, the trainer) never goes into a checkpoint:
+``tests/test_import_rule.py`` holds the import rule of ``docs/design.md`` ("The import rule") on the source tree.
 """
 
 from __future__ import annotations
@@ -17,18 +18,21 @@ from pathlib import Path
 _PACKAGE = Path(__file__).resolve().parent.parent
 #: modules in dependency order; each may import only the standard library, torch, transformers and earlier ones
 SOURCE_MODULES = (
+    "registry.py",
     "masks.py",
-    "trajectory.py",
-    "layouts.py",
-    "statistics.py",
     "models/cache.py",
+    "models/grid.py",
     "models/families.py",
     "generation/remasking.py",
     "generation/configuration.py",
     "generation/sampling.py",
+    "generation/step.py",
     "generation/static.py",
     "generation/decoding.py",
 )
+#: what ``custom_generate/requirements.txt`` asks for: the floors of t3d-trl's own ``pyproject.toml`` for the two
+#: packages the generated code imports
+REQUIREMENTS = "torch>=2.13\ntransformers>=5.19\n"
 
 _RELATIVE_IMPORT = re.compile(r"^\s*from \.+[\w.]* import (\([^)]*\)|.*)$", re.MULTILINE)
 _ENTRY_POINT = '''
@@ -58,10 +62,11 @@ def build_custom_generate_source() -> str:
 
 
 def write_custom_generate(save_directory: str | os.PathLike) -> Path:
-    """Write ``custom_generate/generate.py`` (and an empty ``requirements.txt``) under ``save_directory``."""
+    """Write ``custom_generate/generate.py`` and its ``requirements.txt`` (torch and transformers, with the floors
+    t3d-trl is tested at) under ``save_directory``."""
     folder = Path(save_directory) / "custom_generate"
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / "generate.py"
     target.write_text(build_custom_generate_source())
-    (folder / "requirements.txt").write_text("torch\ntransformers\n")
+    (folder / "requirements.txt").write_text(REQUIREMENTS)
     return target

@@ -31,11 +31,12 @@ from dataclasses import dataclass
 import torch
 from transformers.utils import ModelOutput, logging
 
-from ..models.families import ModelFamily
+from ..models.families import DenoiseStep, ModelFamily
+from ..models.grid import BlockGrid, get_grid
 from .configuration import DEFAULT_MAX_NEW_TOKENS, DiffusionGenerationConfig
 from .remasking import num_transfer_tokens, remasking_strategy
-from .sampling import sample_tokens
 from .static import SUPPORTED_CACHE_IMPLEMENTATIONS, check_cache_implementation, decode_static, static_fallback_reason
+from .step import block_logits, commit_step, finished_rows
 
 logger = logging.get_logger(__name__)
 
@@ -96,25 +97,22 @@ def build_canvas(
     block_size: int,
     max_new_tokens: int,
     mask_token_id: int,
-    grid: str = "absolute",
+    grid: BlockGrid | str = "absolute",
 ) -> Canvas:
     """Lay the prompts on a canvas whose decoding blocks are aligned to ``grid`` (see the module docstring).
 
     Row ``r`` with ``L_r`` prompt tokens starts decoding at position ``s_r = B · ⌊L_r / B⌋`` on the ``"absolute"``
     grid (the prompt's tail shares the first decoded block) and at ``s_r = L_r`` on the ``"response"`` grid (blocks
-    start at the first generated position, as LLaDA's decoder does). It gets ``T − s_r`` padding columns in front,
-    ``T = max_r s_r``, so that every row's first decoded block is canvas columns ``[T, T + B)``.
+    start at the first generated position, as LLaDA's decoder does): :meth:`~t3d_trl.models.grid.BlockGrid.first_block_start`.
+    It gets ``T − s_r`` padding columns in front, ``T = max_r s_r``, so that every row's first decoded block is canvas
+    columns ``[T, T + B)``.
     """
-    if grid not in ("absolute", "response"):
-        raise ValueError(f"Unknown decoding grid {grid!r}; use 'absolute' or 'response'.")
+    grid = get_grid(grid) if isinstance(grid, str) else grid
     input_ids, attention_mask = _left_align(input_ids, attention_mask)
     batch, width = input_ids.shape
     device = input_ids.device
     lengths = attention_mask.sum(1)
-    if grid == "absolute":
-        first = torch.div(lengths, block_size, rounding_mode="floor") * block_size
-    else:
-        first = lengths
+    first = grid.first_block_start(lengths, block_size)
     blocks_to_decode = torch.div(lengths - first + max_new_tokens + block_size - 1, block_size, rounding_mode="floor")
     start = int(first.max())
     num_blocks = int(blocks_to_decode.max())
@@ -301,8 +299,9 @@ def diffusion_generate(
     strategy = remasking_strategy(config)
     schedule = num_transfer_tokens(block_size, steps)
     max_steps = steps if strategy.follows_schedule else block_size
-    temperature = config.effective_temperature
-    if temperature == 0 and ((config.top_k or 0) > 0 or (config.top_p is not None and config.top_p < 1.0)):
+    if config.effective_temperature == 0 and (
+        (config.top_k or 0) > 0 or (config.top_p is not None and config.top_p < 1.0)
+    ):
         logger.warning_once(
             f"Greedy decoding (temperature 0 / do_sample=False) ignores the sampling settings top_k={config.top_k}, "
             f"top_p={config.top_p} of the generation config: confidences are the softmax of the unfiltered logits. "
@@ -310,7 +309,7 @@ def diffusion_generate(
         )
     use_cache = use_cache and family.supports_cache
 
-    canvas = build_canvas(input_ids, attention_mask, block_size, max_new_tokens, mask_id, family.decoding_grid)
+    canvas = build_canvas(input_ids, attention_mask, block_size, max_new_tokens, mask_id, family.grid)
     check_position_limit(model, canvas)
     if config.cache_implementation == "static":
         reason = static_fallback_reason(model, family, strategy, use_cache, fuse_store)
@@ -339,44 +338,53 @@ def diffusion_generate(
         start = canvas.start + block_index * block_size
         end = start + block_size
         if use_cache and not fuse_store and stored < start:  # separate store pass (the reference scheme)
-            store_mask = family.decode_mask(block, canvas.valid, active, stored, start, 0)
-            family.denoise_forward(model, tokens, positions, canvas.valid, active, stored, start, 0, cache, store_mask)
+            store = DenoiseStep(tokens, positions, canvas.valid, block, active, stored, start, 0, cache)
+            store.mask = family.decode_mask(store)
+            family.denoise_forward(model, store)
             nfe[active] += 1
             stored = start
         masked = canvas.generated[active, start:end]
-        mask, mask_start = None, None
+        step_inputs = None
         for step in range(max_steps):
-            needs_work = masked.any(-1)
-            if not bool(needs_work.any()):
+            worked = masked.any(-1)
+            if not bool(worked.any()):
                 break
             context_start = stored if use_cache else 0
-            if context_start != mask_start:  # reused by the later steps of the block
-                mask = family.decode_mask(block, canvas.valid, active, context_start, start, block_size)
-                mask_start = context_start
-            logits = family.denoise_forward(
-                model, tokens, positions, canvas.valid, active, context_start, start, block_size, cache, mask
-            )
+            if step_inputs is None or step_inputs.context_start != context_start:  # reused by the later steps
+                step_inputs = DenoiseStep(
+                    tokens, positions, canvas.valid, block, active, context_start, start, block_size, cache
+                )
+                step_inputs.mask = family.decode_mask(step_inputs)
+            logits = family.denoise_forward(model, step_inputs)
             if use_cache:
                 stored = start
-            block_logits = logits[:, -block_size:]
-            if family.shift_logits:
-                carry = logits[:, -block_size - 1] if logits.shape[1] > block_size else carry
-                block_logits = torch.cat([carry[:, None], logits[:, -block_size:-1]], dim=1)
-            sampled, confidence, entropy = sample_tokens(
-                block_logits, temperature, config.top_k, config.top_p, generator, suppress_token_id=mask_id
+            logits, carry = block_logits(logits, block_size, family.shift_logits, carry, logits.shape[1] > block_size)
+            num_to_commit = schedule[step] if step < steps else 1
+            window, window_steps, masked, worked = commit_step(
+                logits,
+                tokens[active, start:end],
+                step_map[active, start:end],
+                masked,
+                steps_done[active],
+                num_to_commit,
+                strategy,
+                config,
+                generator,
             )
-            commit = strategy.select(confidence, entropy, masked, schedule[step] if step < steps else 1, generator)
-            window = tokens[active, start:end]
-            tokens[active, start:end] = torch.where(commit, sampled.to(tokens.dtype), window)
-            step_map[active, start:end] = torch.where(commit, steps_done[active, None], step_map[active, start:end])
-            steps_done[active] += needs_work.long()
-            nfe[active] += needs_work.long()
-            masked &= ~commit
-        in_block = canvas.generated[active, start:end]
-        hit_eos = (torch.isin(tokens[active, start:end], eos_ids) & in_block).any(-1)
-        at_limit = (end - canvas.gen_start[active]) >= max_new_tokens
-        keep = ~(hit_eos | at_limit)
-        if not bool(keep.all()):
+            tokens[active, start:end] = window
+            step_map[active, start:end] = window_steps
+            steps_done[active] += worked.long()
+            nfe[active] += worked.long()
+        done = finished_rows(
+            tokens[active, start:end],
+            canvas.generated[active, start:end],
+            eos_ids,
+            end,
+            canvas.gen_start[active],
+            max_new_tokens,
+        )
+        if bool(done.any()):
+            keep = ~done
             active = active[keep]
             if carry is not None:
                 carry = carry[keep]

@@ -18,6 +18,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..registry import Registry
+
 
 def num_transfer_tokens(block_size: int, steps_per_block: int) -> list[int]:
     """The static schedule: ``k_j = B // S + [j < B % S]`` tokens at step ``j`` (so ``Σ_j k_j = B``)."""
@@ -165,36 +167,42 @@ class EntropyBounded(RemaskingStrategy):
         return keep & masked
 
 
-#: registered strategies by name
-REMASKING: dict[str, type[RemaskingStrategy]] = {}
-#: other names accepted for a registered strategy (e.g. the reference implementations' names)
-REMASKING_ALIASES: dict[str, str] = {}
+#: registered strategies by name (with aliases: other names accepted for a strategy, e.g. the reference
+#: implementations')
+REMASKING: Registry[type[RemaskingStrategy]] = Registry(
+    "remasking strategy", hint="register one with t3d_trl.register_remasking"
+)
 
 
-def register_remasking(strategy: type[RemaskingStrategy], aliases: tuple[str, ...] = ()) -> type[RemaskingStrategy]:
+def register_remasking(
+    strategy: type[RemaskingStrategy], aliases: tuple[str, ...] = (), *, overwrite: bool = False
+) -> type[RemaskingStrategy]:
     """Register a :class:`RemaskingStrategy` subclass under its ``name`` (and ``aliases``).
 
+    Args:
+        strategy: the strategy class.
+        aliases: further accepted names.
+        overwrite: replace a strategy registered under the name or an alias (not a built-in one).
+
     Raises:
-        ValueError: if the name or an alias is taken, or a parameter clashes with another strategy's default.
+        ValueError: if the name or an alias is taken (see :class:`~t3d_trl.registry.Registry`), or a parameter clashes
+            with another strategy's default.
     """
-    for name in (strategy.name, *aliases):
-        taken = REMASKING.get(name) or REMASKING.get(REMASKING_ALIASES.get(name, ""))
-        if not name or (taken is not None and taken is not strategy):
-            raise ValueError(
-                f"Cannot register remasking strategy {strategy.__name__} as {name!r}: name taken or empty."
-            )
+    known = {
+        field: default
+        for name, other in REMASKING.items()
+        if name != strategy.name
+        for field, default in other.parameters.items()
+    }
     for field, default in strategy.parameters.items():
-        known = remasking_parameters()
         if field in known and known[field] != default:
             raise ValueError(f"Remasking parameter {field!r} already has the default {known[field]!r}.")
-    REMASKING[strategy.name] = strategy
-    REMASKING_ALIASES.update({alias: strategy.name for alias in aliases})
-    return strategy
+    return REMASKING.register(strategy.name, strategy, aliases=aliases, overwrite=overwrite)
 
 
 def remasking_names() -> tuple[str, ...]:
     """Every accepted ``remasking`` value: registered names, then aliases."""
-    return (*REMASKING, *REMASKING_ALIASES)
+    return REMASKING.choices()
 
 
 def remasking_parameters() -> dict[str, Any]:
@@ -202,11 +210,14 @@ def remasking_parameters() -> dict[str, Any]:
     return {field: default for strategy in REMASKING.values() for field, default in strategy.parameters.items()}
 
 
-register_remasking(LowConfidenceStatic, aliases=("low_confidence",))  # LLaDA's name
-register_remasking(LowConfidenceDynamic)
-register_remasking(Sequential)
-register_remasking(EntropyBounded)
-register_remasking(RandomRemasking)
+for _strategy, _aliases in (
+    (LowConfidenceStatic, ("low_confidence",)),  # LLaDA's name
+    (LowConfidenceDynamic, ()),
+    (Sequential, ()),
+    (EntropyBounded, ()),
+    (RandomRemasking, ()),
+):
+    REMASKING.register(_strategy.name, _strategy, aliases=_aliases, builtin=True)
 
 
 def remasking_class(name: str) -> type[RemaskingStrategy]:
@@ -215,10 +226,7 @@ def remasking_class(name: str) -> type[RemaskingStrategy]:
     Raises:
         ValueError: naming the accepted values.
     """
-    name = REMASKING_ALIASES.get(name, name)
-    if name not in REMASKING:
-        raise ValueError(f"Unknown remasking strategy {name!r}; choose one of {', '.join(remasking_names())}.")
-    return REMASKING[name]
+    return REMASKING.get_entry(name)
 
 
 def get_remasking_strategy(name: str, **parameters: Any) -> RemaskingStrategy:

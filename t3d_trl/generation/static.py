@@ -40,7 +40,7 @@ from transformers.utils import logging
 
 from ..models.families import ModelFamily
 from .remasking import RemaskingStrategy, num_transfer_tokens
-from .sampling import sample_tokens
+from .step import block_logits, commit_step, finished_rows
 
 logger = logging.get_logger(__name__)
 
@@ -178,7 +178,6 @@ def decode_static(
     device = tokens.device
     block_size, steps = config.block_size, config.steps_per_block
     schedule = num_transfer_tokens(block_size, steps)
-    temperature = config.effective_temperature
     positions = canvas.positions.clamp(min=0)
     cache = static_cache(model, family, batch, width + block_size, getattr(config, "max_cache_len", None))
     capacity = cache.max_cache_len
@@ -240,24 +239,23 @@ def decode_static(
                     num_logits,
                 )
             guarded = guarded or compiled_call
-            block_logits = logits[:, -block_size:]
-            if family.shift_logits:
-                if stores and logits.shape[1] > block_size:
-                    carry = logits[:, -block_size - 1].clone()  # a CUDA graph overwrites its outputs at the next replay
-                block_logits = torch.cat([carry[:, None], logits[:, -block_size:-1]], dim=1)
-            sampled, confidence, entropy = sample_tokens(
-                block_logits, temperature, config.top_k, config.top_p, generator, suppress_token_id=config.mask_token_id
+            logits, carry = block_logits(logits, block_size, family.shift_logits, carry, stores)
+            tokens[:, start:end], step_map[:, start:end], masked, worked = commit_step(
+                logits,
+                tokens[:, start:end],
+                step_map[:, start:end],
+                masked,
+                steps_done,
+                schedule[step],
+                strategy,
+                config,
+                generator,
             )
-            needs_work = masked.any(-1)
-            commit = strategy.select(confidence, entropy, masked, schedule[step], generator)
-            tokens[:, start:end] = torch.where(commit, sampled.to(tokens.dtype), tokens[:, start:end])
-            step_map[:, start:end] = torch.where(commit, steps_done[:, None], step_map[:, start:end])
-            steps_done += needs_work.long()
-            nfe += needs_work.long()
-            masked &= ~commit
-        in_block = canvas.generated[:, start:end]
-        hit_eos = (torch.isin(tokens[:, start:end], eos_ids) & in_block).any(-1)
-        active &= ~(hit_eos | ((end - canvas.gen_start) >= max_new_tokens))
+            steps_done += worked.long()
+            nfe += worked.long()
+        active &= ~finished_rows(
+            tokens[:, start:end], canvas.generated[:, start:end], eos_ids, end, canvas.gen_start, max_new_tokens
+        )
         if not bool(active.any()):  # one host synchronisation per block
             break
     return tokens, step_map, nfe

@@ -24,7 +24,9 @@ __all__ = [
 
 @dataclass
 class ModelArguments:
-    """How to load a model and its tokenizer (``from_pretrained``)."""
+    """How to load a model and its tokenizer (``from_pretrained``). As in TRL's ``ModelConfig``, whether remote code
+    may run is a setting of the command (``--trust_remote_code`` of rollout and eval, ``T3DConfig.trust_remote_code``
+    of train), not of the model."""
 
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "Hub id or local directory of the model (e.g. `JetLM/SDAR-1.7B-Chat`)."}
@@ -45,13 +47,6 @@ class ModelArguments:
         metadata={
             "help": "Attention kernel: `sdpa` (default; takes the 4D block-causal masks), `eager` or "
             "`flex_attention` (GPU only for training)."
-        },
-    )
-    trust_remote_code: bool = field(
-        default=False,
-        metadata={
-            "help": "Run the checkpoint's own modelling code. Off by default: SDAR loads natively as Qwen3 with "
-            "t3d-trl; LLaDA-style checkpoints need it."
         },
     )
     mask_token: str | None = field(
@@ -108,6 +103,14 @@ class DatasetArguments:
 @dataclass
 class RolloutArguments(DatasetArguments):
     """Settings of `t3d-trl rollout` (besides the model and decoding settings)."""
+
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "Run the checkpoint's own modelling code. Off by default: SDAR loads natively as Qwen3 with "
+            "t3d-trl; LLaDA-style checkpoints need it."
+        },
+    )
 
     output_dir: str = field(
         default="rollouts",
@@ -206,6 +209,14 @@ class TrainDatasetArguments(DatasetArguments):
 @dataclass
 class EvalArguments:
     """Settings of `t3d-trl eval`: the evaluation sets, the decoding settings and the outputs."""
+
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "Run the checkpoint's own modelling code. Off by default: SDAR loads natively as Qwen3 with "
+            "t3d-trl; LLaDA-style checkpoints need it."
+        },
+    )
 
     eval_dataset: list[str] = field(
         default_factory=lambda: ["gsm8k"],

@@ -269,8 +269,8 @@ def main(model_args: ModelArguments, eval_args: EvalArguments) -> dict[str, Any]
     scorer = resolve_scorer(eval_args.scorer)
     eval_sets = load_eval_sets(eval_args)
     device = eval_args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer = load_tokenizer(model_args)
-    model = load_model(model_args, eval_args.model_family, tokenizer, device=device)
+    tokenizer = load_tokenizer(model_args, eval_args.trust_remote_code)
+    model = load_model(model_args, eval_args.model_family, tokenizer, device, eval_args.trust_remote_code)
 
     output_dir = Path(eval_args.output_dir)
     results_by_set: dict[str, list[Any]] = {}

@@ -71,13 +71,13 @@ def main(model_args: ModelArguments, rollout_args: RolloutArguments, generation_
             "samples of a prompt would be identical. Give --temperature > 0 (the official rollout uses 0.1)."
         )
     state = _default_state()  # sees a multi-process CPU launch too
-    tokenizer = load_tokenizer(model_args)
+    tokenizer = load_tokenizer(model_args, rollout_args.trust_remote_code)
     with state.main_process_first():  # one process writes the datasets cache, the others read it
         dataset = load_dataset_from_args(rollout_args)
         dataset = format_prompts(
             dataset, rollout_args.prompt_column, rollout_args.prompt_template, rollout_args.as_chat
         )
-    model = load_model(model_args, rollout_args.model_family, tokenizer, device=state.device)
+    model = load_model(model_args, rollout_args.model_family, tokenizer, state.device, rollout_args.trust_remote_code)
     start = time.perf_counter()
     trajectories = generate_trajectories(
         model,

@@ -63,7 +63,7 @@ def main(
     init_kwargs = model_init_kwargs(model_args)
     init_kwargs.update(training_args.model_init_kwargs or {})  # explicit --model_init_kwargs win
     training_args.model_init_kwargs = init_kwargs
-    tokenizer = load_tokenizer(model_args)
+    tokenizer = load_tokenizer(model_args, training_args.trust_remote_code)
     with training_args.main_process_first(desc="loading the trajectories"):
         train_dataset = load_dataset_from_args(script_args)
         eval_dataset = None

@@ -353,16 +353,15 @@ def format_prompts(dataset: Any, prompt_column: str, template: str | None = None
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def load_tokenizer(args: ModelArguments) -> Any:
-    """The tokenizer of ``args.tokenizer_name_or_path`` (or the model), with ``--mask_token`` set if given."""
+def load_tokenizer(args: ModelArguments, trust_remote_code: bool = False) -> Any:
+    """The tokenizer of ``args.tokenizer_name_or_path`` (or the model), with ``--mask_token`` set if given; its own
+    code runs only with ``trust_remote_code``."""
     from transformers import AutoTokenizer
 
     name = args.tokenizer_name_or_path or args.model_name_or_path
     if name is None:
         raise ValueError("No model: pass --model_name_or_path (a Hub id or a local directory).")
-    tokenizer = AutoTokenizer.from_pretrained(
-        name, revision=args.model_revision, trust_remote_code=args.trust_remote_code
-    )
+    tokenizer = AutoTokenizer.from_pretrained(name, revision=args.model_revision, trust_remote_code=trust_remote_code)
     if args.mask_token is not None and getattr(tokenizer, "mask_token", None) != args.mask_token:
         token_id = tokenizer.convert_tokens_to_ids(args.mask_token)
         if token_id is None or token_id == getattr(tokenizer, "unk_token_id", object()):
@@ -375,29 +374,32 @@ def load_tokenizer(args: ModelArguments) -> Any:
     return tokenizer
 
 
-def model_init_kwargs(args: ModelArguments) -> dict[str, Any]:
+def model_init_kwargs(args: ModelArguments, trust_remote_code: bool = False) -> dict[str, Any]:
     """Keyword arguments of ``from_pretrained`` for ``args`` (``trust_remote_code`` only when asked)."""
     kwargs: dict[str, Any] = {"attn_implementation": args.attn_implementation, "dtype": args.dtype}
     if args.model_revision is not None:
         kwargs["revision"] = args.model_revision
-    if args.trust_remote_code:
+    if trust_remote_code:
         kwargs["trust_remote_code"] = True
     return kwargs
 
 
-def load_model(args: ModelArguments, family: str | None = None, tokenizer: Any = None, device: Any = None) -> Any:
+def load_model(
+    args: ModelArguments,
+    family: str | None = None,
+    tokenizer: Any = None,
+    device: Any = None,
+    trust_remote_code: bool = False,
+) -> Any:
     """Load a diffusion LM with the auto class of its family (:func:`t3d_trl.models.families.load_pretrained`), put it
     on ``device`` in eval mode and give it the few-step ``generate`` of :func:`t3d_trl.patch_model`."""
-    import torch
 
     from ..generation import patch_model
     from ..models.families import load_pretrained
 
     if args.model_name_or_path is None:
         raise ValueError("No model: pass --model_name_or_path (a Hub id or a local directory).")
-    kwargs = model_init_kwargs(args)
-    if kwargs["dtype"] != "auto":
-        kwargs["dtype"] = getattr(torch, kwargs["dtype"])
+    kwargs = model_init_kwargs(args, trust_remote_code)
     model = load_pretrained(args.model_name_or_path, family, **kwargs)
     if device is not None:
         model.to(device)
@@ -421,8 +423,7 @@ def peft_config_from_args(args: LoraArguments) -> Any:
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
         target_modules=target,
-        task_type="CAUSAL_LM",
-    )
+    )  # the task type is the model family's (T3DTrainer fills it in: CAUSAL_LM for block-causal decoders)
 
 
 def as_plain(value: Any) -> Any:

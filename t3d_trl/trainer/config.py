@@ -9,7 +9,16 @@ from transformers import TrainingArguments
 
 from ..checks import check_number
 from ..models.families import FAMILIES
-from ..objectives import OBJECTIVES, objective_names
+from ..objectives import OBJECTIVES, objective_params
+from ..registry import Registry
+
+
+def _resolved(field_name: str, registry: Registry, value: str) -> str:
+    """The canonical name of ``value`` in ``registry``; an unknown one is refused naming the field."""
+    try:
+        return registry.resolve(value)
+    except ValueError as error:
+        raise ValueError(f"`{field_name}`: {error}") from None
 
 
 @dataclass
@@ -22,11 +31,42 @@ class T3DConfig(TrainingArguments):
     table (Naive TD, SFT, dParallel) are other `loss_type`s over the same data.
 
     Only the parameters specific to T3D are listed here; see [`~transformers.TrainingArguments`] for the rest. The
-    paper's recipe (learning rate 1e-5, cosine schedule with 20 warm-up steps, ...) is in `docs/training.md` and
-    `examples/sdar.py`.
+    paper's whole recipe (its state sampling, batch size and precision as well) is in `docs/training.md` and
+    `t3d_trl/configs/sdar_t3d_paper.yaml` (`t3d-trl train --config paper`).
+
+    > [!NOTE]
+    > These parameters have default values different from [`~transformers.TrainingArguments`], the official T3D
+    > recipe's:
+    > - `learning_rate`: Defaults to `1e-5` instead of `5e-5`.
+    > - `weight_decay`: Defaults to `0.01` instead of `0.0`.
+    > - `lr_scheduler_type`: Defaults to `"cosine_with_min_lr"` instead of `"linear"`; without `lr_scheduler_kwargs`
+    >   it decays to `0.1` × the learning rate (`{"min_lr_rate": 0.1}`).
+    > - `warmup_steps`: Defaults to `20` instead of `0`.
+    > - `logging_steps`: Defaults to `10` instead of `500`, as in TRL.
+    > The paper also trains in bf16 with gradient checkpointing; they keep `TrainingArguments`' defaults here (they
+    > depend on the hardware), so set `bf16=True, gradient_checkpointing=True` on a GPU.
     """
 
-    _VALID_DICT_FIELDS = TrainingArguments._VALID_DICT_FIELDS + ["model_init_kwargs"]
+    _VALID_DICT_FIELDS = TrainingArguments._VALID_DICT_FIELDS + ["model_init_kwargs", "objective_kwargs"]
+
+    # Parameters whose default values are overridden from TrainingArguments (the official recipe's)
+    learning_rate: float = field(default=1e-5, metadata={"help": "The initial learning rate for AdamW (paper: 1e-5)."})
+    weight_decay: float = field(default=0.01, metadata={"help": "Weight decay of AdamW (paper: 0.01)."})
+    lr_scheduler_type: str = field(
+        default="cosine_with_min_lr",
+        metadata={
+            "help": "The learning-rate schedule (paper: cosine down to 0.1 x the learning rate, which "
+            "`cosine_with_min_lr` does with `lr_scheduler_kwargs={'min_lr_rate': 0.1}`, filled in when unset)."
+        },
+    )
+    warmup_steps: float = field(
+        default=20,
+        metadata={"help": "Linear warm-up steps (paper: 20); a value in (0, 1) is a fraction of the training steps."},
+    )
+    logging_steps: float = field(
+        default=10,
+        metadata={"help": "Log every X update steps; a value in (0, 1) is a fraction of the training steps."},
+    )
 
     # Model
     model_init_kwargs: dict[str, Any] | str | None = field(
@@ -34,6 +74,14 @@ class T3DConfig(TrainingArguments):
         metadata={
             "help": "Keyword arguments for `from_pretrained` when `model` is a string (e.g. `dtype`, "
             "`attn_implementation`). Remote code runs only with `trust_remote_code=True` here."
+        },
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "Allow the model and the tokenizer (when `processing_class` is not given) to run Python code that "
+            "ships with the checkpoint. Forwarded to `from_pretrained` of both; SDAR checkpoints load natively "
+            "without it."
         },
     )
     model_family: str | None = field(
@@ -49,9 +97,10 @@ class T3DConfig(TrainingArguments):
     loss_type: list[str] = field(
         default_factory=lambda: ["ddo", "path"],
         metadata={
-            "help": "Objectives to combine: `ddo` (trajectory DDO, mode-seeking), `path` (path consistency), `td` "
-            "(Naive trajectory distillation, forward KL), `sft` (random masks of the teacher's output), `dparallel` "
-            "(certainty-forcing distillation). T3D is `['ddo', 'path']`."
+            "help": "Objectives to combine, each at most once: `ddo` (trajectory DDO, mode-seeking), `path` (path "
+            "consistency), `td` (Naive trajectory distillation, forward KL), `sft` (random masks of reference "
+            "answers), `dparallel` (certainty-forcing distillation), or one registered with "
+            "`t3d_trl.register_objective`. T3D is `['ddo', 'path']`."
         },
     )
     loss_weights: list[float] | None = field(
@@ -79,21 +128,12 @@ class T3DConfig(TrainingArguments):
             "help": "Temperature at which fake tokens x̂ are drawn from the reference; 0 takes its argmax (official)."
         },
     )
-    dparallel_entropy_weight: float = field(
-        default=2.0,
+    objective_kwargs: dict[str, dict[str, Any]] | str | None = field(
+        default=None,
         metadata={
-            "help": "Weight of dParallel's entropy penalty on already-correct masked tokens (dParallel's LLaDA code: 2)."
-        },
-    )
-    dparallel_entropy_temperature: float = field(
-        default=0.5,
-        metadata={"help": "dParallel's entropy is that of softmax(logits / T); its code uses T = 0.5."},
-    )
-    dparallel_complementary_masks: bool = field(
-        default=True,
-        metadata={
-            "help": "dParallel's complementary masks: a second student forward on the complementary state (the "
-            "tokens the state leaves visible masked, and the masked ones visible), its losses added to the first."
+            "help": "Hyperparameters of objectives that declare their own, by objective name, e.g. "
+            "`{'dparallel': {'entropy_weight': 2.0, 'entropy_temperature': 0.5, 'complementary_masks': True}}` (the "
+            "published values are the defaults). Only objectives of `loss_type`."
         },
     )
 
@@ -199,17 +239,23 @@ class T3DConfig(TrainingArguments):
 
     def __post_init__(self) -> None:
         self.remove_unused_columns = False  # the collator needs the trajectory columns
+        if self.lr_scheduler_type == "cosine_with_min_lr" and not self.lr_scheduler_kwargs:
+            self.lr_scheduler_kwargs = {"min_lr_rate": 0.1}  # the paper's floor (see the NOTE above)
         super().__post_init__()
         if isinstance(self.loss_type, str):
             self.loss_type = [self.loss_type]
-        unknown = [name for name in self.loss_type if name not in OBJECTIVES]
-        if unknown or not self.loss_type:
+        if not self.loss_type:
+            raise ValueError("`loss_type` is empty; give at least one objective, e.g. ['ddo', 'path'] (T3D).")
+        self.loss_type = [_resolved("loss_type", OBJECTIVES, name) for name in self.loss_type]
+        if self.model_family is not None:
+            self.model_family = _resolved("model_family", FAMILIES, self.model_family)
+        repeated = sorted({name for name in self.loss_type if self.loss_type.count(name) > 1})
+        if repeated:
             raise ValueError(
-                f"Unknown loss_type {unknown or self.loss_type}; choose from {', '.join(objective_names())} "
-                "(or register one with t3d_trl.register_objective)."
+                f"`loss_type` {self.loss_type} names {repeated} more than once; give each objective once and set its "
+                "weight with `loss_weights`."
             )
-        if self.model_family is not None and self.model_family not in FAMILIES:
-            raise ValueError(f"Unknown model_family {self.model_family!r}; choose from {', '.join(FAMILIES)}.")
+        self._check_objective_kwargs()
         if self.loss_weights is None:
             self.loss_weights = [self._default_weight(name) for name in self.loss_type]
         if len(self.loss_weights) != len(self.loss_type):
@@ -253,8 +299,6 @@ class T3DConfig(TrainingArguments):
             "alpha": (0.0, False, None, False, False),
             "lambda_path": (0.0, False, None, False, False),
             "reference_temperature": (0.0, False, None, False, False),
-            "dparallel_entropy_weight": (0.0, False, None, False, False),
-            "dparallel_entropy_temperature": (0.0, True, None, False, False),
             "ref_model_sync_steps": (1, False, None, True, False),
             "ref_model_mixup_alpha": (0.0, True, 1.0, False, False),
             "block_size": (1, False, None, True, True),
@@ -280,10 +324,27 @@ class T3DConfig(TrainingArguments):
         field_name = OBJECTIVES[name].weight_field
         return float(getattr(self, field_name)) if field_name else 1.0
 
+    def _check_objective_kwargs(self) -> None:
+        """``objective_kwargs`` sets only objectives of ``loss_type`` that take hyperparameters, with accepted keys."""
+        kwargs = self.objective_kwargs or {}
+        if not isinstance(kwargs, dict) or not all(isinstance(value, dict) for value in kwargs.values()):
+            raise ValueError(
+                "`objective_kwargs` must map objective names to dicts of their hyperparameters, e.g. "
+                f"{{'dparallel': {{'entropy_weight': 2.0}}}}; got {kwargs!r}."
+            )
+        stray = sorted(set(kwargs) - set(self.loss_type))
+        if stray:
+            raise ValueError(
+                f"`objective_kwargs` sets {stray}, which are not in loss_type {self.loss_type}: add them to loss_type "
+                "or remove their entries."
+            )
+        for name in self.loss_type:
+            objective_params(self, name)  # unknown keys and bad values are refused here, naming the objective
+
     @property
     def uses_complement(self) -> bool:
         """Whether the collator makes complementary states and the trainer runs a second student forward on them."""
-        return self.dparallel_complementary_masks and any(OBJECTIVES[n].needs_complement for n in self.loss_type)
+        return any(OBJECTIVES[name].complement_for(objective_params(self, name)) for name in self.loss_type)
 
     @property
     def uses_reference(self) -> bool:

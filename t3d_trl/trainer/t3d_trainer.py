@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import logging
 import os
@@ -22,6 +23,7 @@ from ..collator import DataCollatorForTrajectory
 from ..data import prepare_trajectory_dataset, validate_mask_token
 from ..generation import DiffusionGenerationConfig, patch_model
 from ..generation.custom_generate import write_custom_generate
+from ..layouts import training_layout
 from ..masks import NOISY
 from ..models.families import get_family, load_pretrained
 from ..objectives import ReferenceTerms, compute_objectives, reference_request, reference_terms, student_request
@@ -138,7 +140,9 @@ class T3DTrainer(Trainer):
         if isinstance(model, str):
             model = self._load_model(model, args)
         if processing_class is None:
-            processing_class = AutoTokenizer.from_pretrained(model_id or model.config._name_or_path)
+            processing_class = AutoTokenizer.from_pretrained(
+                model_id or model.config._name_or_path, trust_remote_code=args.trust_remote_code
+            )
         if ref_model is model:
             raise ValueError("`model` and `ref_model` cannot be the same object; leave ref_model=None for a copy.")
 
@@ -146,7 +150,7 @@ class T3DTrainer(Trainer):
         if peft_config is not None:
             if not is_peft_available():
                 raise ImportError("peft_config needs the `peft` package: pip install peft")
-            model = get_peft_model(model, peft_config)
+            model = get_peft_model(model, _with_task_type(peft_config, model, args.model_family))
         self.is_peft = is_peft_available() and isinstance(model, PeftModel)
         if self.is_peft and ref_model is not None:
             raise ValueError(
@@ -162,6 +166,7 @@ class T3DTrainer(Trainer):
         base = model.get_base_model() if self.is_peft else model
         self.family = get_family(base, family=args.model_family)
         self.family.check_model(base)
+        self.layout = training_layout(self.family)
         self._forward_parameters = set(inspect.signature(base.forward).parameters)
         self._attention_kernel = getattr(base.config, "_attn_implementation", None) or "eager"
         self.mask_token_id = validate_mask_token(processing_class, base.config)
@@ -215,7 +220,12 @@ class T3DTrainer(Trainer):
             self.sync_callback = RefModelSyncCallback(self.ref_model, self.accelerator)
             self.add_callback(self.sync_callback)
         if args.precompute_ref_log_probs and args.uses_reference:
-            self.train_dataset = self._precompute_reference(self.train_dataset)
+            # every split the shared collator serves gets the columns: training and evaluation alike
+            self.train_dataset = self._precompute_reference(self.train_dataset, "train")
+            if isinstance(self.eval_dataset, dict):
+                self.eval_dataset = {k: self._precompute_reference(v, k) for k, v in self.eval_dataset.items()}
+            elif self.eval_dataset is not None:
+                self.eval_dataset = self._precompute_reference(self.eval_dataset, "eval")
             self.data_collator = PrecomputedReferenceCollator(self.data_collator)
             self.ref_model = None  # the reference forward is gone from the step
 
@@ -224,8 +234,11 @@ class T3DTrainer(Trainer):
     def _load_model(name: str, args: T3DConfig) -> PreTrainedModel:
         kwargs = dict(args.model_init_kwargs or {})
         kwargs.setdefault("attn_implementation", "sdpa")
-        if isinstance(kwargs.get("dtype"), str) and kwargs["dtype"] != "auto":
-            kwargs["dtype"] = getattr(torch, kwargs["dtype"])
+        if kwargs.setdefault("trust_remote_code", args.trust_remote_code) != args.trust_remote_code:
+            raise ValueError(
+                f"model_init_kwargs sets trust_remote_code={kwargs['trust_remote_code']!r} but the config's "
+                f"trust_remote_code is {args.trust_remote_code!r}; set it once, with `trust_remote_code`."
+            )
         return load_pretrained(name, args.model_family, **kwargs)
 
     def _prepare_dataset(self, dataset, processing_class, args: T3DConfig, name: str, base):
@@ -238,18 +251,19 @@ class T3DTrainer(Trainer):
             block_size=args.block_size,
             truncation=args.completion_truncation,
             num_proc=args.dataset_num_proc,
-            grid=self.family.decoding_grid,
+            grid=self.family.grid,
             vocab_size=base.get_output_embeddings().weight.shape[0],
             eos_token_id=getattr(tokenizer, "eos_token_id", None),
             require_step_map=args.state_sampling != "random",
+            training_block_size=args.block_size,
         )
-        decisions = {k: v for k, v in stats.items() if k not in ("num_rows_in", "num_rows_out") and v}
+        decisions = ", ".join(f"{k} {v}" for k, v in stats.items() if k not in ("num_rows_in", "num_rows_out") and v)
         logger.info(
-            "Prepared %s trajectories: %d rows in, %d out; %s",
+            "Prepared %s trajectories: %d rows in, %d out (%s).",
             name,
             stats["num_rows_in"],
             stats["num_rows_out"],
-            decisions,
+            decisions or "used as they are",
         )
         if len(dataset) == 0:
             raise ValueError(f"The {name} dataset has no usable rows after preparation ({stats}).")
@@ -272,7 +286,7 @@ class T3DTrainer(Trainer):
             random_token_ids=_regular_token_ids(processing_class) if args.random_token_ratio > 0 else None,
             seed=args.data_seed if args.data_seed is not None else args.seed,
             family=self.family.name,
-            attention_layout=self.family.training_attention_layout,
+            attention_layout=self.layout.attention,
             block_alignment=args.block_alignment,
             complementary_masks=args.uses_complement,
         )
@@ -294,7 +308,7 @@ class T3DTrainer(Trainer):
     def _window_statistics(self, model, batch: dict, request: StatisticsRequest) -> TokenStatistics:
         """The window statistics of ``request`` from one forward of ``model`` (the student, or the reference)."""
         unwrapped = self.accelerator.unwrap_model(model)
-        return self.family.training_forward(
+        return self.layout.forward(
             model,
             batch,
             self._forward_parameters,
@@ -381,9 +395,9 @@ class T3DTrainer(Trainer):
 
     # ------------------------------------------------------------------------------ precomputed reference
     @torch.no_grad()
-    def _precompute_reference(self, dataset: Dataset) -> Dataset:
-        """Run the fixed reference once over the dataset (states are per-example deterministic) and store x̂ and the
-        reference log-probs as columns, so training needs no reference forward."""
+    def _precompute_reference(self, dataset: Dataset, split: str) -> Dataset:
+        """Run the fixed reference once over the dataset of ``split`` (states are per-example deterministic) and store
+        x̂ and the reference log-probs as columns, so training and evaluation need no reference forward."""
         from tqdm.auto import tqdm
 
         loader = self.accelerator.prepare(
@@ -393,7 +407,7 @@ class T3DTrainer(Trainer):
         )
         index, fakes, reals, fake_logps = [], [], [], []
         quiet = not self.is_world_process_zero() or self.args.disable_tqdm
-        for batch in tqdm(loader, desc="Precomputing reference log-probs", disable=quiet):
+        for batch in tqdm(loader, desc=f"Precomputing reference log-probs ({split})", disable=quiet):
             terms = self._reference_terms(batch)
             fake, ref_real, ref_fake = terms.fake_tokens, terms.real_logps, terms.fake_logps
             window = fake.shape[1]
@@ -571,6 +585,15 @@ class T3DTrainer(Trainer):
         )
         with open(os.path.join(output_dir, "README.md"), "w", encoding="utf-8") as handle:
             handle.write(model_card_text(info))
+
+
+def _with_task_type(peft_config: PeftConfig, model: PreTrainedModel, family: str | None) -> PeftConfig:
+    """``peft_config`` with the task type of the model's family (``CAUSAL_LM`` for block-causal decoders, none for
+    mask predictors) when it sets none; a task type the user set is kept."""
+    if getattr(peft_config, "task_type", None) is not None or isinstance(model, PeftModel):
+        return peft_config
+    task_type = get_family(model, family=family).peft_task_type
+    return peft_config if task_type is None else dataclasses.replace(peft_config, task_type=task_type)
 
 
 def _regular_token_ids(processing_class) -> list[int]:
