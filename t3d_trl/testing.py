@@ -35,6 +35,8 @@ __all__ = [
     "TINY_TASKS",
     "free_port",
     "rollout_rows",
+    "task_model",
+    "task_tokenizer",
     "tiny_prompts",
     "tiny_qwen3",
     "tiny_qwen3_config",
@@ -235,6 +237,40 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+#: the special tokens of :func:`task_tokenizer` (the demo tasks need no BOS)
+TASK_SPECIAL_TOKENS = ("<pad>", "<eos>", "<mask>")
+
+
+def task_tokenizer() -> PreTrainedTokenizerFast:
+    """A character-level tokenizer over the demo tasks' alphabet, with pad, EOS and mask tokens, padding on the left
+    (the demo's and :func:`tiny_teacher`'s)."""
+    from .demo.tasks import task_alphabet
+
+    return tiny_tokenizer(
+        characters=task_alphabet(), special_tokens=TASK_SPECIAL_TOKENS, chat_template=None, padding_side="left"
+    )
+
+
+def task_model(tokenizer: Any, hidden_size: int = 96, num_layers: int = 3, seed: int = 0) -> Qwen3ForCausalLM:
+    """A float32 Qwen3-architecture model from a config, sized for the demo tasks (4 heads, 64 positions, tied
+    embeddings), in training mode: the demo's teacher before it learns the tasks."""
+    return tiny_qwen3(
+        seed,
+        dtype=torch.float32,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        head_dim=hidden_size // 4,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    ).train()
+
+
 def tiny_prompts(num_prompts: int = 96, seed: int = 0, tasks: tuple[str, ...] = TINY_TASKS) -> Any:
     """``num_prompts`` demo prompts (tasks in turn; the small tasks' few distinct prompts are repeated), with their
     ``reference`` and ``scorer`` (registered by importing :mod:`t3d_trl.demo.tasks`), so they also serve as an
@@ -275,11 +311,11 @@ def tiny_teacher(
     Returns:
         ``(teacher, tokenizer)``; the teacher is in eval mode on the training device.
     """
-    from .demo.pipeline import DemoConfig, answer_rows, build_teacher, build_tokenizer
+    from .demo.tasks import answer_rows
     from .trainer import T3DTrainer
 
-    tokenizer = build_tokenizer()
-    teacher = build_teacher(tokenizer, DemoConfig(hidden_size=hidden_size, num_layers=num_layers), seed)
+    tokenizer = task_tokenizer()
+    teacher = task_model(tokenizer, hidden_size, num_layers, seed)
     if steps > 0:
         args = tiny_t3d_config(
             output_dir,

@@ -19,7 +19,7 @@ from datasets import load_from_disk
 from t3d_trl.cli import main, parse_command
 from t3d_trl.evaluation import EvalResult, read_json
 from t3d_trl.scripts import EvalArguments, load_local_dataset
-from t3d_trl.scripts.demo import demo_config_from_args, full_demo_config
+from t3d_trl.scripts.demo import demo_config_from_args
 from t3d_trl.scripts.evaluate import average_results, decoding_settings, load_eval_sets, resolve_scorer
 from t3d_trl.scripts.utils import DEEPSPEED_LOGGER, cli_output, format_prompts, resolve_prompt_template
 
@@ -71,7 +71,7 @@ def test_help_runs_as_a_program():
         ("rollout", ["--block_size", "--steps_per_block", "--temperature", "--output_dir", "--prompt_template"]),
         ("train", ["--loss_type", "--ref_model_sync_steps", "--lora_r"]),
         ("eval", ["--eval_dataset", "--block_sizes", "--tokens_per_step", "--scorer", "--allow_code_execution"]),
-        ("demo", ["--full", "--seeds", "--student_steps", "--print_config"]),
+        ("demo", ["--seeds", "--student_steps", "--print_config"]),
     ],
 )
 def test_subcommand_help(command, flags, capsys):
@@ -272,7 +272,7 @@ def test_unknown_yaml_key_is_refused(tmp_path):
         parse_command("rollout", ["--config", str(path)])
 
 
-def test_demo_arguments_override_the_quick_and_full_settings(tmp_path, capsys):
+def test_demo_arguments_override_the_demo_settings(tmp_path, capsys):
     import dataclasses
     import typing
 
@@ -281,10 +281,9 @@ def test_demo_arguments_override_the_quick_and_full_settings(tmp_path, capsys):
     (demo_args,) = parse_command("demo", ["--config", str(CONFIGS / "demo.yaml"), "--seeds", "3", "4"])
     config = demo_config_from_args(demo_args)
     assert config.seeds == (3, 4) and isinstance(config.tasks, tuple) and config.output_dir == "t3d-demo"
-    full = full_demo_config()
-    (demo_args,) = parse_command("demo", ["--full", "--student_steps", "7"])
+    (demo_args,) = parse_command("demo", ["--student_steps", "7"])
     config = demo_config_from_args(demo_args)
-    assert config.student_steps == 7 and config.seeds == full.seeds
+    assert config.student_steps == 7 and config.seeds == DemoConfig().seeds
     hints = typing.get_type_hints(DemoConfig)  # dict fields take JSON on the command line, mappings in YAML
     for name in [f.name for f in dataclasses.fields(DemoConfig) if typing.get_origin(hints[f.name]) is dict][:1]:
         (demo_args,) = parse_command("demo", [f"--{name}", '{"x": {"beta": 0.2}}'])
@@ -294,9 +293,9 @@ def test_demo_arguments_override_the_quick_and_full_settings(tmp_path, capsys):
         (demo_args,) = parse_command("demo", ["--config", str(path)])
         assert getattr(demo_config_from_args(demo_args), name) == {"y": {"beta": 0.3}}
     output_dir = tmp_path / "demo"
-    assert main(["demo", "--full", "--methods", "T3D", "--output_dir", str(output_dir), "--print_config"]) == 0
+    assert main(["demo", "--methods", "T3D", "--output_dir", str(output_dir), "--print_config"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["methods"] == ["T3D"] and printed["seeds"] == list(full.seeds)
+    assert printed["methods"] == ["T3D"] and printed["seeds"] == list(DemoConfig().seeds)
     assert not output_dir.exists()  # --print_config does not run the demo
 
 
@@ -404,10 +403,9 @@ def _tiny_workspace(root: Path) -> None:
     tokenizer (and a chat template) in tiny-t3d/teacher, and demo prompts in tiny-t3d/prompts.jsonl."""
     import torch
 
-    from t3d_trl.demo.pipeline import build_tokenizer
-    from t3d_trl.testing import tiny_prompts, tiny_qwen3
+    from t3d_trl.testing import task_tokenizer, tiny_prompts, tiny_qwen3
 
-    tokenizer = build_tokenizer()
+    tokenizer = task_tokenizer()
     tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     model = tiny_qwen3(
         seed=0, dtype=torch.float32, vocab_size=len(tokenizer), max_position_embeddings=512,
@@ -524,8 +522,8 @@ def test_rollout_train_eval_chain(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_demo_command_runs_a_micro_study(tmp_path, capsys):
-    """`t3d-trl demo` flags reach `run_demo` (a micro study: one task, one method, a few steps)."""
+def test_demo_command_runs_a_micro_demo(tmp_path, capsys):
+    """`t3d-trl demo` flags reach `run_demo` (a micro demo: one task, one method, a few steps)."""
     import torch
 
     threads = torch.get_num_threads()  # run_demo sets the thread count of this process
@@ -548,4 +546,4 @@ def test_demo_command_runs_a_micro_study(tmp_path, capsys):
     assert "| TokPS | Method |" in captured.out
     for noise in ("Filter", "Indexing trajectories", "Saving the dataset", "Writing model shards", "INFO"):
         assert noise not in captured.err, noise
-    assert (tmp_path / "results.md").exists() and (tmp_path / "accuracy_vs_tokens_per_step.png").exists()
+    assert (tmp_path / "results.md").exists() and (tmp_path / "results.json").exists()

@@ -626,11 +626,11 @@ def test_multiblock_scorers_on_handmade_answers():
 
 @pytest.mark.parametrize("name", ["wordplay", "walk", "perm5"])
 def test_multiblock_tasks_cross_blocks_and_are_multimodal(name):
-    from t3d_trl.demo.pipeline import build_tokenizer
     from t3d_trl.demo.tasks import TASKS, evaluation_prompts, training_pairs
     from t3d_trl.evaluation import get_scorer
+    from t3d_trl.testing import task_tokenizer
 
-    tokenizer = build_tokenizer()
+    tokenizer = task_tokenizer()
     task = TASKS[name]
     assert task.blocks == 3
     scorer = get_scorer(task.scorer)

@@ -3,12 +3,14 @@
 Everything runs on the library's public API: the teacher is trained from scratch with ``T3DTrainer``'s ``sft``
 objective on the tasks' reference answers, rolled out at one token per step with
 :func:`t3d_trl.generate_trajectories` (temperature 0.1, the official rollout temperature), distilled into students
-(SFT on the reference answers, ReDi on the model's own outputs, Naive TD, dParallel and T3D; the full study adds the
-paper's recipe and the remedies of ``docs/results.md``), and every model is evaluated with
-:func:`t3d_trl.evaluation.evaluate_few_step` at block sizes 4 and 8 and 1, 2 and 4 tokens per step.
+(SFT on the reference answers, ReDi on the model's own outputs with :func:`t3d_trl.recipes.redi`, Naive TD, dParallel
+and T3D), and every model is evaluated with :func:`t3d_trl.evaluation.evaluate_few_step` at block sizes 4 and 8 and 1,
+2 and 4 tokens per step. The tables come from :mod:`t3d_trl.demo.report`.
 
 A student is a :class:`~t3d_trl.T3DConfig` override mapping; its optional ``"data"`` key says what it trains on (see
-:data:`DATA_SOURCES`), its optional ``"rounds"`` key how many ReDi rounds it runs (see :data:`METHODS`).
+:data:`DATA_SOURCES`), its optional ``"rounds"`` key how many ReDi rounds it runs (see :data:`METHODS`). The study
+behind ``docs/results.md`` (three seeds, more tasks, the paper's recipe and the remedies, students reused between
+runs, plots) is ``examples/study.py``, built on :func:`run_seed` and the report; it is not part of the package.
 """
 
 from __future__ import annotations
@@ -19,28 +21,31 @@ import json
 import logging
 import math
 import os
-import re
 import resource
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from datasets import Dataset
-from transformers import PreTrainedTokenizerFast, PrinterCallback, Qwen3ForCausalLM, set_seed
+from transformers import PrinterCallback, Qwen3ForCausalLM, set_seed
 
 from ..collator import DataCollatorForTrajectory
 from ..evaluation import DecodingSetting, evaluate_few_step, get_scorer
 from ..generation import DiffusionGenerationConfig, patch_model
+from ..recipes import redi
 from ..rollout import generate_trajectories
-from ..testing import tiny_qwen3, tiny_t3d_config, tiny_tokenizer
+from ..testing import task_model, task_tokenizer, tiny_t3d_config
 from ..trainer import T3DConfig, T3DTrainer
-from .tasks import CATEGORIES, TASKS, evaluation_prompts, task_alphabet, training_pairs
+from .report import _cell, ddo_identity_lines, identity_text, logs_table, markdown_table, summarise, teacher_note
+from .tasks import CATEGORIES, TASKS, answer_rows, evaluation_prompts
 
 logger = logging.getLogger(__name__)
+
+#: rows per batch of the demo's rollouts (the teacher's and ReDi's)
+ROLLOUT_BATCH_SIZE = 128
 
 #: what a student can train on (the ``"data"`` key of a method; ``"rollouts"`` when absent)
 DATA_SOURCES: dict[str, str] = {
@@ -62,52 +67,31 @@ METHODS: dict[str, dict[str, Any]] = {
     "T3D": {"loss_type": ["ddo", "path"]},
 }
 
-#: further students of the full study: the paper's recipe against the library's defaults, and the remedies tested
-#: for T3D ≈ Naive TD: fake tokens sampled instead of the argmax (which mostly equals the teacher's token); a reference
-#: that is never refreshed, and a larger β, so that DDO's margins leave the sigmoid's linear region; uniformly drawn
-#: mask ratios; T3D mixed with TD
-STUDY_VARIANTS: dict[str, dict[str, Any]] = {
-    # the official trainer's state distribution (examples/configs/sdar_t3d_paper.yaml); the demo's prompts end on a
-    # block boundary, so "response" alignment is the absolute grid here
-    "T3D (paper recipe)": {
-        "loss_type": ["ddo", "path"],
-        "random_token_ratio": 0.1,
-        "state_order": "earliest",
-        "block_alignment": "response",
-    },
-    "T3D (fake T=1)": {"loss_type": ["ddo", "path"], "reference_temperature": 1.0},
-    "T3D (fixed reference)": {"loss_type": ["ddo", "path"], "sync_ref_model": False},
-    "T3D (β=1)": {"loss_type": ["ddo", "path"], "beta": 1.0},
-    "Naive TD (uniform r)": {"loss_type": ["td"], "mask_ratio_power": 0.0},
-    "T3D (uniform r)": {"loss_type": ["ddo", "path"], "mask_ratio_power": 0.0},
-    "T3D + TD": {"loss_type": ["ddo", "path", "td"], "loss_weights": [1.0, 0.2, 1.0]},
-}
-SPECIAL_TOKENS = ["<pad>", "<eos>", "<mask>"]
-#: the training-log metrics the report averages over the last quarter of each student's steps
-LOG_METRICS = (
-    "token_accuracy",
-    "loss/real",
-    "loss/fake",
-    "margins/real",
-    "margins/fake",
-    "fake_agreement",
-)
+
+class StudentStore(Protocol):
+    """Where :func:`run_seed` finds students trained before with the same settings, and keeps new ones (the study's
+    reuse between runs; the demo keeps none)."""
+
+    def load(self, seed: int, method: str, key: dict[str, Any]) -> dict[str, Any] | None:
+        """The saved entry (``accuracy``, ``logs``, ``seconds``, ``evaluation_seconds``, ``peak_memory_mb``) of the
+        student ``method`` of ``seed`` trained with settings ``key``, or ``None``."""
+
+    def save(self, seed: int, method: str, key: dict[str, Any], entry: dict[str, Any]) -> None:
+        """Keep the entry of a student just trained."""
 
 
 @dataclass
 class DemoConfig:
     """Settings of the demo (the defaults finish in under 10 minutes on 2 CPU cores).
 
-    The quick demo trains one seed of a 3-layer, 96-wide teacher for 1,500 steps on three tasks and the five students
-    of :data:`METHODS`; the full study (:meth:`full`) adds the ``perm5`` task, which takes the teacher 5,000 steps,
-    three seeds and the variants of :data:`STUDY_VARIANTS`. A
-    teacher or a student trained before in the same ``output_dir`` with the same settings is reused, so seeds can run in
-    separate processes (``--seeds 1``), a last run over all of them writes the table, and a new student trains alone.
+    The demo trains one seed of a 3-layer, 96-wide teacher for 1,500 steps on three tasks and the five students of
+    :data:`METHODS`. A teacher trained before in the same ``output_dir`` with the same settings is reused. The study
+    (``examples/study.py``) runs the same pipeline with more tasks, seeds and students.
     """
 
     output_dir: str = "t3d-demo"
     num_threads: int | None = 1  # tiny models: extra CPU threads mostly add OpenMP contention
-    #: a one-block control task and two whose answers span three blocks of 4 (two of 8); the full study adds perm5
+    #: a one-block control task and two whose answers span three blocks of 4 (two of 8); the study adds perm5
     tasks: tuple[str, ...] = ("words", "wordplay", "walk")
     seeds: tuple[int, ...] = (0,)
     # teacher
@@ -139,20 +123,6 @@ class DemoConfig:
     eval_block_sizes: tuple[int, ...] = (4, 8)
     tokens_per_step: tuple[int, ...] = (1, 2, 4)
 
-    @classmethod
-    def full(cls, **overrides: Any) -> DemoConfig:
-        """The study behind ``docs/results.md`` (``t3d-trl demo --full``): four tasks, a teacher trained 5,000 steps,
-        three seeds, the five students, T3D with the paper's recipe, and the remedies of :data:`STUDY_VARIANTS`."""
-        values: dict[str, Any] = {
-            "output_dir": "t3d-study",
-            "tasks": ("words", "wordplay", "walk", "perm5"),
-            "teacher_steps": 5000,
-            "seeds": (0, 1, 2),
-            "extra_methods": copy.deepcopy(STUDY_VARIANTS),
-        }
-        values.update(overrides)
-        return cls(**values)
-
     def generated_tokens(self) -> int:
         """``max_new_tokens``, or the tasks' longest answer and its EOS rounded up to whole blocks of every size."""
         if self.max_new_tokens is not None:
@@ -160,32 +130,6 @@ class DemoConfig:
         longest = 4 * max(TASKS[name].blocks for name in self.tasks)
         unit = math.lcm(self.rollout_block_size, *self.eval_block_sizes)
         return unit * math.ceil(longest / unit)
-
-
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """A character-level tokenizer over the tasks' alphabet, with pad, EOS and mask tokens."""
-    return tiny_tokenizer(
-        characters=task_alphabet(), special_tokens=SPECIAL_TOKENS, chat_template=None, padding_side="left"
-    )
-
-
-def build_teacher(tokenizer, config: DemoConfig, seed: int) -> Qwen3ForCausalLM:
-    """A Qwen3-architecture model from a config, to be trained as a block diffusion LM."""
-    return tiny_qwen3(
-        seed,
-        dtype=torch.float32,
-        vocab_size=len(tokenizer),
-        hidden_size=config.hidden_size,
-        intermediate_size=2 * config.hidden_size,
-        num_hidden_layers=config.num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        head_dim=config.hidden_size // 4,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    ).train()
 
 
 class CyclingBlockSizeCollator:
@@ -226,12 +170,6 @@ def _train(model, tokenizer, dataset, args: T3DConfig, block_sizes) -> T3DTraine
     trainer.data_collator = CyclingBlockSizeCollator(trainer.data_collator, block_sizes)
     trainer.train()
     return trainer
-
-
-def answer_rows(task_names, num_rows: int, seed: int) -> list[dict[str, str]]:
-    """Reference answers as plain ``{"prompt", "completion"}`` rows (answers uniform over the valid ones): what the
-    teacher learns the tasks from, and the paper's SFT baseline trains on (the trainer appends EOS)."""
-    return [{"prompt": r["prompt"], "completion": r["answer"]} for r in training_pairs(task_names, num_rows, seed)]
 
 
 def rollout_prompts(config: DemoConfig, seed: int) -> Dataset:
@@ -356,7 +294,7 @@ def train_teacher(config: DemoConfig, seed: int, tokenizer, directory: Path) -> 
             return teacher, {**saved, "reused": True}
     start = time.perf_counter()
     set_seed(seed)
-    teacher = build_teacher(tokenizer, config, seed)
+    teacher = task_model(tokenizer, config.hidden_size, config.num_layers, seed)
     teacher_args = _trainer_args(
         str(directory),
         config.teacher_steps,
@@ -378,7 +316,7 @@ def train_teacher(config: DemoConfig, seed: int, tokenizer, directory: Path) -> 
     return teacher, {**saved, "reused": False}
 
 
-def _settings_key(config: DemoConfig) -> dict[str, Any]:
+def settings_key(config: DemoConfig) -> dict[str, Any]:
     """The settings every student of a seed depends on: all but where results go, which seeds run, the threads and
     which students are trained."""
     values = dataclasses.asdict(config)
@@ -387,25 +325,15 @@ def _settings_key(config: DemoConfig) -> dict[str, Any]:
     return json.loads(json.dumps(values))  # tuples as lists, as they come back from JSON
 
 
-def _student_record(root: Path, method: str) -> Path:
-    return root / "students" / (re.sub(r"[^A-Za-z0-9]+", "_", method).strip("_") + ".json")
-
-
-def _reused_student(root: Path, method: str, key: dict[str, Any]) -> dict[str, Any] | None:
-    """The saved accuracy, logs and time of a student trained with the same settings (``key``), if any."""
-    record = _student_record(root, method)
-    if record.exists():
-        saved = json.loads(record.read_text())
-        if saved.get("key") == key:
-            return saved
-    return None
-
-
-def run_seed(config: DemoConfig, seed: int, tokenizer) -> dict[str, Any]:
+def run_seed(config: DemoConfig, seed: int, tokenizer, students: StudentStore | None = None) -> dict[str, Any]:
     """Teacher, rollouts, students and evaluation for one seed (a line printed as each stage finishes).
 
-    The teacher, and every student, trained before in the same ``output_dir`` with the same settings is reused (its
-    saved weights; the student's saved accuracy, logs and time), so only what changed is trained again.
+    The teacher trained before in the same ``output_dir`` with the same settings is reused (its saved weights); a
+    student ``students`` holds for the same settings too (its saved accuracy, logs and time).
+
+    Returns:
+        The seed's ``accuracy`` (per method, setting and task), ``rollout_validity``, ``timings``,
+        ``peak_memory_mb`` and training ``logs``.
     """
     root = Path(config.output_dir) / f"seed{seed}"
     set_seed(seed)
@@ -447,12 +375,9 @@ def run_seed(config: DemoConfig, seed: int, tokenizer) -> dict[str, Any]:
     )
     prompts = rollout_prompts(config, seed)
 
-    def roll_out(model, rollout_seed: int) -> Dataset:
-        return generate_trajectories(
-            model, tokenizer, prompts, rollout_config, batch_size=128, seed=rollout_seed, progress=False
-        )
-
-    trajectories = roll_out(teacher, seed)
+    trajectories = generate_trajectories(
+        teacher, tokenizer, prompts, rollout_config, batch_size=ROLLOUT_BATCH_SIZE, seed=seed, progress=False
+    )
     trajectories.save_to_disk(str(root / "trajectories"))
     valid, validity = valid_rollouts(trajectories)
     timings["rollouts"] = time.perf_counter() - start
@@ -472,8 +397,8 @@ def run_seed(config: DemoConfig, seed: int, tokenizer) -> dict[str, Any]:
                 f"Method {method!r} trains on {DATA_SOURCES[source]}, but there are none (valid rollouts per task: "
                 f"{shown}); train the teacher longer (`teacher_steps`) or leave the method out."
             )
-        key = {"settings": _settings_key(config), "method": json.loads(json.dumps(spec))}
-        reused_student = _reused_student(root, method, key)
+        key = {"settings": settings_key(config), "method": json.loads(json.dumps(spec))}
+        reused_student = students.load(seed, method, key) if students is not None else None
         if reused_student is not None:
             accuracy[method], logs[method] = reused_student["accuracy"], reused_student["logs"]
             timings[method] = reused_student["seconds"]
@@ -482,45 +407,50 @@ def run_seed(config: DemoConfig, seed: int, tokenizer) -> dict[str, Any]:
             _progress(seed, f"{method}: reused (same settings)")
             continue
         start = time.perf_counter()
-        student, dataset, logs[method] = copy.deepcopy(teacher), data[source], []
-        for round_index in range(rounds):
-            if round_index > 0:  # ReDi: the next round trains on the student's own rollouts
-                dataset = roll_out(student.eval(), seed + round_index)
-            args = _trainer_args(
-                str(root / method.replace(" ", "_") / (f"round{round_index}" if rounds > 1 else "")),
-                config.student_steps,
-                config.student_batch_size,
-                config.student_learning_rate,
-                seed,
-                **overrides,
+        logs[method] = []
+        output_dir = str(root / method.replace(" ", "_"))
+
+        def train(model, dataset, args, logs=logs[method]):
+            trainer = _train(model, tokenizer, dataset, args, config.train_block_sizes)
+            logs += trainer.state.log_history
+            return trainer
+
+        args = _trainer_args(
+            output_dir, config.student_steps, config.student_batch_size, config.student_learning_rate, seed, **overrides
+        )
+        if rounds > 1:  # ReDi: round 0 trains on the teacher's rollouts, each next one on the student's own
+            student = redi(
+                copy.deepcopy(teacher),
+                tokenizer,
+                prompts,
+                args,
+                rollout_config,
+                rounds=rounds,
+                batch_size=ROLLOUT_BATCH_SIZE,
+                trajectories=data[source],
+                train=train,
             )
-            trainer = _train(student, tokenizer, dataset, args, config.train_block_sizes)
-            student = trainer.model
-            logs[method] += trainer.state.log_history
+        else:
+            student = train(copy.deepcopy(teacher), data[source], args).model
         timings[method] = time.perf_counter() - start
         start = time.perf_counter()
         accuracy[method] = evaluate(student, tokenizer, eval_set, config, str(root / "eval" / method))
         seconds = time.perf_counter() - start
         timings["evaluation"] += seconds
-        record = _student_record(root, method)
-        record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(
-            json.dumps(
-                {
-                    "key": key,
-                    "accuracy": accuracy[method],
-                    "logs": logs[method],
-                    "seconds": timings[method],
-                    "evaluation_seconds": seconds,
-                    "peak_memory_mb": peak_memory_mb(),
-                }
-            )
-        )
+        if students is not None:
+            entry = {
+                "accuracy": accuracy[method],
+                "logs": logs[method],
+                "seconds": timings[method],
+                "evaluation_seconds": seconds,
+                "peak_memory_mb": peak_memory_mb(),
+            }
+            students.save(seed, method, key, entry)
         trained = f"{args.max_steps} steps" if rounds == 1 else f"{rounds} rounds of {args.max_steps} steps"
         _progress(seed, f"{method}: trained {trained} ({timings[method]:.1f} s), evaluated ({seconds:.1f} s)")
     result = {
         "seed": seed,
-        "settings": _settings_key(config),
+        "settings": settings_key(config),
         "accuracy": accuracy,
         "rollout_validity": validity,
         "timings": timings,
@@ -535,186 +465,6 @@ def _all_methods(config: DemoConfig) -> dict[str, dict[str, Any]]:
     methods = {name: METHODS[name] for name in config.methods}
     methods.update(config.extra_methods)
     return methods
-
-
-def ddo_identity_lines(logs: list[dict], sync_steps: int) -> list[str]:
-    """The logged ``loss/real`` right after each reference refresh, against log 2."""
-    lines = []
-    for entry in logs:
-        if "loss/real" in entry and (entry["step"] - 1) % sync_steps == 0:
-            lines.append(f"step {entry['step']:>4}: loss/real = {entry['loss/real']:.6f} (log 2 = {math.log(2):.6f})")
-    return lines
-
-
-def _identity_text(lines: list[str], shown: int = 4) -> str:
-    if len(lines) <= shown:
-        return "\n".join(f"    {line}" for line in lines)
-    worst = max(abs(float(line.split("= ")[1].split()[0]) - math.log(2)) for line in lines)
-    return "\n".join(f"    {line}" for line in lines[:shown]) + (
-        f"\n    ... {len(lines)} refreshes in all; largest |loss/real - log 2| = {worst:.1e}"
-    )
-
-
-def _spread(values: list[float]) -> dict[str, float]:
-    """Mean and population standard deviation (0 for one value)."""
-    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
-
-
-def multi_block_tasks(config: DemoConfig) -> list[str]:
-    """The tasks of ``config`` whose answers span more than one block of 4."""
-    return [name for name in config.tasks if TASKS[name].blocks > 1]
-
-
-def log_summary(logs: list[dict], metrics=LOG_METRICS) -> dict[str, float]:
-    """The mean of each logged metric over the last quarter of a run's logged steps."""
-    steps = [entry for entry in logs if "loss" in entry and "step" in entry]
-    tail = steps[len(steps) - max(1, len(steps) // 4) :]
-    return {key: statistics.fmean(e[key] for e in tail) for key in metrics if tail and all(key in e for e in tail)}
-
-
-def summarise(results: list[dict[str, Any]], config: DemoConfig) -> dict[str, Any]:
-    """Mean and spread over seeds of every accuracy; per-TokPS averages (all tasks and the multi-block ones) and
-    improvement over the teacher; the students' training logs; rollout validity, time and memory."""
-    methods = list(results[0]["accuracy"])  # the teacher, then every student
-    settings = list(results[0]["accuracy"]["Teacher"])
-    table = {
-        method: {
-            f"{setting}/{task}": _spread([r["accuracy"][method][setting][task] for r in results])
-            for setting in settings
-            for task in config.tasks
-        }
-        for method in methods
-    }
-
-    def averages_over(tasks: list[str]) -> dict[str, dict[int, dict[str, float]]]:
-        if not tasks:
-            return {}
-        return {
-            method: {
-                tps: _spread(
-                    [
-                        statistics.fmean(
-                            r["accuracy"][method][s][t] for s in settings if s.endswith(f"TokPS{tps}") for t in tasks
-                        )
-                        for r in results
-                    ]
-                )
-                for tps in config.tokens_per_step
-            }
-            for method in methods
-        }
-
-    logs = {}
-    for method in methods[1:]:
-        per_seed = [log_summary(r.get("logs", {}).get(method, [])) for r in results]
-        keys = set.intersection(*(set(entry) for entry in per_seed))
-        logs[method] = {key: _spread([entry[key] for entry in per_seed]) for key in LOG_METRICS if key in keys}
-    with_validity = [r["rollout_validity"] for r in results if "rollout_validity" in r]
-    timings = [sum(r["timings"].values()) for r in results if "timings" in r]
-    return {
-        "table": table,
-        "averages": averages_over(list(config.tasks)),
-        "multi_block_averages": averages_over(multi_block_tasks(config)),
-        "settings": settings,
-        "methods": methods,
-        "logs": logs,
-        "rollout_validity": {task: _spread([v[task] for v in with_validity]) for task in config.tasks}
-        if with_validity
-        else {},
-        "seconds_per_seed": _spread(timings) if timings else None,
-        "peak_memory_mb": max((r.get("peak_memory_mb", 0.0) for r in results), default=0.0),
-    }
-
-
-def markdown_table(summary: dict[str, Any], config: DemoConfig) -> str:
-    """The paper-style table: per tokens-per-step, methods × (block size, task), the average over every task (and over
-    the multi-block ones when the tasks mix both) and the improvement of the average over the teacher's."""
-    mixed = 0 < len(multi_block_tasks(config)) < len(config.tasks)
-    multi = summary.get("multi_block_averages") if mixed else None
-    lines = []
-    header = (
-        ["TokPS", "Method"]
-        + [f"B={b} {task}" for b in config.eval_block_sizes for task in config.tasks]
-        + ["Average"]
-        + (["Multi-block average"] if multi else [])
-        + ["Improvement (%)"]
-    )
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "---|" * len(header))
-    for tps in config.tokens_per_step:
-        teacher_average = summary["averages"]["Teacher"][tps]["mean"]
-        for method in summary["methods"]:
-            cells = [str(tps), method]
-            for b in config.eval_block_sizes:
-                for task in config.tasks:
-                    entry = summary["table"][method].get(f"B{b}-TokPS{tps}/{task}")
-                    cells.append("—" if entry is None else _cell(entry))
-            average = summary["averages"][method][tps]
-            cells.append(_cell(average))
-            if multi:
-                cells.append(_cell(multi[method][tps]))
-            if method == "Teacher":
-                cells.append("—")
-            else:
-                change = 100.0 * (average["mean"] - teacher_average) / max(teacher_average, 1e-9)
-                cells.append(f"{change:+.1f}")
-            lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def logs_table(summary: dict[str, Any]) -> str:
-    """The students' training metrics (mean over the last quarter of their steps, mean ± std over seeds)."""
-    lines = ["| Method | " + " | ".join(f"`{key}`" for key in LOG_METRICS) + " |", "|---|" + "---|" * len(LOG_METRICS)]
-    for method, values in summary["logs"].items():
-        cells = [_significant(values[key]) if key in values else "—" for key in LOG_METRICS]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _cell(entry: dict[str, float]) -> str:
-    mean, std = entry["mean"], entry["std"]
-    return f"{mean:.1f} ± {std:.1f}" if std else f"{mean:.1f}"
-
-
-def _significant(entry: dict[str, float]) -> str:
-    """Three significant digits (margins are of the order of 1e-4 between refreshes)."""
-    mean, std = entry["mean"], entry["std"]
-    return f"{mean:.3g} ± {std:.2g}" if std else f"{mean:.3g}"
-
-
-def plot(summary: dict[str, Any], config: DemoConfig, path: str) -> None:
-    """Average accuracy against tokens per step, one line per method (error bars: std over seeds); a second panel
-    averages the multi-block tasks only when the tasks mix both kinds."""
-    from matplotlib import colormaps
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    colors = colormaps["tab20"]  # 20 distinct colours: the study has a dozen rows
-
-    panels = [("every task", summary["averages"])]
-    if 0 < len(multi_block_tasks(config)) < len(config.tasks):
-        panels.append(("multi-block tasks", summary["multi_block_averages"]))
-    figure = Figure(figsize=(6 * len(panels), 4.5))
-    FigureCanvasAgg(figure)
-    for index, (title, averages) in enumerate(panels):
-        axes = figure.add_subplot(1, len(panels), index + 1)
-        for index_method, method in enumerate(summary["methods"]):
-            means = [averages[method][t]["mean"] for t in config.tokens_per_step]
-            stds = [averages[method][t]["std"] for t in config.tokens_per_step]
-            style = (
-                {"color": "black", "linestyle": "--", "linewidth": 2}
-                if method == "Teacher"
-                else {"color": colors(index_method % colors.N), "marker": "osD^v<>ph*"[index_method % 10]}
-            )
-            axes.errorbar(config.tokens_per_step, means, yerr=stds, capsize=3, label=method, **style)
-        axes.set_xlabel("tokens per step")
-        axes.set_ylabel("accuracy (%)")
-        axes.set_xticks(list(config.tokens_per_step))
-        axes.set_title(f"Few-step accuracy ({title}, block sizes {', '.join(map(str, config.eval_block_sizes))})")
-        axes.grid(alpha=0.3)
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
 
 
 def check_demo_config(config: DemoConfig) -> None:
@@ -733,48 +483,31 @@ def check_demo_config(config: DemoConfig) -> None:
         raise ValueError("`seeds` is empty; give at least one seed.")
 
 
-def _teacher_note(summary: dict[str, Any], config: DemoConfig) -> str:
-    """The teacher's accuracy at one token per step, and whether it reaches ``teacher_accuracy_target``."""
-    rows = summary["table"]["Teacher"]
-    below = []
-    cells = []
-    for b in config.eval_block_sizes:
-        for task in config.tasks:
-            entry = rows.get(f"B{b}-TokPS1/{task}")
-            if entry is None:
-                continue
-            cells.append(f"B={b} {task} {_cell(entry)}")
-            if entry["mean"] < config.teacher_accuracy_target:
-                below.append(f"B={b} {task}")
-    verdict = (
-        f"every task reaches the {config.teacher_accuracy_target:g} % target"
-        if not below
-        else f"**below the {config.teacher_accuracy_target:g} % target: {', '.join(below)}** (grow the teacher or "
-        "its budget: `--hidden_size`, `--num_layers`, `--teacher_steps`)"
-    )
-    return f"Teacher at one token per step: {'; '.join(cells)}; {verdict}."
+def run_demo(config: DemoConfig | None = None, students: StudentStore | None = None) -> dict[str, Any]:
+    """Run the whole demo over ``config.seeds`` and write ``results.json`` and ``results.md``.
 
+    Args:
+        config: the settings (the quick demo's defaults when ``None``).
+        students: where students trained before are found and new ones kept (the study's; none by default).
 
-def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
-    """Run the whole demo and write ``results.json``, ``results.md`` and ``accuracy_vs_tokens_per_step.png``.
-
-    Seeds whose ``seed<k>/result.json`` holds the same settings are reused (see :class:`DemoConfig`).
+    Returns:
+        The report written to ``results.json``: the config, the summary over seeds (:func:`~.report.summarise`), each
+        seed's results without its logs, DDO's log 2 lines and the run's time.
     """
     config = config or DemoConfig()
     check_demo_config(config)
     os.makedirs(config.output_dir, exist_ok=True)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    tokenizer = build_tokenizer()
+    tokenizer = task_tokenizer()
     start = time.perf_counter()
     print(
         f"t3d-trl demo: seeds {list(config.seeds)}, tasks {list(config.tasks)}, students {list(_all_methods(config))} "
         f"-> {config.output_dir}",
         flush=True,
     )
-    results = [run_seed(config, seed, tokenizer) for seed in config.seeds]
+    results = [run_seed(config, seed, tokenizer, students) for seed in config.seeds]
     summary = summarise(results, config)
-    table = markdown_table(summary, config)
     sync_steps = T3DConfig.__dataclass_fields__["ref_model_sync_steps"].default
     identity = ddo_identity_lines(results[0]["logs"].get("T3D", []), sync_steps)
     elapsed = time.perf_counter() - start
@@ -794,14 +527,14 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
     ) + f"{elapsed / 60:.1f} minutes for this run; peak memory {summary['peak_memory_mb']:.0f} MB"
     text = (
         f"# t3d-trl demo\n\nAccuracy (%) of greedy few-step decoding; {len(config.seeds)} seed(s) "
-        f"(mean ± std over seeds); {cost}.\n\n{_teacher_note(summary, config)}\n\n"
-        f"Valid teacher rollouts (temperature {config.rollout_temperature:g}): {validity}.\n\n{table}\n\n"
+        f"(mean ± std over seeds); {cost}.\n\n{teacher_note(summary, config)}\n\n"
+        f"Valid teacher rollouts (temperature {config.rollout_temperature:g}): {validity}.\n\n"
+        f"{markdown_table(summary, config)}\n\n"
         "Training logs (mean over each student's last quarter of steps):\n\n" + logs_table(summary) + "\n\n"
-        "DDO at each reference refresh (θ = θ_ref gives loss/real = log 2):\n\n" + _identity_text(identity) + "\n"
+        "DDO at each reference refresh (θ = θ_ref gives loss/real = log 2):\n\n" + identity_text(identity) + "\n"
     )
     Path(config.output_dir, "results.md").write_text(text)
-    plot(summary, config, os.path.join(config.output_dir, "accuracy_vs_tokens_per_step.png"))
     print()
     print(text)
-    print(f"Written to {config.output_dir}: results.md, results.json, accuracy_vs_tokens_per_step.png")
+    print(f"Written to {config.output_dir}: results.md, results.json")
     return report

@@ -41,6 +41,7 @@ __all__ = [
     "PROMPT_LENGTH",
     "TASKS",
     "Task",
+    "answer_rows",
     "evaluation_prompts",
     "register_task",
     "task_alphabet",
@@ -252,3 +253,9 @@ def evaluation_prompts(task_name: str, num_prompts: int, seed: int) -> list[dict
         if len(rows) == num_prompts:
             break
     return rows
+
+
+def answer_rows(task_names, num_rows: int, seed: int) -> list[dict[str, str]]:
+    """Reference answers as plain ``{"prompt", "completion"}`` rows (answers uniform over the valid ones): what the
+    demo's teacher learns the tasks from, and the paper's SFT baseline trains on (the trainer appends EOS)."""
+    return [{"prompt": r["prompt"], "completion": r["answer"]} for r in training_pairs(task_names, num_rows, seed)]

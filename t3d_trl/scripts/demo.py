@@ -1,10 +1,11 @@
 """``t3d-trl demo``: the end-to-end demo on tiny tasks (:func:`t3d_trl.demo.run_demo`).
 
 Every ``DemoConfig`` field becomes an optional flag (tuples become lists, dicts take JSON or a YAML mapping); an
-unset flag keeps the quick default, or the full-study value with ``--full``.
+unset flag keeps the demo's default. The three-seed study behind ``docs/results.md`` is ``examples/study.py`` (from a
+clone of the repository), built on the same pipeline.
 
 ```bash
-t3d-trl demo --full --output_dir t3d-demo-full
+t3d-trl demo --output_dir t3d-demo
 python -m t3d_trl.scripts.demo --seeds 0 1 --print_config
 ```
 
@@ -22,15 +23,14 @@ from typing import Any
 
 from .utils import as_plain, make_script_parser
 
-__all__ = ["demo_arguments_class", "demo_config_from_args", "full_demo_config", "main", "make_parser"]
+__all__ = ["demo_arguments_class", "demo_config_from_args", "main", "make_parser"]
 
 HELP = (
     "The end-to-end demo on tiny tasks (teacher, rollouts, SFT / Naive TD / dParallel / T3D students, "
-    "paper-style table); `--full` runs the full study."
+    "paper-style table); the three-seed study is examples/study.py."
 )
 EXAMPLES = """examples:
   t3d-trl demo                          # quick demo (minutes on a CPU)
-  t3d-trl demo --full --output_dir t3d-demo-full
   t3d-trl demo --seeds 0 1 --methods T3D SFT --print_config"""
 
 
@@ -66,35 +66,18 @@ def _describe(value: Any) -> str:
 
 
 def demo_arguments_class() -> type:
-    """A dataclass with one optional field per ``DemoConfig`` field, plus ``full`` and ``print_config``."""
+    """A dataclass with one optional field per ``DemoConfig`` field, plus ``print_config``."""
     config_class = _demo_config_class()
     hints = typing.get_type_hints(config_class)
     quick = config_class()
-    full = full_demo_config()
     specs: list[tuple[str, Any, Any]] = []
     for spec in dataclasses.fields(config_class):
         if not spec.init:
             continue
         parser_type, note = _cli_type(hints[spec.name])
-        quick_value, full_value = getattr(quick, spec.name), getattr(full, spec.name)
-        text = f"DemoConfig.{spec.name} (default {_describe(quick_value)}"
-        if full_value != quick_value:
-            text += f"; with --full {_describe(full_value)}"
-        text += ")" + (f"; {note}" if note else "") + "."
+        text = f"DemoConfig.{spec.name} (default {_describe(getattr(quick, spec.name))})"
+        text += (f"; {note}" if note else "") + "."
         specs.append((spec.name, parser_type, dataclasses.field(default=None, metadata={"help": text})))
-    specs.append(
-        (
-            "full",
-            bool,
-            dataclasses.field(
-                default=False,
-                metadata={
-                    "help": "Run the full study (more seeds, longer budgets) instead of the quick demo; other flags "
-                    "still override single settings."
-                },
-            ),
-        )
-    )
     specs.append(
         (
             "print_config",
@@ -108,11 +91,6 @@ def demo_arguments_class() -> type:
     cls.__module__ = __name__
     cls.__doc__ = "Arguments of `t3d-trl demo`: overrides of `t3d_trl.demo.DemoConfig`."
     return cls
-
-
-def full_demo_config(**overrides: Any) -> Any:
-    """The full-study ``DemoConfig`` (:meth:`DemoConfig.full`) with ``overrides``."""
-    return _demo_config_class().full(**overrides)
 
 
 def demo_config_from_args(args: Any) -> Any:
@@ -140,8 +118,6 @@ def demo_config_from_args(args: Any) -> Any:
             if not isinstance(value, dict):
                 raise ValueError(f"--{spec.name} must be a JSON object, got {value!r}.")
         overrides[spec.name] = value
-    if args.full:
-        return full_demo_config(**overrides)
     return config_class(**overrides)
 
 
@@ -165,7 +141,7 @@ def main(demo_args: Any) -> Any:
 
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None) -> Any:
-    """The parser of ``t3d-trl demo``: one flag per ``DemoConfig`` field, ``--full`` and ``--print_config`` (see
+    """The parser of ``t3d-trl demo``: one flag per ``DemoConfig`` field and ``--print_config`` (see
     :func:`make_script_parser`)."""
     return make_script_parser("demo", (demo_arguments_class(),), HELP, EXAMPLES, subparsers, prog)
 
