@@ -1,7 +1,8 @@
-"""The ``t3d-trl`` command line: ``rollout``, ``train``, ``eval`` and ``demo``.
+"""The ``t3d-trl`` command line: ``rollout``, ``import``, ``train``, ``eval`` and ``demo``.
 
-Each subcommand is a script of :mod:`t3d_trl.scripts` (``eval`` is ``t3d_trl/scripts/evaluate.py``), dispatched by
-name as TRL's ``trl`` command dispatches to ``trl/scripts/``. It reads its settings from a YAML file (``--config
+Each subcommand is a script of :mod:`t3d_trl.scripts` (``eval`` is ``t3d_trl/scripts/evaluate.py``, ``import`` is
+``t3d_trl/scripts/import_trajectories.py``), dispatched by name as TRL's ``trl`` command dispatches to
+``trl/scripts/``. It reads its settings from a YAML file (``--config
 file.yaml``, keys = flag names, an optional ``env:`` mapping of environment variables) and from command-line flags,
 which override the file; parsing is TRL's (:class:`trl.TrlParser`). Multi-process runs go through accelerate::
 
@@ -33,7 +34,13 @@ from typing import Any, NoReturn
 __all__ = ["SCRIPTS", "main", "make_parser", "parse_command"]
 
 #: subcommand -> its script in :mod:`t3d_trl.scripts` (``make_parser()``, ``main(...)``, ``HELP``, ``EXAMPLES``)
-SCRIPTS: dict[str, str] = {"rollout": "rollout", "train": "train", "eval": "evaluate", "demo": "demo"}
+SCRIPTS: dict[str, str] = {
+    "rollout": "rollout",
+    "import": "import_trajectories",
+    "train": "train",
+    "eval": "evaluate",
+    "demo": "demo",
+}
 
 #: exit status of a mistake in the command line or the ``--config`` file
 USAGE_ERROR = 2

@@ -23,9 +23,24 @@ Three properties hold by construction:
   damaged shard is named, with how to recover.
 
 The package holds the rollout loop (:mod:`~t3d_trl.rollout.loop`: settings, prompt batching, generation), the
-resumable shard store (:mod:`~t3d_trl.rollout.store`) and the Hub card and push (:mod:`~t3d_trl.rollout.hub`).
+resumable shard store (:mod:`~t3d_trl.rollout.store`), the Hub card and push (:mod:`~t3d_trl.rollout.hub`), and the
+exchange with other producers (:mod:`~t3d_trl.rollout.exchange`: :func:`import_trajectories` and
+:func:`export_trajectories` for the official T3D JSON, JetEngine, SGLang and diffusers, whose conventions
+:mod:`~t3d_trl.rollout.conventions` converts; :mod:`~t3d_trl.rollout.block_refinement` records diffusers' pipelines).
 """
 
+from .block_refinement import BlockRefinementRecorder
+from .exchange import (
+    TRAJECTORY_FORMATS,
+    RawTrajectory,
+    TrajectoryFormat,
+    export_trajectories,
+    format_import_summary,
+    import_summary,
+    import_trajectories,
+    register_trajectory_format,
+    trajectory_format,
+)
 from .hub import push_trajectories_to_hub, trajectory_dataset_card, trajectory_dataset_card_text
 from .loop import (
     ROLLOUT_COLUMNS,
@@ -40,12 +55,22 @@ from .loop import (
 __all__ = [
     "ROLLOUT_COLUMNS",
     "ROLLOUT_METADATA_KEY",
+    "TRAJECTORY_FORMATS",
+    "BlockRefinementRecorder",
+    "RawTrajectory",
+    "TrajectoryFormat",
     "check_rollout_settings",
+    "export_trajectories",
+    "format_import_summary",
     "generate_trajectories",
+    "import_summary",
+    "import_trajectories",
     "push_trajectories_to_hub",
+    "register_trajectory_format",
     "resolve_generation_config",
     "rollout_config",
     "trajectory_dataset_card",
     "trajectory_dataset_card_text",
+    "trajectory_format",
     "weights_sha256",
 ]

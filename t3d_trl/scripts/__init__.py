@@ -5,6 +5,7 @@ One module per subcommand, each with ``make_parser(subparsers=None, prog=None)``
 ``python -m t3d_trl.scripts.<name>``:
 
 * :mod:`t3d_trl.scripts.rollout`: ``t3d-trl rollout``;
+* :mod:`t3d_trl.scripts.import_trajectories`: ``t3d-trl import``;
 * :mod:`t3d_trl.scripts.train`: ``t3d-trl train``;
 * :mod:`t3d_trl.scripts.evaluate`: ``t3d-trl eval``;
 * :mod:`t3d_trl.scripts.demo`: ``t3d-trl demo``.
@@ -17,6 +18,7 @@ from .arguments import (
     DatasetArguments,
     EvalArguments,
     GenerationArguments,
+    ImportArguments,
     LoraArguments,
     ModelArguments,
     RolloutArguments,
@@ -40,6 +42,7 @@ __all__ = [
     "DatasetArguments",
     "EvalArguments",
     "GenerationArguments",
+    "ImportArguments",
     "LoraArguments",
     "ModelArguments",
     "RolloutArguments",

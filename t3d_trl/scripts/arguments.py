@@ -15,6 +15,7 @@ __all__ = [
     "DatasetArguments",
     "EvalArguments",
     "GenerationArguments",
+    "ImportArguments",
     "LoraArguments",
     "ModelArguments",
     "RolloutArguments",
@@ -161,6 +162,54 @@ class RolloutArguments(DatasetArguments):
     push_to_hub: bool = field(default=False, metadata={"help": "Push the trajectories to the Hub with a card."})
     hub_dataset_id: str | None = field(default=None, metadata={"help": "Hub dataset repository (`user/name`)."})
     hub_private_repo: bool = field(default=False, metadata={"help": "Create the Hub repository as private."})
+
+
+@dataclass
+class ImportArguments(DatasetArguments):
+    """Settings of `t3d-trl import`: the producer's records, its format and the teacher's block settings."""
+
+    format: str = field(
+        default="t3d-json",
+        metadata={
+            "help": "Format of the records: `t3d-json` (the official T3D sampler's JSON), `jetengine`, `sglang`, "
+            "`diffusers` (BlockRefinementRecorder records), `t3d-trl`, or a format registered with "
+            "`t3d_trl.rollout.register_trajectory_format`."
+        },
+    )
+    block_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "The teacher's block size (official SDAR rollouts: 4); required unless the records state it."
+        },
+    )
+    steps_per_block: int | None = field(
+        default=None,
+        metadata={"help": "The teacher's denoising steps per block (official: 4); unset: at most `block_size`."},
+    )
+    model_family: str = field(
+        default="block_causal",
+        metadata={
+            "help": "The student's model family, whose block grid the steps are checked on: `block_causal` (SDAR) "
+            "or `bidirectional` (LLaDA-style).",
+            "choices": ["block_causal", "bidirectional"],
+        },
+    )
+    eos_token_id: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Token id(s) ending a completion (tokens after the first are dropped); default: the "
+            "tokenizer's EOS."
+        },
+    )
+    strict: bool = field(
+        default=False, metadata={"help": "Stop at the first sample that would be dropped instead of counting it."}
+    )
+    output_dir: str = field(
+        default="trajectories",
+        metadata={
+            "help": "Where the trajectory dataset is saved (`save_to_disk`; give it to `t3d-trl train --dataset_path`)."
+        },
+    )
 
 
 @dataclass
