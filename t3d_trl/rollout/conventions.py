@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from ..models.grid import GRIDS, get_grid
+
 __all__ = [
     "DROP_REASONS",
     "LIBRARY_CONVENTION",
@@ -59,7 +61,6 @@ DROP_REASONS: dict[str, str] = {
     "trajectory dataset passes)",
 }
 
-_GRIDS = ("absolute", "response")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,8 +87,8 @@ class StepConvention:
     def __post_init__(self) -> None:
         if self.first_step not in (0, 1):
             raise ValueError(f"StepConvention.first_step must be 0 or 1, got {self.first_step!r}.")
-        if self.grid is not None and self.grid not in _GRIDS:
-            raise ValueError(f"StepConvention.grid must be one of {_GRIDS} or None, got {self.grid!r}.")
+        if self.grid is not None and self.grid not in GRIDS:
+            raise ValueError(f"StepConvention.grid must be one of {GRIDS.names()} or None, got {self.grid!r}.")
 
 
 #: t3d-trl's own convention: 0-based steps over the whole completion, prompt excluded, nothing after the first EOS
@@ -95,9 +96,9 @@ LIBRARY_CONVENTION = StepConvention()
 
 
 def family_grid(model_family: str) -> str:
-    """The block grid the model family ``model_family`` decodes on, ``"absolute"`` or ``"response"``.
+    """The name of the block grid the model family ``model_family`` decodes on (``"absolute"`` or ``"response"``).
 
-    The one place the exchange of trajectories asks for it (see ``docs/design.md``, "Adding a model family").
+    The one place the exchange of trajectories asks for it (see ``docs/design.md``, "The block grid is one object").
 
     Raises:
         ValueError: for an unknown family, naming the registered ones.
@@ -108,9 +109,9 @@ def family_grid(model_family: str) -> str:
 
 
 def block_ids(prompt_length: int, length: int, block_size: int, grid: str) -> np.ndarray:
-    """The block of every completion token: ``k_i = ⌊(o + i) / B⌋``, ``o = P`` on the absolute grid, ``0`` on the
-    response grid (``P`` the prompt length, ``B`` the block size)."""
-    origin = prompt_length if grid == "absolute" else 0
+    """The block of every completion token: ``k_i = ⌊(o + i) / B⌋``, ``o`` the grid's completion offset (``P`` on the
+    absolute grid, ``0`` on the response grid; ``P`` the prompt length, ``B`` the block size)."""
+    origin = get_grid(grid).completion_offset(prompt_length)
     return (origin + np.arange(length, dtype=np.int64)) // block_size
 
 
