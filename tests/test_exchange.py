@@ -451,7 +451,7 @@ def zero_based_per_block():
         )
     )
     yield fmt
-    del TRAJECTORY_FORMATS[fmt.name]
+    TRAJECTORY_FORMATS.unregister(fmt.name)
 
 
 def test_a_registered_format_imports(zero_based_per_block, tokenizer, rollouts):
@@ -464,7 +464,7 @@ def test_a_registered_format_imports(zero_based_per_block, tokenizer, rollouts):
     assert columns(imported, ["prompt_ids", "completion_ids", "step_map"]) == columns(
         rollouts, ["prompt_ids", "completion_ids", "step_map"]
     )
-    with pytest.raises(ValueError, match=r"A trajectory format named 'zero-per-block' is already registered"):
+    with pytest.raises(ValueError, match=r"A trajectory format is already registered as 'zero-per-block'"):
         register_trajectory_format(
             TrajectoryFormat("zero-per-block", "again", StepConvention(), zero_based_per_block.read)
         )

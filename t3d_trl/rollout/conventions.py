@@ -62,7 +62,6 @@ DROP_REASONS: dict[str, str] = {
 }
 
 
-
 @dataclasses.dataclass(frozen=True)
 class StepConvention:
     """How one producer numbers the steps of a trajectory and what its token ids hold.

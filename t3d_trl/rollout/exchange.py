@@ -40,6 +40,7 @@ from ..data import _ids_problem, _row_problem
 from ..local_datasets import _read_json_rows, _rows_dataset, load_local_dataset
 from ..models.families import DEFAULT_FAMILY
 from ..prompts import render_prompts, tokenize_prompts, tokenizer_of
+from ..registry import Registry
 from .conventions import (
     DROP_REASONS,
     LIBRARY_CONVENTION,
@@ -137,22 +138,18 @@ class TrajectoryFormat:
 
 
 #: registered trajectory formats by name
-TRAJECTORY_FORMATS: dict[str, TrajectoryFormat] = {}
+TRAJECTORY_FORMATS: Registry[TrajectoryFormat] = Registry(
+    "trajectory format", hint="register one with t3d_trl.rollout.register_trajectory_format"
+)
 
 
-def register_trajectory_format(trajectory_format: TrajectoryFormat) -> TrajectoryFormat:
+def register_trajectory_format(trajectory_format: TrajectoryFormat, *, overwrite: bool = False) -> TrajectoryFormat:
     """Register a :class:`TrajectoryFormat` under its name.
 
     Raises:
-        ValueError: if the name is empty or taken by another format.
+        ValueError: if the name is empty or taken by another format (see :class:`~t3d_trl.registry.Registry`).
     """
-    name = trajectory_format.name
-    if not name:
-        raise ValueError("A trajectory format needs a non-empty `name` to be registered.")
-    if name in TRAJECTORY_FORMATS and TRAJECTORY_FORMATS[name] is not trajectory_format:
-        raise ValueError(f"A trajectory format named {name!r} is already registered.")
-    TRAJECTORY_FORMATS[name] = trajectory_format
-    return trajectory_format
+    return TRAJECTORY_FORMATS.register(trajectory_format.name, trajectory_format, overwrite=overwrite)
 
 
 def trajectory_format(name: str | TrajectoryFormat) -> TrajectoryFormat:
@@ -163,15 +160,16 @@ def trajectory_format(name: str | TrajectoryFormat) -> TrajectoryFormat:
     """
     if isinstance(name, TrajectoryFormat):
         return name
-    if name not in TRAJECTORY_FORMATS:
-        formats = "; ".join(f"{key!r}: {value.description}" for key, value in TRAJECTORY_FORMATS.items())
-        raise ValueError(f"Unknown trajectory format {name!r}; registered formats: {formats}.")
-    return TRAJECTORY_FORMATS[name]
+    return TRAJECTORY_FORMATS.get_entry(name)
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # The built-in formats
 # --------------------------------------------------------------------------------------------------------------------
+
+
+def _register_builtin(trajectory_format: TrajectoryFormat) -> TrajectoryFormat:
+    return TRAJECTORY_FORMATS.register(trajectory_format.name, trajectory_format, builtin=True)
 
 
 def _carried(record: Mapping[str, Any], consumed: Iterable[str]) -> dict[str, Any]:
@@ -427,7 +425,7 @@ def _write_t3d_trl(row: dict[str, Any], steps: list[int], tokenizer: Any) -> dic
     }
 
 
-register_trajectory_format(
+_register_builtin(
     TrajectoryFormat(
         name="t3d-json",
         description="the official T3D sampler's JSON (one item per prompt: `answer`/`full_output` texts, 1-based "
@@ -438,7 +436,7 @@ register_trajectory_format(
         groups_samples=True,
     )
 )
-register_trajectory_format(
+_register_builtin(
     TrajectoryFormat(
         name="jetengine",
         description="JetEngine's generate outputs (`token_ids` = prompt + completion, 1-based global `trajectory`)",
@@ -447,7 +445,7 @@ register_trajectory_format(
         write=_write_jetengine,
     )
 )
-register_trajectory_format(
+_register_builtin(
     TrajectoryFormat(
         name="sglang",
         description="SGLang's Engine.generate(..., return_step_maps=True) outputs (`output_ids`, 1-based "
@@ -457,7 +455,7 @@ register_trajectory_format(
         write=_write_sglang,
     )
 )
-register_trajectory_format(
+_register_builtin(
     TrajectoryFormat(
         name="diffusers",
         description="BlockRefinementRecorder records of a diffusers LLaDA2Pipeline run (read only)",
@@ -465,7 +463,7 @@ register_trajectory_format(
         read=_read_diffusers,
     )
 )
-register_trajectory_format(
+_register_builtin(
     TrajectoryFormat(
         name="t3d-trl",
         description="t3d-trl's own trajectory rows (`prompt_ids`, `completion_ids`, 0-based global `step_map`)",
