@@ -34,8 +34,8 @@ accelerate launch --config_file examples/accelerate_configs/deepspeed_zero1.yaml
 T3D's objective defaults are the official ones (``--loss_type ddo path --beta 0.1 --alpha 0.5 --lambda_path 0.2
 --reference_temperature 0``, reference refreshed every 10 optimizer steps: ``--ref_model_sync_steps 10``). The
 rollouts are written, resumably, to ``<output_dir>/rollouts`` (``--rollout_dir``): a rerun reads the finished
-batches back. The same recipe as a YAML file: ``examples/configs/sdar_t3d.yaml``
-(``accelerate launch ... examples/sdar.py --config examples/configs/sdar_t3d.yaml``).
+batches back. The same recipe as a YAML file: ``t3d_trl/configs/sdar_t3d.yaml``
+(``accelerate launch ... examples/sdar.py --config sdar_t3d``).
 
 Other accelerate configs (``examples/accelerate_configs/``, 8 processes each; change ``num_processes``):
 
@@ -50,7 +50,7 @@ Other accelerate configs (``examples/accelerate_configs/``, 8 processes each; ch
 Two stages instead of one (rollouts on one cluster, training on another, or the same rollouts for several runs)::
 
     accelerate launch --config_file examples/accelerate_configs/ddp.yaml -m t3d_trl.cli rollout \\
-        --config examples/configs/rollout.yaml --model_name_or_path JetLM/SDAR-4B-Chat --output_dir rollouts/math
+        --config rollout --model_name_or_path JetLM/SDAR-4B-Chat --output_dir rollouts/math
     accelerate launch --config_file examples/accelerate_configs/deepspeed_zero3.yaml examples/sdar.py \\
         --model_name_or_path JetLM/SDAR-4B-Chat --trajectories_path rollouts/math [training flags as above]
 
@@ -61,7 +61,7 @@ config (``t3d_trl.testing.tiny_teacher``), trains it for ``--tiny_teacher_steps`
 the demo tasks' ground-truth answers, saves it to ``<output_dir>/teacher`` with ``--max_samples`` demo prompts in
 ``<output_dir>/prompts.jsonl`` (with references and scorer names), then rolls it out (8 new tokens each) and trains
 T3D on the result, as with a real teacher. Besides the student and the rollouts it writes ``trajectories/``; the
-offline configs of ``examples/configs/`` use these files (``t3d-trl rollout --config examples/configs/rollout.yaml``,
+offline configs of ``t3d_trl/configs/`` use these files (``t3d-trl rollout --config rollout``,
 then ``train``, ``eval``)::
 
     python examples/sdar.py --max_steps 20 --output_dir tiny-t3d
@@ -99,6 +99,7 @@ from t3d_trl.scripts import (
 )
 from t3d_trl.scripts import rollout as rollout_script
 from t3d_trl.scripts import train as train_script
+from t3d_trl.scripts.utils import BUNDLED_CONFIGS
 from t3d_trl.testing import tiny_prompts, tiny_teacher
 
 logger = logging.getLogger("examples.sdar")
@@ -182,7 +183,7 @@ def prepare_tiny_teacher(
     # the saved teacher (and so the student) decodes with the rollout's block settings, greedily by default
     settings = rollout_settings(script_args, tiny=True).to_dict()
     patch_model(teacher, tokenizer, **{k: v for k, v in settings.items() if k not in ("temperature", "top_k", "top_p")})
-    if state.is_main_process:  # also used by the CLI configs of examples/configs/ (offline runs)
+    if state.is_main_process:  # also used by the CLI configs of t3d_trl/configs/ (offline runs)
         teacher.save_pretrained(teacher_dir)
         tokenizer.save_pretrained(teacher_dir)
         tiny_prompts(script_args.max_samples or 96, seed=training_args.seed).to_json(prompts_path)
@@ -247,7 +248,7 @@ def main(script_args: ScriptArguments, model_args: ModelArguments, lora_args: Lo
             trajectories_args = TrainDatasetArguments(dataset_name=source)
     else:
         rollout_dir, trajectories = roll_out(script_args, model_args, training_args, tiny)
-        if tiny and state.is_main_process:  # for the CLI configs of examples/configs/ (offline runs)
+        if tiny and state.is_main_process:  # for the CLI configs of t3d_trl/configs/ (offline runs)
             trajectories.save_to_disk(os.path.join(training_args.output_dir, "trajectories"))
         trajectories_args = TrainDatasetArguments(dataset_path=rollout_dir, dataset_name=script_args.dataset_name)
 
@@ -257,14 +258,14 @@ def main(script_args: ScriptArguments, model_args: ModelArguments, lora_args: Lo
 
 #: ``--recipe`` name -> the YAML file it reads
 RECIPES = {
-    "paper": os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "sdar_t3d_paper.yaml"),
+    "paper": str(BUNDLED_CONFIGS / "sdar_t3d_paper.yaml"),
 }
 
 
 def with_recipe(argv: list[str]) -> list[str]:
     """``argv`` with ``--recipe NAME`` replaced by ``--config <the recipe's YAML>`` (flags still override it).
 
-    ``--recipe paper`` runs the official T3D code's settings (``examples/configs/sdar_t3d_paper.yaml``, each with its
+    ``--recipe paper`` runs the official T3D code's settings (``t3d_trl/configs/sdar_t3d_paper.yaml``, each with its
     source); without ``--recipe`` the library's defaults apply.
     """
     if "--recipe" not in argv and not any(arg.startswith("--recipe=") for arg in argv):
@@ -281,7 +282,7 @@ def with_recipe(argv: list[str]) -> list[str]:
 
 def make_parser() -> TrlParser:
     parser = TrlParser((ScriptArguments, ModelArguments, LoraArguments, T3DConfig), prog="examples/sdar.py")
-    parser.epilog = "--recipe paper: the official T3D code's settings (examples/configs/sdar_t3d_paper.yaml)."
+    parser.epilog = "--recipe paper: the official T3D code's settings (t3d_trl/configs/sdar_t3d_paper.yaml)."
     return escape_help_percent(parser)
 
 

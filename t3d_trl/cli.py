@@ -6,10 +6,10 @@ Each subcommand is a script of :mod:`t3d_trl.scripts` (``eval`` is ``t3d_trl/scr
 file.yaml``, keys = flag names, an optional ``env:`` mapping of environment variables) and from command-line flags,
 which override the file; parsing is TRL's (:class:`trl.TrlParser`). Multi-process runs go through accelerate::
 
-    t3d-trl rollout --config examples/configs/rollout.yaml
+    t3d-trl rollout --config rollout
     accelerate launch --config_file examples/accelerate_configs/ddp.yaml -m t3d_trl.cli train \\
-        --config examples/configs/train.yaml --learning_rate 1e-5
-    t3d-trl eval --config examples/configs/eval.yaml --tokens_per_step 1 2 4
+        --config train --learning_rate 1e-5
+    t3d-trl eval --config eval --tokens_per_step 1 2 4
     t3d-trl demo --full
 
 Errors: a mistake in the command line or the ``--config`` file prints one line, ``t3d-trl <command>: error:

@@ -24,7 +24,7 @@ from t3d_trl.scripts.evaluate import average_results, decoding_settings, load_ev
 from t3d_trl.scripts.utils import DEEPSPEED_LOGGER, cli_output, format_prompts, resolve_prompt_template
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "examples" / "configs"
+CONFIGS = ROOT / "t3d_trl" / "configs"
 CONFIG_ROLLOUT = CONFIGS / "rollout.yaml"
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "eval"
 
@@ -113,8 +113,8 @@ def _one_error_line(stderr: str, program: str) -> str:
         (["rollout", "--no_such_flag", "1"], r"unrecognized arguments: --no_such_flag 1 \(`t3d-trl rollout --help`"),
         (["rollout", "--batch_size", "x"], r"argument --batch_size\S*: invalid int value: 'x'"),
         (["eval", "--remasking"], r"argument --remasking\S*: expected one argument"),
-        (["rollout", "--config", "CONFIG/missing.yaml"], r"--config .*missing.yaml: No such file or directory"),
-        (["rollout", "--config"], r"--config needs the path of a YAML file"),
+        (["rollout", "--config", "CONFIG/missing.yaml"], r"--config .*missing.yaml: no such file, and no bundled config"),
+        (["rollout", "--config"], r"--config needs a YAML file or a bundled config's name \(demo, eval, rollout"),
         (["rollout", "--config", "CONFIG/bad.yaml"], r"--config .*bad.yaml is not valid YAML: "),
         (["rollout", "--config", "CONFIG/list.yaml"], r"must contain a YAML mapping"),
         (
@@ -212,6 +212,15 @@ def test_errors_as_programs(tmp_path):
 # --------------------------------------------------------------------------------------------------------------------
 # Parsing
 # --------------------------------------------------------------------------------------------------------------------
+
+
+def test_bundled_configs_are_reachable_by_name_from_the_package():
+    from t3d_trl.scripts.utils import BUNDLED_CONFIGS, resolve_config
+
+    assert BUNDLED_CONFIGS.parent.name == "t3d_trl"  # inside the package: an installed wheel has them
+    assert resolve_config("train") == str(BUNDLED_CONFIGS / "train.yaml")
+    model_args, rollout_args, _ = parse_command("rollout", ["--config", "rollout", "--max_samples", "3"])
+    assert rollout_args.max_samples == 3 and model_args.model_name_or_path is not None
 
 
 def test_yaml_config_with_command_line_overrides(tmp_path, monkeypatch):

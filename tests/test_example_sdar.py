@@ -54,7 +54,7 @@ def test_docstring_recipe_parses():
 
 
 def test_recipe_paper_parses_to_the_official_settings():
-    """`--recipe paper` reads examples/configs/sdar_t3d_paper.yaml: the official code's settings, flags still override."""
+    """`--recipe paper` reads t3d_trl/configs/sdar_t3d_paper.yaml: the official code's settings, flags still override."""
     module = runpy.run_path(str(EXAMPLE), run_name="sdar_example")
     argv = module["with_recipe"](
         ["--recipe", "paper", "--use_cpu", "--bf16", "false", "--tf32", "false", "--seed", "3"]
@@ -92,6 +92,9 @@ def test_tiny_default_under_two_cpu_processes(tmp_path):
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])))  # fmt: skip
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-5000:]
+    # each INFO line once: the second process logs only its warnings and errors
+    prepared = [line for line in completed.stderr.splitlines() if "Prepared train trajectories: 12 rows in" in line]
+    assert len(prepared) == 1, completed.stderr[-5000:]
 
     for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "README.md",
                  "custom_generate/generate.py"):  # fmt: skip

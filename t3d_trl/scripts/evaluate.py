@@ -1,7 +1,7 @@
 """``t3d-trl eval``: few-step accuracy and speed of a model on evaluation sets, over decoding settings.
 
 ```bash
-t3d-trl eval --config examples/configs/eval.yaml
+t3d-trl eval --config eval
 python -m t3d_trl.scripts.evaluate --model_name_or_path SDAR-1.7B-Chat-T3D --eval_dataset math500 gsm8k
 ```
 
@@ -42,7 +42,7 @@ HELP = (
     "writes JSON, markdown and a plot."
 )
 EXAMPLES = """examples:
-  t3d-trl eval --config examples/configs/eval.yaml
+  t3d-trl eval --config eval
   t3d-trl eval --model_name_or_path SDAR-1.7B-Chat-T3D --eval_dataset math500 gsm8k \\
       --block_sizes 4 8 --tokens_per_step 1 2 4 --output_dir eval/sdar-t3d
   t3d-trl eval --model_name_or_path SDAR-1.7B-Chat-T3D --eval_dataset mbpp humaneval --allow_code_execution"""

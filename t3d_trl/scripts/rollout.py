@@ -1,8 +1,8 @@
 """``t3d-trl rollout``: roll a block diffusion teacher out over prompts and record its trajectories.
 
 ```bash
-t3d-trl rollout --config examples/configs/rollout.yaml
-python -m t3d_trl.scripts.rollout --config examples/configs/rollout.yaml --max_samples 100
+t3d-trl rollout --config rollout
+python -m t3d_trl.scripts.rollout --config rollout --max_samples 100
 accelerate launch --config_file examples/accelerate_configs/ddp.yaml -m t3d_trl.cli rollout --config rollout.yaml
 ```
 
@@ -30,7 +30,7 @@ HELP = (
     "committed each token)."
 )
 EXAMPLES = """examples:
-  t3d-trl rollout --config examples/configs/rollout.yaml
+  t3d-trl rollout --config rollout
   t3d-trl rollout --model_name_or_path JetLM/SDAR-1.7B-Chat --dataset_name DigitalLearningGmbH/MATH-lighteval \\
       --prompt_column problem --as_chat --block_size 4 --steps_per_block 4 --temperature 0.1 \\
       --max_new_tokens 2000 --dtype bfloat16 --output_dir rollouts/sdar-1.7b-math

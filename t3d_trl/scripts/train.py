@@ -1,8 +1,8 @@
 """``t3d-trl train``: distil a model on teacher trajectories with :class:`~t3d_trl.T3DTrainer`.
 
 ```bash
-t3d-trl train --config examples/configs/train.yaml
-python -m t3d_trl.scripts.train --config examples/configs/train.yaml --learning_rate 1e-5
+t3d-trl train --config train
+python -m t3d_trl.scripts.train --config train --learning_rate 1e-5
 accelerate launch --config_file examples/accelerate_configs/deepspeed_zero1.yaml -m t3d_trl.cli train \\
     --config train.yaml
 ```
@@ -33,7 +33,7 @@ HELP = (
     "TrainingArguments field is a flag."
 )
 EXAMPLES = """examples:
-  t3d-trl train --config examples/configs/train.yaml
+  t3d-trl train --config train
   accelerate launch --config_file examples/accelerate_configs/deepspeed_zero2.yaml -m t3d_trl.cli train \\
       --model_name_or_path JetLM/SDAR-1.7B-Chat --dataset_path rollouts/sdar-1.7b-math \\
       --block_size 8 --learning_rate 1e-5 --bf16 --gradient_checkpointing --output_dir SDAR-1.7B-Chat-T3D"""

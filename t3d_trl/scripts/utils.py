@@ -69,15 +69,46 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+#: the configs that ship with t3d-trl (``t3d_trl/configs/<name>.yaml``), reachable by name from an installed wheel
+BUNDLED_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def bundled_configs() -> list[str]:
+    """The names ``--config`` accepts besides a path: the YAML files of ``t3d_trl/configs/``."""
+    return sorted(path.stem for path in BUNDLED_CONFIGS.glob("*.yaml"))
+
+
+def resolve_config(value: str) -> str:
+    """The YAML file of ``--config value``: ``value`` itself when it is a file, else the bundled config of that name
+    (``--config train`` reads ``t3d_trl/configs/train.yaml``, in a clone or an installed wheel alike).
+
+    Raises:
+        UsageError: when it is neither, naming the bundled configs.
+    """
+    if Path(value).exists():
+        return value
+    bundled = BUNDLED_CONFIGS / (value if value.endswith(".yaml") else f"{value}.yaml")
+    if bundled.parent == BUNDLED_CONFIGS and bundled.is_file():
+        return str(bundled)
+    raise UsageError(
+        f"--config {value}: no such file, and no bundled config of that name (bundled: {', '.join(bundled_configs())})."
+    )
+
+
 def _normalise_config_flag(args: list[str]) -> list[str]:
-    """``--config=file.yaml`` as ``--config file.yaml`` (TRL reads only the latter); a ``--config`` without a file,
-    or given twice, is a :class:`UsageError`."""
+    """``--config=file.yaml`` as ``--config file.yaml`` (TRL reads only the latter), a bundled config's name as its
+    path (:func:`resolve_config`); a ``--config`` without a file, or given twice, is a :class:`UsageError`."""
     args = [part for arg in args for part in (arg.split("=", 1) if arg.startswith("--config=") else [arg])]
     positions = [position for position, arg in enumerate(args) if arg == "--config"]
     if len(positions) > 1:
         raise UsageError("--config is given more than once; give one YAML file (flags override its values).")
     if positions and (positions[0] + 1 >= len(args) or args[positions[0] + 1].startswith("--")):
-        raise UsageError("--config needs the path of a YAML file, e.g. --config examples/configs/train.yaml.")
+        raise UsageError(
+            f"--config needs a YAML file or a bundled config's name ({', '.join(bundled_configs())}), e.g. "
+            "--config train."
+        )
+    if positions:
+        args[positions[0] + 1] = resolve_config(args[positions[0] + 1])
     return args
 
 
@@ -168,7 +199,10 @@ def make_script_parser(
         parsing.
     """
     settings = dict(
-        description=help_text + " Settings come from `--config file.yaml` and/or flags (flags win).",
+        description=help_text
+        + " Settings come from `--config file.yaml` (or a bundled config by name: "
+        + ", ".join(bundled_configs())
+        + ") and/or flags (flags win).",
         epilog=examples,
         formatter_class=HelpFormatter,
         allow_abbrev=False,
@@ -196,9 +230,20 @@ GLOBAL_FLAGS = {
 }
 
 
+def process_rank() -> int:
+    """This process's rank in a distributed launch (``RANK``, set by ``accelerate launch`` and ``torchrun``; 0 alone)."""
+    try:
+        return int(os.environ.get("RANK", "0") or 0)
+    except ValueError:
+        return 0
+
+
 def setup_logging() -> None:
-    """INFO logging with timestamps, for a script run from the command line (``examples/``)."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    """INFO logging with timestamps, for a script run from the command line (``examples/``): on the main process
+    only, so that each line prints once under ``accelerate launch``; the other processes log their warnings and errors
+    (transformers' ``log_level_replica``)."""
+    level = logging.INFO if process_rank() == 0 else logging.WARNING
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level)
 
 
 #: the logger of DeepSpeed, whose handler writes to stdout
@@ -231,7 +276,9 @@ def cli_output(verbose: bool = False) -> Iterator[None]:
     the progress bars of t3d-trl's own stages (rollout, evaluation) and the trainer's stay. With ``verbose``: INFO
     logs of t3d-trl (with timestamps), ``transformers`` and ``datasets``, and the libraries' progress bars.
     Standard output stays the command's summary: DeepSpeed's log records (its logger writes to stdout, and
-    ``accelerate`` imports it when it is installed) go to stderr, at the same level as the others.
+    ``accelerate`` imports it when it is installed) go to stderr, at the same level as the others. Under
+    ``accelerate launch`` only the main process shows INFO logs, so that each line prints once; the other processes
+    show their warnings and errors (transformers' ``log_level_replica``).
 
     Args:
         verbose: show INFO logs and the libraries' progress bars.
@@ -239,7 +286,7 @@ def cli_output(verbose: bool = False) -> Iterator[None]:
     import datasets
     import transformers
 
-    level = logging.INFO if verbose else logging.WARNING
+    level = logging.INFO if verbose and process_rank() == 0 else logging.WARNING
     ours = logging.getLogger("t3d_trl")
     handler = None
     if not logging.getLogger().handlers and not ours.handlers:  # a caller's own logging set-up is left alone
