@@ -556,3 +556,27 @@ def test_demo_command_runs_a_micro_demo(tmp_path, capsys):
     for noise in ("Filter", "Indexing trajectories", "Saving the dataset", "Writing model shards", "INFO"):
         assert noise not in captured.err, noise
     assert (tmp_path / "results.md").exists() and (tmp_path / "results.json").exists()
+
+
+def test_the_choices_of_registered_names_come_from_the_registries():
+    from t3d_trl.generation.remasking import REMASKING
+    from t3d_trl.models.families import FAMILIES, BlockCausalFamily, register_family
+    from t3d_trl.scripts.evaluate import make_parser as eval_parser
+    from t3d_trl.scripts.train import make_parser as train_parser
+
+    class PluginFamily(BlockCausalFamily):
+        name = "plugin_family"
+
+        @classmethod
+        def matches(cls, model) -> bool:
+            return False
+
+    register_family(PluginFamily)
+    try:
+        train = {action.dest: action for action in train_parser(prog="t3d-trl train")._actions}
+        assert train["model_family"].choices == list(FAMILIES.choices()) and "plugin_family" in FAMILIES.choices()
+        assert train["loss_type"].choices == ["ddo", "path", "td", "sft", "dparallel"]
+        evaluate = {action.dest: action for action in eval_parser(prog="t3d-trl eval")._actions}
+        assert evaluate["remasking"].choices == list(REMASKING.choices()) and "low_confidence" in REMASKING.choices()
+    finally:
+        FAMILIES.unregister("plugin_family")

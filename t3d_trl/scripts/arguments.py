@@ -1,5 +1,8 @@
 """Argument dataclasses of the ``t3d-trl`` command line and the example scripts.
 
+The choices of the flags that name a registered thing (``--model_family``, ``--loss_type``, ``--remasking``) come
+from the registries when the parser is built (:func:`t3d_trl.scripts.utils.make_script_parser`), not from lists here.
+
 Every dataclass is parsed with :class:`trl.TrlParser`: each field is a ``--flag`` and a key of the YAML file given
 with ``--config``; flags given on the command line override the YAML values. Field names never collide with
 :class:`~t3d_trl.T3DConfig`'s, so they can be parsed together.
@@ -139,7 +142,6 @@ class RolloutArguments(DatasetArguments):
         metadata={
             "help": "`block_causal` (SDAR, decoder LMs; loaded with AutoModelForCausalLM) or `bidirectional` "
             "(LLaDA-style; AutoModelForMaskedLM). Detected from the model when unset.",
-            "choices": ["block_causal", "bidirectional"],
         },
     )
     batch_size: int = field(
@@ -191,7 +193,6 @@ class ImportArguments(DatasetArguments):
         metadata={
             "help": "The student's model family, whose block grid the steps are checked on: `block_causal` (SDAR) "
             "or `bidirectional` (LLaDA-style).",
-            "choices": ["block_causal", "bidirectional"],
         },
     )
     eos_token_id: list[int] | None = field(
@@ -296,7 +297,6 @@ class EvalArguments:
         default=None,
         metadata={
             "help": "`block_causal` or `bidirectional`; detected from the model when unset.",
-            "choices": ["block_causal", "bidirectional"],
         },
     )
     block_sizes: list[int] = field(default_factory=lambda: [4, 8], metadata={"help": "Block sizes B to evaluate."})

@@ -211,6 +211,7 @@ def make_script_parser(
         parser = subparsers.add_parser(command, help=help_text, dataclass_types=dataclass_types, **settings)
     else:
         parser = script_parser_class()(dataclass_types, prog=prog, **settings)
+    _registry_choices(parser)
     group = parser.add_argument_group("output and errors (flags of t3d-trl itself, not settings of the run)")
     for flag, text in GLOBAL_FLAGS.items():
         taken = parser._option_string_actions.get(flag)
@@ -219,6 +220,20 @@ def make_script_parser(
         else:  # TrainingArguments' --debug takes a value: a bare --debug is t3d-trl's
             taken.help = f"{taken.help or ''} A bare `{flag}` (no value) is t3d-trl's: {text[0].lower()}{text[1:]}"
     return escape_help_percent(parser)
+
+
+def _registry_choices(parser: argparse.ArgumentParser) -> None:
+    """The choices of the flags that name a registered family, objective or remasking strategy, from the registries as
+    they are when the parser is built (names and aliases, with what was registered before)."""
+    from ..generation.remasking import REMASKING
+    from ..models.families import FAMILIES
+    from ..objectives import OBJECTIVES
+
+    registries = {"model_family": FAMILIES, "loss_type": OBJECTIVES, "remasking": REMASKING}
+    for action in parser._actions:
+        registry = registries.get(action.dest)
+        if registry is not None:
+            action.choices = list(registry.choices())
 
 
 #: the flags of ``t3d-trl`` itself, taken out of a command's arguments by :func:`t3d_trl.cli.main` when they stand
