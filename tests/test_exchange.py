@@ -318,7 +318,7 @@ def test_nothing_to_import_and_bad_arguments_are_refused(tmp_path, tokenizer, ro
         ValueError, match=r"No sample could be imported: .* 0 rows out, 18 dropped \(length_mismatch: 18\)"
     ):
         import_trajectories(items, tokenizer, "t3d-json", block_size=BLOCK)
-    with pytest.raises(ValueError, match=r"Unknown trajectory format 'vllm'; registered formats: 't3d-json'"):
+    with pytest.raises(ValueError, match=r"Unknown trajectory format 'vllm'; choose from t3d-json, jetengine"):
         import_trajectories(items, tokenizer, "vllm", block_size=BLOCK)
     with pytest.raises(ValueError, match=r"block size is unknown \(record 0 has none\): pass `block_size=`"):
         import_trajectories(items, tokenizer, "t3d-json")
