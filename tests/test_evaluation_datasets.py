@@ -41,7 +41,7 @@ def test_gsm8k():
     assert content.endswith("Please reason step by step, and put your final answer within \\boxed{}.")
     # The reference is usable by the math scorer, and so is the raw GSM8K solution.
     assert math_equal("... so she makes \\boxed{18} dollars", ds[0]["reference"])
-    assert math_equal("profit: $70,000", raw[2]["answer"])
+    assert math_equal("The profit is $70,000.\nThe answer is $70,000$.", raw[2]["answer"])
 
 
 def test_math500():

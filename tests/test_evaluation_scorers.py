@@ -74,8 +74,13 @@ def test_extract_boxed(text, expected):
 def test_extract_math_answer_preferences():
     assert extract_math_answer("We get 3 + 4 = 7. \\boxed{7}") == "7"
     assert extract_math_answer("work\n#### 1,200") == "1200"
-    assert extract_math_answer("She pays $1,250 and then 3 more, 1,253 in total.") == "1253"
-    assert extract_math_answer("nothing numeric") is None
+    assert extract_math_answer("She pays $1,250.\nThe answer is $1,253$.") == "1,253"
+    # The last number of a chain of thought is not taken unless asked for (it is often not the answer).
+    text = "She pays $1,250 and then 3 more, 1,253 in total."
+    assert extract_math_answer(text) is None
+    assert extract_math_answer(text, last_number_fallback=True) == "1253"
+    assert extract_math_answer("0.5") == "0.5"  # a bare answer: one short line
+    assert extract_math_answer("nothing numeric but a long sentence without any answer") is None
 
 
 @pytest.mark.parametrize(
@@ -83,9 +88,9 @@ def test_extract_math_answer_preferences():
     [
         ("\\boxed{\\frac{1}{2}}", "0.5"),
         ("The result is \\boxed{0.5}.", "\\frac{1}{2}"),
-        ("She makes 9 * 2 = 18 dollars every day.", "Janet sells 9 eggs.\n#### 18"),
+        ("She makes 9 * 2 = 18 dollars every day.\nThe answer is 18.", "Janet sells 9 eggs.\n#### 18"),
         ("So the answer is \\boxed{18}", "#### 18"),
-        ("The profit is $70,000.", "#### 70,000"),
+        ("The profit is $70,000.\n#### 70,000", "#### 70,000"),
         ("\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}", "\\left( 3, \\frac{\\pi}{2} \\right)"),
         ("\\boxed{(3,\\frac{\\pi}{2})}", "\\left( 3, \\frac{\\pi}{2} \\right)"),
         ("\\boxed{\\dfrac{14}{3}}", "\\frac{14}{3}"),

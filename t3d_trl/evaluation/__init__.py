@@ -7,6 +7,7 @@ Example:
     ...                             output_dir="eval_out")  # doctest: +SKIP
 """
 
+from .code_reference import CodeReference, code_reference, parse_code_reference
 from .datasets import (
     EVAL_DATASETS,
     HUMANEVAL_PROMPT_TEMPLATE,
@@ -17,6 +18,7 @@ from .datasets import (
     load_eval_dataset,
     register_eval_dataset,
 )
+from .paper_scoring import paper_code, paper_math
 from .report import (
     EvalResult,
     plot_accuracy_vs_tokens_per_step,
@@ -31,8 +33,10 @@ from .scorers import (
     SCORER_NAMES,
     CodeExecutionResult,
     Scorer,
+    ScorerInfo,
     available_scorers,
     code_passes,
+    code_program,
     code_scorer,
     exact_match,
     execute_code,
@@ -42,11 +46,14 @@ from .scorers import (
     get_scorer,
     math_equal,
     register_scorer,
+    scorer_info,
 )
 
 __all__ = [
     "CODE_EXECUTION_ENV_VAR",
     "CodeExecutionResult",
+    "CodeReference",
+    "ScorerInfo",
     "DecodingSetting",
     "EVAL_DATASETS",
     "EvalDatasetSpec",
@@ -59,6 +66,8 @@ __all__ = [
     "register_scorer",
     "Scorer",
     "code_passes",
+    "code_program",
+    "code_reference",
     "code_scorer",
     "evaluate_few_step",
     "exact_match",
@@ -71,8 +80,12 @@ __all__ = [
     "register_eval_dataset",
     "load_eval_dataset",
     "math_equal",
+    "paper_code",
+    "paper_math",
+    "parse_code_reference",
     "plot_accuracy_vs_tokens_per_step",
     "read_json",
+    "scorer_info",
     "to_markdown",
     "write_json",
     "write_markdown",
