@@ -260,7 +260,7 @@ def test_yaml_config_with_command_line_overrides(tmp_path, monkeypatch):
         "max_new_tokens": 8,
     }  # fmt: skip
 
-    _, eval_args = parse_command("eval", ["--config", str(CONFIGS / "eval.yaml"), "--tokens_per_step", "2"])
+    _, eval_args, _ = parse_command("eval", ["--config", str(CONFIGS / "eval.yaml"), "--tokens_per_step", "2"])
     assert eval_args.block_sizes == [4, 8] and eval_args.tokens_per_step == [2]
     assert eval_args.scorer_modules == ["t3d_trl.demo.tasks"] and eval_args.as_chat
 
@@ -352,24 +352,14 @@ def test_eval_sets_registered_and_local(tmp_path):
         load_eval_sets(EvalArguments(eval_dataset=[str(bad)]))
 
 
-@pytest.fixture
-def forget_module_scorers():
-    """Remove the `module:function` scorers a test registers (the registry is global to the process)."""
-    from t3d_trl.evaluation import scorers
-
-    yield
-    for name in [name for name in scorers._SCORERS if ":" in name]:
-        del scorers._SCORERS[name]
-
-
-def test_scorer_given_as_module_function(forget_module_scorers):
-    from t3d_trl.evaluation import available_scorers, get_scorer
-
-    name = resolve_scorer("t3d_trl.demo.tasks:is_one_of")
-    assert name in available_scorers() and get_scorer(name)("bear", "bear|deer")
+def test_scorer_given_as_an_import_path_is_refused():
+    """`--scorer os:system` would call any importable function with model output: only registered names are taken."""
+    with pytest.raises(ValueError, match=r"import path; only registered scorers.*--scorer_modules os --scorer system"):
+        resolve_scorer("os:system")
+    with pytest.raises(ValueError, match="not a registered scorer"):
+        resolve_scorer("no_such_scorer")
     assert resolve_scorer("math") == "math" and resolve_scorer(None) is None
-    with pytest.raises(ValueError, match="cannot import"):
-        resolve_scorer("t3d_trl.demo.tasks:no_such_function")
+    assert main(["eval", "--scorer", "os:system", "--model_name_or_path", "x"]) == 1
 
 
 def test_prompt_formatting_and_local_datasets(tmp_path):
