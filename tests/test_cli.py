@@ -362,6 +362,14 @@ def test_scorer_given_as_an_import_path_is_refused():
     assert main(["eval", "--scorer", "os:system", "--model_name_or_path", "x"]) == 1
 
 
+def test_eval_output_dir_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
+    taken = tmp_path / "results"
+    taken.write_text("a file")
+    # the model does not exist either: the output directory is refused first, before anything is loaded
+    assert main(["eval", "--output_dir", str(taken), "--model_name_or_path", str(tmp_path / "no-model")]) == 1
+    assert f"--output_dir '{taken}' is a file" in capsys.readouterr().err
+
+
 def test_prompt_formatting_and_local_datasets(tmp_path):
     from datasets import Dataset, DatasetDict
 

@@ -12,6 +12,7 @@ import t3d_trl.evaluation.scorers as scorers_module
 from t3d_trl.evaluation import (
     CODE_EXECUTION_ENV_VAR,
     code_passes,
+    code_program,
     exact_match,
     execute_code,
     extract_boxed,
@@ -20,6 +21,7 @@ from t3d_trl.evaluation import (
     get_scorer,
     math_equal,
     register_scorer,
+    scorer_info,
 )
 from t3d_trl.evaluation.execution import _user_task_count
 
@@ -43,6 +45,26 @@ def test_exact_match_strips_whitespace():
     assert exact_match("  Paris\n", "Paris")
     assert not exact_match("paris", "Paris")
     assert not exact_match("Paris.", "Paris")
+
+
+@pytest.mark.parametrize("scorer", ["exact_match", "math", "code"])
+def test_exact_match_none_names_the_argument(scorer, monkeypatch):
+    """A missing completion or reference (None) is refused with the argument's name, not an AttributeError."""
+    monkeypatch.setenv(CODE_EXECUTION_ENV_VAR, "1")
+    with pytest.raises(TypeError, match=rf"{scorer}: `prediction` must be a string, got NoneType"):
+        get_scorer(scorer)(None, "Paris")
+    with pytest.raises(TypeError, match=rf"{scorer}: `reference` must be a string, got NoneType"):
+        get_scorer(scorer)("Paris", None)
+
+
+def test_boxed_1e400_does_not_equal_1e401():
+    assert not math_equal("\\boxed{1e400}", "1e401")  # floats would both overflow to inf
+    assert math_equal("\\boxed{1e400}", "1e400") and math_equal("\\boxed{1.0e400}", "10e399")
+
+
+def test_inf_equals_inf():
+    assert math_equal("inf", "inf") and math_equal("\\boxed{inf}", "inf") and math_equal("\\boxed{\\infty}", "\\infty")
+    assert not math_equal("inf", "-inf")
 
 
 def test_exact_match_normalized():
@@ -130,6 +152,30 @@ def test_extract_code_from_fences_and_raw():
     assert extract_code("```py\ndef h():\n    return 3\n") == "def h():\n    return 3"
     # Python blocks are preferred over blocks in other languages.
     assert extract_code("```bash\npip install x\n```\n```python\nx = 1\n```") == "x = 1"
+
+
+def test_extract_code_joins_the_blocks_that_define_something():
+    helper, solution = "def _sq(x):\n    return x * x", "def f(x):\n    return _sq(x) + 1"
+    completion = f"```python\n{helper}\n```\nthen\n```python\n{solution}\n```\nexample:\n```python\nprint(f(2))\n```"
+    assert extract_code(completion) == f"{helper}\n\n{solution}"  # the example call is left out
+    assert extract_code("```python\nprint(1)\n```\n```python\nprint(2)\n```") == "print(2)"  # none defines: the last
+    indented = "1. Code:\n\n   ```python\n   import math\n\n   def f():\n       return math.pi\n   ```"
+    assert extract_code(indented) == "import math\n\ndef f():\n    return math.pi"  # dedented as a whole
+
+
+def test_code_program_continues_a_prefix_that_opens_a_block():
+    prefix = '```python\ndef inc(x):\n    """x + 1"""\n'
+    assert code_program("    return x + 1\n```\nDone.", prefix) == 'def inc(x):\n    """x + 1"""\n    return x + 1'
+    own_block = "\n```\nHere:\n```python\ndef inc(x):\n    return x + 1\n```"
+    assert code_program(own_block, prefix) == "def inc(x):\n    return x + 1"  # it closed the block and wrote its own
+    assert code_program("Sure! Here it is.", prefix) == "Sure! Here it is."  # prose does not continue the code
+    assert code_program("    return x + 1", "") == "    return x + 1"  # no prefix: the completion itself
+
+
+def test_the_last_number_fallback_is_an_option_off_by_default():
+    completion = "She sells 9 eggs at $2 each, so she makes 18 dollars a day"
+    assert not get_scorer("math")(completion, "18")
+    assert get_scorer("math", last_number_fallback=True)(completion, "18")
 
 
 def test_code_refuses_without_opt_in(no_code_eval_env):
@@ -506,3 +552,20 @@ def test_register_scorer_refuses_to_replace_unless_told(scorer_name):
         register_scorer("code", second, overwrite=True)
     with pytest.raises(TypeError, match="callable"):
         register_scorer(scorer_name, "not a function", overwrite=True)
+
+
+def test_register_scorer_with_a_paper_twin(scorer_name):
+    def lenient(prediction, reference):
+        return reference in prediction
+
+    register_scorer(scorer_name, lenient, paper="paper_math")
+    info = scorer_info(scorer_name)
+    assert info.function is lenient and info.paper == "paper_math" and not info.executes_code
+    with pytest.raises(ValueError, match="paper twin must be a registered scorer"):
+        register_scorer(scorer_name, lenient, paper="no_such_scorer", overwrite=True)
+    with pytest.raises(ValueError, match="already registered"):
+        register_scorer(scorer_name, lenient, paper=scorer_name)  # other options: a replacement
+    register_scorer(scorer_name, lenient, paper=scorer_name, overwrite=True)  # its own twin
+    assert scorer_info(scorer_name).paper == scorer_name
+    with pytest.raises(ValueError, match="Unknown scorer 'bleu'"):
+        scorer_info("bleu")
