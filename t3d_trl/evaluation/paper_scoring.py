@@ -22,9 +22,7 @@ so the evaluation runner reports each setting's accuracy under both.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import io
 import math
 import re
 import textwrap
@@ -319,7 +317,7 @@ def _latex_parser() -> Any:
 
     sympy's ``parse_latex`` refuses every ANTLR runtime but 4.11, while math-verify (a dependency of t3d-trl) installs
     4.13; the parser sympy generated with ANTLR 4.11 reads the same with the 4.13 runtime, so it is driven directly
-    when the public function refuses (the runtime's note on the version difference is kept off stdout).
+    when the public function refuses (without the runtime's note on the version difference).
     """
     from sympy.parsing.latex import parse_latex
 
@@ -337,14 +335,21 @@ def _latex_parser() -> Any:
             "antlr4-python3-runtime (it comes with math-verify)."
         ) from error
 
+    class Lexer(grammar.LaTeXLexer):
+        def checkVersion(self, toolVersion: str) -> None:  # noqa: N802, N803 - ANTLR's names
+            """The generated code's version differs from the runtime's; it reads the same (see above)."""
+
+    class Parser(grammar.LaTeXParser):
+        def checkVersion(self, toolVersion: str) -> None:  # noqa: N802, N803 - ANTLR's names
+            """As the lexer's."""
+
     def parse(text: str) -> Any:
         text = text.strip()
         listener = grammar.MathErrorListener(text)
-        with contextlib.redirect_stdout(io.StringIO()):
-            lexer = grammar.LaTeXLexer(antlr4.InputStream(text))
-            lexer.removeErrorListeners()
-            lexer.addErrorListener(listener)
-            parser = grammar.LaTeXParser(antlr4.CommonTokenStream(lexer))
+        lexer = Lexer(antlr4.InputStream(text))
+        lexer.removeErrorListeners()
+        lexer.addErrorListener(listener)
+        parser = Parser(antlr4.CommonTokenStream(lexer))
         parser.removeErrorListeners()
         parser.addErrorListener(listener)
         return grammar.convert_relation(parser.math().relation())

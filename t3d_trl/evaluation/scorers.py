@@ -232,15 +232,13 @@ _LATEX_NOISE = (
 # Unit words after a number ("42 dollars", "15cm", "3\text{ km}"), dropped when what is left is a number.
 _UNIT_WORDS = (
     "dollars", "dollar", "cents", "cent", "percent", "degrees", "degree", "units", "unit", "square units", "sq units",
-    "cm", "mm", "km", "m", "meters", "meter", "inches", "inch", "in", "feet", "foot", "ft", "yards", "yd", "miles",
-    "mile", "mph", "kg", "g", "grams", "gram", "pounds", "pound", "lbs", "lb", "ounces", "oz", "liters", "liter",
-    "hours", "hour", "minutes", "minute", "seconds", "second", "days", "day", "weeks", "years", "people", "students",
-    "points", "ways",
+    "cm", "mm", "km", "meters", "meter", "inches", "inch", "feet", "foot", "ft", "yards", "yd", "miles", "mile", "mph",
+    "kg", "grams", "gram", "pounds", "pound", "lbs", "lb", "ounces", "oz", "liters", "liter", "hours", "hour",
+    "minutes", "minute", "seconds", "second", "days", "weeks", "years", "people", "students", "points", "ways",
 )  # fmt: skip
+# A number followed by one of them (and a power: "cm^2"); single letters (m, g) are left alone, they may be variables.
 _NUMBER_WITH_UNIT = re.compile(
-    r"(-?(?:\d[\d,]*)?\.?\d+)(?:\^?\{?[23]\}?)?\s*(?:"
-    + "|".join(sorted(_UNIT_WORDS, key=len, reverse=True))
-    + r")(?:\^\{?[23]\}?)?"
+    r"(-?(?:\d[\d,]*)?\.?\d+)\s*(?:" + "|".join(sorted(_UNIT_WORDS, key=len, reverse=True)) + r")(?:\^\{?[23]\}?)?"
 )
 
 
