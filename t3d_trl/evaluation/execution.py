@@ -407,7 +407,8 @@ def execute_code(
     fresh temporary directory, the working directory of the child: ``sys.executable -s`` (no user site-packages),
     with a minimal environment (``PATH``, ``HOME`` and ``TMPDIR`` inside the temporary directory, a UTF-8 locale,
     ``PYTHONHASHSEED=0``; none of the parent's tokens, keys or ``PYTHON*`` variables), an empty stdin and stdout to
-    ``/dev/null``, in a new session. The program passes only if its tests are seen to run to their end: the parent
+    ``/dev/null``, in a new session; it runs as a module named ``solution`` (its ``if __name__ == "__main__":`` block
+    does not run). The program passes only if its tests are seen to run to their end: the parent
     hands the child a fresh random nonce through a pipe that the launcher empties before the program starts, and the
     launcher writes it back, on a private channel, only once the program and its tests have run without raising
     (``SystemExit`` included); the parent then requires exit status 0 and the nonce. When the child ends or at the
