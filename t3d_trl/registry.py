@@ -119,8 +119,10 @@ class Registry(Mapping[str, T], Generic[T]):
         """
         canonical = self._names.get(self._key(name)) if isinstance(name, str) else None
         if canonical is None:
-            hint = f" ({self.hint})" if self.hint else ""
-            raise ValueError(f"Unknown {self.kind} {name!r}; choose from {', '.join(self.choices())}{hint}.")
+            aliases = [alias for alias in self._aliases if alias not in self._entries]
+            also = f" (or the aliases {', '.join(aliases)})" if aliases else ""
+            hint = f"; {self.hint}" if self.hint else ""
+            raise ValueError(f"Unknown {self.kind} {name!r}; choose from {', '.join(self._entries)}{also}{hint}.")
         return canonical
 
     def get_entry(self, name: str) -> T:

@@ -113,7 +113,10 @@ def _one_error_line(stderr: str, program: str) -> str:
         (["rollout", "--no_such_flag", "1"], r"unrecognized arguments: --no_such_flag 1 \(`t3d-trl rollout --help`"),
         (["rollout", "--batch_size", "x"], r"argument --batch_size\S*: invalid int value: 'x'"),
         (["eval", "--remasking"], r"argument --remasking\S*: expected one argument"),
-        (["rollout", "--config", "CONFIG/missing.yaml"], r"--config .*missing.yaml: no such file, and no bundled config"),
+        (
+            ["rollout", "--config", "CONFIG/missing.yaml"],
+            r"--config .*missing.yaml: no such file, and no bundled config",
+        ),
         (["rollout", "--config"], r"--config needs a YAML file or a bundled config's name \(demo, eval, rollout"),
         (["rollout", "--config", "CONFIG/bad.yaml"], r"--config .*bad.yaml is not valid YAML: "),
         (["rollout", "--config", "CONFIG/list.yaml"], r"must contain a YAML mapping"),
@@ -269,7 +272,7 @@ def test_yaml_config_with_command_line_overrides(tmp_path, monkeypatch):
         "max_new_tokens": 8,
     }  # fmt: skip
 
-    _, eval_args = parse_command("eval", ["--config", str(CONFIGS / "eval.yaml"), "--tokens_per_step", "2"])
+    _, eval_args, _ = parse_command("eval", ["--config", str(CONFIGS / "eval.yaml"), "--tokens_per_step", "2"])
     assert eval_args.block_sizes == [4, 8] and eval_args.tokens_per_step == [2]
     assert eval_args.scorer_modules == ["t3d_trl.demo.tasks"] and eval_args.as_chat
 
@@ -360,24 +363,22 @@ def test_eval_sets_registered_and_local(tmp_path):
         load_eval_sets(EvalArguments(eval_dataset=[str(bad)]))
 
 
-@pytest.fixture
-def forget_module_scorers():
-    """Remove the `module:function` scorers a test registers (the registry is global to the process)."""
-    from t3d_trl.evaluation import scorers
-
-    yield
-    for name in [name for name in scorers._SCORERS if ":" in name]:
-        del scorers._SCORERS[name]
-
-
-def test_scorer_given_as_module_function(forget_module_scorers):
-    from t3d_trl.evaluation import available_scorers, get_scorer
-
-    name = resolve_scorer("t3d_trl.demo.tasks:is_one_of")
-    assert name in available_scorers() and get_scorer(name)("bear", "bear|deer")
+def test_scorer_given_as_an_import_path_is_refused():
+    """`--scorer os:system` would call any importable function with model output: only registered names are taken."""
+    with pytest.raises(ValueError, match=r"import path; only registered scorers.*--scorer_modules os --scorer system"):
+        resolve_scorer("os:system")
+    with pytest.raises(ValueError, match="not a registered scorer"):
+        resolve_scorer("no_such_scorer")
     assert resolve_scorer("math") == "math" and resolve_scorer(None) is None
-    with pytest.raises(ValueError, match="cannot import"):
-        resolve_scorer("t3d_trl.demo.tasks:no_such_function")
+    assert main(["eval", "--scorer", "os:system", "--model_name_or_path", "x"]) == 1
+
+
+def test_eval_output_dir_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
+    taken = tmp_path / "results"
+    taken.write_text("a file")
+    # the model does not exist either: the output directory is refused first, before anything is loaded
+    assert main(["eval", "--output_dir", str(taken), "--model_name_or_path", str(tmp_path / "no-model")]) == 1
+    assert f"--output_dir '{taken}' is a file" in capsys.readouterr().err
 
 
 def test_prompt_formatting_and_local_datasets(tmp_path):

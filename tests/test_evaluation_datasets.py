@@ -41,7 +41,7 @@ def test_gsm8k():
     assert content.endswith("Please reason step by step, and put your final answer within \\boxed{}.")
     # The reference is usable by the math scorer, and so is the raw GSM8K solution.
     assert math_equal("... so she makes \\boxed{18} dollars", ds[0]["reference"])
-    assert math_equal("profit: $70,000", raw[2]["answer"])
+    assert math_equal("The profit is $70,000.\nThe answer is $70,000$.", raw[2]["answer"])
 
 
 def test_math500():
@@ -146,7 +146,7 @@ def test_hub_code_path_is_called_with_hub_id(monkeypatch):
 
 
 def test_errors(tmp_path):
-    with pytest.raises(ValueError, match="gsm8k, humaneval, math500, mbpp, mbpp_sanitized"):
+    with pytest.raises(ValueError, match="choose from gsm8k, math500, mbpp, mbpp_sanitized, humaneval"):
         load_eval_dataset("squad")
     assert list_eval_datasets() == ["gsm8k", "humaneval", "math500", "mbpp", "mbpp_sanitized"]
     with pytest.raises(FileNotFoundError):

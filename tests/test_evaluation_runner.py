@@ -381,3 +381,53 @@ def test_decoding_settings_of_a_patched_model_are_checked_before_generating(sett
     with pytest.raises(ValueError, match=match):
         evaluate_few_step(model, tokenizer, ds, [setting], generate_kwargs=generate_kwargs, progress=False)
     assert calls == []
+
+
+def test_each_setting_reports_the_paper_accuracy_and_the_disagreements(model, tokenizer, gsm8k, tmp_path):
+    """`math` rows are scored by `paper_math` too: Janet's box passes both, robe's "The answer is 3" line passes only
+    t3d-trl's scorer (the paper reads boxes only), the other two fail both."""
+    results = evaluate_few_step(
+        model, tokenizer, gsm8k, [DecodingSetting(4, 2), DecodingSetting(8, 8)], batch_size=3,
+        max_new_tokens=MAX_NEW_TOKENS, output_dir=tmp_path, progress=False,
+    )  # fmt: skip
+    for result in results:
+        assert result.accuracy == pytest.approx(0.5) and result.paper_accuracy == pytest.approx(0.25)
+        assert result.paper_num_correct == 1 and result.num_disagreements == 1
+        assert [s["paper_correct"] for s in result.samples] == [True, False, False, False]
+        assert [s["correct"] for s in result.samples] == [True, True, False, False]
+        assert {s["paper_scorer"] for s in result.samples} == {"paper_math"}
+    (written,) = [json.loads(line) for line in (tmp_path / "samples_B4-S2-static.jsonl").read_text().splitlines()][:1]
+    assert written["paper_correct"] is True and written["correct"] is True  # both verdicts in the per-item output
+    assert read_json(tmp_path / "results.json")[0].num_disagreements == 1
+    assert "| Paper acc. (%) | Disagree |" in (tmp_path / "results.md").read_text()
+    (off,) = evaluate_few_step(
+        model, tokenizer, gsm8k, [DecodingSetting(4, 2)], max_new_tokens=MAX_NEW_TOKENS, progress=False,
+        paper_scores=False,
+    )  # fmt: skip
+    assert off.paper_accuracy is None and off.num_disagreements is None and off.samples[0]["paper_correct"] is None
+
+
+def test_rows_whose_scorer_has_no_paper_twin_report_no_paper_accuracy(model, tokenizer):
+    ds = datasets.Dataset.from_list(
+        [{"prompt": "Janet?", "reference": "18", "scorer": "math"}, {"prompt": "robe?", "reference": "x"}]
+    )
+    (result,) = evaluate_few_step(model, tokenizer, ds, [DecodingSetting(4, 1)], progress=False)
+    assert result.paper_accuracy is None and result.num_disagreements is None  # exact_match has no twin
+    assert [s["paper_scorer"] for s in result.samples] == ["paper_math", None]
+
+
+def test_evaluating_an_unpatched_model_says_to_patch_it(tokenizer, gsm8k):
+    from t3d_trl.testing import tiny_qwen3
+
+    unpatched = tiny_qwen3(vocab_size=len(tokenizer))  # transformers' autoregressive generate()
+    with pytest.raises(TypeError, match=r"autoregressive generate\(\).*t3d_trl.patch_model\(model, tokenizer\)"):
+        evaluate_few_step(unpatched, tokenizer, gsm8k, [DecodingSetting(4, 1)], progress=False)
+
+
+def test_an_output_dir_that_is_a_file_is_refused_before_any_work(model, tokenizer, gsm8k, tmp_path):
+    taken = tmp_path / "results.txt"
+    taken.write_text("not a directory")
+    for output_dir in (taken, taken / "sub"):
+        with pytest.raises(ValueError, match="output_dir .* (is a file|is below the file).*directory"):
+            evaluate_few_step(model, tokenizer, gsm8k, [DecodingSetting(4, 1)], output_dir=output_dir, progress=False)
+    assert model.calls == []  # nothing generated

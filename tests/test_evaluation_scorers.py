@@ -12,6 +12,7 @@ import t3d_trl.evaluation.scorers as scorers_module
 from t3d_trl.evaluation import (
     CODE_EXECUTION_ENV_VAR,
     code_passes,
+    code_program,
     exact_match,
     execute_code,
     extract_boxed,
@@ -20,6 +21,7 @@ from t3d_trl.evaluation import (
     get_scorer,
     math_equal,
     register_scorer,
+    scorer_info,
 )
 from t3d_trl.evaluation.execution import _user_task_count
 
@@ -43,6 +45,26 @@ def test_exact_match_strips_whitespace():
     assert exact_match("  Paris\n", "Paris")
     assert not exact_match("paris", "Paris")
     assert not exact_match("Paris.", "Paris")
+
+
+@pytest.mark.parametrize("scorer", ["exact_match", "math", "code"])
+def test_exact_match_none_names_the_argument(scorer, monkeypatch):
+    """A missing completion or reference (None) is refused with the argument's name, not an AttributeError."""
+    monkeypatch.setenv(CODE_EXECUTION_ENV_VAR, "1")
+    with pytest.raises(TypeError, match=rf"{scorer}: `prediction` must be a string, got NoneType"):
+        get_scorer(scorer)(None, "Paris")
+    with pytest.raises(TypeError, match=rf"{scorer}: `reference` must be a string, got NoneType"):
+        get_scorer(scorer)("Paris", None)
+
+
+def test_boxed_1e400_does_not_equal_1e401():
+    assert not math_equal("\\boxed{1e400}", "1e401")  # floats would both overflow to inf
+    assert math_equal("\\boxed{1e400}", "1e400") and math_equal("\\boxed{1.0e400}", "10e399")
+
+
+def test_inf_equals_inf():
+    assert math_equal("inf", "inf") and math_equal("\\boxed{inf}", "inf") and math_equal("\\boxed{\\infty}", "\\infty")
+    assert not math_equal("inf", "-inf")
 
 
 def test_exact_match_normalized():
@@ -74,8 +96,13 @@ def test_extract_boxed(text, expected):
 def test_extract_math_answer_preferences():
     assert extract_math_answer("We get 3 + 4 = 7. \\boxed{7}") == "7"
     assert extract_math_answer("work\n#### 1,200") == "1200"
-    assert extract_math_answer("She pays $1,250 and then 3 more, 1,253 in total.") == "1253"
-    assert extract_math_answer("nothing numeric") is None
+    assert extract_math_answer("She pays $1,250.\nThe answer is $1,253$.") == "1,253"
+    # The last number of a chain of thought is not taken unless asked for (it is often not the answer).
+    text = "She pays $1,250 and then 3 more, 1,253 in total."
+    assert extract_math_answer(text) is None
+    assert extract_math_answer(text, last_number_fallback=True) == "1253"
+    assert extract_math_answer("0.5") == "0.5"  # a bare answer: one short line
+    assert extract_math_answer("nothing numeric but a long sentence without any answer") is None
 
 
 @pytest.mark.parametrize(
@@ -83,9 +110,9 @@ def test_extract_math_answer_preferences():
     [
         ("\\boxed{\\frac{1}{2}}", "0.5"),
         ("The result is \\boxed{0.5}.", "\\frac{1}{2}"),
-        ("She makes 9 * 2 = 18 dollars every day.", "Janet sells 9 eggs.\n#### 18"),
+        ("She makes 9 * 2 = 18 dollars every day.\nThe answer is 18.", "Janet sells 9 eggs.\n#### 18"),
         ("So the answer is \\boxed{18}", "#### 18"),
-        ("The profit is $70,000.", "#### 70,000"),
+        ("The profit is $70,000.\n#### 70,000", "#### 70,000"),
         ("\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}", "\\left( 3, \\frac{\\pi}{2} \\right)"),
         ("\\boxed{(3,\\frac{\\pi}{2})}", "\\left( 3, \\frac{\\pi}{2} \\right)"),
         ("\\boxed{\\dfrac{14}{3}}", "\\frac{14}{3}"),
@@ -125,6 +152,30 @@ def test_extract_code_from_fences_and_raw():
     assert extract_code("```py\ndef h():\n    return 3\n") == "def h():\n    return 3"
     # Python blocks are preferred over blocks in other languages.
     assert extract_code("```bash\npip install x\n```\n```python\nx = 1\n```") == "x = 1"
+
+
+def test_extract_code_joins_the_blocks_that_define_something():
+    helper, solution = "def _sq(x):\n    return x * x", "def f(x):\n    return _sq(x) + 1"
+    completion = f"```python\n{helper}\n```\nthen\n```python\n{solution}\n```\nexample:\n```python\nprint(f(2))\n```"
+    assert extract_code(completion) == f"{helper}\n\n{solution}"  # the example call is left out
+    assert extract_code("```python\nprint(1)\n```\n```python\nprint(2)\n```") == "print(2)"  # none defines: the last
+    indented = "1. Code:\n\n   ```python\n   import math\n\n   def f():\n       return math.pi\n   ```"
+    assert extract_code(indented) == "import math\n\ndef f():\n    return math.pi"  # dedented as a whole
+
+
+def test_code_program_continues_a_prefix_that_opens_a_block():
+    prefix = '```python\ndef inc(x):\n    """x + 1"""\n'
+    assert code_program("    return x + 1\n```\nDone.", prefix) == 'def inc(x):\n    """x + 1"""\n    return x + 1'
+    own_block = "\n```\nHere:\n```python\ndef inc(x):\n    return x + 1\n```"
+    assert code_program(own_block, prefix) == "def inc(x):\n    return x + 1"  # it closed the block and wrote its own
+    assert code_program("Sure! Here it is.", prefix) == "Sure! Here it is."  # prose does not continue the code
+    assert code_program("    return x + 1", "") == "    return x + 1"  # no prefix: the completion itself
+
+
+def test_the_last_number_fallback_is_an_option_off_by_default():
+    completion = "She sells 9 eggs at $2 each, so she makes 18 dollars a day"
+    assert not get_scorer("math")(completion, "18")
+    assert get_scorer("math", last_number_fallback=True)(completion, "18")
 
 
 def test_code_refuses_without_opt_in(no_code_eval_env):
@@ -472,7 +523,7 @@ def test_get_scorer_registry():
     assert get_scorer("exact_match")("a", " a ")
     assert get_scorer("exact_match", normalize=True)("The A.", "a")
     assert get_scorer("math")("\\boxed{\\frac{1}{2}}", "0.5")
-    with pytest.raises(ValueError, match="Valid scorers: .*code.*exact_match.*math"):
+    with pytest.raises(ValueError, match="Unknown scorer 'bleu'; choose from exact_match, math, code"):
         get_scorer("bleu")
 
 
@@ -480,7 +531,8 @@ def test_get_scorer_registry():
 def scorer_name():
     name = "test_registry_scorer"
     yield name
-    scorers_module._SCORERS.pop(name, None)
+    if name in scorers_module.SCORERS:
+        scorers_module.SCORERS.unregister(name)
 
 
 def test_register_scorer_refuses_to_replace_unless_told(scorer_name):
@@ -492,7 +544,7 @@ def test_register_scorer_refuses_to_replace_unless_told(scorer_name):
 
     register_scorer(scorer_name, first)
     register_scorer(scorer_name, first)  # the same function again is no replacement
-    with pytest.raises(ValueError, match=rf"'{scorer_name}' is already registered.*overwrite=True"):
+    with pytest.raises(ValueError, match=rf"A scorer is already registered as '{scorer_name}'.*overwrite=True"):
         register_scorer(scorer_name, second)
     assert get_scorer(scorer_name) is first
     register_scorer(scorer_name, second, overwrite=True)
@@ -501,3 +553,20 @@ def test_register_scorer_refuses_to_replace_unless_told(scorer_name):
         register_scorer("code", second, overwrite=True)
     with pytest.raises(TypeError, match="callable"):
         register_scorer(scorer_name, "not a function", overwrite=True)
+
+
+def test_register_scorer_with_a_paper_twin(scorer_name):
+    def lenient(prediction, reference):
+        return reference in prediction
+
+    register_scorer(scorer_name, lenient, paper="paper_math")
+    info = scorer_info(scorer_name)
+    assert info.function is lenient and info.paper == "paper_math" and not info.executes_code
+    with pytest.raises(ValueError, match="paper twin must be a registered scorer"):
+        register_scorer(scorer_name, lenient, paper="no_such_scorer", overwrite=True)
+    with pytest.raises(ValueError, match="already registered"):
+        register_scorer(scorer_name, lenient, paper=scorer_name)  # other options: a replacement
+    register_scorer(scorer_name, lenient, paper=scorer_name, overwrite=True)  # its own twin
+    assert scorer_info(scorer_name).paper == scorer_name
+    with pytest.raises(ValueError, match="Unknown scorer 'bleu'"):
+        scorer_info("bleu")

@@ -3,6 +3,7 @@ set are each one class or function plus one registration (the examples of docs/d
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import sys
@@ -14,7 +15,7 @@ from datasets import Dataset
 
 from t3d_trl import DataCollatorForTrajectory, T3DTrainer, patch_model
 from t3d_trl.evaluation import EvalDatasetSpec, evaluate_few_step, load_eval_dataset, register_eval_dataset
-from t3d_trl.evaluation.datasets import _ALIASES, EVAL_DATASETS
+from t3d_trl.evaluation.datasets import EVAL_DATASETS
 from t3d_trl.generation.remasking import REMASKING, RemaskingStrategy, register_remasking
 from t3d_trl.models.families import FAMILIES, BlockCausalFamily, register_family
 from t3d_trl.objectives import OBJECTIVES, ObjectiveInputs, objective_params, register_objective, student_request
@@ -79,9 +80,7 @@ def registered():
     FAMILIES.unregister(ResponseGridFamily.name)
     OBJECTIVES.unregister("summed_td")
     REMASKING.unregister(SequentialAboveFloor.name)
-    EVAL_DATASETS.pop("toy_copy")
-    for key in [key for key, value in _ALIASES.items() if value == "toy_copy"]:
-        _ALIASES.pop(key)
+    EVAL_DATASETS.unregister("toy_copy")
 
 
 def test_a_new_family_decodes_and_trains(registered, tmp_path):
@@ -197,4 +196,4 @@ def test_a_new_evaluation_set(registered, tmp_path):
     )
     assert results[0].num_samples == 2
     with pytest.raises(ValueError, match="already registered"):
-        register_eval_dataset(EVAL_DATASETS["toy_copy"])
+        register_eval_dataset(dataclasses.replace(EVAL_DATASETS["toy_copy"], split="train"))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..local_datasets import load_local_dataset
+from ..registry import Registry, alias_key
 
 if TYPE_CHECKING:
     import datasets
@@ -143,16 +144,28 @@ def _format_humaneval(row: dict[str, Any], template: str, index: int) -> tuple[s
     return row_id, _fill(template, question=row["prompt"].strip("\n")), reference
 
 
-EVAL_DATASETS: dict[str, EvalDatasetSpec] = {
-    spec.name: spec
-    for spec in (
+#: registered evaluation sets by canonical name; names and aliases match ignoring case, ``-``, ``_`` and spaces
+EVAL_DATASETS: Registry[EvalDatasetSpec] = Registry(
+    "evaluation dataset", hint="register one with t3d_trl.evaluation.register_eval_dataset", key=alias_key
+)
+for _spec, _aliases in (
+    (
         EvalDatasetSpec("gsm8k", "openai/gsm8k", "main", "test", "math", MATH_PROMPT_TEMPLATE, _format_gsm8k),
+        ("openai/gsm8k",),
+    ),
+    (
         EvalDatasetSpec(
             "math500", "HuggingFaceH4/MATH-500", None, "test", "math", MATH_PROMPT_TEMPLATE, _format_math500
         ),
+        ("math", "HuggingFaceH4/MATH-500"),
+    ),
+    (
         EvalDatasetSpec(
             "mbpp", "google-research-datasets/mbpp", "full", "test", "code", MBPP_PROMPT_TEMPLATE, _format_mbpp
         ),
+        ("mbpp full", "google-research-datasets/mbpp"),
+    ),
+    (
         EvalDatasetSpec(
             "mbpp_sanitized",
             "google-research-datasets/mbpp",
@@ -162,31 +175,16 @@ EVAL_DATASETS: dict[str, EvalDatasetSpec] = {
             MBPP_PROMPT_TEMPLATE,
             _format_mbpp,
         ),
+        (),
+    ),
+    (
         EvalDatasetSpec(
             "humaneval", "openai/openai_humaneval", None, "test", "code", HUMANEVAL_PROMPT_TEMPLATE, _format_humaneval
         ),
-    )
-}
-"""Registered evaluation sets by canonical name."""
-
-_ALIASES = {
-    "gsm8k": "gsm8k",
-    "openai/gsm8k": "gsm8k",
-    "math500": "math500",
-    "math": "math500",
-    "huggingfaceh4/math500": "math500",
-    "mbpp": "mbpp",
-    "mbppfull": "mbpp",
-    "googleresearchdatasets/mbpp": "mbpp",
-    "mbppsanitized": "mbpp_sanitized",
-    "humaneval": "humaneval",
-    "openaihumaneval": "humaneval",
-    "openai/openaihumaneval": "humaneval",
-}
-
-
-def _alias_key(name: str) -> str:
-    return name.strip().lower().replace("-", "").replace("_", "").replace(" ", "")
+        ("openai_humaneval", "openai/openai_humaneval"),
+    ),
+):
+    EVAL_DATASETS.register(_spec.name, _spec, aliases=_aliases, builtin=True)
 
 
 def register_eval_dataset(spec: EvalDatasetSpec, aliases: tuple[str, ...] = (), *, overwrite: bool = False) -> None:
@@ -201,7 +199,8 @@ def register_eval_dataset(spec: EvalDatasetSpec, aliases: tuple[str, ...] = (), 
         ))
 
     Raises:
-        ValueError: if the name or an alias is taken (unless ``overwrite=True``), or the scorer is unknown.
+        ValueError: if the name or an alias is taken (unless ``overwrite=True``; built-in sets are never replaced), or
+            the scorer is unknown.
     """
     from .scorers import available_scorers
 
@@ -212,14 +211,7 @@ def register_eval_dataset(spec: EvalDatasetSpec, aliases: tuple[str, ...] = (), 
             f"Evaluation set {spec.name!r} uses the scorer {spec.scorer!r}, which is not registered; register it with "
             f"register_scorer first (registered: {', '.join(available_scorers())})."
         )
-    keys = [_alias_key(name) for name in (spec.name, *aliases)]
-    taken = [key for key in keys if _ALIASES.get(key, spec.name) != spec.name]
-    if (spec.name in EVAL_DATASETS or taken) and not overwrite:
-        raise ValueError(
-            f"An evaluation set is already registered as {spec.name!r} or {taken}; pass overwrite=True to replace it."
-        )
-    EVAL_DATASETS[spec.name] = spec
-    _ALIASES.update({key: spec.name for key in keys})
+    EVAL_DATASETS.register(spec.name, spec, aliases=aliases, overwrite=overwrite)
 
 
 def list_eval_datasets() -> list[str]:
@@ -228,11 +220,7 @@ def list_eval_datasets() -> list[str]:
 
 
 def _resolve_name(name: str) -> EvalDatasetSpec:
-    key = _alias_key(name)
-    canonical = _ALIASES.get(key)
-    if canonical is None:
-        raise ValueError(f"Unknown evaluation dataset {name!r}. Valid names: {', '.join(list_eval_datasets())}.")
-    return EVAL_DATASETS[canonical]
+    return EVAL_DATASETS.get_entry(name)
 
 
 def load_eval_dataset(

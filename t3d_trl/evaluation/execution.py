@@ -57,7 +57,8 @@ _IMPORT_HEADER = (
 # nonce from stdin (the parent writes it there and closes the pipe), keeps a private, non-inheritable copy of stdout as
 # the report channel and gives the program an empty stdin and a stdout to /dev/null. It sets every limit as both soft
 # and hard limit (so that a program not run as root cannot raise it again), drops the working directory from sys.path
-# (as ``-I`` would), then runs the program and its tests. Only when they have run to their end does it write
+# (as ``-I`` would), then runs the program and its tests as a module named ``solution`` (not ``__main__``: a program's
+# ``if __name__ == "__main__":`` block, often a demo that reads stdin, does not run, as in HumanEval's harness). Only when they have run to their end does it write
 # "<nonce>:<its pid>" to the report channel (a forked copy of the process writes another pid). The nonce lives only in
 # this function's locals. A limit that cannot be set is reported as "!<limit> <error>".
 _CHILD_LAUNCHER = r"""
@@ -96,7 +97,10 @@ def _launch():
     sys.argv = [path]
     with open(path, encoding="utf-8") as f:
         source = f.read()
-    exec(compile(source, path, "exec"), {"__name__": "__main__", "__file__": path, "__builtins__": __builtins__})
+    module = type(sys)("solution")
+    module.__file__ = path
+    sys.modules["solution"] = module
+    exec(compile(source, path, "exec"), module.__dict__)
     write(report, nonce + b":" + str(getpid()).encode() + b"\n")
 
 
@@ -403,7 +407,8 @@ def execute_code(
     fresh temporary directory, the working directory of the child: ``sys.executable -s`` (no user site-packages),
     with a minimal environment (``PATH``, ``HOME`` and ``TMPDIR`` inside the temporary directory, a UTF-8 locale,
     ``PYTHONHASHSEED=0``; none of the parent's tokens, keys or ``PYTHON*`` variables), an empty stdin and stdout to
-    ``/dev/null``, in a new session. The program passes only if its tests are seen to run to their end: the parent
+    ``/dev/null``, in a new session; it runs as a module named ``solution`` (its ``if __name__ == "__main__":`` block
+    does not run). The program passes only if its tests are seen to run to their end: the parent
     hands the child a fresh random nonce through a pipe that the launcher empties before the program starts, and the
     launcher writes it back, on a private channel, only once the program and its tests have run without raising
     (``SystemExit`` included); the parent then requires exit status 0 and the nonce. When the child ends or at the

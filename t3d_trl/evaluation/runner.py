@@ -30,8 +30,8 @@ import torch
 from ..devices import model_device
 from ..generation.configuration import DEFAULT_MAX_NEW_TOKENS
 from ..prompts import render_prompts, tokenizer_of
-from .report import EvalResult, plot_accuracy_vs_tokens_per_step, write_json, write_markdown
-from .scorers import _check_code_execution_allowed, available_scorers, get_scorer
+from .report import EvalResult, write_json, write_markdown, write_plot
+from .scorers import _check_code_execution_allowed, available_scorers, get_scorer, scorer_info
 
 __all__ = ["DecodingSetting", "evaluate_few_step"]
 
@@ -191,6 +191,64 @@ def _validate_dataset(dataset: Any) -> None:
         raise ValueError("The evaluation dataset is empty.")
 
 
+def check_output_dir(output_dir: str | os.PathLike[str] | None, argument: str = "output_dir") -> None:
+    """Refuse an output directory that cannot be one (an existing file, or below a file), before any work.
+
+    Args:
+        output_dir: The directory results go to (None: nothing is written).
+        argument: The name of the argument or flag, for the message.
+
+    Raises:
+        ValueError: If ``output_dir`` or one of its parents is an existing file.
+    """
+    if output_dir is None:
+        return
+    path = os.path.abspath(os.fspath(output_dir))
+    probe = path
+    while probe and not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if os.path.exists(probe) and not os.path.isdir(probe):
+        where = "is a file" if probe == path else f"is below the file {probe}"
+        raise ValueError(
+            f"{argument} {os.fspath(output_dir)!r} {where}; the results need a directory: give a new or existing "
+            "directory."
+        )
+
+
+def check_few_step_model(model: Any) -> None:
+    """Refuse a model without the few-step ``generate`` of :mod:`t3d_trl.generation`, saying how to give it one.
+
+    A model whose ``generate`` is transformers' autoregressive one (loaded without t3d-trl, or built from a config)
+    would fail at its first call with "model_kwargs are not used" on ``block_size`` and ``steps_per_block``. Models
+    with another ``generate`` of their own (remote code, a custom decoder) are left to judge their arguments.
+
+    Raises:
+        TypeError: For a model without ``generate``, or with transformers' ``GenerationMixin.generate``.
+    """
+    generate = getattr(model, "generate", None)
+    if not callable(generate):
+        raise TypeError(
+            f"`model` ({type(model).__name__}) has no generate(); give it t3d-trl's few-step decoding with "
+            "t3d_trl.patch_model(model, tokenizer)."
+        )
+    from transformers import GenerationMixin
+
+    from ..generation import FewStepDiffusionGenerationMixin
+
+    if not isinstance(model, FewStepDiffusionGenerationMixin) and getattr(type(model), "generate", None) is getattr(
+        GenerationMixin, "generate", None
+    ):
+        raise TypeError(
+            f"`model` ({type(model).__name__}) has transformers' autoregressive generate(), which does not take "
+            "block_size or steps_per_block; give it t3d-trl's few-step decoding first: "
+            "model = t3d_trl.patch_model(model, tokenizer) (t3d-trl's load hook does this for checkpoints it saved "
+            "when `t3d_trl` is imported before loading)."
+        )
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Evaluation
 # --------------------------------------------------------------------------------------------------------------------
@@ -212,6 +270,7 @@ def evaluate_few_step(
     dataset_name: str | None = None,
     warmup: bool = False,
     generate_kwargs: Mapping[str, Any] | None = None,
+    paper_scores: bool = True,
 ) -> list[EvalResult]:
     """Evaluate a diffusion LM under several few-step decoding settings.
 
@@ -225,7 +284,10 @@ def evaluate_few_step(
     * latency per sample = generation time / samples (batched: the batch's time is shared by its samples),
     * avg NFE = mean forward passes per sample (``out.nfe``),
     * avg generated length = mean tokens up to and including the first EOS,
-    * tokens per forward = generated tokens / forward passes.
+    * tokens per forward = generated tokens / forward passes,
+    * paper accuracy = the share the scorers' paper twins pass (``paper_math`` for ``math``, ``paper_code`` for
+      ``code``: the T3D paper's scoring, see :func:`t3d_trl.evaluation.register_scorer`), and the number of
+      problems where the two verdicts differ; both None when a row's scorer has no paper twin.
 
     Args:
         model: Model with the block-diffusion ``generate`` of :mod:`t3d_trl.generation`.
@@ -247,6 +309,8 @@ def evaluate_few_step(
         warmup: Run one untimed ``generate`` on the first batch of each setting before timing (compilation,
             CUDA kernel selection).
         generate_kwargs: Extra keyword arguments passed to every ``generate`` call.
+        paper_scores: Also score every completion with its scorer's paper twin (each program of a code set then
+            runs twice).
 
     Returns:
         One :class:`EvalResult` per setting, in order; each holds its per-sample results in
@@ -255,21 +319,19 @@ def evaluate_few_step(
     Raises:
         ValueError: For an empty dataset, missing columns, a missing reference, no or invalid settings, unknown
             scorers, a ``batch_size``/``max_new_tokens`` that is not a positive integer, ``generate_kwargs`` that
-            set what a setting sets or that the model's decoding refuses, or code scoring without opting in to
-            execution. All are raised before anything is generated.
-        TypeError: For a model without ``generate`` or ``generate_kwargs`` that are not a mapping.
+            set what a setting sets or that the model's decoding refuses, code scoring without opting in to
+            execution, or an ``output_dir`` that is a file. All are raised before anything is generated.
+        TypeError: For a model without ``generate``, or with transformers' autoregressive ``generate`` (not patched
+            with :func:`t3d_trl.patch_model`), or ``generate_kwargs`` that are not a mapping.
     """
     _validate_dataset(dataset)
     parsed = _parse_settings(settings)
     _check_sizes(batch_size, max_new_tokens)
-    if not callable(getattr(model, "generate", None)):
-        raise TypeError(
-            f"`model` ({type(model).__name__}) has no generate(); give it t3d-trl's few-step decoding with "
-            "t3d_trl.patch_model(model, tokenizer)."
-        )
+    check_output_dir(output_dir, "output_dir")
+    check_few_step_model(model)
     _check_generate_kwargs(model, parsed, max_new_tokens, generate_kwargs)
-    rows = _scored_rows(dataset, scorer)
-    scorers = _load_scorers(rows.scorer_names, allow_code_execution, code_timeout)
+    rows = _scored_rows(dataset, scorer, paper_scores)
+    scorers = _load_scorers([*rows.scorer_names, *filter(None, rows.paper_names)], allow_code_execution, code_timeout)
 
     tokenizer = tokenizer_of(processing_class)
     device = model_device(model)
@@ -381,10 +443,12 @@ class _ScoredRows:
     references: list[str]
     scorer_names: list[str]
     ids: list[Any]
+    paper_names: list[str | None]
 
 
-def _scored_rows(dataset: Any, scorer: str | None) -> _ScoredRows:
-    """The rows of ``dataset``; ``scorer`` overrides the ``scorer`` column, ``exact_match`` is the default."""
+def _scored_rows(dataset: Any, scorer: str | None, paper_scores: bool = True) -> _ScoredRows:
+    """The rows of ``dataset``; ``scorer`` overrides the ``scorer`` column, ``exact_match`` is the default; each
+    row's paper twin comes from the scorer registry (None without one, or with ``paper_scores=False``)."""
     prompts = list(dataset["prompt"])
     raw_references = list(dataset["reference"])
     missing = [row for row, reference in enumerate(raw_references) if reference is None]
@@ -406,16 +470,22 @@ def _scored_rows(dataset: Any, scorer: str | None) -> _ScoredRows:
             f"Unknown scorer(s) {unknown} in the dataset. Valid scorers: {', '.join(available_scorers())}."
         )
     ids = list(dataset["id"]) if "id" in dataset.column_names else list(range(len(prompts)))
-    return _ScoredRows(prompts, references, scorer_names, ids)
+    twins = {name: scorer_info(name).paper if paper_scores else None for name in set(scorer_names)}
+    return _ScoredRows(prompts, references, scorer_names, ids, [twins[name] for name in scorer_names])
 
 
 def _load_scorers(names: Sequence[str], allow_code_execution: bool, code_timeout: float) -> dict[str, Any]:
-    """One scorer per name; the ``code`` scorer only when code execution is allowed."""
+    """One scorer per name; those that run code (the registry says which) only when code execution is allowed, with
+    ``code_timeout`` for the library's ``code`` scorer (a paper twin keeps the paper's time budget)."""
     scorers: dict[str, Any] = {}
     for name in set(names):
-        if name == "code":
+        info = scorer_info(name)
+        if info.executes_code:
             _check_code_execution_allowed(allow_code_execution)
-            scorers[name] = get_scorer(name, allow_code_execution=True, timeout=code_timeout)
+            options: dict[str, Any] = {"allow_code_execution": True}
+            if info.paper != name:  # the library's scorer; a paper scorer keeps its own limit
+                options["timeout"] = code_timeout
+            scorers[name] = get_scorer(name, **options)
         else:
             scorers[name] = get_scorer(name)
     return scorers
@@ -508,9 +578,13 @@ class _Tally:
     nfe: int = 0
     nfe_known: bool = True
     correct: int = 0
+    paper_correct: int = 0
+    paper_scored: int = 0
+    disagreements: int = 0
 
     def result(self, setting: DecodingSetting, num_samples: int, dataset_name: str | None) -> EvalResult:
         assert setting.name is not None
+        paper = self.paper_scored == num_samples  # every row has a paper verdict
         return EvalResult(
             setting=setting.name,
             block_size=setting.block_size,
@@ -529,7 +603,21 @@ class _Tally:
             total_time_s=self.time,
             total_generated_tokens=self.tokens,
             total_nfe=self.nfe if self.nfe_known else 0,
+            paper_accuracy=self.paper_correct / num_samples if paper else None,
+            paper_num_correct=self.paper_correct if paper else None,
+            num_disagreements=self.disagreements if paper else None,
         )
+
+
+def _score_pair(
+    scorers: Mapping[str, Any], name: str, paper_name: str | None, completion: str, reference: str
+) -> tuple[bool, bool | None]:
+    """The verdicts of a row's scorer and of its paper twin (None without one; the same verdict when the scorer is
+    its own twin)."""
+    correct = bool(scorers[name](completion, reference))
+    if paper_name is None:
+        return correct, None
+    return correct, correct if paper_name == name else bool(scorers[paper_name](completion, reference))
 
 
 def _score_batch(
@@ -549,9 +637,13 @@ def _score_batch(
         length = int(lengths[row])
         tally.tokens += length
         completion = tokenizer.decode(generated[row, :length].tolist(), skip_special_tokens=True)
-        name = rows.scorer_names[index]
-        correct = bool(scorers[name](completion, rows.references[index]))
+        name, paper_name = rows.scorer_names[index], rows.paper_names[index]
+        correct, paper_correct = _score_pair(scorers, name, paper_name, completion, rows.references[index])
         tally.correct += correct
+        if paper_correct is not None:
+            tally.paper_scored += 1
+            tally.paper_correct += paper_correct
+            tally.disagreements += paper_correct != correct
         samples.append(
             {
                 "id": rows.ids[index],
@@ -560,6 +652,8 @@ def _score_batch(
                 "reference": rows.references[index],
                 "scorer": name,
                 "correct": correct,
+                "paper_scorer": paper_name,
+                "paper_correct": paper_correct,
                 "gen_length": length,
                 "nfe": nfe_list[row],
             }
@@ -618,7 +712,7 @@ def _write_outputs(
     os.makedirs(output_dir, exist_ok=True)
     write_json(results, os.path.join(output_dir, "results.json"))
     write_markdown(results, os.path.join(output_dir, "results.md"), title=dataset_name)
-    plot_accuracy_vs_tokens_per_step(results, os.path.join(output_dir, "accuracy_vs_tokens_per_step.png"), dataset_name)
+    write_plot(results, os.path.join(output_dir, "accuracy_vs_tokens_per_step.png"), dataset_name)
     used: set[str] = set()
     for setting, result in zip(settings, results):
         assert setting.name is not None

@@ -1,28 +1,37 @@
-"""Answer scorers for the few-step evaluation.
+"""Answer scorers for the few-step evaluation, and their registry.
 
-Three families of scorers are provided, each a callable ``(prediction, reference) -> bool``:
+Every scorer is a callable ``(prediction, reference) -> bool``. Built in:
 
 * ``"exact_match"``: string equality after stripping (optionally normalised),
-* ``"math"``: mathematical equivalence through `math_verify <https://github.com/huggingface/Math-Verify>`_,
-  with GSM8K ``#### 42`` references and "last number in the text" predictions handled,
-* ``"code"``: functional correctness; the program extracted from the completion is executed against the
-  reference test code in a separate Python process. Running model-written code is dangerous, so like
-  ``evaluate``'s ``code_eval`` it is opt-in (``HF_ALLOW_CODE_EVAL=1`` or ``allow_code_execution=True``).
+* ``"math"``: mathematical equivalence through `math_verify <https://github.com/huggingface/Math-Verify>`_ of the
+  completion's final answer (its last box, else its ``####`` or "the answer is" line, else the completion itself when
+  it is one short line) with the reference (GSM8K ``#### 42`` solutions understood),
+* ``"code"``: functional correctness; the program taken from the completion is executed against the reference tests
+  in a separate Python process. Running model-written code is dangerous, so like ``evaluate``'s ``code_eval`` it is
+  opt-in (``HF_ALLOW_CODE_EVAL=1`` or ``allow_code_execution=True``),
+* ``"paper_math"`` and ``"paper_code"``: the T3D paper's scoring (:mod:`t3d_trl.evaluation.paper_scoring`),
+  registered as the paper twins of ``math`` and ``code``.
 
-Use :func:`get_scorer` to look a scorer up by name.
+Use :func:`get_scorer` to look a scorer up by name, :func:`register_scorer` to add one (with its paper twin, if any),
+and :func:`scorer_info` to read what the registry knows of a scorer. ``docs/evaluation.md`` ("Comparing with the
+paper") says where ``math``/``code`` and their paper twins disagree, and why.
 """
 
 from __future__ import annotations
 
 import inspect
-import math
 import re
 import string
+import textwrap
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from functools import partial
 from typing import Any
 
+from ..registry import Registry
+from .code_reference import parse_code_reference
 from .execution import (
     CODE_EXECUTION_ENV_VAR,
     CodeExecutionResult,
@@ -32,15 +41,19 @@ from .execution import (
     code_passes,
     execute_code,
 )
+from .paper_scoring import closing_brace, paper_code, paper_math
 
 __all__ = [
     "CODE_EXECUTION_ENV_VAR",
     "CodeExecutionResult",
     "Scorer",
+    "ScorerInfo",
+    "SCORERS",
     "SCORER_NAMES",
     "available_scorers",
     "register_scorer",
     "code_passes",
+    "code_program",
     "code_scorer",
     "exact_match",
     "execute_code",
@@ -49,10 +62,20 @@ __all__ = [
     "extract_math_answer",
     "get_scorer",
     "math_equal",
+    "scorer_info",
 ]
 
 Scorer = Callable[[str, str], bool]
 """A scorer maps ``(prediction, reference)`` to whether the prediction is correct."""
+
+
+def _check_text(scorer: str, argument: str, value: Any) -> None:
+    """Refuse a prediction or reference that is not text (``None`` from a missing column...), naming it."""
+    if not isinstance(value, str):
+        raise TypeError(
+            f"{scorer}: `{argument}` must be a string, got {type(value).__name__} ({value!r}); a missing completion "
+            'or reference is a bug of the caller (score an empty string "" for an empty completion).'
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -80,7 +103,12 @@ def exact_match(prediction: str, reference: str, normalize: bool = False) -> boo
 
     Returns:
         True when both strings match.
+
+    Raises:
+        TypeError: If ``prediction`` or ``reference`` is not a string (``None`` included).
     """
+    _check_text("exact_match", "prediction", prediction)
+    _check_text("exact_match", "reference", reference)
     if normalize:
         return _normalize_text(prediction) == _normalize_text(reference)
     return prediction.strip() == reference.strip()
@@ -92,12 +120,19 @@ def exact_match(prediction: str, reference: str, normalize: bool = False) -> boo
 
 _BOXED_COMMANDS = ("\\boxed", "\\fbox")
 _NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+")
+# "The answer is 42", "Final answer: 42", "**Answer:** $42$" (markdown emphasis is dropped before matching)
+_ANSWER_LINE = re.compile(r"\banswer\s*(?:is|:|=)\s*:?\s*(\S[^\n]*)", re.IGNORECASE)
+#: The longest completion (one line) read as a bare answer when it has no box or answer line.
+BARE_ANSWER_MAX_CHARS = 32
+_MINUS_SIGNS = str.maketrans({"\u2212": "-", "\u2013": "-", "\u2012": "-", "\ufe63": "-", "\uff0d": "-"})
 
 
 def extract_boxed(text: str) -> str | None:
     """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) in a text, nested braces included.
 
-    ``\\boxed 5`` (no braces, as sometimes written for single tokens) is also understood.
+    ``\\boxed 5`` (no braces, as sometimes written for single tokens) is also understood. A last box that is not
+    closed (a generation cut at its length limit, often while repeating an answer it boxed before) is skipped for the
+    last complete one.
 
     Args:
         text: Any text, typically a model completion.
@@ -118,15 +153,9 @@ def extract_boxed(text: str) -> str | None:
             match = re.match(r"[^\s$]+", text[pos:])
             if match:
                 return match.group(0).strip()
-        if pos < len(text) and text[pos] == "{":
-            depth = 0
-            for i in range(pos, len(text)):
-                if text[i] == "{":
-                    depth += 1
-                elif text[i] == "}":
-                    depth -= 1
-                    if depth == 0:
-                        return text[pos + 1 : i].strip()
+        end = closing_brace(text, pos) if pos < len(text) and text[pos] == "{" else None
+        if end is not None:
+            return text[pos + 1 : end].strip()
         # Unclosed or malformed box: look for an earlier, complete one.
         start = max(text.rfind(cmd, 0, start) for cmd in _BOXED_COMMANDS)
     return None
@@ -138,17 +167,33 @@ def _after_hashes(text: str) -> str:
     return answer.replace(",", "").rstrip(".").strip()
 
 
-def extract_math_answer(text: str) -> str | None:
+def _answer_line(text: str) -> str | None:
+    """What follows the last "answer is" / "answer:" of a text, up to the end of its line."""
+    matches = _ANSWER_LINE.findall(text.replace("*", ""))
+    if not matches or any(command in matches[-1] for command in _BOXED_COMMANDS):
+        return None  # a box on the answer line that extract_boxed did not read was cut
+    answer = matches[-1].strip().rstrip(".").strip()
+    if len(answer) >= 2 and answer.startswith("$") and answer.endswith("$"):
+        answer = answer.strip("$").strip()
+    return answer or None
+
+
+def extract_math_answer(text: str, *, last_number_fallback: bool = False) -> str | None:
     """Final answer of a math solution.
 
-    In order of preference: the content of the last ``\\boxed{}``; the text after the last ``####`` (GSM8K
-    format); the last number in the text (thousands separators removed).
+    In order of preference: the content of the last ``\\boxed{}`` (:func:`extract_boxed`); the text after the last
+    ``####`` (GSM8K format); what follows the last "answer is" or "answer:" on its line; the text itself when it is a
+    single line of at most :data:`BARE_ANSWER_MAX_CHARS` characters (a bare answer such as ``0.5`` or ``x = 3``).
+    Any other text has no answer: the last number of a chain of thought is often not its answer, so it is taken only
+    with ``last_number_fallback=True``.
 
     Args:
         text: A model completion or a reference solution.
+        last_number_fallback: Take the last number of a text that has no marked answer (thousands separators
+            removed).
 
     Returns:
-        The extracted answer, or None when the text holds none of the above.
+        The extracted answer, or None.
     """
     boxed = extract_boxed(text)
     if boxed is not None:
@@ -157,9 +202,16 @@ def extract_math_answer(text: str) -> str | None:
         answer = _after_hashes(text)
         if answer:
             return answer
-    numbers = _NUMBER.findall(text)
-    if numbers:
-        return numbers[-1].replace(",", "")
+    answer = _answer_line(text)
+    if answer is not None:
+        return answer
+    bare = text.strip()
+    if bare and "\n" not in bare and len(bare) <= BARE_ANSWER_MAX_CHARS:
+        return bare.rstrip(".").strip()
+    if last_number_fallback:
+        numbers = _NUMBER.findall(text)
+        if numbers:
+            return numbers[-1].replace(",", "")
     return None
 
 
@@ -176,31 +228,57 @@ _LATEX_NOISE = (
     "^\\circ",
     "\\%",
     "%",
+    "\\$",
     "$",
+)
+# Unit words after a number ("42 dollars", "15cm", "3\text{ km}"), dropped when what is left is a number.
+_UNIT_WORDS = (
+    "dollars", "dollar", "cents", "cent", "percent", "degrees", "degree", "units", "unit", "square units", "sq units",
+    "cm", "mm", "km", "meters", "meter", "inches", "inch", "feet", "foot", "ft", "yards", "yd", "miles", "mile", "mph",
+    "kg", "grams", "gram", "pounds", "pound", "lbs", "lb", "ounces", "oz", "liters", "liter", "hours", "hour",
+    "minutes", "minute", "seconds", "second", "days", "weeks", "years", "people", "students", "points", "ways",
+)  # fmt: skip
+# A number followed by one of them (and a power: "cm^2"); single letters (m, g) are left alone, they may be variables.
+_NUMBER_WITH_UNIT = re.compile(
+    r"(-?(?:\d[\d,]*)?\.?\d+)\s*(?:" + "|".join(sorted(_UNIT_WORDS, key=len, reverse=True)) + r")(?:\^\{?[23]\}?)?"
 )
 
 
 def _normalize_math_string(text: str) -> str:
-    text = text.strip()
+    text = text.strip().translate(_MINUS_SIGNS)
     for old, new in (("\\dfrac", "\\frac"), ("\\tfrac", "\\frac")):
         text = text.replace(old, new)
     for noise in _LATEX_NOISE:
         text = text.replace(noise, "")
-    text = re.sub(r"\\text\{\s*([^{}]*?)\s*\}", r"\1", text)
-    text = re.sub(r"\\mbox\{\s*([^{}]*?)\s*\}", r"\1", text)
+    text = re.sub(r"\\(?:text|mbox|mathrm)\{\s*([^{}]*?)\s*\}", r"\1", text)
+    text = text.rstrip(".").strip()
+    unit = _NUMBER_WITH_UNIT.fullmatch(text)
+    if unit:
+        text = unit.group(1)
     text = "".join(text.split())
-    text = text.rstrip(".")
     if re.fullmatch(r"-?[\d,]+(\.\d+)?", text):
         text = text.replace(",", "")
     return text
 
 
-def _numeric_equal(a: str, b: str) -> bool:
+def _as_decimal(text: str) -> Decimal | None:
     try:
-        x, y = float(a), float(b)
-    except ValueError:
+        float(text)  # the spellings Python reads as a number ("1e5", "inf", "-.5")
+        return Decimal(text.replace("_", ""))
+    except (ValueError, InvalidOperation):
+        return None
+
+
+def _numeric_equal(a: str, b: str) -> bool:
+    """Whether two numbers agree to a relative (and absolute) tolerance of 1e-9, computed exactly (no float overflow:
+    ``1e400`` is not ``1e401``; ``inf`` equals ``inf``)."""
+    x, y = _as_decimal(a), _as_decimal(b)
+    if x is None or y is None or x.is_nan() or y.is_nan():
         return False
-    return math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-9)
+    if x.is_infinite() or y.is_infinite():
+        return x == y
+    tolerance = Decimal("1e-9")
+    return abs(x - y) <= max(tolerance * max(abs(x), abs(y)), tolerance)
 
 
 def _math_verify_equal(prediction: str, reference: str) -> bool:
@@ -215,23 +293,32 @@ def _math_verify_equal(prediction: str, reference: str) -> bool:
     return bool(verify(gold, pred, timeout_seconds=timeout))
 
 
-def math_equal(prediction: str, reference: str) -> bool:
+def math_equal(prediction: str, reference: str, *, last_number_fallback: bool = False) -> bool:
     """Whether a math completion reaches the reference answer.
 
-    The final answer is taken from both sides with :func:`extract_math_answer` (so a prediction may be a full
-    chain of thought ending in ``\\boxed{...}``, or give its final number without a box as on GSM8K, and a
-    reference may be a GSM8K solution ending in ``#### 42``). Answers are first compared as normalised strings
-    and numbers, then for mathematical equivalence with ``math_verify`` (``\\boxed{\\frac{1}{2}}`` equals
-    ``0.5``). Any ``math_verify`` failure counts as "not equal".
+    The final answer is taken from the prediction with :func:`extract_math_answer` (a chain of thought ending in
+    ``\\boxed{...}``, an "answer is" or ``####`` line, or a bare answer), and from the reference as its ``####``
+    answer, its box, or itself. Answers are first compared as normalised strings (LaTeX spacing, ``\\dfrac``,
+    ``\\text{}``, dollar and degree signs, a unit word after a number and Unicode minus signs dropped) and as
+    numbers, then for mathematical equivalence with ``math_verify`` (``\\frac{1}{2}`` equals ``0.5``, ``(x+1)^2``
+    equals ``x^2+2x+1``, ``\\{2, 1\\}`` equals ``1, 2``, ``25\\%`` equals ``0.25``). Any ``math_verify`` failure
+    counts as "not equal".
 
     Args:
         prediction: Model completion or bare answer.
         reference: Gold answer (bare, boxed, or GSM8K ``#### answer``).
+        last_number_fallback: Also take the last number of a completion without a marked answer (off: such a
+            completion is not an answer).
 
     Returns:
         True when the answers are equivalent.
+
+    Raises:
+        TypeError: If ``prediction`` or ``reference`` is not a string.
     """
-    pred = extract_math_answer(prediction)
+    _check_text("math", "prediction", prediction)
+    _check_text("math", "reference", reference)
+    pred = extract_math_answer(prediction, last_number_fallback=last_number_fallback)
     if "####" in reference:
         gold: str | None = _after_hashes(reference)
     else:
@@ -244,7 +331,7 @@ def math_equal(prediction: str, reference: str) -> bool:
     if pred_norm == gold_norm or _numeric_equal(pred_norm, gold_norm):
         return True
     try:
-        return _math_verify_equal(pred, gold)
+        return _math_verify_equal(pred.translate(_MINUS_SIGNS), gold.translate(_MINUS_SIGNS))
     except Exception:  # noqa: BLE001 - any parser/verifier failure means "not verified"
         return False
 
@@ -255,15 +342,24 @@ def math_equal(prediction: str, reference: str) -> bool:
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+\-.]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _PYTHON_TAGS = {"python", "py", "python3", "py3"}
+# A block that defines something at its top level: a function, a class, an import.
+_DEFINES = re.compile(r"^(?:async\s+def|def|class|import|from\s+\S+\s+import)\s", re.MULTILINE)
+
+
+def _clean_block(body: str) -> str:
+    """A fenced block's code: dedented as a whole (a fence indented in a list item), blank lines around removed."""
+    return textwrap.dedent(body).strip("\n").rstrip()
 
 
 def extract_code(completion: str) -> str:
     """Python program in a completion.
 
-    Takes the fenced code blocks (```` ```python ... ``` ````, also an unterminated final block, as left by a
-    generation cut at its length limit). Python-tagged (or untagged) blocks are preferred over blocks in other
-    languages; among them the first that defines a function or class is returned, else the first. Without
-    fences, the whole completion is returned.
+    The fenced code blocks (```` ```python ... ``` ````, also an unterminated final block, as left by a generation cut
+    at its length limit) are dedented, and Python-tagged (or untagged) blocks are preferred over blocks in other
+    languages. When several blocks define something at their top level (a function, a class or an import), they are
+    joined in order: a helper and the solution written in separate blocks both count, and a later corrected version
+    replaces an earlier one, while blocks of example calls or expected output are left out. When no block defines
+    anything, the last block is the program. Without fences, the whole completion is the program.
 
     Args:
         completion: Model completion.
@@ -271,15 +367,53 @@ def extract_code(completion: str) -> str:
     Returns:
         The code, with surrounding blank lines removed.
     """
-    blocks = [(tag.lower(), body) for tag, body in _FENCE.findall(completion)]
+    blocks = [(tag.lower(), _clean_block(body)) for tag, body in _FENCE.findall(completion)]
     if not blocks:
         return completion.strip("\n")
     python_blocks = [body for tag, body in blocks if tag in _PYTHON_TAGS or tag == ""]
     candidates = python_blocks or [body for _, body in blocks]
-    for body in candidates:
-        if re.search(r"^\s*(def|class|async\s+def)\s", body, re.MULTILINE):
-            return body.strip("\n")
-    return candidates[0].strip("\n")
+    defining = [body for body in candidates if _DEFINES.search(body)]
+    return "\n\n".join(defining) if defining else candidates[-1]
+
+
+def _prefix_code(prefix: str) -> str | None:
+    """The code a prefix leaves open: what follows its last fence when that fence opens a block, else None."""
+    fences = [match.end() for match in re.finditer(r"```[^\n]*\n?", prefix)]
+    if len(fences) % 2 == 0:
+        return None
+    return prefix[fences[-1] :]
+
+
+def code_program(completion: str, prefix: str = "") -> str:
+    """The program a code completion gives, when its prompt ends with ``prefix``.
+
+    A prefix that opens a code block (HumanEval's signature and docstring after ```` ```python ````) is continued
+    by the completion: when the completion does not start a block of its own, the program is the prefix's code
+    followed by the completion up to its first fence, if that compiles (a completion of only the function's body).
+    Otherwise the program is :func:`extract_code` of the completion.
+
+    Args:
+        completion: Model completion (what follows the prompt).
+        prefix: The end of the prompt that the completion continues (the ``prefix`` of the reference).
+
+    Returns:
+        The program.
+    """
+    opened = _prefix_code(prefix)
+    if opened is None:
+        return extract_code(completion)
+    closing = re.match(r"\s*```[ \t]*(?:\n|$)", completion)
+    if closing:  # the completion closes the prefix's block first, then (usually) writes its own
+        return extract_code(completion[closing.end() :])
+    if not completion.lstrip().startswith("```"):
+        continued = opened + completion.split("```", 1)[0]
+        try:
+            compile(continued, "<completion>", "exec")
+        except (SyntaxError, ValueError):
+            pass
+        else:
+            return continued.strip("\n").rstrip()
+    return extract_code(completion)
 
 
 def code_scorer(
@@ -290,11 +424,17 @@ def code_scorer(
     allow_code_execution: bool = False,
     **limits: Any,
 ) -> bool:
-    """Score a code completion: extract its program (:func:`extract_code`) and run the reference tests on it.
+    """Score a code completion: take its program (:func:`code_program`) and run the reference tests on it.
+
+    The program runs after a header of common standard-library imports (``add_imports``: chat models leave out
+    ``from typing import List`` and the like), as a module (its ``if __name__ == "__main__":`` demo does not run), in
+    a separate process (:func:`~t3d_trl.evaluation.execute_code`); it passes when the tests are seen to run to their
+    end.
 
     Args:
-        prediction: Model completion (fenced code block or raw code).
-        reference: Test program (HumanEval ``test`` + ``check(entry_point)``, or MBPP asserts).
+        prediction: Model completion (fenced code blocks or raw code).
+        reference: Test program (HumanEval ``test`` + ``check(entry_point)``, or MBPP asserts), or the JSON object
+            ``{"tests": [...], "prefix": "..."}`` of :mod:`t3d_trl.evaluation.code_reference`.
         timeout: Wall-clock limit in seconds.
         allow_code_execution: Accept the risk of running untrusted code; alternatively set
             ``HF_ALLOW_CODE_EVAL=1``.
@@ -305,56 +445,110 @@ def code_scorer(
 
     Raises:
         ValueError: If code execution was not explicitly allowed, or a limit is invalid.
-        TypeError: If a keyword argument is not one of :func:`execute_code`'s.
+        TypeError: If ``prediction`` or ``reference`` is not a string, or a keyword argument is not one of
+            :func:`execute_code`'s.
         RuntimeError: If the child could not apply a limit.
     """
-    return code_passes(extract_code(prediction), reference, **_code_options(timeout, allow_code_execution, limits))
+    _check_text("code", "prediction", prediction)
+    _check_text("code", "reference", reference)
+    parsed = parse_code_reference(reference)
+    options = _code_options(timeout, allow_code_execution, limits)
+    return code_passes(code_program(prediction, parsed.prefix), parsed.test_program, **options)
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # Registry
 # --------------------------------------------------------------------------------------------------------------------
 
-_SCORERS: dict[str, Callable[..., bool]] = {
-    "exact_match": exact_match,
-    "math": math_equal,
-    "code": code_scorer,
-}
-SCORER_NAMES: tuple[str, ...] = tuple(_SCORERS)
+
+@dataclass(frozen=True)
+class ScorerInfo:
+    """What the registry knows of a scorer.
+
+    Attributes:
+        name: The registered name.
+        function: The scoring function ``(prediction, reference, **options) -> bool``.
+        paper: The name of its paper twin, the scorer whose verdict the T3D paper's code would give on the same row
+            (None when there is none); the evaluation reports both accuracies.
+        executes_code: Whether it runs model-written code (the runner then needs the opt-in and passes it
+            ``allow_code_execution`` and ``timeout``).
+    """
+
+    name: str
+    function: Callable[..., bool]
+    paper: str | None = None
+    executes_code: bool = False
 
 
-def register_scorer(name: str, scorer: Callable[[str, str], bool], *, overwrite: bool = False) -> None:
+#: registered scorers by name (built-ins first)
+SCORERS: Registry[ScorerInfo] = Registry("scorer", hint="register one with t3d_trl.evaluation.register_scorer")
+for _info in (
+    ScorerInfo("exact_match", exact_match),
+    ScorerInfo("math", math_equal, paper="paper_math"),
+    ScorerInfo("code", code_scorer, paper="paper_code", executes_code=True),
+    ScorerInfo("paper_math", paper_math, paper="paper_math"),
+    ScorerInfo("paper_code", paper_code, paper="paper_code", executes_code=True),
+):
+    SCORERS.register(_info.name, _info, builtin=True)
+SCORER_NAMES: tuple[str, ...] = SCORERS.names()
+
+
+def register_scorer(
+    name: str,
+    scorer: Callable[[str, str], bool],
+    *,
+    overwrite: bool = False,
+    paper: str | None = None,
+    executes_code: bool = False,
+) -> None:
     """Make ``scorer(prediction, reference) -> bool`` available to :func:`get_scorer` and the evaluation runner.
 
     Args:
         name: The name that datasets' ``scorer`` column and ``scorer=`` refer to.
         scorer: The scoring function.
-        overwrite: Replace a scorer registered earlier under ``name``. Registering the same function again is
-            always accepted; built-in scorers are never replaced.
+        overwrite: Replace a scorer registered earlier under ``name``. Registering the same function with the same
+            options again is always accepted; built-in scorers are never replaced.
+        paper: The name of the scorer that gives the T3D paper's verdict on the rows this one scores (its paper twin,
+            already registered, or ``name`` itself); the runner then reports the accuracy under both and the rows
+            where they disagree. None: no paper verdict for these rows.
+        executes_code: The scorer runs model-written code: it takes ``allow_code_execution`` and ``timeout`` keyword
+            arguments, and the runner refuses it without the opt-in.
 
     Raises:
         ValueError: If ``name`` is empty, a built-in scorer, or already registered to another function while
-            ``overwrite`` is False.
+            ``overwrite`` is False, or ``paper`` names no registered scorer.
         TypeError: If ``scorer`` is not callable.
     """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"A scorer name must be a non-empty string, got {name!r}.")
     if not callable(scorer):
         raise TypeError(f"The scorer registered as {name!r} must be callable, got {scorer!r}.")
-    if name in SCORER_NAMES:
-        raise ValueError(f"{name!r} is a built-in scorer; register yours under another name.")
-    current = _SCORERS.get(name)
-    if current is not None and current is not scorer and not overwrite:
+    if paper is not None and paper != name and paper not in SCORERS:
         raise ValueError(
-            f"A scorer named {name!r} is already registered ({current!r}); pass overwrite=True to register_scorer "
-            "to replace it, or register yours under another name."
+            f"register_scorer({name!r}, paper={paper!r}): the paper twin must be a registered scorer or {name!r} "
+            f"itself; registered: {', '.join(SCORERS)}."
         )
-    _SCORERS[name] = scorer
+    info = ScorerInfo(name, scorer, paper=paper, executes_code=bool(executes_code))
+    current = SCORERS.get(name) if isinstance(name, str) else None
+    SCORERS.register(name, current if current == info else info, overwrite=overwrite)
 
 
 def available_scorers() -> tuple[str, ...]:
     """Names of the built-in and registered scorers."""
-    return tuple(_SCORERS)
+    return SCORERS.names()
+
+
+def scorer_info(name: str) -> ScorerInfo:
+    """What the registry knows of a scorer: its function, its paper twin and whether it runs code.
+
+    Args:
+        name: A registered scorer name.
+
+    Returns:
+        Its :class:`ScorerInfo`.
+
+    Raises:
+        ValueError: If the name is not registered (naming the registered ones).
+    """
+    return SCORERS.get_entry(name)
 
 
 def _check_scorer_keywords(name: str, fn: Callable[..., bool], kwargs: dict[str, Any]) -> None:
@@ -373,24 +567,29 @@ def get_scorer(name: str, **kwargs: Any) -> Scorer:
     """Look a scorer up by name.
 
     Args:
-        name: One of ``"exact_match"``, ``"math"``, ``"code"``.
-        **kwargs: Keyword arguments bound to the scorer, e.g. ``normalize=True`` for ``exact_match`` or
-            ``allow_code_execution=True, timeout=5.0`` for ``code``.
+        name: A registered name: ``"exact_match"``, ``"math"``, ``"code"``, ``"paper_math"``, ``"paper_code"`` or one
+            added with :func:`register_scorer`.
+        **kwargs: Keyword arguments bound to the scorer, e.g. ``normalize=True`` for ``exact_match``,
+            ``last_number_fallback=True`` for ``math``, or ``allow_code_execution=True, timeout=5.0`` for ``code``.
 
     Returns:
         A callable ``(prediction, reference) -> bool``.
 
     Raises:
-        ValueError: If the name is unknown, if the ``code`` scorer is requested without opting in to code
+        ValueError: If the name is unknown, if a scorer that runs code is requested without opting in to code
             execution, or with an invalid limit (e.g. a non-positive ``timeout``).
         TypeError: If the scorer does not take one of the keyword arguments.
     """
-    if name not in _SCORERS:
-        raise ValueError(f"Unknown scorer {name!r}. Valid scorers: {', '.join(sorted(_SCORERS))}.")
-    fn = _SCORERS[name]
-    if name == "code":
-        _check_code_execution_allowed(bool(kwargs.get("allow_code_execution", False)))
-        check_code_options(kwargs)
-    elif kwargs:
+    info = scorer_info(name)
+    fn = info.function
+    if kwargs:
         _check_scorer_keywords(name, fn, kwargs)
+    if info.executes_code:
+        _check_code_execution_allowed(bool(kwargs.get("allow_code_execution", False)))
+        if fn is paper_code and "add_imports" in kwargs:
+            raise TypeError(
+                "Scorer 'paper_code' runs programs without added imports, as the paper's code does: drop add_imports."
+            )
+        if fn in (code_scorer, paper_code):  # the built-in code scorers take execute_code's limits
+            check_code_options(kwargs)
     return partial(fn, **kwargs) if kwargs else fn
