@@ -320,8 +320,9 @@ class EvalArguments:
     scorer: str | None = field(
         default=None,
         metadata={
-            "help": "Scorer for every row instead of each set's own: `exact_match`, `math`, `code`, a name "
-            "registered with `register_scorer`, or `module:function` (imported and registered)."
+            "help": "Scorer for every row instead of each set's own: `exact_match`, `math`, `code`, `paper_math`, "
+            "`paper_code`, or a name registered with `register_scorer` by a module of `--scorer_modules` (an import "
+            "path such as `module:function` is refused)."
         },
     )
     scorer_modules: list[str] | None = field(
