@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
+from numbers import Integral, Real
 from typing import Any
 
 from transformers import GenerationConfig
+from transformers.utils import logging
 
 from .remasking import remasking_class, remasking_names, remasking_parameters
+
+logger = logging.get_logger(__name__)
 
 #: ``max_new_tokens`` of decoding when a config leaves it unset
 DEFAULT_MAX_NEW_TOKENS = 256
@@ -99,7 +104,15 @@ class DiffusionGenerationConfig(GenerationConfig):
         for field in remasking_parameters():  # a strategy registered after this config was built
             if field in kwargs and not hasattr(self, field):
                 setattr(self, field, kwargs[field])
-        return super().update(**kwargs)  # ends with self.validate()
+        unused = super().update(**kwargs)  # ends with self.validate()
+        if kwargs.get("max_length") is not None and self.max_new_tokens is not None:
+            # transformers' own words (`GenerationMixin._prepare_generated_length`) for the same conflict
+            logger.warning(
+                f"Both `max_new_tokens` (={self.max_new_tokens}) and `max_length`(={self.max_length}) seem to have "
+                "been set. `max_new_tokens` will take precedence. Pass `max_new_tokens` to change the number of new "
+                "tokens, or `max_new_tokens=None` with `max_length` to count the prompt."
+            )
+        return unused
 
     def validate(self, strict: bool = False, user_set_attributes: set[str] | None = None) -> None:
         """transformers' checks, then :meth:`validate_diffusion`. transformers calls it when the config is built,
@@ -108,10 +121,10 @@ class DiffusionGenerationConfig(GenerationConfig):
         self.validate_diffusion()
 
     def validate_diffusion(self) -> None:
-        """Check the diffusion fields and raise a `ValueError` that says what to change."""
-        if not isinstance(self.block_size, int) or self.block_size < 1:
+        """Check the diffusion fields and the sampling settings, and raise a `ValueError` that says what to change."""
+        if not _is_integer(self.block_size) or self.block_size < 1:
             raise ValueError(f"`block_size` must be a positive integer, got {self.block_size!r}.")
-        if not isinstance(self.steps_per_block, int) or not 1 <= self.steps_per_block <= self.block_size:
+        if not _is_integer(self.steps_per_block) or not 1 <= self.steps_per_block <= self.block_size:
             raise ValueError(
                 f"`steps_per_block` must be an integer between 1 and `block_size` ({self.block_size}), got "
                 f"{self.steps_per_block!r}. Use steps_per_block=1 for one step per block or "
@@ -127,6 +140,8 @@ class DiffusionGenerationConfig(GenerationConfig):
         samples = self.num_return_sequences
         if samples is not None and (not isinstance(samples, int) or samples < 1):
             raise ValueError(f"`num_return_sequences` must be a positive integer, got {samples!r}.")
+        _check_mask_token_id(self.mask_token_id)
+        _check_sampling(self.temperature, self.top_k, self.top_p)
 
     @classmethod
     def from_generation_config(cls, config: GenerationConfig | None, **overrides: Any) -> DiffusionGenerationConfig:
@@ -147,13 +162,61 @@ class DiffusionGenerationConfig(GenerationConfig):
         return diffusion_config
 
 
+def _is_integer(value: Any) -> bool:
+    """Whether ``value`` is an integer (``True`` and ``2.0`` are not)."""
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _check_mask_token_id(mask_token_id: Any) -> None:
+    """A mask token id is ``None`` (unset) or a non-negative integer; a token string gets the way to its id."""
+    if mask_token_id is None or (_is_integer(mask_token_id) and mask_token_id >= 0):
+        return
+    if isinstance(mask_token_id, str):
+        raise ValueError(
+            f"`mask_token_id` must be a token id (an integer), got the string {mask_token_id!r}. Look its id up with "
+            f"`tokenizer.convert_tokens_to_ids({mask_token_id!r})`, or pass the tokenizer to "
+            "`patch_model(model, tokenizer)`, which takes its mask token."
+        )
+    raise ValueError(
+        f"`mask_token_id` must be a non-negative integer token id, got {mask_token_id!r} "
+        f"({type(mask_token_id).__name__})."
+    )
+
+
+def _check_sampling(temperature: Any, top_k: Any, top_p: Any) -> None:
+    """The ranges transformers' samplers accept: a finite ``temperature >= 0``, an integer ``top_k >= 0`` (0: off) and
+    ``0 <= top_p <= 1`` (1: off)."""
+    if temperature is not None:
+        _check_temperature(temperature)
+    if top_k is not None and (not _is_integer(top_k) or top_k < 0):
+        raise ValueError(f"`top_k` must be an integer >= 0 (0 or None turns it off), got {top_k!r}.")
+    if top_p is not None and (
+        isinstance(top_p, bool) or not isinstance(top_p, Real) or not 0.0 <= top_p <= 1.0  # NaN fails the range
+    ):
+        raise ValueError(f"`top_p` must be a number between 0 and 1 (1 or None turns it off), got {top_p!r}.")
+
+
+def _check_temperature(temperature: Any) -> float:
+    """``temperature`` as a float, or a `ValueError`: it must be a finite number >= 0 (0 decodes greedily)."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (Real, str)):
+        raise ValueError(f"`temperature` must be a number >= 0 (0 decodes greedily), got {temperature!r}.")
+    try:
+        value = float(temperature)
+    except ValueError:
+        raise ValueError(f"`temperature` must be a number >= 0 (0 decodes greedily), got {temperature!r}.") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(
+            f"`temperature` must be a finite number >= 0 (0 decodes greedily, 1 samples from the model's "
+            f"distribution), got {temperature!r}."
+        )
+    return value
+
+
 def _normalise_sampling(kwargs: dict[str, Any], current_do_sample: bool | None = None) -> None:
     """Map the diffusion convention (temperature 0 = greedy) onto `GenerationConfig`'s ``do_sample`` flag."""
     if "temperature" not in kwargs or kwargs["temperature"] is None:
         return
-    temperature = float(kwargs["temperature"])
-    if temperature < 0:
-        raise ValueError(f"`temperature` must be >= 0 (0 decodes greedily), got {temperature}.")
+    temperature = _check_temperature(kwargs["temperature"])
     if temperature == 0.0:
         kwargs["temperature"] = None
         kwargs["do_sample"] = False
