@@ -242,6 +242,7 @@ class T3DTrainer(Trainer):
             vocab_size=base.get_output_embeddings().weight.shape[0],
             eos_token_id=getattr(tokenizer, "eos_token_id", None),
             require_step_map=args.state_sampling != "random",
+            mask_token_id=self.mask_token_id,
         )
         decisions = {k: v for k, v in stats.items() if k not in ("num_rows_in", "num_rows_out") and v}
         logger.info(
