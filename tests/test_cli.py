@@ -140,6 +140,42 @@ def test_usage_errors_are_one_line_with_status_2(tmp_path, capsys, argv, message
     assert "usage:" not in err
 
 
+def test_a_config_key_given_twice_is_refused_naming_both_lines(tmp_path, capsys):
+    config = tmp_path / "twice.yaml"
+    config.write_text("learning_rate: 1e-5\nmax_steps: 3\nlearning_rate: 2e-5\n")
+    assert main(["train", "--config", str(config), "--output_dir", str(tmp_path / "out")]) == 2
+    message = _one_error_line(capsys.readouterr().err, "t3d-trl train")
+    assert message.startswith(f"--config {config}: `learning_rate` is given twice (lines 1 and 3); keep one")
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("env:\n  A: 1\n  A: 2\n")
+    assert main(["rollout", "--config", str(nested)]) == 2
+    assert "`A` is given twice (lines 2 and 3)" in capsys.readouterr().err
+
+
+def test_yaml_boolean_words_read_as_the_flags_type(tmp_path, monkeypatch):
+    """YAML 1.1 reads `no`, `yes`, `on`, `off` as booleans: `save_strategy: no` means the strategy "no" (it was the
+    boolean False, refused as "False is not a valid SaveStrategy"); a boolean flag still reads them as booleans."""
+    monkeypatch.delenv("T3D_TEST_WORD", raising=False)
+    config = tmp_path / "words.yaml"
+    config.write_text(
+        "save_strategy: no\neval_strategy: 'no'\nbf16: no\nuse_cpu: yes\nhub_strategy: end\nenv:\n  T3D_TEST_WORD: on\n"
+    )
+    *_, args = parse_command("train", ["--config", str(config), "--output_dir", str(tmp_path / "out")])
+    assert args.save_strategy == "no" and args.eval_strategy == "no"
+    assert args.bf16 is False and args.use_cpu is True
+    assert os.environ["T3D_TEST_WORD"] == "True"  # env values are YAML's, as TRL reads them
+
+
+def test_demo_print_config_refuses_an_unknown_method(tmp_path, capsys):
+    output_dir = tmp_path / "demo"
+    assert main(["demo", "--methods", "NOPE", "--output_dir", str(output_dir), "--print_config"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""  # nothing printed as if it were a valid configuration
+    message = _one_error_line(captured.err, "t3d-trl demo")
+    assert message.startswith("Unknown method(s) ['NOPE']; choose from ['SFT', ")
+    assert not output_dir.exists()
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
