@@ -207,6 +207,53 @@ def test_errors_found_while_running_are_one_line_with_status_1(tmp_path, capsys,
     assert "Traceback (most recent call last)" in err and re.search(message, err.splitlines()[-1])
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_device_cuda_without_a_gpu_is_refused_before_anything_is_loaded(tmp_path, capsys, monkeypatch):
+    from t3d_trl.scripts import evaluate
+
+    monkeypatch.setattr(evaluate, "load_eval_sets", lambda *args: pytest.fail("the evaluation sets were loaded"))
+    assert main(["eval", "--model_name_or_path", str(tmp_path / "m"), "--device", "cuda"]) == 1
+    line = _one_error_line(capsys.readouterr().err, "t3d-trl eval")
+    assert line.startswith("--device='cuda': this machine has no cuda device (torch.cuda.is_available() is False")
+    assert "Use cpu, or leave the setting unset" in line
+    assert main(["eval", "--model_name_or_path", str(tmp_path / "m"), "--device", "gpu0"]) == 1
+    assert "--device='gpu0' is not a device" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["does not exist", "is a file"])
+def test_a_model_path_that_is_no_model_is_named_by_the_commands(tmp_path, capsys, where):
+    path = tmp_path / "no" / "such" / "dir"
+    if where == "is a file":
+        path = tmp_path / "model.safetensors"
+        path.write_bytes(b"x")
+    assert main(["rollout", "--model_name_or_path", str(path), "--dataset_path", str(tmp_path / "d.jsonl")]) == 1
+    line = _one_error_line(capsys.readouterr().err, "t3d-trl rollout")
+    assert line.startswith(f"--model_name_or_path='{path}' {where}") and "give a directory holding a saved" in line
+
+
+def test_a_type_error_from_a_bug_prints_its_traceback(monkeypatch, capsys):
+    """A `TypeError` from an operation or a call inside the code is a bug: its traceback is printed (it was reported
+    as a one-line user error)."""
+    from t3d_trl.scripts import demo
+
+    def buggy(*args):
+        return len(5)  # a bug, not a user's mistake
+
+    monkeypatch.setattr(demo, "main", buggy)
+    with pytest.raises(TypeError, match="has no len"):
+        main(["demo", "--seeds", "0"])
+
+
+def test_a_type_error_t3d_trl_raises_about_an_argument_is_one_line(monkeypatch, capsys):
+    from t3d_trl.data import prepare_trajectory_dataset
+    from t3d_trl.scripts import demo
+
+    monkeypatch.setattr(demo, "main", lambda *args: prepare_trajectory_dataset(5))
+    assert main(["demo", "--seeds", "0"]) == 1
+    line = _one_error_line(capsys.readouterr().err, "t3d-trl demo")
+    assert line.startswith("The trajectory dataset must be a datasets.Dataset or a list of dicts, got int.")
+
+
 def test_an_interrupted_rollout_says_how_to_resume(monkeypatch, capsys):
     from t3d_trl.scripts import rollout
 

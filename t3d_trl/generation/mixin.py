@@ -9,6 +9,7 @@ import torch
 from transformers import GenerationConfig
 
 from ..models.families import ModelFamily, check_supported, get_family
+from ..nonfinite import check_finite_weights
 from .configuration import DiffusionGenerationConfig
 from .decoding import generate_with_model
 
@@ -132,8 +133,13 @@ def patch_model(
 
     Returns:
         ``model``, patched.
+
+    Raises:
+        ValueError: for a setting decoding cannot honour, or a model whose weights hold NaN or ±inf (it would decode
+            token 0 everywhere; :func:`t3d_trl.nonfinite.check_finite_weights`).
     """
     check_supported(model)
+    check_finite_weights(model)
     if not isinstance(shift_logits, bool):
         raise ValueError(f"`shift_logits` must be True or False, got {shift_logits!r}.")
     tokenizer = getattr(processing_class, "tokenizer", processing_class)

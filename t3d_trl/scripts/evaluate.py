@@ -251,6 +251,7 @@ def main(model_args: ModelArguments, eval_args: EvalArguments) -> dict[str, Any]
     import torch
     from transformers import set_seed
 
+    from ..devices import check_device
     from ..evaluation import evaluate_few_step, plot_accuracy_vs_tokens_per_step, to_markdown
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -259,6 +260,7 @@ def main(model_args: ModelArguments, eval_args: EvalArguments) -> dict[str, Any]
             "same files): run it without `accelerate launch`, and pick the device with --device."
         )
     check_eval_arguments(eval_args)
+    check_device(eval_args.device or "cpu", "--device")  # before any data or model is loaded
     set_seed(eval_args.seed)
     for module in eval_args.scorer_modules or []:
         try:

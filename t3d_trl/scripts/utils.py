@@ -442,9 +442,13 @@ def load_tokenizer(args: ModelArguments) -> Any:
     """The tokenizer of ``args.tokenizer_name_or_path`` (or the model), with ``--mask_token`` set if given."""
     from transformers import AutoTokenizer
 
+    from ..models.locations import TOKENIZER_FILES, check_model_location
+
     name = args.tokenizer_name_or_path or args.model_name_or_path
     if name is None:
         raise ValueError("No model: pass --model_name_or_path (a Hub id or a local directory).")
+    flag = "--tokenizer_name_or_path" if args.tokenizer_name_or_path else "--model_name_or_path"
+    check_model_location(name, flag, required_files=TOKENIZER_FILES)
     tokenizer = AutoTokenizer.from_pretrained(
         name, revision=args.model_revision, trust_remote_code=args.trust_remote_code
     )
@@ -472,14 +476,21 @@ def model_init_kwargs(args: ModelArguments) -> dict[str, Any]:
 
 def load_model(args: ModelArguments, family: str | None = None, tokenizer: Any = None, device: Any = None) -> Any:
     """Load a diffusion LM with the auto class of its family (:func:`t3d_trl.models.families.load_pretrained`), put it
-    on ``device`` in eval mode and give it the few-step ``generate`` of :func:`t3d_trl.patch_model`."""
+    on ``device`` in eval mode and give it the few-step ``generate`` of :func:`t3d_trl.patch_model`. The location
+    (:func:`t3d_trl.models.locations.check_model_location`) and the device (:func:`t3d_trl.devices.check_device`)
+    are checked before anything is loaded."""
     import torch
 
+    from ..devices import check_device
     from ..generation import patch_model
     from ..models.families import load_pretrained
+    from ..models.locations import check_model_location
 
     if args.model_name_or_path is None:
         raise ValueError("No model: pass --model_name_or_path (a Hub id or a local directory).")
+    check_model_location(args.model_name_or_path, "--model_name_or_path")
+    if device is not None:
+        check_device(device, "--device")
     kwargs = model_init_kwargs(args)
     if kwargs["dtype"] != "auto":
         kwargs["dtype"] = getattr(torch, kwargs["dtype"])

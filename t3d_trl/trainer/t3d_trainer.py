@@ -24,6 +24,8 @@ from ..generation import DiffusionGenerationConfig, patch_model
 from ..generation.custom_generate import write_custom_generate
 from ..masks import NOISY
 from ..models.families import get_family, load_pretrained
+from ..models.locations import TOKENIZER_FILES, check_model_location
+from ..nonfinite import check_finite_loss, check_finite_weights
 from ..objectives import ReferenceTerms, compute_objectives, reference_request, reference_terms, student_request
 from ..statistics import StatisticsRequest, TokenStatistics
 from .callbacks import (
@@ -39,6 +41,7 @@ from .callbacks import (
 )
 from .config import T3DConfig
 from .model_card import ModelCardInfo, model_card_text
+from .resume import check_resume_checkpoint
 
 if is_peft_available():
     from peft import PeftConfig, PeftModel, get_peft_model
@@ -99,7 +102,8 @@ class T3DTrainer(Trainer):
         train_dataset: trajectories (see ``docs/training.md``): ``prompt_ids``, ``completion_ids``, ``step_map`` and the
             teacher's ``block_size`` / ``steps_per_block``, as written by :func:`t3d_trl.generate_trajectories`.
         eval_dataset: trajectories to evaluate the same losses and metrics on.
-        processing_class: the tokenizer (must have, or the model config must name, a mask token).
+        processing_class: the tokenizer (must have, or the model config must name, a mask token). When omitted, it is
+            loaded from the model's checkpoint; a model built from a config has none, so pass it.
         compute_metrics: passed to :class:`~transformers.Trainer`.
         callbacks: extra callbacks.
         optimizers: ``(optimizer, scheduler)``.
@@ -137,8 +141,11 @@ class T3DTrainer(Trainer):
         model_id = model if isinstance(model, str) else None
         if isinstance(model, str):
             model = self._load_model(model, args)
+        check_finite_weights(model, "The model")
+        if ref_model is not None:
+            check_finite_weights(ref_model, "`ref_model`")
         if processing_class is None:
-            processing_class = AutoTokenizer.from_pretrained(model_id or model.config._name_or_path)
+            processing_class = _default_processing_class(model_id or getattr(model.config, "_name_or_path", ""))
         if ref_model is model:
             raise ValueError("`model` and `ref_model` cannot be the same object; leave ref_model=None for a copy.")
 
@@ -222,6 +229,7 @@ class T3DTrainer(Trainer):
     # ------------------------------------------------------------------------------------------------ set-up
     @staticmethod
     def _load_model(name: str, args: T3DConfig) -> PreTrainedModel:
+        check_model_location(name, "model")
         kwargs = dict(args.model_init_kwargs or {})
         kwargs.setdefault("attn_implementation", "sdpa")
         if isinstance(kwargs.get("dtype"), str) and kwargs["dtype"] != "auto":
@@ -347,6 +355,8 @@ class T3DTrainer(Trainer):
                 model, {**inputs, "input_ids": inputs["complement_input_ids"]}, request
             )
         loss, metrics = compute_objectives(statistics, inputs, self.args, reference, complement)
+        if model.training:  # a NaN loss stops the run before the optimizer applies it (see t3d_trl.nonfinite)
+            check_finite_loss(loss, self.state, self.accelerator, self.accelerator.unwrap_model(model))
         self._record_metrics(metrics, "train" if model.training else "eval")
         return (loss, {"statistics": statistics.values}) if return_outputs else loss
 
@@ -413,6 +423,13 @@ class T3DTrainer(Trainer):
         return dataset.add_column("ref_fake_logps", [fake_logps[i] for i in rows])
 
     # ------------------------------------------------------------------------------ checkpoints and saving
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """``Trainer.train``, after checking the checkpoint to resume from (:mod:`t3d_trl.trainer.resume`): a missing,
+        incomplete or damaged one is refused with one message naming its files, before anything is loaded."""
+        reference = _REF_CHECKPOINT if self.sync_callback is not None else None
+        check_resume_checkpoint(resume_from_checkpoint, self.args.output_dir, reference)
+        return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+
     def _reference_state(self) -> dict[str, torch.Tensor] | None:
         """The reference's full (gathered) weights, as ``ref_model.pt`` holds them: collective under FSDP / ZeRO-3,
         where rank 0 gets them and the other ranks ``{}``."""
@@ -572,6 +589,27 @@ class T3DTrainer(Trainer):
         )
         with open(os.path.join(output_dir, "README.md"), "w", encoding="utf-8") as handle:
             handle.write(model_card_text(info))
+
+
+def _default_processing_class(name: str):
+    """The tokenizer saved with the model ``name`` (when ``processing_class`` is not given), or an error saying to pass
+    one: a model built from a config has no name to load it from."""
+    if not name:
+        raise ValueError(
+            "`processing_class` is required: `model` was built from a config (its config has no `_name_or_path`), "
+            "so there is no checkpoint to load its tokenizer from. Pass the tokenizer: "
+            "T3DTrainer(model, processing_class=tokenizer, ...)."
+        )
+    try:
+        check_model_location(name, "the model's checkpoint", required_files=TOKENIZER_FILES)
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        reason = " ".join(str(error).split())[:300]
+        raise ValueError(
+            f"`processing_class` is not given and no tokenizer could be loaded from the model's checkpoint {name!r} "
+            f"({type(error).__name__}: {reason}). Pass the tokenizer: T3DTrainer(model, processing_class=tokenizer, "
+            "...)."
+        ) from error
 
 
 def _regular_token_ids(processing_class) -> list[int]:
