@@ -580,7 +580,7 @@ def test_rollout_train_eval_chain(tmp_path, monkeypatch, capsys):
     student = tmp_path / "tiny-t3d-cli"
     for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "README.md"):
         assert (student / name).exists(), name
-    generation = json.loads((student / "generation_config.json").read_text())
+    generation = json.loads((student / "generation_config.json").read_text())["block_diffusion"]
     assert generation["block_size"] == 4 and generation["mask_token_id"] is not None
 
     # eval (in this process): the student on the demo prompts (custom scorers registered by a module) and on a

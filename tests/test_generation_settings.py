@@ -3,6 +3,8 @@ what is accepted; a call-time ``max_length`` against a configured ``max_new_toke
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from transformers.testing_utils import CaptureLogger
@@ -110,3 +112,42 @@ def test_call_time_max_length_against_configured_max_new_tokens_warns_as_transfo
     with CaptureLogger(configuration.logger) as captured:
         model.generate(_ids(tokenizer))
     assert captured.out == ""
+
+
+def test_a_saved_student_loaded_by_transformers_alone_refuses_steps_per_block(tmp_path, tokenizer):
+    """The diffusion settings are saved under one key: transformers alone has no `steps_per_block` field, so it refuses
+    the argument instead of decoding autoregressively with it silently accepted; the saved note says what to do."""
+    from transformers import GenerationConfig, Qwen3ForCausalLM
+
+    from t3d_trl.generation.configuration import HOW_TO_DECODE
+
+    patch_model(tiny_qwen3(), tokenizer, block_size=4, steps_per_block=2, max_new_tokens=8).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "generation_config.json").read_text())
+    assert (
+        saved["block_diffusion"]["steps_per_block"] == 2 and saved["block_diffusion"]["how_to_decode"] == HOW_TO_DECODE
+    )
+    assert "trust_remote_code=True" in HOW_TO_DECODE and "import t3d_trl" in HOW_TO_DECODE
+    assert saved["max_new_tokens"] == 8 and not {"block_size", "steps_per_block", "mask_token_id"} & set(saved)
+
+    plain = Qwen3ForCausalLM.from_pretrained(tmp_path)  # a concrete class: transformers alone, no load hook
+    assert not hasattr(plain, "diffusion_family") and type(plain.generation_config) is GenerationConfig
+    with pytest.raises(ValueError, match=r"model_kwargs.*not used by the model.*\['steps_per_block'\]"):
+        plain.generate(_ids(tokenizer), steps_per_block=1)
+
+    restored = patch_model(plain, tokenizer)  # t3d-trl reads the settings back
+    assert (restored.generation_config.block_size, restored.generation_config.steps_per_block) == (4, 2)
+    assert restored.generation_config.max_new_tokens == 8
+
+
+def test_generation_configs_saved_with_top_level_settings_still_load(tmp_path, tokenizer):
+    """Files written before the settings moved under `block_diffusion` keep their settings."""
+    from transformers import AutoModelForCausalLM
+
+    tiny_qwen3().save_pretrained(tmp_path)
+    flat = {"block_size": 8, "steps_per_block": 4, "remasking": "sequential", "mask_token_id": 2, "max_new_tokens": 8}
+    (tmp_path / "generation_config.json").write_text(json.dumps(flat))
+    model = AutoModelForCausalLM.from_pretrained(tmp_path)  # the load hook patches it
+    config = model.generation_config
+    assert isinstance(config, DiffusionGenerationConfig)
+    assert (config.block_size, config.steps_per_block, config.remasking) == (8, 4, "sequential")
+    assert DiffusionGenerationConfig.from_pretrained(tmp_path).block_size == 8

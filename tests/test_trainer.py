@@ -207,7 +207,7 @@ def test_save_model_writes_card_and_generation_config(tmp_path, tokenizer, traje
     trainer.save_model()
     card = (tmp_path / "README.md").read_text()
     assert "T3D" in card and "2602.12262" in card and "t3d-trl" in card
-    config = json.loads((tmp_path / "generation_config.json").read_text())
+    config = json.loads((tmp_path / "generation_config.json").read_text())["block_diffusion"]
     assert config["block_size"] == 8 and config["mask_token_id"] == tokenizer.mask_token_id
     loaded = patch_model(AutoModelForCausalLM.from_pretrained(tmp_path))
     assert loaded.generation_config.block_size == 8

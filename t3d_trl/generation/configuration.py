@@ -1,7 +1,17 @@
-"""`DiffusionGenerationConfig`: the decoding settings of a block diffusion language model."""
+"""`DiffusionGenerationConfig`: the decoding settings of a block diffusion language model.
+
+In ``generation_config.json`` the diffusion settings (block size, steps per block, remasking, mask token...) are
+saved under one key, :data:`SAVED_SETTINGS_KEY`, with a note on how to decode the checkpoint in few steps
+(:data:`HOW_TO_DECODE`); transformers' own fields (``max_new_tokens``, ``temperature``, ``eos_token_id``...) stay at
+the top. transformers alone then has no ``steps_per_block`` field, so ``generate(steps_per_block=1)`` on a model
+loaded without t3d-trl and without ``trust_remote_code`` is refused by transformers ("model_kwargs are not used")
+instead of running its autoregressive decoding with the argument silently accepted. Files with the settings at the
+top level (saved by earlier versions) still load. See ``docs/generation.md`` ("Saving and decoding without t3d-trl").
+"""
 
 from __future__ import annotations
 
+import json
 import math
 from numbers import Integral, Real
 from typing import Any
@@ -25,6 +35,45 @@ DIFFUSION_FIELDS = (
     "mask_token_id",
     "output_trajectory",
 )
+
+#: the key of ``generation_config.json`` under which the diffusion settings are saved
+SAVED_SETTINGS_KEY = "block_diffusion"
+_NOTE_KEY = "how_to_decode"
+#: the note saved with the diffusion settings
+HOW_TO_DECODE = (
+    "Few-step block diffusion decoding: transformers' own generate() decodes autoregressively and does not read "
+    "these settings. Load with trust_remote_code=True (from_pretrained runs custom_generate/generate.py), or "
+    "pip install t3d-trl and import t3d_trl before from_pretrained; then generate(..., steps_per_block=1)."
+)
+
+
+def _saved_keys() -> tuple[str, ...]:
+    """The settings saved under :data:`SAVED_SETTINGS_KEY`: the diffusion fields and every registered strategy's."""
+    return (*DIFFUSION_FIELDS, *remasking_parameters())
+
+
+def flatten_saved_settings(values: dict[str, Any]) -> dict[str, Any]:
+    """A generation config's fields with the diffusion settings saved under :data:`SAVED_SETTINGS_KEY` moved to the
+    top level (a setting already at the top level is kept; the note is dropped)."""
+    saved = values.get(SAVED_SETTINGS_KEY)
+    if not isinstance(saved, dict):
+        return values
+    flat = {key: value for key, value in values.items() if key != SAVED_SETTINGS_KEY}
+    for key, value in saved.items():
+        if key != _NOTE_KEY:
+            flat.setdefault(key, value)
+    return flat
+
+
+def is_diffusion_generation_config(config: Any) -> bool:
+    """Whether ``config`` (any generation config) holds block diffusion settings: a
+    :class:`DiffusionGenerationConfig`, a plain ``GenerationConfig`` loaded from a ``generation_config.json`` t3d-trl
+    saved, or one with ``block_size`` and ``steps_per_block`` fields (files of earlier versions)."""
+    if config is None:
+        return False
+    if isinstance(config, DiffusionGenerationConfig) or isinstance(getattr(config, SAVED_SETTINGS_KEY, None), dict):
+        return True
+    return all(getattr(config, name, None) is not None for name in ("block_size", "steps_per_block"))
 
 
 class DiffusionGenerationConfig(GenerationConfig):
@@ -143,14 +192,30 @@ class DiffusionGenerationConfig(GenerationConfig):
         _check_mask_token_id(self.mask_token_id)
         _check_sampling(self.temperature, self.top_k, self.top_p)
 
+    def to_json_string(self, use_diff: bool = True, ignore_metadata: bool = False, **kwargs: Any) -> str:
+        """transformers' JSON of the config, with the diffusion settings under :data:`SAVED_SETTINGS_KEY` and the
+        note :data:`HOW_TO_DECODE` (what ``save_pretrained`` writes to ``generation_config.json``)."""
+        values = json.loads(super().to_json_string(use_diff=use_diff, ignore_metadata=ignore_metadata, **kwargs))
+        saved = {key: values.pop(key) for key in _saved_keys() if key in values}
+        if saved:
+            values[SAVED_SETTINGS_KEY] = {**saved, _NOTE_KEY: HOW_TO_DECODE}
+        return json.dumps(values, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
+        """transformers' ``from_dict``, reading the diffusion settings from :data:`SAVED_SETTINGS_KEY` (or from the
+        top level, as earlier versions saved them)."""
+        return super().from_dict(flatten_saved_settings(config_dict), **kwargs)
+
     @classmethod
     def from_generation_config(cls, config: GenerationConfig | None, **overrides: Any) -> DiffusionGenerationConfig:
         """Build a diffusion config from any generation config (e.g. one loaded from ``generation_config.json``).
 
-        Fields of ``config`` are kept (diffusion fields survive as extra attributes of a plain
-        ``GenerationConfig``), then ``overrides`` are applied.
+        Fields of ``config`` are kept (diffusion settings survive in a plain ``GenerationConfig`` as its
+        :data:`SAVED_SETTINGS_KEY` attribute, or as extra attributes in files of earlier versions), then
+        ``overrides`` are applied.
         """
-        values = {} if config is None else config.to_dict()
+        values = {} if config is None else flatten_saved_settings(config.to_dict())
         for key in ("transformers_version", "_from_model_config", "_commit_hash", "_original_object_hash"):
             values.pop(key, None)
         constructor_fields = (*DIFFUSION_FIELDS, *remasking_parameters())

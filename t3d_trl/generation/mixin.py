@@ -9,8 +9,8 @@ import torch
 from transformers import GenerationConfig
 
 from ..models.families import ModelFamily, check_supported, get_family
-from ..nonfinite import check_finite_weights
-from .configuration import DiffusionGenerationConfig
+from ..models.nonfinite import check_finite_weights
+from .configuration import DiffusionGenerationConfig, is_diffusion_generation_config
 from .decoding import generate_with_model
 
 _PATCHED_CLASSES: dict[type, type] = {}
@@ -136,7 +136,7 @@ def patch_model(
 
     Raises:
         ValueError: for a setting decoding cannot honour, or a model whose weights hold NaN or ±inf (it would decode
-            token 0 everywhere; :func:`t3d_trl.nonfinite.check_finite_weights`).
+            token 0 everywhere; :func:`t3d_trl.models.nonfinite.check_finite_weights`).
     """
     check_supported(model)
     check_finite_weights(model)
@@ -149,7 +149,7 @@ def patch_model(
             f"{type(processing_class).__name__}."
         )
     base = getattr(model, "generation_config", None)
-    if base is None or not hasattr(base, "block_size"):
+    if not is_diffusion_generation_config(base):
         base = _load_saved_generation_config(model) or base
     defaults: dict[str, Any] = {}
     if tokenizer is not None:

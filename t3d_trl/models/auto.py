@@ -36,12 +36,13 @@ __all__ = ["DISABLE_ENV_VAR", "install_load_hook"]
 DISABLE_ENV_VAR = "T3D_TRL_NO_AUTO_PATCH"
 _TARGET = "transformers.models.auto.auto_factory"
 _MARKER = "_t3d_trl_load_hook"
-_DIFFUSION_FIELDS = ("block_size", "steps_per_block")
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
 
 
 def _has_diffusion_fields(config) -> bool:
-    return config is not None and all(getattr(config, name, None) is not None for name in _DIFFUSION_FIELDS)
+    from ..generation.configuration import is_diffusion_generation_config
+
+    return is_diffusion_generation_config(config)
 
 
 def _saved_generation_config(name_or_path, kwargs: dict):

@@ -21,11 +21,12 @@ from transformers.utils import is_peft_available
 from ..collator import DataCollatorForTrajectory
 from ..data import prepare_trajectory_dataset, validate_mask_token
 from ..generation import DiffusionGenerationConfig, patch_model
+from ..generation.configuration import is_diffusion_generation_config
 from ..generation.custom_generate import write_custom_generate
 from ..masks import NOISY
 from ..models.families import get_family, load_pretrained
 from ..models.locations import TOKENIZER_FILES, check_model_location
-from ..nonfinite import check_finite_loss, check_finite_weights
+from ..models.nonfinite import check_finite_loss, check_finite_weights
 from ..objectives import ReferenceTerms, compute_objectives, reference_request, reference_terms, student_request
 from ..statistics import StatisticsRequest, TokenStatistics
 from .callbacks import (
@@ -355,7 +356,9 @@ class T3DTrainer(Trainer):
                 model, {**inputs, "input_ids": inputs["complement_input_ids"]}, request
             )
         loss, metrics = compute_objectives(statistics, inputs, self.args, reference, complement)
-        if model.training:  # a NaN loss stops the run before the optimizer applies it (see t3d_trl.nonfinite)
+        if (
+            model.training
+        ):  # a NaN loss stops the run before the optimizer applies it (see docs/training.md, "Resuming")
             check_finite_loss(loss, self.state, self.accelerator, self.accelerator.unwrap_model(model))
         self._record_metrics(metrics, "train" if model.training else "eval")
         return (loss, {"statistics": statistics.values}) if return_outputs else loss
@@ -528,7 +531,7 @@ class T3DTrainer(Trainer):
         base = base.get_base_model() if self.is_peft else base
         existing = getattr(base, "generation_config", None)
         return DiffusionGenerationConfig.from_generation_config(
-            existing if existing is not None and hasattr(existing, "block_size") else None,
+            existing if is_diffusion_generation_config(existing) else None,
             block_size=self.block_size,
             mask_token_id=self.mask_token_id,
             eos_token_id=self.processing_class.eos_token_id,
@@ -586,6 +589,9 @@ class T3DTrainer(Trainer):
             training=training,
             tags=list(self._tag_names) + list(tags or []),
             citation=self._paper["citation"],
+            chat_template=bool(
+                getattr(getattr(self.processing_class, "tokenizer", self.processing_class), "chat_template", None)
+            ),
         )
         with open(os.path.join(output_dir, "README.md"), "w", encoding="utf-8") as handle:
             handle.write(model_card_text(info))
