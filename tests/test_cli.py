@@ -471,6 +471,9 @@ def test_prompt_formatting_and_local_datasets(tmp_path):
     (tmp_path / "rollout" / "dataset").parent.mkdir()
     dataset.save_to_disk(tmp_path / "rollout" / "dataset")
     (tmp_path / "rollout" / "rollout_config.json").write_text("{}")
+    with pytest.raises(ValueError, match="unfinished rollout directory"):  # no `done` marker yet
+        load_local_dataset(tmp_path / "rollout")
+    (tmp_path / "rollout" / "done").write_text(json.dumps({"num_rows": 1, "fingerprint": "f"}))
     assert load_local_dataset(tmp_path / "rollout")[0]["question"] == "1+1?"  # a rollout dir reads its dataset/
     with pytest.raises(ValueError, match="Unsupported"):
         (tmp_path / "x.txt").write_text("")
