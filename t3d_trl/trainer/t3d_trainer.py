@@ -356,9 +356,8 @@ class T3DTrainer(Trainer):
                 model, {**inputs, "input_ids": inputs["complement_input_ids"]}, request
             )
         loss, metrics = compute_objectives(statistics, inputs, self.args, reference, complement)
-        if (
-            model.training
-        ):  # a NaN loss stops the run before the optimizer applies it (see docs/training.md, "Resuming")
+        # a NaN loss stops the run before the optimizer applies it (see docs/training.md, "Resuming")
+        if model.training:
             check_finite_loss(loss, self.state, self.accelerator, self.accelerator.unwrap_model(model))
         self._record_metrics(metrics, "train" if model.training else "eval")
         return (loss, {"statistics": statistics.values}) if return_outputs else loss
