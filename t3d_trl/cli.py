@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import linecache
 import sys
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 from types import ModuleType
 from typing import Any, NoReturn
 
@@ -49,8 +51,27 @@ RUN_ERROR = 1
 #: exit status after Ctrl-C
 INTERRUPTED = 130
 
-#: errors that are the user's to fix, printed on one line (others are bugs: their traceback is printed)
-_USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError, ImportError)
+#: errors that are the user's to fix, printed on one line (others are bugs: their traceback is printed); a
+#: `TypeError` is the user's only when t3d-trl raised it on purpose (see `_is_user_error`)
+_USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, ImportError)
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def _is_user_error(error: BaseException) -> bool:
+    """Whether ``error`` is the user's to fix: a :data:`_USER_ERRORS` error, or a ``TypeError`` that a ``raise``
+    statement of t3d-trl raised about an argument's type. Any other ``TypeError`` (a call with the wrong arguments,
+    an operation on ``None``...) is a bug, whose traceback is printed."""
+    if isinstance(error, _USER_ERRORS):
+        return True
+    if not isinstance(error, TypeError) or error.__traceback__ is None:
+        return False
+    frame = error.__traceback__
+    while frame.tb_next is not None:
+        frame = frame.tb_next
+    filename = frame.tb_frame.f_code.co_filename
+    if not Path(filename).resolve().is_relative_to(_PACKAGE):
+        return False
+    return linecache.getline(filename, frame.tb_lineno).lstrip().startswith("raise ")
 
 
 def _script(command: str) -> ModuleType:
@@ -143,9 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``t3d-trl``; returns the exit status (0, or :data:`USAGE_ERROR`, :data:`RUN_ERROR`,
     :data:`INTERRUPTED`).
 
-    Errors the user can fix (``ValueError``, ``TypeError``, ``OSError``, ``ImportError``) are printed on one line,
-    ``t3d-trl <command>: error: <message>``; ``--debug`` prints their traceback too. Other exceptions (bugs)
-    propagate with their traceback. The logging and progress-bar settings changed for the run are restored before
+    Errors the user can fix (``ValueError``, ``OSError``, ``ImportError``, and a ``TypeError`` t3d-trl raises on
+    purpose about an argument) are printed on one line, ``t3d-trl <command>: error: <message>``; ``--debug`` prints
+    their traceback too. Other exceptions (bugs, any other ``TypeError`` included) propagate with their traceback. The logging and progress-bar settings changed for the run are restored before
     returning (:func:`t3d_trl.scripts.utils.cli_output`), so ``main`` can be called from Python.
     """
     from .scripts.utils import UsageError, cli_output
@@ -165,7 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     script = _script(command)
     try:
         parsed = script.make_parser(prog=program).parse_args_and_config(rest)
-    except (UsageError, *_USER_ERRORS) as error:
+    except (UsageError, *_USER_ERRORS, TypeError) as error:
+        if not _is_user_error(error):
+            raise
         return _report(program, error, USAGE_ERROR, debug)
     with cli_output(verbose):
         try:
@@ -174,7 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             resume = " (the finished batches are kept in --output_dir: rerun the same command to resume)"
             print(f"{program}: interrupted{resume if command == 'rollout' else ''}", file=sys.stderr)
             return INTERRUPTED
-        except _USER_ERRORS as error:
+        except (*_USER_ERRORS, TypeError) as error:
+            if not _is_user_error(error):
+                raise
             return _report(program, error, RUN_ERROR, debug)
     return 0
 

@@ -102,11 +102,13 @@ def _row_problem(
     steps_per_block: int | None = None,
     grid: str = "absolute",
     vocab_size: int | None = None,
+    mask_token_id: int | None = None,
 ) -> str:
     """Empty string if the row is consistent, else a description of its first problem.
 
-    Checks that the ids are integers in the vocabulary, ``len(step_map) = len(completion_ids)``, and that the steps
-    are a teacher's schedule: with teacher blocks ``k_i = ⌊(o + i) / block_size⌋`` (``o`` the grid's
+    Checks that the ids are integers in the vocabulary, that the completion does not hold the mask token (decoding
+    never commits it, and a student trained on it learns to output it), ``len(step_map) = len(completion_ids)``, and
+    that the steps are a teacher's schedule: with teacher blocks ``k_i = ⌊(o + i) / block_size⌋`` (``o`` the grid's
     :meth:`~t3d_trl.models.grid.BlockGrid.completion_offset`: ``P`` on the absolute grid, ``0`` on the response grid),
     the first block starts at step 0, every block after a complete one starts right
     after it (``min_k = max_{k−1} + 1``), and no block spans more than ``steps_per_block`` steps (``block_size``
@@ -116,6 +118,14 @@ def _row_problem(
         problem = _ids_problem(name, ids, vocab_size)
         if problem:
             return problem
+    if mask_token_id is not None and completion_ids:
+        masked = np.flatnonzero(np.asarray(completion_ids, dtype=np.int64) == mask_token_id)
+        if masked.size:
+            return (
+                f"completion_ids holds the mask token (id {mask_token_id}) at completion token {int(masked[0])} "
+                f"({masked.size} time(s)); a teacher never commits it, so the row is not a rollout (a text completion "
+                "that contains the mask token's string tokenises to it): drop or fix the row"
+            )
     if step_map is None:
         return "step_map is None"
     if len(step_map) != len(completion_ids):
@@ -174,6 +184,7 @@ def prepare_trajectory_dataset(
     eos_token_id: int | None = None,
     require_step_map: bool = True,
     training_block_size: int | None = None,
+    mask_token_id: int | None = None,
 ) -> tuple[Dataset, dict[str, int]]:
     """Validate a trajectory dataset and bring it to the collator's format.
 
@@ -184,8 +195,9 @@ def prepare_trajectory_dataset(
        ``add_generation_prompt=True``; completions without special tokens); ``step_map`` is required in all cases.
        Columns that arrive as ids are never re-tokenised.
     2. An ``example_index`` column (the original row index, the key of the per-example state hash) is added unless
-       already present.
-    3. Per row: ids are integers in ``[0, vocab_size)``, ``len(step_map) = len(completion_ids)``, and the steps are a
+       already present; a given one must hold distinct integers (``ValueError`` naming a repeated value otherwise).
+    3. Per row: ids are integers in ``[0, vocab_size)``, the completion does not hold ``mask_token_id``,
+       ``len(step_map) = len(completion_ids)``, and the steps are a
        teacher's schedule on ``grid`` (see :func:`_row_problem`: blocks start where the previous one ended, none
        spans more than ``steps_per_block`` steps); the first bad row raises ``ValueError`` with its index. Without a
        ``step_map`` column and with ``require_step_map=False`` (plain prompt/completion rows for the ``sft``
@@ -215,6 +227,7 @@ def prepare_trajectory_dataset(
         require_step_map: refuse rows without ``step_map`` (trajectory objectives need the teacher's steps).
         training_block_size: the block size the rows are trained with (``None``: the teacher's), whose grid
             left-truncation keeps too.
+        mask_token_id: the model's mask token, refused in completions.
 
     Returns:
         ``(dataset, stats)``; ``stats`` counts ``num_rows_in``, ``num_rows_out``, ``tokenized_prompts``,
@@ -235,6 +248,7 @@ def prepare_trajectory_dataset(
             eos_token_id,
             require_step_map,
             training_block_size,
+            mask_token_id,
         )
 
 
@@ -267,6 +281,7 @@ def _prepare(
     eos_token_id: int | None,
     require_step_map: bool,
     training_block_size: int | None,
+    mask_token_id: int | None = None,
 ) -> tuple[Dataset, dict[str, int]]:
     """The steps of :func:`prepare_trajectory_dataset`, in the order of its docstring."""
     get_grid(grid)  # an unknown grid is refused before any work
@@ -291,8 +306,10 @@ def _prepare(
         dataset = dataset.map(
             _index_batch, with_indices=True, batched=True, num_proc=num_proc, desc="Indexing trajectories"
         )
+    else:
+        _check_example_indices(dataset[EXAMPLE_INDEX])
     dataset = _tokenize_text_columns(dataset, processing_class, num_proc, stats)
-    dataset = _validate_rows(dataset, block_size, num_proc, grid, vocab_size)
+    dataset = _validate_rows(dataset, block_size, num_proc, grid, vocab_size, mask_token_id)
     dataset, completion_lengths = _drop_empty_completions(dataset, stats)
     _count_without_eos(dataset, eos_token_id, stats)
     dataset = _truncate(
@@ -391,6 +408,30 @@ def _check_arguments(
         raise ValueError(f"block_size must be >= 1, got {block_size}.")
 
 
+def _check_example_indices(values: list[Any]) -> None:
+    """A given ``example_index`` column must hold distinct integers: it keys each example's masks, random tokens and
+    precomputed reference, so a repeated value gives two rows one state and swaps their reference terms."""
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(
+                f"The `{EXAMPLE_INDEX}` column must hold integers, got {value!r} ({type(value).__name__}). Drop the "
+                f"column (`dataset.remove_columns('{EXAMPLE_INDEX}')`) to number the rows afresh."
+            )
+    indices = np.asarray(values, dtype=np.int64)
+    unique, counts = np.unique(indices, return_counts=True)
+    if unique.size == indices.size:
+        return
+    value = int(unique[np.argmax(counts > 1)])
+    rows = np.flatnonzero(indices == value)[:2].tolist()
+    raise ValueError(
+        f"The `{EXAMPLE_INDEX}` column repeats values ({indices.size - unique.size} repeated; e.g. {value} at rows "
+        f"{rows[0]} and {rows[1]}): it keys each example's masks, random tokens and precomputed reference, so rows "
+        f"sharing one would share a state and swap reference terms. Drop the column "
+        f"(`dataset.remove_columns('{EXAMPLE_INDEX}')`) to number the rows afresh, or make the values unique (e.g. "
+        "after concatenating prepared datasets)."
+    )
+
+
 def _index_batch(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
     """The ``example_index`` column: each row's index in the input dataset (decision 2)."""
     return {EXAMPLE_INDEX: list(indices)}
@@ -438,14 +479,24 @@ def _tokenize_text_columns(
 
 
 def _validate_rows(
-    dataset: Dataset, block_size: int | None, num_proc: int | None, grid: str, vocab_size: int | None
+    dataset: Dataset,
+    block_size: int | None,
+    num_proc: int | None,
+    grid: str,
+    vocab_size: int | None,
+    mask_token_id: int | None = None,
 ) -> Dataset:
     """Check every row (decision 3): the first bad row raises; the helper length columns are added."""
     dataset = dataset.map(
         _check_batch,
         batched=True,
         num_proc=num_proc,
-        fn_kwargs={"default_block_size": block_size, "grid": grid, "vocab_size": vocab_size},
+        fn_kwargs={
+            "default_block_size": block_size,
+            "grid": grid,
+            "vocab_size": vocab_size,
+            "mask_token_id": mask_token_id,
+        },
         desc="Validating trajectories",
     )
     problems = dataset[_PROBLEM]
@@ -569,7 +620,11 @@ def _tokenize_batch(
 
 
 def _check_batch(
-    batch: dict[str, list], default_block_size: int | None, grid: str = "absolute", vocab_size: int | None = None
+    batch: dict[str, list],
+    default_block_size: int | None,
+    grid: str = "absolute",
+    vocab_size: int | None = None,
+    mask_token_id: int | None = None,
 ) -> dict[str, list]:
     """Per-row problem description (empty if consistent) and lengths."""
     size = len(batch[COMPLETION_IDS])
@@ -578,7 +633,7 @@ def _check_batch(
     steps_per_block = batch[STEPS_PER_BLOCK] if STEPS_PER_BLOCK in batch else [None] * size
     prompts = batch[PROMPT_IDS]
     problems = [
-        _row_problem(prompt, completion, steps, block, per_block, grid, vocab_size)
+        _row_problem(prompt, completion, steps, block, per_block, grid, vocab_size, mask_token_id)
         for prompt, completion, steps, block, per_block in zip(
             prompts, batch[COMPLETION_IDS], batch[STEP_MAP], block_sizes, steps_per_block
         )

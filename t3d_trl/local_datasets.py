@@ -15,8 +15,8 @@ from typing import Any
 
 __all__ = ["load_local_dataset"]
 
-#: the files `generate_trajectories(output_dir=...)` writes next to the final dataset
-_ROLLOUT_DIR_MARKERS = ("rollout_config.json", "dataset")
+#: the settings record `generate_trajectories(output_dir=...)` writes first (see t3d_trl.rollout.store)
+_ROLLOUT_RECORD = "rollout_config.json"
 _JSON_LINES = (".jsonl", ".ndjson")
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".ndjson": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -26,7 +26,8 @@ def load_local_dataset(path: str | os.PathLike, split: str | None = "train") -> 
 
     Args:
         path: a ``save_to_disk`` directory (a ``Dataset``, or a ``DatasetDict`` of which ``split`` is taken), a
-            ``t3d-trl rollout`` / ``generate_trajectories(output_dir=...)`` directory (its ``dataset/`` is read), a
+            finished ``t3d-trl rollout`` / ``generate_trajectories(output_dir=...)`` directory or its ``dataset/``
+            (read only with the rollout's ``done`` marker, and with the number of rows the marker records), a
             directory of data files, a ``.json`` file (a list of rows, ``{split: [rows]}``, ``{"data": [rows]}``, a
             single ``{name: [rows]}`` or columns ``{"field": [values]}``), a ``.jsonl`` / ``.ndjson`` file (each
             optionally gzipped), or a ``.parquet`` / ``.csv`` / ``.arrow`` file.
@@ -38,8 +39,8 @@ def load_local_dataset(path: str | os.PathLike, split: str | None = "train") -> 
 
     Raises:
         FileNotFoundError: when nothing is at ``path``.
-        ValueError: for an unfinished rollout directory, a missing split, an unsupported file or a JSON file that
-            does not hold rows.
+        ValueError: for an unfinished rollout directory (no ``done`` marker) or a finished one whose dataset was
+            changed, a missing split, an unsupported file or a JSON file that does not hold rows.
     """
     path = Path(path)
     if not path.exists():
@@ -69,18 +70,27 @@ def load_local_dataset(path: str | os.PathLike, split: str | None = "train") -> 
 def _load_directory(path: Path, split: str | None) -> Any:
     from datasets import DatasetDict, load_dataset, load_from_disk
 
-    if all((path / name).exists() for name in _ROLLOUT_DIR_MARKERS):
-        return load_local_dataset(path / "dataset", split)
-    if (path / "rollout_config.json").exists():
-        raise ValueError(
-            f"{path} is an unfinished rollout directory (no `dataset/` yet): rerun `t3d-trl rollout` with the same "
-            "settings to finish it."
-        )
+    if (path / _ROLLOUT_RECORD).exists():
+        return _load_rollout(path, split)
+    if path.name == "dataset" and (path.parent / _ROLLOUT_RECORD).exists():
+        return _load_rollout(path.parent, split)
     if (path / "state.json").exists() or (path / "dataset_dict.json").exists():
         data = load_from_disk(str(path))
     else:
         data = load_dataset(str(path), split=split)
     return _pick_split(data, split, path) if isinstance(data, DatasetDict) else data
+
+
+def _load_rollout(output_dir: Path, split: str | None) -> Any:
+    """The final dataset of a rollout directory, only once the rollout finished (its ``done`` marker)."""
+    from datasets import DatasetDict, load_from_disk
+
+    from .rollout.store import check_finished_rows, finished_dataset_dir
+
+    data = load_from_disk(str(finished_dataset_dir(output_dir)))
+    data = _pick_split(data, split, output_dir) if isinstance(data, DatasetDict) else data
+    check_finished_rows(output_dir, len(data))
+    return data
 
 
 def _pick_split(data: Any, split: str | None, path: Path) -> Any:

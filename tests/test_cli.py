@@ -143,6 +143,42 @@ def test_usage_errors_are_one_line_with_status_2(tmp_path, capsys, argv, message
     assert "usage:" not in err
 
 
+def test_a_config_key_given_twice_is_refused_naming_both_lines(tmp_path, capsys):
+    config = tmp_path / "twice.yaml"
+    config.write_text("learning_rate: 1e-5\nmax_steps: 3\nlearning_rate: 2e-5\n")
+    assert main(["train", "--config", str(config), "--output_dir", str(tmp_path / "out")]) == 2
+    message = _one_error_line(capsys.readouterr().err, "t3d-trl train")
+    assert message.startswith(f"--config {config}: `learning_rate` is given twice (lines 1 and 3); keep one")
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("env:\n  A: 1\n  A: 2\n")
+    assert main(["rollout", "--config", str(nested)]) == 2
+    assert "`A` is given twice (lines 2 and 3)" in capsys.readouterr().err
+
+
+def test_yaml_boolean_words_read_as_the_flags_type(tmp_path, monkeypatch):
+    """YAML 1.1 reads `no`, `yes`, `on`, `off` as booleans: `save_strategy: no` means the strategy "no" (it was the
+    boolean False, refused as "False is not a valid SaveStrategy"); a boolean flag still reads them as booleans."""
+    monkeypatch.delenv("T3D_TEST_WORD", raising=False)
+    config = tmp_path / "words.yaml"
+    config.write_text(
+        "save_strategy: no\neval_strategy: 'no'\nbf16: no\nuse_cpu: yes\nhub_strategy: end\nenv:\n  T3D_TEST_WORD: on\n"
+    )
+    *_, args = parse_command("train", ["--config", str(config), "--output_dir", str(tmp_path / "out")])
+    assert args.save_strategy == "no" and args.eval_strategy == "no"
+    assert args.bf16 is False and args.use_cpu is True
+    assert os.environ["T3D_TEST_WORD"] == "True"  # env values are YAML's, as TRL reads them
+
+
+def test_demo_print_config_refuses_an_unknown_method(tmp_path, capsys):
+    output_dir = tmp_path / "demo"
+    assert main(["demo", "--methods", "NOPE", "--output_dir", str(output_dir), "--print_config"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""  # nothing printed as if it were a valid configuration
+    message = _one_error_line(captured.err, "t3d-trl demo")
+    assert message.startswith("Unknown method(s) ['NOPE']; choose from ['SFT', ")
+    assert not output_dir.exists()
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -172,6 +208,53 @@ def test_errors_found_while_running_are_one_line_with_status_1(tmp_path, capsys,
     assert main([*argv, "--debug"]) == 1
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and re.search(message, err.splitlines()[-1])
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_device_cuda_without_a_gpu_is_refused_before_anything_is_loaded(tmp_path, capsys, monkeypatch):
+    from t3d_trl.scripts import evaluate
+
+    monkeypatch.setattr(evaluate, "load_eval_sets", lambda *args: pytest.fail("the evaluation sets were loaded"))
+    assert main(["eval", "--model_name_or_path", str(tmp_path / "m"), "--device", "cuda"]) == 1
+    line = _one_error_line(capsys.readouterr().err, "t3d-trl eval")
+    assert line.startswith("--device='cuda': this machine has no cuda device (torch.cuda.is_available() is False")
+    assert "Use cpu, or leave the setting unset" in line
+    assert main(["eval", "--model_name_or_path", str(tmp_path / "m"), "--device", "gpu0"]) == 1
+    assert "--device='gpu0' is not a device" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["does not exist", "is a file"])
+def test_a_model_path_that_is_no_model_is_named_by_the_commands(tmp_path, capsys, where):
+    path = tmp_path / "no" / "such" / "dir"
+    if where == "is a file":
+        path = tmp_path / "model.safetensors"
+        path.write_bytes(b"x")
+    assert main(["rollout", "--model_name_or_path", str(path), "--dataset_path", str(tmp_path / "d.jsonl")]) == 1
+    line = _one_error_line(capsys.readouterr().err, "t3d-trl rollout")
+    assert line.startswith(f"--model_name_or_path='{path}' {where}") and "give a directory holding a saved" in line
+
+
+def test_a_type_error_from_a_bug_prints_its_traceback(monkeypatch, capsys):
+    """A `TypeError` from an operation or a call inside the code is a bug: its traceback is printed (it was reported
+    as a one-line user error)."""
+    from t3d_trl.scripts import demo
+
+    def buggy(*args):
+        return len(5)  # a bug, not a user's mistake
+
+    monkeypatch.setattr(demo, "main", buggy)
+    with pytest.raises(TypeError, match="has no len"):
+        main(["demo", "--seeds", "0"])
+
+
+def test_a_type_error_t3d_trl_raises_about_an_argument_is_one_line(monkeypatch, capsys):
+    from t3d_trl.data import prepare_trajectory_dataset
+    from t3d_trl.scripts import demo
+
+    monkeypatch.setattr(demo, "main", lambda *args: prepare_trajectory_dataset(5))
+    assert main(["demo", "--seeds", "0"]) == 1
+    line = _one_error_line(capsys.readouterr().err, "t3d-trl demo")
+    assert line.startswith("The trajectory dataset must be a datasets.Dataset or a list of dicts, got int.")
 
 
 def test_an_interrupted_rollout_says_how_to_resume(monkeypatch, capsys):
@@ -397,6 +480,9 @@ def test_prompt_formatting_and_local_datasets(tmp_path):
     (tmp_path / "rollout" / "dataset").parent.mkdir()
     dataset.save_to_disk(tmp_path / "rollout" / "dataset")
     (tmp_path / "rollout" / "rollout_config.json").write_text("{}")
+    with pytest.raises(ValueError, match="unfinished rollout directory"):  # no `done` marker yet
+        load_local_dataset(tmp_path / "rollout")
+    (tmp_path / "rollout" / "done").write_text(json.dumps({"num_rows": 1, "fingerprint": "f"}))
     assert load_local_dataset(tmp_path / "rollout")[0]["question"] == "1+1?"  # a rollout dir reads its dataset/
     with pytest.raises(ValueError, match="Unsupported"):
         (tmp_path / "x.txt").write_text("")
@@ -505,7 +591,7 @@ def test_rollout_train_eval_chain(tmp_path, monkeypatch, capsys):
     student = tmp_path / "tiny-t3d-cli"
     for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "README.md"):
         assert (student / name).exists(), name
-    generation = json.loads((student / "generation_config.json").read_text())
+    generation = json.loads((student / "generation_config.json").read_text())["block_diffusion"]
     assert generation["block_size"] == 4 and generation["mask_token_id"] is not None
 
     # eval (in this process): the student on the demo prompts (custom scorers registered by a module) and on a

@@ -272,3 +272,27 @@ def test_completions_without_eos_are_counted(caplog):
         _, stats = prepare_trajectory_dataset(_rows(**{COMPLETION_IDS: [[10, 12, 1], [11, 12, 9, 9]]}), eos_token_id=1)
     assert stats["completions_without_eos"] == 1
     assert "1 of 2 completions end without EOS" in caplog.text
+
+
+def test_completion_ids_holding_the_mask_token_are_refused():
+    rows = _rows(**{COMPLETION_IDS: [[10, 12, 1], [11, 2, 1, 1]]})  # id 2 is <mask>
+    with pytest.raises(ValueError, match=r"row 1 .*holds the mask token \(id 2\) at completion token 1"):
+        prepare_trajectory_dataset(rows, mask_token_id=2)
+    prepare_trajectory_dataset(rows)  # without the model's mask id nothing is known about it
+
+
+def test_completion_text_that_tokenises_to_the_mask_token_is_refused():
+    tokenizer = _tokenizer()
+    text = Dataset.from_dict({"prompt": ["two plus four"], "completion": ["six <mask> ."], STEP_MAP: [[0, 1, 2]]})
+    with pytest.raises(ValueError, match=r"row 0 .*holds the mask token \(id 2\) at completion token 1.*text"):
+        prepare_trajectory_dataset(text, tokenizer, block_size=4, mask_token_id=tokenizer.mask_token_id)
+
+
+def test_duplicate_example_index_values_are_refused():
+    rows = _rows(**{EXAMPLE_INDEX: [5, 5]})
+    with pytest.raises(ValueError, match=r"`example_index` column repeats values .*5 at rows 0 and 1.*remove_columns"):
+        prepare_trajectory_dataset(rows)
+    with pytest.raises(ValueError, match=r"`example_index` column must hold integers, got 0.5"):
+        prepare_trajectory_dataset(_rows(**{EXAMPLE_INDEX: [0.5, 1.5]}))
+    dataset, _ = prepare_trajectory_dataset(_rows(**{EXAMPLE_INDEX: [7, 3]}))
+    assert dataset[EXAMPLE_INDEX] == [7, 3]  # distinct given values are kept

@@ -103,7 +103,7 @@ def test_tiny_default_under_two_cpu_processes(tmp_path):
     trajectories = load_from_disk(str(output_dir / "trajectories"))
     assert len(trajectories) == 12 and set(trajectories["block_size"]) == {4}
     assert "T3D" in (output_dir / "README.md").read_text()  # the model card
-    generation = json.loads((output_dir / "generation_config.json").read_text())
+    generation = json.loads((output_dir / "generation_config.json").read_text())["block_diffusion"]
     assert generation["block_size"] == 4 and generation["mask_token_id"] is not None
 
     # the student decodes in one step per block, from its own saved settings

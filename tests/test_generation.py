@@ -306,7 +306,9 @@ def test_save_and_load_keeps_diffusion_defaults(tmp_path, tokenizer):
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "generation_config.json").read_text())
-    assert saved["block_size"] == 8 and saved["mask_token_id"] == tokenizer.mask_token_id
+    settings = saved["block_diffusion"]  # the diffusion settings, under one key (see test_generation_settings.py)
+    assert settings["block_size"] == 8 and settings["mask_token_id"] == tokenizer.mask_token_id
+    assert saved["max_new_tokens"] == 16 and "block_size" not in saved
     assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["Qwen3ForCausalLM"]
     loaded = patch_model(AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float64))
     assert isinstance(loaded.generation_config, DiffusionGenerationConfig)

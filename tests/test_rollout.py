@@ -23,6 +23,7 @@ from t3d_trl.rollout import (
     trajectory_dataset_card,
     trajectory_dataset_card_text,
 )
+from t3d_trl.rollout.store import ROW_CHECKSUM_KEY, SHARD_KEYS, sha256_of, write_shard
 from t3d_trl.testing import free_port, tiny_qwen3, tiny_tokenizer
 
 TESTS = Path(__file__).resolve().parent
@@ -297,7 +298,7 @@ def test_resume_reads_rows_back(tmp_path, text_dataset):
     shard = out / "shards" / "batch000000.jsonl"
     rows = [json.loads(line) for line in shard.read_text().splitlines()]
     rows[0]["nfe"] = 999
-    shard.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    write_shard(out, 0, [{key: row[key] for key in SHARD_KEYS} for row in rows])  # a valid shard, with its checksums
     GenerateSpy(model)
     resumed = generate_trajectories(model, tokenizer, text_dataset, GEN, batch_size=2, output_dir=out, progress=False)
     assert resumed[rows[0]["index"]]["nfe"] == 999
@@ -402,10 +403,15 @@ def _garble(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def _rewrite(change):
+def _rewrite(change, checksum: bool = True):
+    """Rewrite a shard's rows with ``change``; with ``checksum``, the rows get checksums of their new content (as
+    rows t3d-trl wrote from other data would have), otherwise they keep the old ones (rows edited by hand)."""
+
     def apply(path: Path) -> None:
-        rows = [json.loads(line) for line in path.read_text().splitlines()]
-        path.write_text("".join(json.dumps(row) + "\n" for row in change(rows)))
+        rows = change([json.loads(line) for line in path.read_text().splitlines()])
+        if checksum:
+            rows = [{**r, ROW_CHECKSUM_KEY: sha256_of({k: r[k] for k in SHARD_KEYS if k in r})} for r in rows]
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
     return apply
 
@@ -423,6 +429,10 @@ DAMAGE = {
     "wrong rows": (_rewrite(lambda rows: rows[:1]), r"it holds the rows \(index, sample_index\) \[\(\d, 0\)\] but its batch"),
     "other prompt": (_rewrite(lambda rows: [{**r, "prompt_ids": r["prompt_ids"] + [5]} for r in rows]),
                      r"row \d was made from other prompt ids"),
+    "edited tokens": (_rewrite(lambda rows: [{**r, "completion_ids": [r["completion_ids"][0] + 1, *r["completion_ids"][1:]]} for r in rows], False),
+                      r"line 1: its fields no longer match their `sha256` checksum \(the tokens, steps or indices"),
+    "no checksum": (_rewrite(lambda rows: [{k: r[k] for k in SHARD_KEYS} for r in rows], False),
+                    r"line 1: it has no `sha256` checksum"),
 }  # fmt: skip
 
 
@@ -441,6 +451,45 @@ def test_a_damaged_shard_is_named_with_how_to_recover(tmp_path, reference, text_
     shard.unlink()  # the recovery the message gives
     resumed = generate_trajectories(model, tokenizer, text_dataset, GEN, batch_size=2, output_dir=out, progress=False)
     assert spy.calls == 3 and rollout_rows(resumed) == rollout_rows(reference)
+
+
+def test_a_finished_rollout_whose_shard_tokens_were_edited_is_refused(tmp_path, text_dataset):
+    out = tmp_path / "rollout"
+    model, tokenizer = teacher()
+    generate_trajectories(model, tokenizer, text_dataset, GEN, batch_size=2, output_dir=out, progress=False)
+    assert (out / "done").exists()
+    shard = out / "shards" / "batch000002.jsonl"
+    rows = [json.loads(line) for line in shard.read_text().splitlines()]
+    rows[-1]["completion_ids"][0] = (rows[-1]["completion_ids"][0] + 1) % len(tokenizer)
+    shard.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    spy = GenerateSpy(model)
+    with pytest.raises(ValueError, match=rf"Shard {shard} is damaged: line {len(rows)}: its fields no longer match"):
+        generate_trajectories(model, tokenizer, text_dataset, GEN, batch_size=2, output_dir=out, progress=False)
+    assert spy.calls == 0
+
+
+def test_a_rollout_directory_without_its_done_marker_is_not_loaded_as_training_data(tmp_path, text_dataset):
+    from t3d_trl.local_datasets import load_local_dataset
+
+    out = tmp_path / "rollout"
+    model, tokenizer = teacher()
+    expected = generate_trajectories(model, tokenizer, text_dataset, GEN, batch_size=2, output_dir=out, progress=False)
+    assert len(load_local_dataset(out)) == len(load_local_dataset(out / "dataset")) == len(expected)
+    marker = (out / "done").read_text()
+    (out / "done").unlink()  # e.g. killed while saving the dataset: dataset/ may be partial
+    for path in (out, out / "dataset"):
+        with pytest.raises(
+            ValueError,
+            match=rf"{out} is an unfinished rollout directory \(no `done` marker; its "
+            r"`dataset/` may be partial\).*rerun the same",
+        ):
+            load_local_dataset(path)
+    (out / "done").write_text(marker)
+    Dataset.from_dict(expected[:3]).save_to_disk(str(tmp_path / "short"))
+    (out / "dataset").rename(tmp_path / "full")
+    (tmp_path / "short").rename(out / "dataset")
+    with pytest.raises(ValueError, match=rf"holds 3 rows but its rollout finished with {len(expected)}"):
+        load_local_dataset(out)
 
 
 def test_a_shard_of_no_batch_and_a_damaged_record_are_named(tmp_path, text_dataset):

@@ -207,7 +207,7 @@ def test_save_model_writes_card_and_generation_config(tmp_path, tokenizer, traje
     trainer.save_model()
     card = (tmp_path / "README.md").read_text()
     assert "T3D" in card and "2602.12262" in card and "t3d-trl" in card
-    config = json.loads((tmp_path / "generation_config.json").read_text())
+    config = json.loads((tmp_path / "generation_config.json").read_text())["block_diffusion"]
     assert config["block_size"] == 8 and config["mask_token_id"] == tokenizer.mask_token_id
     loaded = patch_model(AutoModelForCausalLM.from_pretrained(tmp_path))
     assert loaded.generation_config.block_size == 8
@@ -430,11 +430,19 @@ def test_a_checkpoint_without_its_reference_is_refused_at_resume(tmp_path, token
         train_dataset=trajectories,
         processing_class=tokenizer,
     )
-    with pytest.raises(ValueError, match=r"checkpoint-4 has no ref_model.pt.*earlier checkpoint"):
+    with pytest.raises(
+        ValueError,
+        match=r"Cannot resume from .*checkpoint-4: ref_model.pt \(the reference model of this run\) is "
+        r"missing\. To go on, resume from the previous one with resume_from_checkpoint='.*checkpoint-2'",
+    ):
         resumed.train(resume_from_checkpoint=str(checkpoint))
 
-    # a damaged reference file is named with its path
+    # a damaged reference file is named with its path, before anything is loaded
     (checkpoint / "ref_model.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match=r"checkpoint-4: ref_model.pt is damaged: it is not a complete torch.save"):
+        resumed.train(resume_from_checkpoint=str(checkpoint))
+    # one that passes the structure check but not the loading is still named (the trainer's own check)
+    torch.save({"not": torch.zeros(1)}, checkpoint / "ref_model.pt")
     with pytest.raises(ValueError, match=r"ref_model.pt cannot be restored.*damaged"):
         resumed.train(resume_from_checkpoint=str(checkpoint))
 

@@ -1,6 +1,6 @@
 """The end-to-end demo: tiny teacher, rollouts, distilled students and the paper-style table."""
 
-from .pipeline import METHODS, DemoConfig, run_demo
+from .pipeline import METHODS, DemoConfig, check_demo_config, run_demo
 from .tasks import TASKS
 
-__all__ = ["METHODS", "TASKS", "DemoConfig", "run_demo"]
+__all__ = ["METHODS", "TASKS", "DemoConfig", "check_demo_config", "run_demo"]

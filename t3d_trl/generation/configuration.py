@@ -1,12 +1,27 @@
-"""`DiffusionGenerationConfig`: the decoding settings of a block diffusion language model."""
+"""`DiffusionGenerationConfig`: the decoding settings of a block diffusion language model.
+
+In ``generation_config.json`` the diffusion settings (block size, steps per block, remasking, mask token...) are
+saved under one key, :data:`SAVED_SETTINGS_KEY`, with a note on how to decode the checkpoint in few steps
+(:data:`HOW_TO_DECODE`); transformers' own fields (``max_new_tokens``, ``temperature``, ``eos_token_id``...) stay at
+the top. transformers alone then has no ``steps_per_block`` field, so ``generate(steps_per_block=1)`` on a model
+loaded without t3d-trl and without ``trust_remote_code`` is refused by transformers ("model_kwargs are not used")
+instead of running its autoregressive decoding with the argument silently accepted. Files with the settings at the
+top level (saved by earlier versions) still load. See ``docs/generation.md`` ("Saving and decoding without t3d-trl").
+"""
 
 from __future__ import annotations
 
+import json
+import math
+from numbers import Integral, Real
 from typing import Any
 
 from transformers import GenerationConfig
+from transformers.utils import logging
 
 from .remasking import remasking_class, remasking_names, remasking_parameters
+
+logger = logging.get_logger(__name__)
 
 #: ``max_new_tokens`` of decoding when a config leaves it unset
 DEFAULT_MAX_NEW_TOKENS = 256
@@ -20,6 +35,45 @@ DIFFUSION_FIELDS = (
     "mask_token_id",
     "output_trajectory",
 )
+
+#: the key of ``generation_config.json`` under which the diffusion settings are saved
+SAVED_SETTINGS_KEY = "block_diffusion"
+_NOTE_KEY = "how_to_decode"
+#: the note saved with the diffusion settings
+HOW_TO_DECODE = (
+    "Few-step block diffusion decoding: transformers' own generate() decodes autoregressively and does not read "
+    "these settings. Load with trust_remote_code=True (from_pretrained runs custom_generate/generate.py), or "
+    "pip install t3d-trl and import t3d_trl before from_pretrained; then generate(..., steps_per_block=1)."
+)
+
+
+def _saved_keys() -> tuple[str, ...]:
+    """The settings saved under :data:`SAVED_SETTINGS_KEY`: the diffusion fields and every registered strategy's."""
+    return (*DIFFUSION_FIELDS, *remasking_parameters())
+
+
+def flatten_saved_settings(values: dict[str, Any]) -> dict[str, Any]:
+    """A generation config's fields with the diffusion settings saved under :data:`SAVED_SETTINGS_KEY` moved to the
+    top level (a setting already at the top level is kept; the note is dropped)."""
+    saved = values.get(SAVED_SETTINGS_KEY)
+    if not isinstance(saved, dict):
+        return values
+    flat = {key: value for key, value in values.items() if key != SAVED_SETTINGS_KEY}
+    for key, value in saved.items():
+        if key != _NOTE_KEY:
+            flat.setdefault(key, value)
+    return flat
+
+
+def is_diffusion_generation_config(config: Any) -> bool:
+    """Whether ``config`` (any generation config) holds block diffusion settings: a
+    :class:`DiffusionGenerationConfig`, a plain ``GenerationConfig`` loaded from a ``generation_config.json`` t3d-trl
+    saved, or one with ``block_size`` and ``steps_per_block`` fields (files of earlier versions)."""
+    if config is None:
+        return False
+    if isinstance(config, DiffusionGenerationConfig) or isinstance(getattr(config, SAVED_SETTINGS_KEY, None), dict):
+        return True
+    return all(getattr(config, name, None) is not None for name in ("block_size", "steps_per_block"))
 
 
 class DiffusionGenerationConfig(GenerationConfig):
@@ -99,7 +153,15 @@ class DiffusionGenerationConfig(GenerationConfig):
         for field in remasking_parameters():  # a strategy registered after this config was built
             if field in kwargs and not hasattr(self, field):
                 setattr(self, field, kwargs[field])
-        return super().update(**kwargs)  # ends with self.validate()
+        unused = super().update(**kwargs)  # ends with self.validate()
+        if kwargs.get("max_length") is not None and self.max_new_tokens is not None:
+            # transformers' own words (`GenerationMixin._prepare_generated_length`) for the same conflict
+            logger.warning(
+                f"Both `max_new_tokens` (={self.max_new_tokens}) and `max_length`(={self.max_length}) seem to have "
+                "been set. `max_new_tokens` will take precedence. Pass `max_new_tokens` to change the number of new "
+                "tokens, or `max_new_tokens=None` with `max_length` to count the prompt."
+            )
+        return unused
 
     def validate(self, strict: bool = False, user_set_attributes: set[str] | None = None) -> None:
         """transformers' checks, then :meth:`validate_diffusion`. transformers calls it when the config is built,
@@ -108,10 +170,10 @@ class DiffusionGenerationConfig(GenerationConfig):
         self.validate_diffusion()
 
     def validate_diffusion(self) -> None:
-        """Check the diffusion fields and raise a `ValueError` that says what to change."""
-        if not isinstance(self.block_size, int) or self.block_size < 1:
+        """Check the diffusion fields and the sampling settings, and raise a `ValueError` that says what to change."""
+        if not _is_integer(self.block_size) or self.block_size < 1:
             raise ValueError(f"`block_size` must be a positive integer, got {self.block_size!r}.")
-        if not isinstance(self.steps_per_block, int) or not 1 <= self.steps_per_block <= self.block_size:
+        if not _is_integer(self.steps_per_block) or not 1 <= self.steps_per_block <= self.block_size:
             raise ValueError(
                 f"`steps_per_block` must be an integer between 1 and `block_size` ({self.block_size}), got "
                 f"{self.steps_per_block!r}. Use steps_per_block=1 for one step per block or "
@@ -127,15 +189,33 @@ class DiffusionGenerationConfig(GenerationConfig):
         samples = self.num_return_sequences
         if samples is not None and (not isinstance(samples, int) or samples < 1):
             raise ValueError(f"`num_return_sequences` must be a positive integer, got {samples!r}.")
+        _check_mask_token_id(self.mask_token_id)
+        _check_sampling(self.temperature, self.top_k, self.top_p)
+
+    def to_json_string(self, use_diff: bool = True, ignore_metadata: bool = False, **kwargs: Any) -> str:
+        """transformers' JSON of the config, with the diffusion settings under :data:`SAVED_SETTINGS_KEY` and the
+        note :data:`HOW_TO_DECODE` (what ``save_pretrained`` writes to ``generation_config.json``)."""
+        values = json.loads(super().to_json_string(use_diff=use_diff, ignore_metadata=ignore_metadata, **kwargs))
+        saved = {key: values.pop(key) for key in _saved_keys() if key in values}
+        if saved:
+            values[SAVED_SETTINGS_KEY] = {**saved, _NOTE_KEY: HOW_TO_DECODE}
+        return json.dumps(values, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
+        """transformers' ``from_dict``, reading the diffusion settings from :data:`SAVED_SETTINGS_KEY` (or from the
+        top level, as earlier versions saved them)."""
+        return super().from_dict(flatten_saved_settings(config_dict), **kwargs)
 
     @classmethod
     def from_generation_config(cls, config: GenerationConfig | None, **overrides: Any) -> DiffusionGenerationConfig:
         """Build a diffusion config from any generation config (e.g. one loaded from ``generation_config.json``).
 
-        Fields of ``config`` are kept (diffusion fields survive as extra attributes of a plain
-        ``GenerationConfig``), then ``overrides`` are applied.
+        Fields of ``config`` are kept (diffusion settings survive in a plain ``GenerationConfig`` as its
+        :data:`SAVED_SETTINGS_KEY` attribute, or as extra attributes in files of earlier versions), then
+        ``overrides`` are applied.
         """
-        values = {} if config is None else config.to_dict()
+        values = {} if config is None else flatten_saved_settings(config.to_dict())
         for key in ("transformers_version", "_from_model_config", "_commit_hash", "_original_object_hash"):
             values.pop(key, None)
         constructor_fields = (*DIFFUSION_FIELDS, *remasking_parameters())
@@ -147,13 +227,61 @@ class DiffusionGenerationConfig(GenerationConfig):
         return diffusion_config
 
 
+def _is_integer(value: Any) -> bool:
+    """Whether ``value`` is an integer (``True`` and ``2.0`` are not)."""
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _check_mask_token_id(mask_token_id: Any) -> None:
+    """A mask token id is ``None`` (unset) or a non-negative integer; a token string gets the way to its id."""
+    if mask_token_id is None or (_is_integer(mask_token_id) and mask_token_id >= 0):
+        return
+    if isinstance(mask_token_id, str):
+        raise ValueError(
+            f"`mask_token_id` must be a token id (an integer), got the string {mask_token_id!r}. Look its id up with "
+            f"`tokenizer.convert_tokens_to_ids({mask_token_id!r})`, or pass the tokenizer to "
+            "`patch_model(model, tokenizer)`, which takes its mask token."
+        )
+    raise ValueError(
+        f"`mask_token_id` must be a non-negative integer token id, got {mask_token_id!r} "
+        f"({type(mask_token_id).__name__})."
+    )
+
+
+def _check_sampling(temperature: Any, top_k: Any, top_p: Any) -> None:
+    """The ranges transformers' samplers accept: a finite ``temperature >= 0``, an integer ``top_k >= 0`` (0: off) and
+    ``0 <= top_p <= 1`` (1: off)."""
+    if temperature is not None:
+        _check_temperature(temperature)
+    if top_k is not None and (not _is_integer(top_k) or top_k < 0):
+        raise ValueError(f"`top_k` must be an integer >= 0 (0 or None turns it off), got {top_k!r}.")
+    if top_p is not None and (
+        isinstance(top_p, bool) or not isinstance(top_p, Real) or not 0.0 <= top_p <= 1.0  # NaN fails the range
+    ):
+        raise ValueError(f"`top_p` must be a number between 0 and 1 (1 or None turns it off), got {top_p!r}.")
+
+
+def _check_temperature(temperature: Any) -> float:
+    """``temperature`` as a float, or a `ValueError`: it must be a finite number >= 0 (0 decodes greedily)."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (Real, str)):
+        raise ValueError(f"`temperature` must be a number >= 0 (0 decodes greedily), got {temperature!r}.")
+    try:
+        value = float(temperature)
+    except ValueError:
+        raise ValueError(f"`temperature` must be a number >= 0 (0 decodes greedily), got {temperature!r}.") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(
+            f"`temperature` must be a finite number >= 0 (0 decodes greedily, 1 samples from the model's "
+            f"distribution), got {temperature!r}."
+        )
+    return value
+
+
 def _normalise_sampling(kwargs: dict[str, Any], current_do_sample: bool | None = None) -> None:
     """Map the diffusion convention (temperature 0 = greedy) onto `GenerationConfig`'s ``do_sample`` flag."""
     if "temperature" not in kwargs or kwargs["temperature"] is None:
         return
-    temperature = float(kwargs["temperature"])
-    if temperature < 0:
-        raise ValueError(f"`temperature` must be >= 0 (0 decodes greedily), got {temperature}.")
+    temperature = _check_temperature(kwargs["temperature"])
     if temperature == 0.0:
         kwargs["temperature"] = None
         kwargs["do_sample"] = False

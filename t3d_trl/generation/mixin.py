@@ -9,7 +9,8 @@ import torch
 from transformers import GenerationConfig
 
 from ..models.families import ModelFamily, check_supported, get_family
-from .configuration import DiffusionGenerationConfig
+from ..models.nonfinite import check_finite_weights
+from .configuration import DiffusionGenerationConfig, is_diffusion_generation_config
 from .decoding import generate_with_model
 
 _PATCHED_CLASSES: dict[type, type] = {}
@@ -132,8 +133,13 @@ def patch_model(
 
     Returns:
         ``model``, patched.
+
+    Raises:
+        ValueError: for a setting decoding cannot honour, or a model whose weights hold NaN or ±inf (it would decode
+            token 0 everywhere; :func:`t3d_trl.models.nonfinite.check_finite_weights`).
     """
     check_supported(model)
+    check_finite_weights(model)
     if not isinstance(shift_logits, bool):
         raise ValueError(f"`shift_logits` must be True or False, got {shift_logits!r}.")
     tokenizer = getattr(processing_class, "tokenizer", processing_class)
@@ -143,7 +149,7 @@ def patch_model(
             f"{type(processing_class).__name__}."
         )
     base = getattr(model, "generation_config", None)
-    if base is None or not hasattr(base, "block_size"):
+    if not is_diffusion_generation_config(base):
         base = _load_saved_generation_config(model) or base
     defaults: dict[str, Any] = {}
     if tokenizer is not None:

@@ -10,7 +10,11 @@ such a field, and would silently run its own decoding). So importing t3d-trl ins
   fields gets :func:`t3d_trl.patch_model` (its few-step ``generate``); other models are returned untouched;
 * a checkpoint of ``model_type: sdar`` that transformers does not know (SDAR ships remote code that needs
   flash-attn) is loaded natively as Qwen3 after :func:`t3d_trl.register_sdar`, at the moment it is loaded; with
-  ``trust_remote_code=True`` its own code still wins.
+  ``trust_remote_code=True`` its own code still wins. The model type is read from ``config.json`` *before* loading,
+  so a released checkpoint, whose config has an ``auto_map`` to its remote code, loads without transformers asking
+  on stdin whether to run that code. ``AutoConfig.from_pretrained`` (which ``AutoTokenizer`` calls) gets the same
+  mapping. When ``trust_remote_code=True`` asks for SDAR's own code and that code cannot be imported (it needs
+  flash-attn and transformers 4), the error says to load without it.
 
 The hook is installed lazily: if ``transformers.models.auto.auto_factory`` is not imported yet, a finder on
 ``sys.meta_path`` installs it right after that module is first imported, so importing t3d-trl stays cheap and the
@@ -32,12 +36,13 @@ __all__ = ["DISABLE_ENV_VAR", "install_load_hook"]
 DISABLE_ENV_VAR = "T3D_TRL_NO_AUTO_PATCH"
 _TARGET = "transformers.models.auto.auto_factory"
 _MARKER = "_t3d_trl_load_hook"
-_DIFFUSION_FIELDS = ("block_size", "steps_per_block")
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
 
 
 def _has_diffusion_fields(config) -> bool:
-    return config is not None and all(getattr(config, name, None) is not None for name in _DIFFUSION_FIELDS)
+    from ..generation.configuration import is_diffusion_generation_config
+
+    return is_diffusion_generation_config(config)
 
 
 def _saved_generation_config(name_or_path, kwargs: dict):
@@ -54,22 +59,60 @@ def _is_unknown_sdar(error: ValueError) -> bool:
     return "model type `sdar`" in str(error)
 
 
-def _wrap(from_pretrained):
-    """``from_pretrained`` (the plain function of an auto class) with the load hook around it."""
+def _checkpoint_model_type(name_or_path, kwargs: dict) -> str | None:
+    """``model_type`` of the checkpoint's ``config.json``, read without resolving any class (``None`` when it cannot
+    be read: transformers then reports the problem itself)."""
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        return None
+    from transformers import PretrainedConfig
+
+    try:
+        config_dict, _ = PretrainedConfig.get_config_dict(
+            name_or_path, **{k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+        )
+    except (OSError, ValueError, TypeError):
+        return None
+    model_type = config_dict.get("model_type")
+    return model_type if isinstance(model_type, str) else None
+
+
+def _map_sdar_before_loading(name_or_path, kwargs: dict) -> bool:
+    """Register the SDAR mapping when ``name_or_path`` is an SDAR checkpoint; whether it is one."""
+    if kwargs.get("config") is not None and not isinstance(kwargs["config"], (str, os.PathLike)):
+        return False  # the caller built the config: nothing is resolved from the checkpoint's config.json
+    if _checkpoint_model_type(name_or_path, kwargs) != "sdar":
+        return False
+    from .sdar import register_sdar
+
+    register_sdar()
+    return True
+
+
+class _SDARRemoteCodeError(ImportError):
+    """SDAR's remote code asked for with ``trust_remote_code=True`` and not importable."""
+
+
+def _sdar_remote_code_error(name_or_path, error: Exception) -> ImportError:
+    reason = " ".join(str(error).split())[:300]
+    return _SDARRemoteCodeError(
+        f"SDAR's own modeling code in {str(name_or_path)!r} cannot be imported here ({type(error).__name__}: "
+        f"{reason}); it needs flash-attn and transformers 4. Load the checkpoint without `trust_remote_code=True`: "
+        "with t3d-trl imported, SDAR checkpoints load natively as transformers' Qwen3 (the same weights and logits; "
+        'see docs/generation.md, "Loading and patching a model").'
+    )
+
+
+def _wrap(from_pretrained, patch: bool = True):
+    """``from_pretrained`` (the plain function of an auto class) with the load hook around it (``patch=False``: the
+    SDAR mapping only, for ``AutoConfig``)."""
     if getattr(from_pretrained, _MARKER, False):
         return from_pretrained
 
     @functools.wraps(from_pretrained)
     def hooked(cls, pretrained_model_name_or_path, *args, **kwargs):
-        try:
-            model = from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs)
-        except ValueError as error:
-            if not _is_unknown_sdar(error):
-                raise
-            from .sdar import register_sdar
-
-            register_sdar()
-            model = from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs)
+        model = _load(from_pretrained, cls, pretrained_model_name_or_path, *args, **kwargs)
+        if not patch:
+            return model
         config = getattr(model, "generation_config", None)
         if not _has_diffusion_fields(config) and isinstance(pretrained_model_name_or_path, (str, os.PathLike)):
             config = _saved_generation_config(pretrained_model_name_or_path, kwargs)
@@ -84,8 +127,32 @@ def _wrap(from_pretrained):
     return hooked
 
 
+def _load(from_pretrained, cls, name_or_path, *args, **kwargs):
+    """``from_pretrained``, SDAR checkpoints mapped onto Qwen3 first."""
+    is_sdar = _map_sdar_before_loading(name_or_path, kwargs)
+    try:
+        return from_pretrained(cls, name_or_path, *args, **kwargs)
+    except ImportError as error:
+        if is_sdar and kwargs.get("trust_remote_code") and not isinstance(error, _SDARRemoteCodeError):
+            raise _sdar_remote_code_error(name_or_path, error) from error
+        raise
+    except ValueError as error:
+        if not _is_unknown_sdar(error):
+            raise
+        from .sdar import register_sdar
+
+        register_sdar()
+        return from_pretrained(cls, name_or_path, *args, **kwargs)
+
+
 def _install_on(auto_factory) -> None:
-    """Wrap ``from_pretrained`` of the auto base class and of every auto class already created from it."""
+    """Wrap ``from_pretrained`` of ``AutoConfig``, of the auto base class and of every auto class already created
+    from it."""
+    from transformers.models.auto.configuration_auto import AutoConfig
+
+    function = AutoConfig.__dict__.get("from_pretrained")
+    if isinstance(function, classmethod):
+        AutoConfig.from_pretrained = classmethod(_wrap(function.__func__, patch=False))
     classes = [auto_factory._BaseAutoModelClass]
     while classes:
         cls = classes.pop()

@@ -4,11 +4,13 @@ Layout of ``output_dir`` (see ``docs/rollouts.md``, "Resuming"):
 
 * ``rollout_config.json``: the settings record, whose ``fingerprint`` a rerun must match to resume;
 * ``shards/batchNNNNNN.jsonl``: the rows of every finished batch, written atomically as soon as it finishes, one JSON
-  object a line with the fields of :data:`SHARD_KEYS`;
+  object a line with the fields of :data:`SHARD_KEYS` and the SHA-256 of those fields (:data:`ROW_CHECKSUM_KEY`);
 * ``dataset/``: the final dataset (``save_to_disk``) and ``done``, written once every prompt has its rows.
 
-Shards are checked when read back (:func:`read_shard`): a damaged one is refused with its path and how to recover
-(delete it and rerun: its batch is generated again).
+Shards are checked when read back (:func:`read_shard`): a damaged one (a row whose content no longer matches its
+checksum included: edited tokens or steps) is refused with its path and how to recover (delete it and rerun: its
+batch is generated again). A directory is a finished rollout only with its ``done`` marker
+(:func:`finished_dataset_dir`): without it the final dataset may be half written and is not read as data.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ _DATASET_DIR = "dataset"
 _SHARD_PATTERN = re.compile(r"^batch(\d{6,})\.jsonl$")
 #: the fields of every row of a shard
 SHARD_KEYS = ("index", "sample_index", "prompt_ids", "completion_ids", "step_map", "nfe")
+#: the field of a shard row holding the SHA-256 of its :data:`SHARD_KEYS` fields
+ROW_CHECKSUM_KEY = "sha256"
 
 #: entries of the settings record that are informational (not part of the fingerprint)
 _INFORMATIONAL = ("fingerprint", "dataset_fingerprint", "t3d_trl_version")
@@ -62,9 +66,16 @@ def _shard_path(output_dir: Path, batch_index: int) -> Path:
     return output_dir / _SHARD_DIR / f"batch{batch_index:06d}.jsonl"
 
 
+def _row_checksum(row: Mapping[str, Any]) -> str:
+    """SHA-256 of a shard row's :data:`SHARD_KEYS` fields."""
+    return sha256_of({key: row[key] for key in SHARD_KEYS})
+
+
 def write_shard(output_dir: Path, batch_index: int, rows: Sequence[dict[str, Any]]) -> None:
-    """Write the rows of a finished batch to ``shards/batchNNNNNN.jsonl`` (atomically), one JSON row a line."""
-    _atomic_write(_shard_path(output_dir, batch_index), "".join(json.dumps(row) + "\n" for row in rows))
+    """Write the rows of a finished batch to ``shards/batchNNNNNN.jsonl`` (atomically), one JSON row a line, each
+    with the checksum of its fields (:data:`ROW_CHECKSUM_KEY`)."""
+    lines = "".join(json.dumps({**row, ROW_CHECKSUM_KEY: _row_checksum(row)}) + "\n" for row in rows)
+    _atomic_write(_shard_path(output_dir, batch_index), lines)
 
 
 def _describe_difference(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -190,6 +201,13 @@ def _row_problem(row: Any) -> str:
             return f"`{key}` must be a list of integers"
     if len(row["step_map"]) != len(row["completion_ids"]):
         return f"`step_map` has {len(row['step_map'])} entries for {len(row['completion_ids'])} completion tokens"
+    if ROW_CHECKSUM_KEY not in row:
+        return f"it has no `{ROW_CHECKSUM_KEY}` checksum (written by another version of t3d-trl, or by hand)"
+    if row[ROW_CHECKSUM_KEY] != _row_checksum(row):
+        return (
+            f"its fields no longer match their `{ROW_CHECKSUM_KEY}` checksum (the tokens, steps or indices were "
+            "edited after the batch was written)"
+        )
     return ""
 
 
@@ -207,8 +225,9 @@ def read_shard(
         The rows, as written by :func:`write_shard`.
 
     Raises:
-        ValueError: for a damaged shard (not UTF-8, a line that is not a JSON row, missing or ill-typed fields, other
-            rows than the batch's, other prompt ids), naming the file and saying how to recover.
+        ValueError: for a damaged shard (not UTF-8, a line that is not a JSON row, missing or ill-typed fields, fields
+            that do not match their checksum, other rows than the batch's, other prompt ids), naming the file and
+            saying how to recover.
     """
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -225,7 +244,7 @@ def read_shard(
         problem = _row_problem(row)
         if problem:
             raise _damaged(path, f"line {number}: {problem}")
-        rows.append(row)
+        rows.append({key: row[key] for key in SHARD_KEYS})
     found = [(row["index"], row["sample_index"]) for row in rows]
     if found != list(expected):
         raise _damaged(
@@ -279,3 +298,47 @@ def close_store(output_dir: Path, dataset: Any, fingerprint: str, already_done: 
         _atomic_write(output_dir / _DONE_FILE, json.dumps(marker) + "\n")
     if int(state.num_processes) > 1:
         state.wait_for_everyone()
+
+
+def finished_dataset_dir(output_dir: str | os.PathLike) -> Path:
+    """The final dataset of the rollout directory ``output_dir``, checked to be finished.
+
+    Returns:
+        ``output_dir/dataset``.
+
+    Raises:
+        ValueError: when the ``done`` marker (written after the dataset) is missing or damaged: the rollout did not
+            finish, and its dataset may be missing or half written.
+    """
+    output_dir = Path(output_dir)
+    marker = output_dir / _DONE_FILE
+    finish = (
+        f"rerun the same `t3d-trl rollout` command (or `generate_trajectories` call, output_dir={str(output_dir)!r}) "
+        "to finish it: the finished batches are read back, not generated again"
+    )
+    if not marker.is_file():
+        state = "no `dataset/` yet" if not (output_dir / _DATASET_DIR).exists() else "its `dataset/` may be partial"
+        raise ValueError(
+            f"{output_dir} is an unfinished rollout directory (no `{_DONE_FILE}` marker; {state}), so it is not read "
+            f"as training data: {finish}."
+        )
+    try:
+        record = json.loads(marker.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("num_rows"), int):
+        raise ValueError(f"{marker} is damaged (not the JSON record t3d-trl writes): delete it and {finish}.")
+    return output_dir / _DATASET_DIR
+
+
+def check_finished_rows(output_dir: str | os.PathLike, num_rows: int) -> None:
+    """Refuse the final dataset of ``output_dir`` when it holds another number of rows than its ``done`` marker
+    records (a dataset replaced or cut after the rollout finished)."""
+    marker = Path(output_dir) / _DONE_FILE
+    expected = json.loads(marker.read_text(encoding="utf-8"))["num_rows"]
+    if num_rows != expected:
+        raise ValueError(
+            f"{Path(output_dir) / _DATASET_DIR} holds {num_rows} rows but its rollout finished with {expected} "
+            f"({marker}): it was changed afterwards. Delete {Path(output_dir) / _DATASET_DIR} and {marker} and rerun "
+            "the rollout to write it again from its shards."
+        )

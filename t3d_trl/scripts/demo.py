@@ -123,7 +123,8 @@ def demo_config_from_args(args: Any) -> Any:
 
 def main(demo_args: Any) -> Any:
     """:func:`t3d_trl.demo.run_demo` with the resolved :class:`~t3d_trl.demo.DemoConfig` (``--print_config`` prints
-    it and returns it without running).
+    it and returns it without running, once :func:`~t3d_trl.demo.check_demo_config` accepts it: an unknown task or
+    method is refused, not printed as a valid configuration).
 
     Args:
         demo_args: arguments of :func:`demo_arguments_class`.
@@ -131,7 +132,10 @@ def main(demo_args: Any) -> Any:
     Returns:
         The demo's report, or the configuration with ``--print_config``.
     """
+    from ..demo import check_demo_config
+
     config = demo_config_from_args(demo_args)
+    check_demo_config(config)
     if demo_args.print_config:
         print(json.dumps(as_plain(dataclasses.asdict(config)), indent=2))
         return config

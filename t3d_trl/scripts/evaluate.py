@@ -409,6 +409,7 @@ def main(
     import torch
     from transformers import set_seed
 
+    from ..devices import check_device
     from ..evaluation import evaluate_few_step, to_markdown
     from ..evaluation.protocol import paper_settings
     from ..evaluation.report import write_plot
@@ -421,6 +422,7 @@ def main(
         )
     apply_preset(eval_args, preset_args.preset)
     check_eval_arguments(eval_args)
+    check_device(eval_args.device or "cpu", "--device")  # before any data or model is loaded
     original = _read_compared_run(preset_args.compare_to) if preset_args.compare_to else None
     set_seed(eval_args.seed)
     for module in eval_args.scorer_modules or []:

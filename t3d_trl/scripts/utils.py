@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -112,21 +113,96 @@ def _normalise_config_flag(args: list[str]) -> list[str]:
     return args
 
 
-def _check_config_is_a_mapping(config: str) -> None:
-    """A ``--config`` file that reads as YAML but is not a mapping (a list, a scalar) is a :class:`UsageError`, in the
-    same words with every TRL version (some raise a ``TypeError`` from deep inside). A file that is missing or is
-    not YAML is left to the parser, which names it."""
+class _BooleanWord(str):
+    """A YAML 1.1 boolean written as a word (``yes``, ``no``, ``on``, ``off``...), kept as written until the flag it
+    sets is known: ``save_strategy: no`` means the string ``"no"``, ``bf16: yes`` the boolean ``True``."""
+
+    boolean: bool
+
+
+@functools.cache
+def _config_loader() -> type:
+    """A YAML ``SafeLoader`` that refuses a key given twice in one mapping and keeps boolean words
+    (:class:`_BooleanWord`); ``true`` / ``false`` stay booleans. Built on first use."""
+    import yaml
+
+    class ConfigLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise _DuplicateKey(key, seen[key], line)
+                seen[key] = line
+            return super().construct_mapping(node, deep=deep)
+
+        def construct_yaml_bool(self, node):
+            value = super().construct_yaml_bool(node)
+            if node.value.lower() in ("true", "false"):
+                return value
+            word = _BooleanWord(node.value)
+            word.boolean = value
+            return word
+
+    ConfigLoader.add_constructor("tag:yaml.org,2002:bool", ConfigLoader.construct_yaml_bool)
+    return ConfigLoader
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, first: int, second: int) -> None:
+        super().__init__(key, first, second)
+        self.key, self.first, self.second = key, first, second
+
+
+def _read_config(config: str) -> dict[str, Any]:
+    """The mapping of a ``--config`` file, or a :class:`UsageError` for a file that is missing, not YAML, not a
+    mapping, or gives a key twice (YAML itself would keep the last value without a word)."""
     import yaml
 
     try:
-        content = yaml.safe_load(Path(config).read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return
-    if content is not None and not isinstance(content, dict):
+        text = Path(config).read_text(encoding="utf-8")
+    except OSError as error:
+        raise UsageError(f"--config {config}: {error.strerror or error}.") from None
+    except UnicodeDecodeError as error:
+        raise UsageError(f"--config {config} is not UTF-8 text: {error}.") from None
+    try:
+        content = yaml.load(text, Loader=_config_loader())  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as duplicate:
+        raise UsageError(
+            f"--config {config}: `{duplicate.key}` is given twice (lines {duplicate.first} and {duplicate.second}); "
+            "keep one of them (YAML would silently keep the last)."
+        ) from None
+    except yaml.YAMLError as error:
+        raise UsageError(f"--config {config} is not valid YAML: {_one_line(error)}") from None
+    if not isinstance(content, dict):
+        got = "an empty file" if content is None else f"a {type(content).__name__}"
         raise UsageError(
             f"--config {config} must contain a YAML mapping of flag names to values (e.g. `learning_rate: 1e-5`), "
-            f"got a {type(content).__name__}."
+            f"got {got}."
         )
+    return content
+
+
+def _resolve_boolean_words(value: Any, keep_word: bool = False) -> Any:
+    """``value`` with its :class:`_BooleanWord` s resolved: the word itself where ``keep_word`` (a flag that takes a
+    string), the YAML 1.1 boolean elsewhere (nested values, boolean flags)."""
+    if isinstance(value, _BooleanWord):
+        return str(value) if keep_word else value.boolean
+    if isinstance(value, dict):
+        return {key: _resolve_boolean_words(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_resolve_boolean_words(item, keep_word) for item in value]
+    return value
+
+
+def _takes_a_boolean(action: argparse.Action | None) -> bool:
+    """Whether a parser argument is a boolean flag (``HfArgumentParser`` parses those with ``string_to_bool``)."""
+    from transformers.hf_argparser import string_to_bool
+
+    if action is None:
+        return True  # an unknown key: TRL names it; its value does not matter
+    return action.type is string_to_bool or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
 
 
 @functools.cache
@@ -146,18 +222,27 @@ def script_parser_class() -> type:
         def parse_args_and_config(self, args: Sequence[str] | None = None, *options: Any, **kwargs: Any) -> Any:
             args = _normalise_config_flag(list(sys.argv[1:] if args is None else args))
             config = args[args.index("--config") + 1] if "--config" in args else None
-            if config is not None:
-                _check_config_is_a_mapping(config)
-            try:
-                return super().parse_args_and_config(args, *options, **kwargs)
-            except OSError as error:
-                if config is None or error.filename != config:
-                    raise
-                raise UsageError(f"--config {config}: {error.strerror or error}.") from None
-            except yaml.YAMLError as error:
-                raise UsageError(f"--config {config} is not valid YAML: {_one_line(error)}") from None
-            except ValueError as error:
-                raise self._usage_error(str(error), config) from None
+            with contextlib.ExitStack() as stack:
+                if config is not None:  # TRL reads a checked copy: no key twice, boolean words resolved per flag
+                    values = self._resolved_config(_read_config(config))
+                    copy = stack.enter_context(tempfile.TemporaryDirectory(prefix="t3d-trl-config-"))
+                    checked = Path(copy) / "config.yaml"
+                    checked.write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
+                    args[args.index("--config") + 1] = str(checked)
+                try:
+                    return super().parse_args_and_config(args, *options, **kwargs)
+                except ValueError as error:
+                    raise self._usage_error(str(error), config) from None
+
+        def _resolved_config(self, values: dict[str, Any]) -> dict[str, Any]:
+            """``values`` with boolean words as the word for flags that take a string (``save_strategy: no``) and as
+            YAML's boolean for boolean flags and nested values."""
+            return {
+                key: _resolve_boolean_words(
+                    value, keep_word=not _takes_a_boolean(self._option_string_actions.get(f"--{key}"))
+                )
+                for key, value in values.items()
+            }
 
         def _usage_error(self, message: str, config: str | None) -> ValueError:
             listed = re.findall(r"'([^']*)'", message)
@@ -420,9 +505,13 @@ def load_tokenizer(args: ModelArguments, trust_remote_code: bool = False) -> Any
     code runs only with ``trust_remote_code``."""
     from transformers import AutoTokenizer
 
+    from ..models.locations import TOKENIZER_FILES, check_model_location
+
     name = args.tokenizer_name_or_path or args.model_name_or_path
     if name is None:
         raise ValueError("No model: pass --model_name_or_path (a Hub id or a local directory).")
+    flag = "--tokenizer_name_or_path" if args.tokenizer_name_or_path else "--model_name_or_path"
+    check_model_location(name, flag, required_files=TOKENIZER_FILES)
     tokenizer = AutoTokenizer.from_pretrained(name, revision=args.model_revision, trust_remote_code=trust_remote_code)
     if args.mask_token is not None and getattr(tokenizer, "mask_token", None) != args.mask_token:
         token_id = tokenizer.convert_tokens_to_ids(args.mask_token)
@@ -454,13 +543,19 @@ def load_model(
     trust_remote_code: bool = False,
 ) -> Any:
     """Load a diffusion LM with the auto class of its family (:func:`t3d_trl.models.families.load_pretrained`), put it
-    on ``device`` in eval mode and give it the few-step ``generate`` of :func:`t3d_trl.patch_model`."""
-
+    on ``device`` in eval mode and give it the few-step ``generate`` of :func:`t3d_trl.patch_model`. The location
+    (:func:`t3d_trl.models.locations.check_model_location`) and the device (:func:`t3d_trl.devices.check_device`)
+    are checked before anything is loaded."""
+    from ..devices import check_device
     from ..generation import patch_model
     from ..models.families import load_pretrained
+    from ..models.locations import check_model_location
 
     if args.model_name_or_path is None:
         raise ValueError("No model: pass --model_name_or_path (a Hub id or a local directory).")
+    check_model_location(args.model_name_or_path, "--model_name_or_path")
+    if device is not None:
+        check_device(device, "--device")
     kwargs = model_init_kwargs(args, trust_remote_code)
     model = load_pretrained(args.model_name_or_path, family, **kwargs)
     if device is not None:

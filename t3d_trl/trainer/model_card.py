@@ -38,6 +38,8 @@ class ModelCardInfo:
         tags: the card's tags.
         citation: the BibTeX of the paper.
         custom_generate: whether the checkpoint carries ``custom_generate/generate.py``.
+        chat_template: whether the tokenizer has a chat template (the snippets use it; without one they tokenise
+            plain text, since ``apply_chat_template`` would fail).
     """
 
     model_name: str
@@ -51,6 +53,7 @@ class ModelCardInfo:
     tags: list[str] = field(default_factory=list)
     citation: str = ""
     custom_generate: bool = True
+    chat_template: bool = True
 
 
 def _yaml_header(info: ModelCardInfo) -> str:
@@ -68,12 +71,15 @@ def _yaml_header(info: ModelCardInfo) -> str:
 def _snippets(info: ModelCardInfo) -> list[str]:
     repo = info.repo_id or info.model_name
     block = info.generation_config.get("block_size", "B")
-    load = (
-        f'tokenizer = AutoTokenizer.from_pretrained("{repo}")\n'
-        f'messages = [{{"role": "user", "content": "What is 12 * 7?"}}]\n'
-        'inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", '
-        "return_dict=True)\n"
-    )
+    if info.chat_template:
+        prompt = (
+            'messages = [{"role": "user", "content": "What is 12 * 7?"}]\n'
+            'inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", '
+            "return_dict=True)\n"
+        )
+    else:  # the tokenizer has no chat template: apply_chat_template would raise
+        prompt = 'inputs = tokenizer("What is 12 * 7?", return_tensors="pt")\n'
+    load = f'tokenizer = AutoTokenizer.from_pretrained("{repo}")\n' + prompt
     decode = (
         f"out = model.generate(**inputs, steps_per_block=1, max_new_tokens=256)  # {block} tokens per forward\n"
         'print(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))\n'
@@ -104,7 +110,10 @@ def _snippets(info: ModelCardInfo) -> list[str]:
             load + f'model = {info.auto_class}.from_pretrained("{repo}", trust_remote_code=True)\n' + decode + "```",
             "",
             "Without t3d-trl and without `trust_remote_code=True`, `generate()` is transformers' autoregressive "
-            "decoding, which is not how this model decodes.",
+            "decoding, which is not how this model decodes. The decoding settings are saved under `block_diffusion` "
+            "in `generation_config.json`, with a note on how to decode, so transformers alone does not take "
+            "`steps_per_block`: it refuses it (`model_kwargs are not used by the model`) instead of decoding "
+            "autoregressively.",
         ]
     else:
         lines += ["transformers cannot run this model's decoding on its own: install t3d-trl."]
@@ -113,15 +122,22 @@ def _snippets(info: ModelCardInfo) -> list[str]:
 
 def model_card_text(info: ModelCardInfo) -> str:
     """The card (YAML metadata and markdown) of a distilled student."""
-    base = f"`{info.base_model}`" if info.base_model else "a base model whose name was not recorded"
     config = info.generation_config
     lines = [_yaml_header(info), "", f"# {info.model_name}", ""]
+    method = (
+        "T3D (trajectory self-distillation with direct discriminative optimization, "
+        "[arXiv 2602.12262](https://arxiv.org/abs/2602.12262)) by [t3d-trl](https://github.com/t3d-trl/t3d-trl)"
+    )
+    if info.base_model:
+        intro = f"`{info.model_name}` is `{info.base_model}` distilled into a few-step decoder with {method}."
+    else:
+        intro = (
+            f"`{info.model_name}` was distilled into a few-step decoder with {method}; the name of the model it was "
+            "distilled from was not recorded."
+        )
     lines += [
-        f"`{info.model_name}` is {base} distilled into a few-step decoder with T3D (trajectory self-distillation "
-        "with direct discriminative optimization, [arXiv 2602.12262](https://arxiv.org/abs/2602.12262)) by "
-        "[t3d-trl](https://github.com/t3d-trl/t3d-trl). It is a block diffusion language model: it decodes a block "
-        f"of {config.get('block_size', '?')} tokens in `steps_per_block` denoising steps, committing several tokens "
-        "per step.",
+        f"{intro} It is a block diffusion language model: it decodes a block of {config.get('block_size', '?')} "
+        "tokens in `steps_per_block` denoising steps, committing several tokens per step.",
         "",
         "## Few-step decoding",
         "",

@@ -22,10 +22,13 @@ from transformers.utils import is_peft_available
 from ..collator import DataCollatorForTrajectory
 from ..data import prepare_trajectory_dataset, validate_mask_token
 from ..generation import DiffusionGenerationConfig, patch_model
+from ..generation.configuration import is_diffusion_generation_config
 from ..generation.custom_generate import write_custom_generate
 from ..layouts import training_layout
 from ..masks import NOISY
 from ..models.families import get_family, load_pretrained
+from ..models.locations import TOKENIZER_FILES, check_model_location
+from ..models.nonfinite import check_finite_loss, check_finite_weights
 from ..objectives import ReferenceTerms, compute_objectives, reference_request, reference_terms, student_request
 from ..statistics import StatisticsRequest, TokenStatistics
 from .callbacks import (
@@ -41,6 +44,7 @@ from .callbacks import (
 )
 from .config import T3DConfig
 from .model_card import ModelCardInfo, model_card_text
+from .resume import check_resume_checkpoint
 
 if is_peft_available():
     from peft import PeftConfig, PeftModel, get_peft_model
@@ -101,7 +105,8 @@ class T3DTrainer(Trainer):
         train_dataset: trajectories (see ``docs/training.md``): ``prompt_ids``, ``completion_ids``, ``step_map`` and the
             teacher's ``block_size`` / ``steps_per_block``, as written by :func:`t3d_trl.generate_trajectories`.
         eval_dataset: trajectories to evaluate the same losses and metrics on.
-        processing_class: the tokenizer (must have, or the model config must name, a mask token).
+        processing_class: the tokenizer (must have, or the model config must name, a mask token). When omitted, it is
+            loaded from the model's checkpoint; a model built from a config has none, so pass it.
         compute_metrics: passed to :class:`~transformers.Trainer`.
         callbacks: extra callbacks.
         optimizers: ``(optimizer, scheduler)``.
@@ -139,9 +144,12 @@ class T3DTrainer(Trainer):
         model_id = model if isinstance(model, str) else None
         if isinstance(model, str):
             model = self._load_model(model, args)
+        check_finite_weights(model, "The model")
+        if ref_model is not None:
+            check_finite_weights(ref_model, "`ref_model`")
         if processing_class is None:
-            processing_class = AutoTokenizer.from_pretrained(
-                model_id or model.config._name_or_path, trust_remote_code=args.trust_remote_code
+            processing_class = _default_processing_class(
+                model_id or getattr(model.config, "_name_or_path", ""), args.trust_remote_code
             )
         if ref_model is model:
             raise ValueError("`model` and `ref_model` cannot be the same object; leave ref_model=None for a copy.")
@@ -232,6 +240,7 @@ class T3DTrainer(Trainer):
     # ------------------------------------------------------------------------------------------------ set-up
     @staticmethod
     def _load_model(name: str, args: T3DConfig) -> PreTrainedModel:
+        check_model_location(name, "model")
         kwargs = dict(args.model_init_kwargs or {})
         kwargs.setdefault("attn_implementation", "sdpa")
         if kwargs.setdefault("trust_remote_code", args.trust_remote_code) != args.trust_remote_code:
@@ -256,6 +265,7 @@ class T3DTrainer(Trainer):
             eos_token_id=getattr(tokenizer, "eos_token_id", None),
             require_step_map=args.state_sampling != "random",
             training_block_size=args.block_size,
+            mask_token_id=self.mask_token_id,
         )
         decisions = ", ".join(f"{k} {v}" for k, v in stats.items() if k not in ("num_rows_in", "num_rows_out") and v)
         logger.info(
@@ -360,6 +370,9 @@ class T3DTrainer(Trainer):
                 model, {**inputs, "input_ids": inputs["complement_input_ids"]}, request
             )
         loss, metrics = compute_objectives(statistics, inputs, self.args, reference, complement)
+        # a NaN loss stops the run before the optimizer applies it (see docs/training.md, "Resuming")
+        if model.training:
+            check_finite_loss(loss, self.state, self.accelerator, self.accelerator.unwrap_model(model))
         self._record_metrics(metrics, "train" if model.training else "eval")
         return (loss, {"statistics": statistics.values}) if return_outputs else loss
 
@@ -426,6 +439,13 @@ class T3DTrainer(Trainer):
         return dataset.add_column("ref_fake_logps", [fake_logps[i] for i in rows])
 
     # ------------------------------------------------------------------------------ checkpoints and saving
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """``Trainer.train``, after checking the checkpoint to resume from (:mod:`t3d_trl.trainer.resume`): a missing,
+        incomplete or damaged one is refused with one message naming its files, before anything is loaded."""
+        reference = _REF_CHECKPOINT if self.sync_callback is not None else None
+        check_resume_checkpoint(resume_from_checkpoint, self.args.output_dir, reference)
+        return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+
     def _reference_state(self) -> dict[str, torch.Tensor] | None:
         """The reference's full (gathered) weights, as ``ref_model.pt`` holds them: collective under FSDP / ZeRO-3,
         where rank 0 gets them and the other ranks ``{}``."""
@@ -524,7 +544,7 @@ class T3DTrainer(Trainer):
         base = base.get_base_model() if self.is_peft else base
         existing = getattr(base, "generation_config", None)
         return DiffusionGenerationConfig.from_generation_config(
-            existing if existing is not None and hasattr(existing, "block_size") else None,
+            existing if is_diffusion_generation_config(existing) else None,
             block_size=self.block_size,
             mask_token_id=self.mask_token_id,
             eos_token_id=self.processing_class.eos_token_id,
@@ -582,6 +602,9 @@ class T3DTrainer(Trainer):
             training=training,
             tags=list(self._tag_names) + list(tags or []),
             citation=self._paper["citation"],
+            chat_template=bool(
+                getattr(getattr(self.processing_class, "tokenizer", self.processing_class), "chat_template", None)
+            ),
         )
         with open(os.path.join(output_dir, "README.md"), "w", encoding="utf-8") as handle:
             handle.write(model_card_text(info))
@@ -594,6 +617,27 @@ def _with_task_type(peft_config: PeftConfig, model: PreTrainedModel, family: str
         return peft_config
     task_type = get_family(model, family=family).peft_task_type
     return peft_config if task_type is None else dataclasses.replace(peft_config, task_type=task_type)
+
+
+def _default_processing_class(name: str, trust_remote_code: bool = False):
+    """The tokenizer saved with the model ``name`` (when ``processing_class`` is not given), or an error saying to pass
+    one: a model built from a config has no name to load it from."""
+    if not name:
+        raise ValueError(
+            "`processing_class` is required: `model` was built from a config (its config has no `_name_or_path`), "
+            "so there is no checkpoint to load its tokenizer from. Pass the tokenizer: "
+            "T3DTrainer(model, processing_class=tokenizer, ...)."
+        )
+    try:
+        check_model_location(name, "the model's checkpoint", required_files=TOKENIZER_FILES)
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        reason = " ".join(str(error).split())[:300]
+        raise ValueError(
+            f"`processing_class` is not given and no tokenizer could be loaded from the model's checkpoint {name!r} "
+            f"({type(error).__name__}: {reason}). Pass the tokenizer: T3DTrainer(model, processing_class=tokenizer, "
+            "...)."
+        ) from error
 
 
 def _regular_token_ids(processing_class) -> list[int]:
