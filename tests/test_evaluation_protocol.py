@@ -128,8 +128,7 @@ def test_the_preset_keeps_the_flags_the_user_set(caplog):
 def tiny_checkpoint(tmp_path):
     import torch
 
-    from t3d_trl.testing import task_tokenizer
-    from t3d_trl.testing import tiny_qwen3
+    from t3d_trl.testing import task_tokenizer, tiny_qwen3
 
     tokenizer = task_tokenizer()
     model = tiny_qwen3(
