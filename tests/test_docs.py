@@ -103,3 +103,28 @@ def test_nothing_cites_the_background_notes():
                 assert not needle.search(path.read_text(encoding="utf-8")), (
                     f"{path.relative_to(ROOT)} cites the background notes; point to docs/design.md instead"
                 )
+
+
+def config_table() -> str:
+    """docs/training.md's table of T3DConfig: its own fields and the TrainingArguments defaults it changes, from the
+    dataclass fields' metadata and defaults."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    from t3d_trl import T3DConfig
+
+    inherited = {spec.name: spec for spec in dataclasses.fields(TrainingArguments)}
+    rows = ["| field | default | meaning |", "|---|---|---|"]
+    for spec in dataclasses.fields(T3DConfig):
+        if not spec.init or (spec.name in inherited and inherited[spec.name].default == spec.default):
+            continue
+        default = spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
+        meaning = " ".join(spec.metadata.get("help", "").split()).replace("|", "\\|")
+        rows.append(f"| `{spec.name}` | `{default!r}` | {meaning} |")
+    return "\n".join(rows)
+
+
+def test_the_training_guide_lists_every_config_field_as_the_dataclass_has_it():
+    text = (DOCS / "training.md").read_text(encoding="utf-8")
+    assert config_table() in text, "regenerate docs/training.md's table with tests/test_docs.py's config_table()"

@@ -73,7 +73,7 @@ class T3DConfig(TrainingArguments):
         default=None,
         metadata={
             "help": "Keyword arguments for `from_pretrained` when `model` is a string (e.g. `dtype`, "
-            "`attn_implementation`). Remote code runs only with `trust_remote_code=True` here."
+            "`attn_implementation`, which defaults to `sdpa`); whether remote code runs is `trust_remote_code`."
         },
     )
     trust_remote_code: bool = field(
