@@ -12,7 +12,7 @@ from datasets import Dataset
 
 from t3d_trl.demo import TASKS, DemoConfig, run_demo
 from t3d_trl.demo.pipeline import valid_rollouts
-from t3d_trl.demo.report import markdown_table, summarise
+from t3d_trl.demo.report import markdown_table, preservation_table, summarise
 from t3d_trl.demo.tasks import (
     PROMPT_LENGTH,
     evaluation_prompts,
@@ -75,6 +75,11 @@ def test_summary_table_recomputes_averages_and_improvement():
     assert summary["averages"]["Teacher"][4]["mean"] == pytest.approx(15.0)
     table = markdown_table(summary, config)
     assert "| 4 | T3D | 70.0 ± 10.0 | 20.0 | 45.0 ± 5.0 | +200.0 |" in table
+    # the paper's second table: one token per step, a student's change against the teacher in points
+    preservation = preservation_table(summary, config)
+    assert "| Teacher | 4 | 100.0 | 60.0 ± 10.0 | 80.0 |" in preservation
+    assert "| T3D | 4 | 95.0 ± 5.0 (-5.0) | 55.0 ± 5.0 (-5.0) | 75.0 (-5.0) |" in preservation
+    assert preservation_table(summary, dataclasses.replace(config, tokens_per_step=(4,))) == ""
 
 
 #: a miniature of the demo's settings (seconds, not minutes)
@@ -123,6 +128,7 @@ def test_miniature_demo_runs_end_to_end_and_reuses_its_teacher(tmp_path, capsys)
     assert set(summary["rollout_validity"]) == {"words", "walk"} and summary["peak_memory_mb"] > 0
     text = (tmp_path / "results.md").read_text()
     assert "Multi-block average" in text and "Teacher at one token per step" in text
+    assert "Full-step preservation" in text and "| T3D | 8 |" in text
     capsys.readouterr()
     # a second run reuses the teacher and trains the students again (the demo keeps no students: the study does)
     again = run_demo(dataclasses.replace(config, methods=("T3D",), extra_methods={}))

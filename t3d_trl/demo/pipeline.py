@@ -39,7 +39,16 @@ from ..recipes import redi
 from ..rollout import generate_trajectories
 from ..testing import task_model, task_tokenizer, tiny_t3d_config
 from ..trainer import T3DConfig, T3DTrainer
-from .report import _cell, ddo_identity_lines, identity_text, logs_table, markdown_table, summarise, teacher_note
+from .report import (
+    _cell,
+    ddo_identity_lines,
+    identity_text,
+    logs_table,
+    markdown_table,
+    preservation_table,
+    summarise,
+    teacher_note,
+)
 from .tasks import CATEGORIES, TASKS, answer_rows, evaluation_prompts
 
 logger = logging.getLogger(__name__)
@@ -525,14 +534,22 @@ def run_demo(config: DemoConfig | None = None, students: StudentStore | None = N
     cost = (
         f"{_cell({k: v / 60 for k, v in per_seed.items()})} minutes of work per seed; " if per_seed else ""
     ) + f"{elapsed / 60:.1f} minutes for this run; peak memory {summary['peak_memory_mb']:.0f} MB"
-    text = (
+    sections = [
         f"# t3d-trl demo\n\nAccuracy (%) of greedy few-step decoding; {len(config.seeds)} seed(s) "
-        f"(mean ± std over seeds); {cost}.\n\n{teacher_note(summary, config)}\n\n"
-        f"Valid teacher rollouts (temperature {config.rollout_temperature:g}): {validity}.\n\n"
-        f"{markdown_table(summary, config)}\n\n"
-        "Training logs (mean over each student's last quarter of steps):\n\n" + logs_table(summary) + "\n\n"
-        "DDO at each reference refresh (θ = θ_ref gives loss/real = log 2):\n\n" + identity_text(identity) + "\n"
-    )
+        f"(mean ± std over seeds); {cost}.",
+        teacher_note(summary, config),
+        f"Valid teacher rollouts (temperature {config.rollout_temperature:g}): {validity}.",
+        markdown_table(summary, config),
+    ]
+    preservation = preservation_table(summary, config)
+    if preservation:
+        sections.append(
+            "Full-step preservation (one token per step after distillation; a student's change against the teacher "
+            f"in points):\n\n{preservation}"
+        )
+    sections.append(f"Training logs (mean over each student's last quarter of steps):\n\n{logs_table(summary)}")
+    sections.append(f"DDO at each reference refresh (θ = θ_ref gives loss/real = log 2):\n\n{identity_text(identity)}")
+    text = "\n\n".join(sections) + "\n"
     Path(config.output_dir, "results.md").write_text(text)
     print()
     print(text)

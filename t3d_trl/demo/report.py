@@ -20,6 +20,7 @@ __all__ = [
     "logs_table",
     "markdown_table",
     "multi_block_tasks",
+    "preservation_table",
     "summarise",
     "teacher_note",
 ]
@@ -158,6 +159,49 @@ def markdown_table(summary: dict[str, Any], config: Any) -> str:
                 cells.append(f"{change:+.1f}")
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def preservation_table(summary: dict[str, Any], config: Any) -> str:
+    """Full-step accuracy (one token per step) after distillation, in the layout of the T3D paper's second table (as
+    :func:`t3d_trl.evaluation.report.preservation_table` writes it for ``t3d-trl eval``): one row per method and block
+    size, one column per task, then their average; a student's cells show the change against the teacher in points.
+    Empty when the demo does not decode at one token per step."""
+    if 1 not in config.tokens_per_step:
+        return ""
+    header = ["Method", "Block", *config.tasks, "Average"]
+    lines = ["| " + " | ".join(header) + " |", "|---|---:|" + "---:|" * (len(header) - 2)]
+    for block in config.eval_block_sizes:
+        setting = f"B{block}-TokPS1"
+        teacher = [summary["table"]["Teacher"].get(f"{setting}/{task}") for task in config.tasks]
+        teacher_average = _mean_of(teacher)
+        for method in summary["methods"]:
+            entries = [summary["table"][method].get(f"{setting}/{task}") for task in config.tasks]
+            cells = [method, str(block)]
+            for entry, reference in zip(entries, teacher):
+                if entry is None:
+                    cells.append("—")
+                    continue
+                change = (
+                    "" if method == "Teacher" or reference is None else f" ({entry['mean'] - reference['mean']:+.1f})"
+                )
+                cells.append(_cell(entry) + change)
+            average = _mean_of(entries)
+            if average is None:
+                cells.append("—")
+            else:
+                change = (
+                    "" if method == "Teacher" or teacher_average is None else f" ({average - teacher_average:+.1f})"
+                )
+                cells.append(f"{average:.1f}{change}")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _mean_of(entries: list[dict[str, float] | None]) -> float | None:
+    """The mean of the entries' means, or ``None`` when one is missing."""
+    if not entries or any(entry is None for entry in entries):
+        return None
+    return statistics.fmean(entry["mean"] for entry in entries)
 
 
 def logs_table(summary: dict[str, Any]) -> str:
