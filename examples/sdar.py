@@ -60,9 +60,8 @@ Without ``--model_name_or_path`` the script builds the demo's character tokenize
 config (``t3d_trl.testing.tiny_teacher``), trains it for ``--tiny_teacher_steps`` steps as a block diffusion LM on
 the demo tasks' ground-truth answers, saves it to ``<output_dir>/teacher`` with ``--max_samples`` demo prompts in
 ``<output_dir>/prompts.jsonl`` (with references and scorer names), then rolls it out (8 new tokens each) and trains
-T3D on the result, as with a real teacher. Besides the student and the rollouts it writes ``trajectories/``; the
-offline configs of ``t3d_trl/configs/`` use these files (``t3d-trl rollout --config rollout``,
-then ``train``, ``eval``)::
+T3D on the result, as with a real teacher. Besides the student and the rollouts it writes ``trajectories/``
+(the bundled configs of ``t3d_trl/configs/`` run the same stages on what ``t3d-trl demo`` writes: docs/cli.md)::
 
     python examples/sdar.py --max_steps 20 --output_dir tiny-t3d
     CUDA_VISIBLE_DEVICES="" accelerate launch --multi_gpu --num_processes 2 examples/sdar.py \\
@@ -183,7 +182,7 @@ def prepare_tiny_teacher(
     # the saved teacher (and so the student) decodes with the rollout's block settings, greedily by default
     settings = rollout_settings(script_args, tiny=True).to_dict()
     patch_model(teacher, tokenizer, **{k: v for k, v in settings.items() if k not in ("temperature", "top_k", "top_p")})
-    if state.is_main_process:  # also used by the CLI configs of t3d_trl/configs/ (offline runs)
+    if state.is_main_process:
         teacher.save_pretrained(teacher_dir)
         tokenizer.save_pretrained(teacher_dir)
         tiny_prompts(script_args.max_samples or 96, seed=training_args.seed).to_json(prompts_path)
@@ -248,7 +247,7 @@ def main(script_args: ScriptArguments, model_args: ModelArguments, lora_args: Lo
             trajectories_args = TrainDatasetArguments(dataset_name=source)
     else:
         rollout_dir, trajectories = roll_out(script_args, model_args, training_args, tiny)
-        if tiny and state.is_main_process:  # for the CLI configs of t3d_trl/configs/ (offline runs)
+        if tiny and state.is_main_process:  # kept for inspection (load_from_disk)
             trajectories.save_to_disk(os.path.join(training_args.output_dir, "trajectories"))
         trajectories_args = TrainDatasetArguments(dataset_path=rollout_dir, dataset_name=script_args.dataset_name)
 

@@ -352,7 +352,7 @@ def test_yaml_config_with_command_line_overrides(tmp_path, monkeypatch):
     assert rollout_args.output_dir == rollout["output_dir"] and rollout_args.max_samples == 3
     assert generation_args.to_dict() == {
         "block_size": 4, "steps_per_block": 4, "remasking": "low_confidence_static", "temperature": 0.0,
-        "max_new_tokens": 8,
+        "max_new_tokens": 16,
     }  # fmt: skip
 
     _, eval_args, _ = parse_command("eval", ["--config", str(CONFIGS / "eval.yaml"), "--tokens_per_step", "2"])
@@ -495,8 +495,8 @@ def test_prompt_formatting_and_local_datasets(tmp_path):
 
 
 def _tiny_workspace(root: Path) -> None:
-    """What `examples/sdar.py` writes in tiny mode, made directly: an untrained tiny Qwen3 teacher with the demo's
-    tokenizer (and a chat template) in tiny-t3d/teacher, and demo prompts in tiny-t3d/prompts.jsonl."""
+    """What `t3d-trl demo` writes and the bundled configs read, made directly: a tiny Qwen3 teacher with the demo's
+    tokenizer (and a chat template) in t3d-demo/seed0/teacher, and demo prompts in t3d-demo/seed0/prompts.jsonl."""
     import torch
 
     from t3d_trl.testing import task_tokenizer, tiny_prompts, tiny_qwen3
@@ -509,9 +509,9 @@ def _tiny_workspace(root: Path) -> None:
     )  # fmt: skip
     with torch.no_grad():  # make EOS likely, so completions have different lengths
         model.lm_head.weight[tokenizer.eos_token_id] += 0.5 * model.lm_head.weight.std() * 10
-    model.save_pretrained(root / "tiny-t3d" / "teacher")
-    tokenizer.save_pretrained(root / "tiny-t3d" / "teacher")
-    tiny_prompts(12, seed=0).to_json(root / "tiny-t3d" / "prompts.jsonl")
+    model.save_pretrained(root / "t3d-demo" / "seed0" / "teacher")
+    tokenizer.save_pretrained(root / "t3d-demo" / "seed0" / "teacher")
+    tiny_prompts(12, seed=0).to_json(root / "t3d-demo" / "seed0" / "prompts.jsonl")
 
 
 def _library_output_state() -> tuple:
@@ -598,7 +598,7 @@ def test_rollout_train_eval_chain(tmp_path, monkeypatch, capsys):
     # GSM8K file (chat prompts)
     assert main(
         ["eval", "--config", str(CONFIGS / "eval.yaml"),
-         "--eval_dataset", "tiny-t3d/prompts.jsonl", "gsm8k", "--eval_data_files", str(FIXTURES / "gsm8k.jsonl"),
+         "--eval_dataset", "t3d-demo/seed0/prompts.jsonl", "gsm8k", "--eval_data_files", str(FIXTURES / "gsm8k.jsonl"),
          "--eval_limit", "2", "--block_sizes", "4", "--tokens_per_step", "2", "4"]
     ) == 0  # fmt: skip
     assert "Average over" in capsys.readouterr().out

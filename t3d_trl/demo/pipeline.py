@@ -365,6 +365,7 @@ def run_seed(config: DemoConfig, seed: int, tokenizer, students: StudentStore | 
     set_seed(seed)  # the same random state after the teacher, trained or reused
 
     eval_set = evaluation_dataset(config)
+    eval_set.to_json(str(root / "prompts.jsonl"))  # the bundled configs' tiny CLI run reads them (t3d_trl/configs)
     start = time.perf_counter()
     accuracy = {"Teacher": evaluate(teacher, tokenizer, eval_set, config, str(root / "eval" / "teacher"))}
     timings["evaluation"] = time.perf_counter() - start
