@@ -624,15 +624,39 @@ def test_multiblock_scorers_on_handmade_answers():
     assert not is_sep_permutation("c-a-e-bd", "abcde")
 
 
-@pytest.mark.parametrize("name", ["wordplay", "walk", "perm5"])
-def test_multiblock_tasks_cross_blocks_and_are_multimodal(name):
+def test_two_block_scorers_on_handmade_answers():
+    from t3d_trl.demo.tasks import is_echo, is_pairs, is_short_walk, is_walk
+
+    # echo: a permutation of the group, then the same permutation
+    assert is_echo("gbd-gbd", "bdg") and is_echo(" bdg-bdg ", "bdg")
+    assert not is_echo("gbd-dbg", "bdg")  # the second block reversed
+    assert not is_echo("gbd-gdb", "bdg")  # the second block another permutation
+    assert not is_echo("gbb-gbb", "bdg") and not is_echo("gba-gba", "bdg")  # a letter twice; one outside the group
+    assert not is_echo("gbd", "bdg") and not is_echo("gbd-gbd-", "bdg") and not is_echo("gbdgbd", "bdg")
+    # pairs: two pairs that together use each letter of the group once
+    assert is_pairs("gb-de", "bdeg") and is_pairs("de-gb", "bdeg")
+    assert not is_pairs("gb-gd", "bdeg")  # a letter of the first block again in the second
+    assert not is_pairs("gbd-e", "bdeg") and not is_pairs("g-bde", "bdeg")  # pairs of the wrong size
+    assert not is_pairs("gb-da", "bdeg") and not is_pairs("gb-de-", "bdeg") and not is_pairs("gbde", "bdeg")
+    # walk7: seven digits from s to e, steps of 1 or 2; the eleven-digit walk is another task
+    assert is_short_walk("3135645", "3>5") and is_short_walk("9879864", "9>4")
+    assert not is_short_walk("3135865", "3>5")  # a step of 3 across the block boundary (5 -> 8)
+    assert not is_short_walk("3135646", "3>5") and not is_short_walk("313564", "3>4")  # wrong end; too short
+    assert not is_short_walk("31356420235", "3>5") and not is_walk("3135645", "3>5")
+
+
+@pytest.mark.parametrize(
+    ("name", "distinct_prompts"),
+    [("wordplay", 5), ("walk", 100), ("perm5", 252), ("echo", 56), ("pairs", 70), ("walk7", 100)],
+)
+def test_multiblock_tasks_cross_blocks_and_are_multimodal(name, distinct_prompts):
     from t3d_trl.demo.tasks import TASKS, evaluation_prompts, training_pairs
     from t3d_trl.evaluation import get_scorer
     from t3d_trl.testing import task_tokenizer
 
     tokenizer = task_tokenizer()
     task = TASKS[name]
-    assert task.blocks == 3
+    assert task.blocks > 1
     scorer = get_scorer(task.scorer)
     rng = __import__("random").Random(0)
     answers: dict[str, set[str]] = {}
@@ -643,7 +667,9 @@ def test_multiblock_tasks_cross_blocks_and_are_multimodal(name):
         assert len(ids) == 8 and tokenizer.decode(ids) == prompt  # answers start on a block boundary (4 and 8)
         answer_ids = tokenizer(answer)["input_ids"]
         assert tokenizer.decode(answer_ids) == answer and 0 not in answer_ids  # every character is in the vocabulary
-        assert len(answer_ids) + 1 >= 9  # answer + EOS span >= 3 blocks of 4 and 2 blocks of 8 after 8 prompt tokens
+        # after 8 prompt tokens, the answer and its EOS fill `blocks` blocks of 4: more than one, so more than one
+        # block of 4 and at least one block of 8
+        assert 4 * (task.blocks - 1) < len(answer_ids) + 1 <= 4 * task.blocks
         assert scorer(answer, reference)
         answers.setdefault(prompt, set()).add(answer)
         references[prompt] = reference
@@ -655,6 +681,5 @@ def test_multiblock_tasks_cross_blocks_and_are_multimodal(name):
     mixed = [a[:4] + b[4:] for a in answers[prompt] for b in answers[prompt] if a[:4] != b[:4]]
     assert mixed and sum(not scorer(m, reference) for m in mixed) > 0
     rows = evaluation_prompts(name, 20, seed=1)
-    distinct_prompts = {"wordplay": 5, "walk": 100, "perm5": 252}[name]
     assert len({r["prompt"] for r in rows}) == len(rows) == min(20, distinct_prompts)
     assert all(r["task"] == name for r in training_pairs([name], 5, seed=2))

@@ -481,7 +481,7 @@ def check_demo_config(config: DemoConfig) -> None:
     """Refuse unknown tasks, methods and data sources before anything runs."""
     unknown = [name for name in config.tasks if name not in TASKS]
     if unknown:
-        raise ValueError(f"Unknown demo task(s) {unknown}; choose from {sorted(TASKS)}.")
+        raise ValueError(f"Unknown demo task(s) {unknown}; choose from {', '.join(TASKS)}.")
     unknown = [name for name in config.methods if name not in METHODS]
     if unknown:
         raise ValueError(f"Unknown method(s) {unknown}; choose from {list(METHODS)}.")

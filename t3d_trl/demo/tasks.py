@@ -24,6 +24,18 @@ choice made in the first block constrains the later ones):
 * ``perm5`` (generalising): the five letters of a group (out of ``a``-``j``) in any order, separated by ``-``:
   ``"q:bdgij="`` → ``"g-b-j-d-i"`` (9 characters + EOS, which falls mid-block). 120 answers per group, 252 groups: the
   rule (each letter once) must be learnt; a letter used in block 1 may not reappear.
+
+Two-block tasks (the answer and its EOS fill two blocks of 4, one of 8; a constraint binds the second block to the
+first). Trained on them with the demo's quick teacher (1,500 steps), the students lose accuracy at one token per step
+against the teacher, mostly at block size 8, which the tasks above do not show:
+
+* ``echo`` (generalising): a permutation of the three letters of a group (out of ``a``-``h``), then the same
+  permutation again: ``"e:bdg..="`` → ``"gbd-gbd"``. 6 answers per group, 56 groups; block 2 copies block 1.
+* ``pairs`` (generalising): the four letters of a group (out of ``a``-``h``) as two pairs, in any order:
+  ``"h:bdeg.="`` → ``"gb-de"``. 24 answers per group, 70 groups; the block boundary falls inside the second pair, and
+  no letter of block 1 may reappear in block 2.
+* ``walk7`` (in between): ``walk`` with 7 digits: ``"k:3>5..="`` → ``"3135645"``. A digit in block 2 must continue
+  block 1's last digit and still reach ``e``.
 """
 
 from __future__ import annotations
@@ -35,6 +47,7 @@ from dataclasses import dataclass
 from functools import cache
 
 from ..evaluation import available_scorers, register_scorer
+from ..registry import Registry
 
 __all__ = [
     "CATEGORIES",
@@ -63,6 +76,7 @@ PERM_LETTERS = "abcdefgh"
 PERM5_LETTERS = "abcdefghij"
 PERM5_SIZE = 5
 WALK_LENGTH = 11
+SHORT_WALK_LENGTH = 7
 WALK_STEPS = (-2, -1, 1, 2)
 
 Sample = tuple[str, str, str]
@@ -99,18 +113,55 @@ def is_wordplay(prediction: str, reference: str) -> bool:
     return prediction.strip() in {wordplay_answer(word) for word in reference.split("|")}
 
 
-def is_walk(prediction: str, reference: str) -> bool:
-    """``prediction`` is :data:`WALK_LENGTH` digits from ``s`` to ``e`` (``reference = "s>e"``) whose consecutive
-    digits differ by 1 or 2."""
+def _is_walk_of(prediction: str, reference: str, length: int) -> bool:
+    """``prediction`` is ``length`` digits from ``s`` to ``e`` (``reference = "s>e"``) whose consecutive digits differ
+    by 1 or 2."""
     answer = prediction.strip()
     start, end = reference.split(">")
     return (
-        len(answer) == WALK_LENGTH
+        len(answer) == length
         and answer.isdigit()
         and answer[0] == start
         and answer[-1] == end
         and all(int(b) - int(a) in WALK_STEPS for a, b in itertools.pairwise(answer))
     )
+
+
+def is_walk(prediction: str, reference: str) -> bool:
+    """``prediction`` is :data:`WALK_LENGTH` digits from ``s`` to ``e`` (``reference = "s>e"``) whose consecutive
+    digits differ by 1 or 2."""
+    return _is_walk_of(prediction, reference, WALK_LENGTH)
+
+
+def is_short_walk(prediction: str, reference: str) -> bool:
+    """As :func:`is_walk`, with :data:`SHORT_WALK_LENGTH` digits."""
+    return _is_walk_of(prediction, reference, SHORT_WALK_LENGTH)
+
+
+def echo_answer(letters: str) -> str:
+    """``letters``, then ``letters`` again, joined by ``-``: ``"gbd"`` → ``"gbd-gbd"``."""
+    return f"{letters}{SEPARATOR}{letters}"
+
+
+def pairs_answer(letters: str) -> str:
+    """Four letters as two pairs joined by ``-``: ``"gbde"`` → ``"gb-de"``."""
+    return f"{letters[:2]}{SEPARATOR}{letters[2:]}"
+
+
+def _halves(prediction: str) -> list[str]:
+    return prediction.strip().split(SEPARATOR)
+
+
+def is_echo(prediction: str, reference: str) -> bool:
+    """``prediction`` is ``x-x`` with ``x`` a permutation of the letters of ``reference`` (each exactly once)."""
+    halves = _halves(prediction)
+    return len(halves) == 2 and sorted(halves[0]) == sorted(reference) and halves[1] == halves[0]
+
+
+def is_pairs(prediction: str, reference: str) -> bool:
+    """``prediction`` is two pairs ``xy-zw`` that together use each letter of ``reference`` exactly once."""
+    halves = _halves(prediction)
+    return len(halves) == 2 and all(len(half) == 2 for half in halves) and sorted("".join(halves)) == sorted(reference)
 
 
 def is_sep_permutation(prediction: str, reference: str) -> bool:
@@ -132,10 +183,19 @@ def _sample_sums(rng: random.Random) -> Sample:
     return _prompt("s", target), "".join(map(str, digits)), target
 
 
-def _sample_perm(rng: random.Random) -> Sample:
-    letters = rng.sample(PERM_LETTERS, 3)
-    group = "".join(sorted(letters))
-    return _prompt("p", group), "".join(letters), group
+def _group_sampler(tag: str, pool: str, size: int, answer: Callable[[str], str]) -> Callable[[random.Random], Sample]:
+    """Draws ``size`` distinct letters of ``pool`` in a uniformly random order: the prompt names the group (its
+    letters sorted), the answer is ``answer(letters in the drawn order)`` and the reference is the group."""
+
+    def sample(rng: random.Random) -> Sample:
+        letters = "".join(rng.sample(pool, size))
+        group = "".join(sorted(letters))
+        return _prompt(tag, group), answer(letters), group
+
+    return sample
+
+
+_sample_perm = _group_sampler("p", PERM_LETTERS, 3, str)
 
 
 def _sample_wordplay(rng: random.Random) -> Sample:
@@ -145,34 +205,39 @@ def _sample_wordplay(rng: random.Random) -> Sample:
 
 
 @cache
-def _walks_to(end: int) -> tuple[tuple[int, ...], ...]:
-    """``count[j][d]``: walks of digits from ``d`` at index ``j`` to ``end`` at index ``WALK_LENGTH − 1``."""
-    count = [[0] * 10 for _ in range(WALK_LENGTH)]
+def _walks_to(end: int, length: int) -> tuple[tuple[int, ...], ...]:
+    """``count[j][d]``: walks of digits from ``d`` at index ``j`` to ``end`` at index ``length − 1``."""
+    count = [[0] * 10 for _ in range(length)]
     count[-1][end] = 1
-    for j in range(WALK_LENGTH - 2, -1, -1):
+    for j in range(length - 2, -1, -1):
         for d in range(10):
             count[j][d] = sum(count[j + 1][d + step] for step in WALK_STEPS if 0 <= d + step <= 9)
     return tuple(tuple(row) for row in count)
 
 
-def _sample_walk(rng: random.Random) -> Sample:
-    """A walk drawn uniformly among all walks from a random start to a random end (forward sampling on path counts)."""
-    start, end = rng.randrange(10), rng.randrange(10)
-    count = _walks_to(end)
-    digits = [start]
-    for j in range(1, WALK_LENGTH):
-        options = [
-            digits[-1] + step for step in WALK_STEPS if 0 <= digits[-1] + step <= 9 and count[j][digits[-1] + step]
-        ]
-        digits.append(rng.choices(options, weights=[count[j][n] for n in options])[0])
-    reference = f"{start}>{end}"
-    return _prompt("r", reference), "".join(map(str, digits)), reference
+def _walk_sampler(tag: str, length: int) -> Callable[[random.Random], Sample]:
+    """A walk of ``length`` digits drawn uniformly among all walks from a random start to a random end (forward
+    sampling on path counts; with 7 digits or more every end is reachable from every start)."""
+
+    def sample(rng: random.Random) -> Sample:
+        start, end = rng.randrange(10), rng.randrange(10)
+        count = _walks_to(end, length)
+        digits = [start]
+        for j in range(1, length):
+            options = [
+                digits[-1] + step for step in WALK_STEPS if 0 <= digits[-1] + step <= 9 and count[j][digits[-1] + step]
+            ]
+            digits.append(rng.choices(options, weights=[count[j][n] for n in options])[0])
+        reference = f"{start}>{end}"
+        return _prompt(tag, reference), "".join(map(str, digits)), reference
+
+    return sample
 
 
-def _sample_perm5(rng: random.Random) -> Sample:
-    letters = rng.sample(PERM5_LETTERS, PERM5_SIZE)
-    group = "".join(sorted(letters))
-    return _prompt("q", group), SEPARATOR.join(letters), group
+_sample_walk = _walk_sampler("r", WALK_LENGTH)
+
+
+_sample_perm5 = _group_sampler("q", PERM5_LETTERS, PERM5_SIZE, SEPARATOR.join)
 
 
 # ---------------------------------------------------------------------------------------------------------- registry
@@ -200,16 +265,19 @@ class Task:
 
 
 #: the registered tasks by name
-TASKS: dict[str, Task] = {}
+#: registered demo tasks by name
+TASKS: Registry[Task] = Registry("demo task", hint="register one with t3d_trl.demo.tasks.register_task")
 
 
-def register_task(task: Task, scorer: Callable[[str, str], bool]) -> Task:
-    """Register ``task`` and its scorer (under ``task.scorer``, unless a scorer of that name exists)."""
-    if task.name in TASKS:
-        raise ValueError(f"A demo task named {task.name!r} is already registered.")
+def register_task(task: Task, scorer: Callable[[str, str], bool], *, overwrite: bool = False) -> Task:
+    """Register ``task`` and its scorer (under ``task.scorer``, unless a scorer of that name exists).
+
+    Raises:
+        ValueError: if the name is taken (unless ``overwrite=True``; see :class:`~t3d_trl.registry.Registry`).
+    """
+    TASKS.register(task.name, task, overwrite=overwrite)
     if task.scorer not in available_scorers():
         register_scorer(task.scorer, scorer)
-    TASKS[task.name] = task
     return task
 
 
@@ -220,6 +288,13 @@ register_task(Task("perm", "permutation", _sample_perm, "p:.=" + PERM_LETTERS), 
 register_task(Task("wordplay", "wordplay", _sample_wordplay, "v:.=|-" + _WORD_CHARACTERS, blocks=3), is_wordplay)
 register_task(Task("walk", "walk", _sample_walk, "r:.=>0123456789", blocks=3), is_walk)
 register_task(Task("perm5", "sep_permutation", _sample_perm5, "q:.=-" + PERM5_LETTERS, blocks=3), is_sep_permutation)
+register_task(
+    Task("echo", "echo", _group_sampler("e", PERM_LETTERS, 3, echo_answer), "e:.=-" + PERM_LETTERS, 2), is_echo
+)
+register_task(
+    Task("pairs", "pairs", _group_sampler("h", PERM_LETTERS, 4, pairs_answer), "h:.=-" + PERM_LETTERS, 2), is_pairs
+)
+register_task(Task("walk7", "short_walk", _walk_sampler("k", SHORT_WALK_LENGTH), "k:.=>0123456789", 2), is_short_walk)
 
 
 def task_alphabet(task_names=None) -> list[str]:
