@@ -366,17 +366,7 @@ class BlockCausalLayout(TrainingLayout):
 
     attention = "deferred"
     needs_position_ids = True
-
-    @staticmethod
-    def build(
-        prompt: Tensor,
-        prompt_len: Tensor,
-        comp: CompletionTargets,
-        block_size: int,
-        pad_token_id: int,
-        attention_layout: str,
-    ) -> TrajectoryBatch:
-        return block_causal_layout(prompt, prompt_len, comp, block_size, pad_token_id, attention_layout)
+    build = staticmethod(block_causal_layout)
 
 
 class BidirectionalLayout(TrainingLayout):
@@ -398,16 +388,7 @@ class BidirectionalLayout(TrainingLayout):
         loss = state & trained & (block == current)
         return valid & ((block > current) | ((block == current) & state)), loss
 
-    @staticmethod
-    def build(
-        prompt: Tensor,
-        prompt_len: Tensor,
-        comp: CompletionTargets,
-        block_size: int,
-        pad_token_id: int,
-        attention_layout: str,
-    ) -> TrajectoryBatch:
-        return bidirectional_layout(prompt, prompt_len, comp, block_size, pad_token_id, attention_layout)
+    build = staticmethod(bidirectional_layout)
 
 
 #: training layouts by the name of the family they train
