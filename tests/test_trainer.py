@@ -235,6 +235,41 @@ def test_precomputed_reference_matches_live_reference(tmp_path, tokenizer, traje
             assert a[key] == pytest.approx(b[key], abs=1e-5), key
 
 
+def test_evaluate_with_a_precomputed_reference_matches_the_live_reference(tmp_path, tokenizer, trajectories):
+    """The precompute covers every split the shared collator serves: evaluate() on one eval set and on a dict of them
+    gives the live reference's numbers (it failed with KeyError: 'ref_fake_tokens')."""
+    common = dict(max_steps=1, sync_ref_model=False)
+    split = {"held_out": trajectories.select(range(3)), "all": trajectories}
+    live = T3DTrainer(
+        tiny_qwen3(dtype=torch.float32),
+        args=tiny_t3d_config(tmp_path / "a", **common),
+        train_dataset=trajectories,
+        eval_dataset=split,
+        processing_class=tokenizer,
+    )
+    pre = T3DTrainer(
+        tiny_qwen3(dtype=torch.float32),
+        args=tiny_t3d_config(tmp_path / "b", precompute_ref_log_probs=True, **common),
+        train_dataset=trajectories,
+        eval_dataset=split,
+        processing_class=tokenizer,
+    )
+    assert all("ref_fake_tokens" in dataset.column_names for dataset in pre.eval_dataset.values())
+    for name in split:
+        expected = live.evaluate(eval_dataset=name, metric_key_prefix=name)
+        measured = pre.evaluate(eval_dataset=name, metric_key_prefix=name)
+        for key in ("loss", "loss/real", "loss/fake", "ref_logps/real"):
+            assert measured[f"{name}_{key}"] == pytest.approx(expected[f"{name}_{key}"], abs=1e-5), (name, key)
+    single = T3DTrainer(
+        tiny_qwen3(dtype=torch.float32),
+        args=tiny_t3d_config(tmp_path / "c", precompute_ref_log_probs=True, **common),
+        train_dataset=trajectories,
+        eval_dataset=trajectories,
+        processing_class=tokenizer,
+    )
+    assert single.evaluate()["eval_loss/real"] == pytest.approx(math.log(2), abs=1e-5)  # θ = θ_ref before training
+
+
 def test_precomputed_reference_with_different_completion_lengths(tmp_path, tokenizer, trajectories):
     cut = trajectories.map(
         lambda row, index: {k: row[k][: 3 + index % 3 * 4] for k in ("completion_ids", "step_map")}, with_indices=True
