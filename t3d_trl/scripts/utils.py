@@ -570,8 +570,8 @@ def peft_config_from_args(args: LoraArguments) -> Any:
         return None
     try:
         from peft import LoraConfig
-    except ImportError as error:  # pragma: no cover - peft is a dependency
-        raise ImportError("--use_peft needs the `peft` package: pip install peft") from error
+    except ImportError as error:  # the peft extra
+        raise ImportError("--use_peft needs the `peft` package: pip install 't3d-trl[peft]'") from error
     target = args.lora_target_modules
     if target == ["all-linear"]:
         target = "all-linear"  # PEFT's keyword is a string, not a module name

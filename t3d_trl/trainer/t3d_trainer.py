@@ -157,7 +157,7 @@ class T3DTrainer(Trainer):
         # PEFT: the reference is a frozen copy of the adapter ("ref"), or the adapter-disabled base
         if peft_config is not None:
             if not is_peft_available():
-                raise ImportError("peft_config needs the `peft` package: pip install peft")
+                raise ImportError("peft_config needs the `peft` package: pip install 't3d-trl[peft]'")
             model = get_peft_model(model, _with_task_type(peft_config, model, args.model_family))
         self.is_peft = is_peft_available() and isinstance(model, PeftModel)
         if self.is_peft and ref_model is not None:
