@@ -111,10 +111,31 @@ def entropy(logits: Tensor, temperature: float = 1.0) -> Tensor:
 STATISTICS.register("entropy", Statistic("entropy", entropy, {"temperature": 1.0}), builtin=True)
 
 
+class _SoftCrossEntropy(torch.autograd.Function):
+    """``CE = (Σ_v q_v) · log Z − Σ_v q_v ℓ_v`` of logits ``[b, c, V]`` and targets ``q``, with a backward that builds
+    one ``[b, c, V]`` tensor: ``∂CE/∂ℓ = (Σ_v q_v) · softmax(ℓ) − q``, written in place into the ``exp(ℓ − log Z)`` it
+    allocates (autograd through ``log_softmax``, a product and a sum would hold about four vocabulary-wide tensors)."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor) -> Tensor:  # type: ignore[override]
+        log_z = torch.logsumexp(logits, dim=-1)
+        mass = targets.sum(-1)
+        dot = torch.where(targets > 0, targets * logits, torch.zeros((), dtype=logits.dtype, device=logits.device))
+        ctx.save_for_backward(logits, targets, log_z, mass)
+        return mass * log_z - dot.sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        logits, targets, log_z, mass = ctx.saved_tensors
+        result = (logits - log_z.unsqueeze(-1)).exp_().mul_(mass.unsqueeze(-1)).sub_(targets)
+        return result.mul_(grad.unsqueeze(-1)), None
+
+
 def soft_cross_entropy(logits: Tensor, targets: Tensor | None = None) -> Tensor:
     """``CE(q, ℓ) = −Σ_v q_v log softmax(ℓ)_v`` at every position, for target distributions ``q`` (``targets``,
     ``[b, c, V]``, rows summing to 1; entries with ``q_v = 0`` contribute nothing). With ``q`` the teacher's
-    probabilities, ``CE − H(q) = KL(q ‖ softmax(ℓ))``.
+    probabilities, ``CE − H(q) = KL(q ‖ softmax(ℓ))``. Targets carry no gradient; the backward allocates one tensor of
+    the logits' size (:class:`_SoftCrossEntropy`).
 
     Raises:
         ValueError: without ``targets``, or with targets of another shape than the logits.
@@ -126,9 +147,7 @@ def soft_cross_entropy(logits: Tensor, targets: Tensor | None = None) -> Tensor:
             f"The statistic 'soft_cross_entropy' got targets of shape {tuple(targets.shape)} for logits of shape "
             f"{tuple(logits.shape)}; they must be the same (a distribution over the vocabulary at every position)."
         )
-    log_probs = torch.log_softmax(logits, dim=-1)
-    targets = targets.to(log_probs.dtype)
-    return -torch.where(targets > 0, targets * log_probs, torch.zeros_like(log_probs)).sum(-1)
+    return _SoftCrossEntropy.apply(logits, targets.detach().to(logits.dtype))
 
 
 STATISTICS.register(
