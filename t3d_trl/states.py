@@ -9,7 +9,7 @@ lays it out with the family's :class:`~t3d_trl.layouts.TrainingLayout` like the 
 ``{name}_input_ids`` and ``{name}_loss_mask`` to the batch; every other tensor of the batch (positions, blocks,
 labels, the attention layout) is the main state's, since only the noisy tokens differ.
 
-Registered builders (``docs/design.md``, "Extra training states"):
+Registered builders (``docs/design.md``, "Extra training states are built by a registry"):
 
 ================  =====================================================================================================
 name              state

@@ -103,18 +103,19 @@ class T3DTrainer(Trainer):
     A student initialised from a diffusion LM learns, on the teacher's own decoding trajectories, to jump from an
     intermediate state ``x_t`` to the teacher's final tokens ``x0``. Per micro-batch it runs exactly one student
     forward with gradients and one reference forward without; every objective of ``args.loss_type`` (DDO's real and
-    fake terms, the path loss, the baselines) is computed from those two sets of logits.
+    fake terms, the path loss, the baselines) is computed from those two sets of logits; objectives that read extra
+    states (dParallel's complementary state, the anchor's partly filled one) add a student forward on each.
+
+    Objectives that read the frozen teacher (``needs_teacher``, e.g. ``anchor``) get the initial model: the reference
+    when it is never refreshed (``sync_ref_model=False``), else a frozen copy of ``model`` made before training (with
+    PEFT, the adapter-disabled base), placed like the reference under DeepSpeed and FSDP. It is not training state:
+    resuming builds it again from the ``model`` given.
 
     Args:
         model: the student, a model instance or a hub id / local path (loaded with ``args.model_init_kwargs``; remote
             code only with ``trust_remote_code=True`` there).
         ref_model: the reference θ_ref. Defaults to a frozen copy of ``model`` (with PEFT, a frozen copy of the
             adapter, or the adapter-disabled base when the reference is never refreshed).
-
-    Objectives that read the frozen teacher (``needs_teacher``, e.g. ``anchor``) get the initial model: the reference
-    when it is never refreshed (``sync_ref_model=False``), else a frozen copy of ``model`` made before training (with
-    PEFT, the adapter-disabled base), placed like the reference under DeepSpeed and FSDP. It is not training state:
-    resuming builds it again from the ``model`` given.
         args: a :class:`T3DConfig`.
         data_collator: defaults to :class:`~t3d_trl.collator.DataCollatorForTrajectory` configured from ``args``.
         train_dataset: trajectories (see ``docs/training.md``): ``prompt_ids``, ``completion_ids``, ``step_map`` and the
