@@ -90,7 +90,7 @@ LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-li
 #: the remedies of the forgetting study, each with the objective it is added to (its base row): the anchor at three
 #: weights (DDO in its linear regime and the path term at λ = 0.2 give T3D about a fifth of Naive TD's gradient, so
 #: its anchor weights are a fifth too), states drawn to cover partly filled blocks (r ∝ r² instead of r⁸), both
-#: together, a smaller learning rate, and LoRA
+#: together, the official state order (the earliest-decoded tokens masked first), a smaller learning rate, and LoRA
 FORGETTING_VARIANTS: dict[str, dict[str, Any]] = {
     "T3D + anchor (0.05)": {"loss_type": [*T3D, "anchor"], "loss_weights": [1.0, 0.2, 0.05]},
     "T3D + anchor (0.2)": {"loss_type": [*T3D, "anchor"], "loss_weights": [1.0, 0.2, 0.2]},
@@ -101,6 +101,7 @@ FORGETTING_VARIANTS: dict[str, dict[str, Any]] = {
         "loss_weights": [1.0, 0.2, 0.05],
         "mask_ratio_power": 2.0,
     },
+    "T3D (earliest masked)": {"loss_type": T3D, "state_order": "earliest"},
     "T3D (lr 1e-4)": {"loss_type": T3D, "learning_rate": 1e-4},
     "T3D (LoRA r=8, lr 2e-3)": {"loss_type": T3D, "learning_rate": 2e-3, "peft": LORA},
 }
@@ -127,6 +128,7 @@ class Diagnosis:
         "T3D + anchor (0.05)",
         "T3D + anchor (0.2)",
         "T3D (r ∝ r²)",
+        "T3D (earliest masked)",
         "T3D (lr 1e-4)",
     )
     drift_ratios: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25)
