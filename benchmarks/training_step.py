@@ -32,10 +32,14 @@ boolean mask for ``sdpa``) and ``"deferred"`` (T3DTrainer's collation: only the 
 on the device). Target
 >= 2,000 examples/s.
 
+``--anchor`` adds a third step, T3D with the ``anchor`` objective (``["ddo", "path", "anchor"]``, weights 1, 0.2,
+0.05), timed and measured like the others, and prints its time and peak memory against the T3D step's (no target).
+
 Runs in about 2 minutes on 2 idle CPU cores (``--quick``: about one; on a loaded machine longer, and the wall-time
 ratio becomes noisy: the CPU-time ratio is printed too); ``--profile`` adds operator tables::
 
     python benchmarks/training_step.py [--quick] [--repeats 5] [--threads 1] [--device auto] [--no-memory] [--profile] [--strict]
+        [--anchor]
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 import datasets
 import torch
@@ -107,9 +112,10 @@ def synthetic_rows(
     )
 
 
-def build_trainer(device: str, output_dir: str) -> tuple[T3DTrainer, dict]:
-    """A ``T3DTrainer`` (the library defaults: ``["ddo", "path"]``, β 0.1, α 0.5, λ 0.2, no random tokens) with its
-    optimizer, and one batch from its own collator, already on ``device``."""
+def build_trainer(device: str, output_dir: str, anchor: bool = False) -> tuple[T3DTrainer, dict]:
+    """A ``T3DTrainer`` (the library defaults: ``["ddo", "path"]``, β 0.1, α 0.5, λ 0.2, no random tokens; with
+    ``anchor``, ``["ddo", "path", "anchor"]`` at weights 1, 0.2, 0.05) with its optimizer, and one batch from its own
+    collator, already on ``device``."""
     tokenizer = build_tokenizer(VOCAB_SIZE)
     dataset = Dataset.from_list(synthetic_rows(STEP["batch"], STEP["prompt"], STEP["completion"]))
     args = T3DConfig(
@@ -124,6 +130,7 @@ def build_trainer(device: str, output_dir: str) -> tuple[T3DTrainer, dict]:
         disable_tqdm=True,
         seed=0,
         **({} if LOGITS_CHUNK_SIZE is None else {"logits_chunk_size": LOGITS_CHUNK_SIZE}),
+        **({"loss_type": ["ddo", "path", "anchor"], "loss_weights": [1.0, 0.2, 0.05]} if anchor else {}),
     )
     trainer = T3DTrainer(build_model(VOCAB_SIZE), args=args, train_dataset=dataset, processing_class=tokenizer)
     trainer.create_optimizer_and_scheduler(num_training_steps=args.max_steps)
@@ -287,6 +294,17 @@ def _init_optimizer_state(trainer: T3DTrainer) -> None:
     trainer.optimizer.zero_grad(set_to_none=True)
 
 
+#: the variant of the ``--anchor`` measurement: T3D's step with the anchor objective
+ANCHOR_VARIANT = "t3d+anchor"
+
+
+def anchor_step(device: str, output_dir: str) -> Any:
+    """One optimizer step of T3D with the anchor (a trainer of its own, the same model and data): the T3D step plus
+    a teacher forward without gradients and a student forward with gradients on the partly filled state."""
+    trainer, batch = build_trainer(device, output_dir, anchor=True)
+    return trainer, make_steps(trainer, batch)[0]["t3d"]
+
+
 def memory_worker(variant: str, steps: int) -> None:
     """Subprocess entry: growth of the resident set's peak over ``steps`` steps of ``variant`` (CPU).
 
@@ -297,8 +315,11 @@ def memory_worker(variant: str, steps: int) -> None:
     """
     hf_logging.set_verbosity_error()
     with tempfile.TemporaryDirectory() as output_dir:
-        trainer, batch = build_trainer("cpu", output_dir)
-        run = make_steps(trainer, batch)[0][variant]
+        if variant == ANCHOR_VARIANT:
+            trainer, run = anchor_step("cpu", output_dir)
+        else:
+            trainer, batch = build_trainer("cpu", output_dir)
+            run = make_steps(trainer, batch)[0][variant]
         _init_optimizer_state(trainer)
         gc.collect()
         reset = _reset_peak_rss()
@@ -428,7 +449,12 @@ def main() -> None:
         default=None,
         help="T3DConfig.logits_chunk_size of the T3D step (default: T3DConfig's; 0: the whole window of logits)",
     )
-    parser.add_argument("--memory-worker", choices=("t3d", "official"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--anchor",
+        action="store_true",
+        help="also time and measure T3D with the anchor objective (a teacher and a student forward more per step)",
+    )
+    parser.add_argument("--memory-worker", choices=("t3d", "official", ANCHOR_VARIANT), help=argparse.SUPPRESS)
     parser.add_argument("--memory-steps", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     VOCAB_SIZE, LOGITS_CHUNK_SIZE = args.vocab, args.logits_chunk_size
@@ -448,6 +474,8 @@ def main() -> None:
         trainer, batch = build_trainer(device, output_dir)
         steps, loss_gap, normalisers = make_steps(trainer, batch)
         normaliser_counts = normalisers()
+        if args.anchor:
+            anchor_trainer, steps[ANCHOR_VARIANT] = anchor_step(device, output_dir)
         load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         times, cpu_times = time_steps(steps, device, warmup=1, repeats=repeats)
         gap = loss_gap()  # after some steps, so that the student differs from the reference
@@ -458,6 +486,8 @@ def main() -> None:
         width, window = batch["input_ids"].shape[1], int(batch["logits_to_keep"])
         masked = int(batch["loss_mask"].sum())
         del trainer, batch, steps, loss_gap, normalisers
+        if args.anchor:
+            del anchor_trainer
     gc.collect()
 
     print(
@@ -471,6 +501,11 @@ def main() -> None:
         print(
             f"  {name:>8}: median {medians[name]:.3f} s wall, {cpu_medians[name]:.3f} s CPU  "
             f"(wall runs: {', '.join(f'{v:.3f}' for v in values)})"
+        )
+    if args.anchor:
+        print(
+            f"  {ANCHOR_VARIANT} / t3d = {medians[ANCHOR_VARIANT] / medians['t3d']:.3f} (wall medians), "
+            f"{cpu_medians[ANCHOR_VARIANT] / cpu_medians['t3d']:.3f} (CPU medians)  (no target)"
         )
     print(
         f"  normalisers (full-vocabulary logsumexp per window position, in a loss's forward passes): t3d "
@@ -499,7 +534,8 @@ def main() -> None:
             deltas, how = memory, "torch.cuda.max_memory_allocated − allocated before the step"
         else:
             memory_steps = 1 if args.quick else 2
-            reports = {name: cpu_memory(name, memory_steps, args.threads) for name in ("t3d", "official")}
+            variants = ("t3d", "official", *((ANCHOR_VARIANT,) if args.anchor else ()))
+            reports = {name: cpu_memory(name, memory_steps, args.threads) for name in variants}
             deltas = {name: report["delta"] for name, report in reports.items()}
             source = {report["source"] for report in reports.values()}
             how = f"peak RSS growth over {memory_steps} step(s) in a fresh process ({'/'.join(sorted(source))})"
@@ -512,6 +548,11 @@ def main() -> None:
         else:
             target = f"(the target <= {MEMORY_TARGET} applies with --vocab 151936)"
         print(f"  memory t3d / official = {memory_ratio:.3f}  {target}")
+        if args.anchor:
+            print(
+                f"  memory {ANCHOR_VARIANT} / t3d = {deltas[ANCHOR_VARIANT] / max(deltas['t3d'], 1):.3f} (no target; "
+                "the teacher's copy of the model, allocated before the step, is not counted)"
+            )
 
     print(
         f"collator: batch {COLLATOR['batch']}, prompt {COLLATOR['prompt']} + completion {COLLATOR['completion']} "

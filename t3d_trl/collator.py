@@ -22,7 +22,7 @@ Bidirectional family (LLaDA-style mask predictors): the single stream ``[left pa
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ from .losses import path_weights
 from .masks import block_ids
 from .models.families import FAMILIES, family_class
 from .models.grid import GRIDS, BlockGrid, get_grid
+from .states import StateContext, build_state, state_requests
 from .trajectory import (
     random_state_mask,
     random_token_replacement,
@@ -116,6 +117,8 @@ class DataCollatorForTrajectory:
       (bool, masked trained completion tokens), ``path_weights`` (float32, ``w_i = (S − σ_i)/S`` over the training
       blocks, 0 outside the completion): ``[b, W]``;
     * ``example_index`` (int64) and ``mask_ratio`` (float32, ``r`` or ``t``): ``[b]``;
+    * for every extra state ``name`` (``extra_states``): ``{name}_input_ids`` ``[b, N]`` and ``{name}_loss_mask``
+      ``[b, W]``;
     * ``logits_to_keep``: the int ``W``.
 
     Args:
@@ -137,9 +140,11 @@ class DataCollatorForTrajectory:
         seed: seed of the per-example hash.
         family: a registered model family (``"block_causal"``, ``"bidirectional"``), which decides the layout.
         block_alignment: ``"absolute"``, ``"response"`` or ``None`` (the family's decoding grid).
-        complementary_masks: also return the complementary state (dParallel): within the trained blocks, the tokens
-            the state leaves visible are masked and the masked ones visible (``complement_input_ids``,
-            ``complement_loss_mask``).
+        extra_states: further states of every example to return besides the main one, built by registered state
+            builders (:mod:`t3d_trl.states`): names (``("complement",)``) or names mapped to their parameters
+            (``{"partial": {"ratios": (0.75, 0.5, 0.25)}}``). Each adds ``{name}_input_ids`` ``[b, N]`` and
+            ``{name}_loss_mask`` ``[b, W]``; the rest of the batch is the main state's. :class:`~t3d_trl.T3DTrainer`
+            sets them from the objectives of ``loss_type`` (``T3DConfig.extra_states``).
         attention_layout: ``"dense"``, ``"eager"``, ``"flex"`` or ``"deferred"`` (block-causal family only).
         return_tensors: only ``"pt"``.
     """
@@ -160,7 +165,7 @@ class DataCollatorForTrajectory:
     family: str = "block_causal"
     attention_layout: str = "dense"
     block_alignment: str | None = None
-    complementary_masks: bool = False
+    extra_states: Mapping[str, Mapping[str, Any] | None] | Sequence[str] | None = None
     return_tensors: str = "pt"
 
     def __post_init__(self) -> None:
@@ -198,6 +203,7 @@ class DataCollatorForTrajectory:
         if self.return_tensors != "pt":
             raise ValueError(f"Only return_tensors='pt' is supported, got {self.return_tensors!r}.")
         self.mask_ratios = tuple(float(r) for r in self.mask_ratios)
+        self.extra_states = state_requests(self.extra_states)
 
     @property
     def grid(self) -> BlockGrid:
@@ -227,13 +233,13 @@ class DataCollatorForTrajectory:
                 f"(example_index {features[bad]['example_index']})."
             )
         example_index = torch.as_tensor([int(f["example_index"]) for f in features], dtype=torch.int64)
-        comp, ratio, complement = self._completion_targets(prompt_len, completion, completion_len, steps, example_index)
+        comp, ratio, extra = self._completion_targets(prompt_len, completion, completion_len, steps, example_index)
         layout = self._layout
         batch = layout.build(prompt, prompt_len, comp, self.block_size, self.pad_token_id, self.attention_layout)
-        if complement is not None:
-            other = layout.build(prompt, prompt_len, complement, self.block_size, self.pad_token_id, "deferred")
-            batch["complement_input_ids"] = other["input_ids"]
-            batch["complement_loss_mask"] = other["loss_mask"]
+        for name, targets in extra.items():  # the same layout, only the noisy tokens and the loss mask differ
+            other = layout.build(prompt, prompt_len, targets, self.block_size, self.pad_token_id, "deferred")
+            batch[f"{name}_input_ids"] = other["input_ids"]
+            batch[f"{name}_loss_mask"] = other["loss_mask"]
         batch["example_index"] = example_index
         batch["mask_ratio"] = ratio
         return batch
@@ -246,9 +252,9 @@ class DataCollatorForTrajectory:
         completion_len: Tensor,
         steps: Tensor,
         example_index: Tensor,
-    ) -> tuple[CompletionTargets, Tensor, CompletionTargets | None]:
+    ) -> tuple[CompletionTargets, Tensor, dict[str, CompletionTargets]]:
         """Per-completion-token tensors ``[b, C'_max]`` aligned at the completion start (column ``j`` = token ``j``),
-        the mask ratio of every row, and the complementary state's targets (``None`` without them).
+        the mask ratio of every row, and the targets of every extra state (:mod:`t3d_trl.states`).
 
         With ``o = P`` on the absolute grid and ``o = 0`` on the response grid, ``block_j = (o + j) // B`` and every
         completion is completed to a block boundary with ``A = (−(o + C)) mod B`` slots. After a completion that ends
@@ -294,18 +300,16 @@ class DataCollatorForTrajectory:
         weights = torch.where(valid, weights, torch.zeros_like(weights))
         noisy = self._corrupt(x0, state, open_fill, example_index)
         targets = CompletionTargets(x0, noisy, full_len, grid_start, loss, weights)
-        complement = None
-        if self.complementary_masks:
-            flipped = valid & ~drawn
-            if self.state_sampling == "trajectory":
-                flipped, flipped_loss = layout.trajectory_state(
-                    flipped, trained, block, valid, example_index, self.seed
-                )
-            else:
-                flipped_loss = flipped & trained
-            flipped_noisy = self._corrupt(x0, flipped, open_fill, example_index)
-            complement = dataclasses.replace(targets, noisy=flipped_noisy, loss=flipped_loss)
-        return targets, ratio.to(torch.float32), complement
+        extra = {}
+        if self.extra_states:
+            context = StateContext(
+                steps, block, valid, trained, drawn, example_index, self.seed, self.state_sampling, layout
+            )
+            for name, parameters in self.extra_states.items():
+                noised, loss_mask = build_state(name, parameters, context)
+                noisy_state = self._corrupt(x0, noised, open_fill, example_index)
+                extra[name] = dataclasses.replace(targets, noisy=noisy_state, loss=loss_mask)
+        return targets, ratio.to(torch.float32), extra
 
     def _corrupt(self, x0: Tensor, state: Tensor, open_fill: Tensor, example_index: Tensor) -> Tensor:
         """``x_t``: the mask token (or a random token) where ``state`` is set, the mask token in open slots."""

@@ -82,7 +82,8 @@ class TrajectoryBatch(TypedDict, total=False):
     Keys: ``input_ids``, ``position_ids``, ``block_ids``, ``stream_ids`` (``CLEAN``/``NOISY``), ``valid`` (``False`` at
     padding), ``attention_mask`` (absent when the model builds it on its device), ``labels``, ``loss_mask`` and
     ``path_weights`` on the window, ``logits_to_keep`` (``W``), ``example_index`` and ``mask_ratio`` (``[b]``), and,
-    when a second state is made, ``complement_input_ids`` and ``complement_loss_mask``.
+    for every extra state ``name`` the collator makes (:mod:`t3d_trl.states`), ``{name}_input_ids`` ``[b, N]`` and
+    ``{name}_loss_mask`` ``[b, W]``.
     """
 
     input_ids: Tensor
@@ -97,8 +98,6 @@ class TrajectoryBatch(TypedDict, total=False):
     logits_to_keep: int
     example_index: Tensor
     mask_ratio: Tensor
-    complement_input_ids: Tensor
-    complement_loss_mask: Tensor
 
 
 def gather_columns(values: Tensor, index: Tensor) -> Tensor:

@@ -13,8 +13,10 @@ be arbitrary (even ``inf``/``NaN``). A row whose M is empty yields 0.
 
 T3D = trajectory DDO (:func:`ddo_loss`) + λ · path loss (:func:`path_loss`);
 :func:`td_loss`, :func:`sft_loss` and :func:`certainty_forcing_loss` (dParallel) are
-the paper's baselines (arXiv 2602.12262, Table 1). The log-probabilities they take
-come from the window statistics of one forward (:mod:`t3d_trl.statistics`).
+the paper's baselines (arXiv 2602.12262, Table 1); :func:`anchor_loss` keeps a
+student's predictions at partly filled states near the teacher's (``docs/training.md``,
+"The anchor"). The log-probabilities they take come from the window statistics of one
+forward (:mod:`t3d_trl.statistics`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "anchor_loss",
     "certainty_forcing_loss",
     "ddo_loss",
     "masked_mean",
@@ -215,3 +218,25 @@ def certainty_forcing_loss(
         Per-example losses, shape ``[B]``; 0 for rows with empty M.
     """
     return td_loss(token_logps, loss_mask) + entropy_weight * masked_mean(entropy, correct & loss_mask)
+
+
+def anchor_loss(soft_cross_entropy: Tensor, teacher_entropy: Tensor, loss_mask: Tensor) -> Tensor:
+    """The anchor: the student's drift from the teacher at partly filled trajectory states, per example.
+
+    L_anchor = (1/|M|) Σ_{i∈M} KL(p_T(· | x_t) ‖ p_θ(· | x_t))_i
+             = (1/|M|) Σ_{i∈M} [ −Σ_v p_T,v log p_θ,v − H(p_T)_i ]
+
+    with x_t a trajectory state whose blocks are partly filled (the states one-token-per-step decoding visits), p_T
+    the frozen teacher's (the initial model's) distribution and M its masked, trained positions. The soft
+    cross-entropy ``−Σ_v p_T,v log p_θ,v`` comes from the student's window statistics
+    (:func:`t3d_trl.statistics.soft_cross_entropy`), the teacher's entropy H(p_T) from its forward.
+
+    Args:
+        soft_cross_entropy: −Σ_v p_T,v log p_θ,v at every position, shape ``[B, L]``.
+        teacher_entropy: H(p_T) at every position, shape ``[B, L]``.
+        loss_mask: Bool mask of M, shape ``[B, L]``.
+
+    Returns:
+        Per-example losses, shape ``[B]``; 0 for rows with empty M.
+    """
+    return masked_mean(soft_cross_entropy - teacher_entropy, loss_mask)

@@ -9,7 +9,9 @@ The objectives never need the logits themselves, only a few numbers per window p
   ``softmax(ℓ_i / T)``;
 * any *registered statistic* an objective asks for (:func:`register_statistic`): a function of a chunk's float32
   logits, such as the entropy ``H_i(T) = −Σ_v p_{i,v}(T) log p_{i,v}(T)`` of ``p(T) = softmax(ℓ / T)`` (``"entropy"``,
-  dParallel's).
+  dParallel's), or the soft cross-entropy ``−Σ_v q_{i,v} log softmax(ℓ_i)_v`` against given target distributions
+  ``q`` (``"soft_cross_entropy"``, the anchor's: with ``q`` the teacher's probabilities,
+  ``KL(q ‖ p_θ) = soft cross-entropy − H(q)``).
 
 :func:`window_statistics` computes them from logits, one chunk of positions at a time in float32 (so a half-precision
 window is never copied whole to float32). :class:`StatisticsHead` computes them *inside* the model's forward, in
@@ -45,7 +47,9 @@ __all__ = [
     "entropy",
     "head_gives_logits",
     "register_statistic",
+    "soft_cross_entropy",
     "statistics_head",
+    "window_chunks",
     "window_statistics",
 ]
 
@@ -107,6 +111,50 @@ def entropy(logits: Tensor, temperature: float = 1.0) -> Tensor:
 STATISTICS.register("entropy", Statistic("entropy", entropy, {"temperature": 1.0}), builtin=True)
 
 
+class _SoftCrossEntropy(torch.autograd.Function):
+    """``CE = (Σ_v q_v) · log Z − Σ_v q_v ℓ_v`` of logits ``[b, c, V]`` and targets ``q``, with a backward that builds
+    one ``[b, c, V]`` tensor: ``∂CE/∂ℓ = (Σ_v q_v) · softmax(ℓ) − q``, written in place into the ``exp(ℓ − log Z)`` it
+    allocates (autograd through ``log_softmax``, a product and a sum would hold about four vocabulary-wide tensors)."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor) -> Tensor:  # type: ignore[override]
+        log_z = torch.logsumexp(logits, dim=-1)
+        mass = targets.sum(-1)
+        dot = torch.where(targets > 0, targets * logits, torch.zeros((), dtype=logits.dtype, device=logits.device))
+        ctx.save_for_backward(logits, targets, log_z, mass)
+        return mass * log_z - dot.sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        logits, targets, log_z, mass = ctx.saved_tensors
+        result = (logits - log_z.unsqueeze(-1)).exp_().mul_(mass.unsqueeze(-1)).sub_(targets)
+        return result.mul_(grad.unsqueeze(-1)), None
+
+
+def soft_cross_entropy(logits: Tensor, targets: Tensor | None = None) -> Tensor:
+    """``CE(q, ℓ) = −Σ_v q_v log softmax(ℓ)_v`` at every position, for target distributions ``q`` (``targets``,
+    ``[b, c, V]``, rows summing to 1; entries with ``q_v = 0`` contribute nothing). With ``q`` the teacher's
+    probabilities, ``CE − H(q) = KL(q ‖ softmax(ℓ))``. Targets carry no gradient; the backward allocates one tensor of
+    the logits' size (:class:`_SoftCrossEntropy`).
+
+    Raises:
+        ValueError: without ``targets``, or with targets of another shape than the logits.
+    """
+    if targets is None:
+        raise ValueError("The statistic 'soft_cross_entropy' needs `targets`, the target distributions [b, W, V].")
+    if targets.shape != logits.shape:
+        raise ValueError(
+            f"The statistic 'soft_cross_entropy' got targets of shape {tuple(targets.shape)} for logits of shape "
+            f"{tuple(logits.shape)}; they must be the same (a distribution over the vocabulary at every position)."
+        )
+    return _SoftCrossEntropy.apply(logits, targets.detach().to(logits.dtype))
+
+
+STATISTICS.register(
+    "soft_cross_entropy", Statistic("soft_cross_entropy", soft_cross_entropy, {"targets": None}), builtin=True
+)
+
+
 @dataclass
 class StatisticsRequest:
     """What to compute at every window position.
@@ -117,7 +165,9 @@ class StatisticsRequest:
         draw_fake_temperature: draw the fake tokens from these logits at this temperature (the reference's side of
             DDO; 0 is the argmax), or ``None``.
         extra: registered statistics to compute, by name, with their parameters (``{"entropy": {"temperature":
-            0.5}}``); missing parameters take the statistic's defaults.
+            0.5}}``); missing parameters take the statistic's defaults. A tensor parameter shaped ``[b, W, ...]`` (the
+            labels' ``[b, W]`` first) is a per-position value: each chunk of positions gets its slice, like the
+            labels (the soft cross-entropy's ``targets``); other values are passed whole.
         generator: random generator for drawing fake tokens at a positive temperature.
     """
 
@@ -144,15 +194,40 @@ class StatisticsRequest:
             calls.append((statistic.function, {**statistic.parameters, **parameters}))
         return calls
 
+    def _per_position(self, value: Any) -> bool:
+        """Whether a parameter value is a per-position tensor ``[b, W, ...]`` over this request's window."""
+        return isinstance(value, Tensor) and value.dim() >= 2 and tuple(value.shape[:2]) == tuple(self.labels.shape)
+
+    def _map_positions(self, function: Callable[[Tensor], Tensor]) -> dict[str, Any]:
+        """``extra`` with ``function`` applied to every per-position tensor parameter."""
+        return {
+            name: {key: function(value) if self._per_position(value) else value for key, value in parameters.items()}
+            for name, parameters in self.extra.items()
+        }
+
+    def chunk(self, part: slice) -> StatisticsRequest:
+        """The request of the window positions ``part``: labels, fake tokens and per-position parameters sliced."""
+        return replace(
+            self,
+            labels=self.labels[:, part],
+            fake_tokens=None if self.fake_tokens is None else self.fake_tokens[:, part],
+            extra=self._map_positions(lambda value: value[:, part]),
+        )
+
     def shifted(self) -> StatisticsRequest:
-        """The request one position longer (labels and fake tokens padded at the end): for heads whose logit of token
-        ``i`` sits at position ``i − 1``, the extra position's statistics are dropped by the caller."""
+        """The request one position longer (labels, fake tokens and per-position parameters padded at the end with
+        zeros): for heads whose logit of token ``i`` sits at position ``i − 1``, the extra position's statistics are
+        dropped by the caller."""
         padded = {
             name: torch.nn.functional.pad(getattr(self, name), (0, 1))
             for name in ("labels", "fake_tokens")
             if getattr(self, name) is not None
         }
-        return replace(self, **padded)
+
+        def pad(value: Tensor) -> Tensor:
+            return torch.cat([value, value.new_zeros((value.shape[0], 1, *value.shape[2:]))], dim=1)
+
+        return replace(self, **padded, extra=self._map_positions(pad))
 
     def wrap(self, values: Tensor) -> TokenStatistics:
         """The :class:`TokenStatistics` of values computed for this request."""
@@ -229,13 +304,10 @@ class _NormalizerAndGathers(torch.autograd.Function):
         return grad, None, None
 
 
-def _chunk_statistics(
-    logits: Tensor,
-    labels: Tensor,
-    fake_tokens: Tensor | None,
-    request: StatisticsRequest,
-) -> Tensor:
-    """The statistics of one chunk of logits ``[b, c, V]`` (upcast to float32 here, one chunk at a time)."""
+def _chunk_statistics(logits: Tensor, request: StatisticsRequest) -> Tensor:
+    """The statistics of one chunk of logits ``[b, c, V]`` (upcast to float32 here, one chunk at a time) for the
+    request of that chunk (:meth:`StatisticsRequest.chunk`)."""
+    labels, fake_tokens = request.labels, request.fake_tokens
     draw_temperature = request.draw_fake_temperature
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
@@ -253,22 +325,19 @@ def _chunk_statistics(
     return torch.stack([log_z, label, fake, argmax, drawn, *extra], dim=-1)
 
 
-def _chunks(rows: int, length: int, chunk_size: int | None) -> list[slice]:
-    """Slices of window positions holding about ``chunk_size`` tokens each over the ``rows`` of the batch."""
+def window_chunks(rows: int, length: int, chunk_size: int | None) -> list[slice]:
+    """Slices of the ``length`` window positions holding about ``chunk_size`` tokens each over the ``rows`` of the
+    batch (one slice of every position when ``chunk_size`` is ``None`` or 0)."""
     size = length if not chunk_size else max(1, int(chunk_size) // max(rows, 1))
     return [slice(start, min(start + size, length)) for start in range(0, length, size)] or [slice(0, 0)]
-
-
-def _fake_slice(request: StatisticsRequest, part: slice) -> Tensor | None:
-    return None if request.fake_tokens is None else request.fake_tokens[:, part]
 
 
 def window_statistics(logits: Tensor, request: StatisticsRequest, chunk_size: int | None = None) -> TokenStatistics:
     """The statistics of window logits ``[b, W, V]``, computed about ``chunk_size`` tokens (rows × positions) at a time
     (all at once when ``None``); gradients flow to ``logits``."""
     parts = [
-        _chunk_statistics(logits[:, part], request.labels[:, part], _fake_slice(request, part), request)
-        for part in _chunks(logits.shape[0], logits.shape[1], chunk_size)
+        _chunk_statistics(logits[:, part], request.chunk(part))
+        for part in window_chunks(logits.shape[0], logits.shape[1], chunk_size)
     ]
     return request.wrap(torch.cat(parts, dim=1))
 
@@ -300,8 +369,8 @@ class StatisticsHead(nn.Module):
     def weight(self) -> Tensor:  # models that read ``lm_head.weight`` directly get the real weight
         return self.head.weight
 
-    def _run(self, hidden: Tensor, labels: Tensor, fake_tokens: Tensor | None) -> Tensor:
-        return _chunk_statistics(self.head(hidden), labels, fake_tokens, self.request)
+    def _run(self, hidden: Tensor, part: slice) -> Tensor:
+        return _chunk_statistics(self.head(hidden), self.request.chunk(part))
 
     def forward(self, hidden_states: Tensor) -> Tensor:
         self.calls += 1
@@ -309,12 +378,11 @@ class StatisticsHead(nn.Module):
         window = request.labels.shape[1]
         hidden_states = hidden_states[:, hidden_states.shape[1] - window :]
         parts = []
-        for part in _chunks(hidden_states.shape[0], window, self.chunk_size):
-            arguments = (hidden_states[:, part], request.labels[:, part], _fake_slice(request, part))
+        for part in window_chunks(hidden_states.shape[0], window, self.chunk_size):
             if torch.is_grad_enabled() and hidden_states.requires_grad:
-                parts.append(checkpoint(self._run, *arguments, use_reentrant=False))
+                parts.append(checkpoint(self._run, hidden_states[:, part], part, use_reentrant=False))
             else:
-                parts.append(self._run(*arguments))
+                parts.append(self._run(hidden_states[:, part], part))
         return torch.cat(parts, dim=1)
 
 

@@ -22,6 +22,8 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "KEY_PARTIAL_RATIO",
+    "KEY_STATE_RATIO",
     "hash_uniform",
     "random_state_mask",
     "random_token_replacement",
@@ -45,12 +47,15 @@ _MIX1 = _signed(0xBF58476D1CE4E5B9)
 _MIX2 = _signed(0x94D049BB133111EB)
 
 # Stream keys: one independent hash stream per random decision.
-_KEY_RATIO = 1
+#: the hash stream of the main state's mask ratio (:func:`sample_mask_ratios`)
+KEY_STATE_RATIO = 1
 _KEY_RANDOM_T = 2
 _KEY_RANDOM_TOKEN = 3
 _KEY_REPLACE = 4
 _KEY_REPLACE_TOKEN = 5
 _KEY_BLOCK = 6
+#: the hash stream of the ``"partial"`` extra state's ratio (:mod:`t3d_trl.states`): a draw apart from the main state's
+KEY_PARTIAL_RATIO = 7
 
 
 def _shift_right(x: Tensor, bits: int) -> Tensor:
@@ -97,6 +102,8 @@ def sample_mask_ratios(
     seed: int,
     ratios: Sequence[float] = (1.0, 0.75, 0.5, 0.25),
     power: float = 8.0,
+    *,
+    key: int = KEY_STATE_RATIO,
 ) -> Tensor:
     """One mask ratio per example, ``P(r) = r^power / Σ_r' r'^power``, hashed on ``(seed, example_index)``.
 
@@ -109,6 +116,7 @@ def sample_mask_ratios(
         seed: seed of the hash.
         ratios: candidate ratios ``r ∈ [0, 1]``.
         power: exponent of the sampling weights.
+        key: the hash stream (:data:`KEY_STATE_RATIO` for the main state; another key gives an independent draw).
 
     Returns:
         A float32 tensor ``[batch]`` of ratios.
@@ -120,7 +128,7 @@ def sample_mask_ratios(
     if float(weights.sum()) <= 0:
         raise ValueError(f"mask ratios {tuple(ratios)} with power {power} give no positive sampling weight.")
     cdf = torch.cumsum(weights / weights.sum(), 0)
-    uniform = hash_uniform(seed, _KEY_RATIO, example_index)
+    uniform = hash_uniform(seed, key, example_index)
     choice = torch.searchsorted(cdf, uniform, right=True).clamp_max(values.numel() - 1)
     return values[choice].to(torch.float32)
 

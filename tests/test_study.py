@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,12 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "study.py"
 def study():
     spec = importlib.util.spec_from_file_location("study_example", EXAMPLE)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    sys.modules[spec.name] = module  # its dataclasses resolve their annotations through it
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
 
 
 def test_the_study_settings_and_flags(study, capsys):
@@ -51,3 +56,39 @@ def test_the_study_reuses_students_trained_with_the_same_settings(study, tmp_pat
     study.run_study(dataclasses.replace(config, student_steps=2))
     out = capsys.readouterr().out
     assert "teacher reused" in out and "T3D: trained 2 steps" in out
+
+
+def test_the_forgetting_preset_writes_its_tables_and_its_diagnosis(study, tmp_path, monkeypatch):
+    diagnosis = study.Diagnosis(steps=(5,), steps_students=("T3D",), drift_students=("T3D", "T3D + anchor (0.05)"))
+    monkeypatch.setitem(study.PRESETS["forgetting"], "diagnosis", diagnosis)
+    variants = {name: study.FORGETTING_VARIANTS[name] for name in ("T3D + anchor (0.05)", "T3D (LoRA r=8, lr 2e-3)")}
+    config = study.study_config("forgetting", output_dir=str(tmp_path), seeds=(0,), extra_methods=variants, **MINIATURE)
+    assert config.methods == ("Naive TD", "T3D") and config.teacher_steps == MINIATURE["teacher_steps"]
+    report = study.run_study(config, "forgetting")
+    text = (tmp_path / "forgetting.md").read_text()
+    for heading in ("Full-step preservation", "Paired by seed", "The default rule", "Cost per training step", "States"):
+        assert heading in text, heading
+    assert "| T3D + anchor (0.05) | T3D |" in text and "| T3D (LoRA r=8, lr 2e-3) | T3D |" in text
+    numbers = report["forgetting"]
+    assert set(numbers["steps"]["T3D"][0]["5"]) == {"4", "8"}  # measured at step 5, per block size
+    drift = numbers["drift"]["T3D + anchor (0.05)"][0]
+    assert set(drift) == {"4", "8"} and all(value["kl"] >= 0 for value in drift["4"].values())
+    training, decoding = numbers["states"]["training"], numbers["states"]["decoding"]
+    assert sum(training["r ∝ r⁸ (default)"]["4"].values()) == pytest.approx(100.0)
+    assert decoding["B4-TokPS4"] == {"0": 100.0}  # four tokens per step: every forward sees an empty block
+    assert set(decoding["B8-TokPS2"]) <= {"0", "2", "4", "6"}
+    entry = json.loads((tmp_path / "seed0" / "students" / "T3D.json").read_text())
+    assert entry["diagnosis"]["seconds"] > 0  # kept with the student, taken out of its cost
+    # a second run reuses every student and their diagnosis
+    again = study.run_study(config, "forgetting")
+    assert again["forgetting"]["steps"] == numbers["steps"]
+
+
+def test_a_lora_student_of_the_demo_is_checked(tmp_path):
+    from t3d_trl.demo.pipeline import split_method
+
+    assert split_method("x", {"peft": {"r": 4}, "loss_type": ["td"]}).peft == {"r": 4}
+    with pytest.raises(ValueError, match="is not a LoraConfig"):
+        split_method("x", {"peft": {"rank": 4}})
+    with pytest.raises(ValueError, match="cannot be combined"):
+        split_method("x", {"peft": {"r": 4}, "rounds": 2})

@@ -153,7 +153,7 @@ def test_dparallel_loss_as_published_on_a_hand_case():
         window_statistics(torch.tensor([logits], dtype=torch.float64), request),
         batch,
         config,
-        complement=window_statistics(torch.tensor([complement_logits], dtype=torch.float64), request),
+        states={"complement": window_statistics(torch.tensor([complement_logits], dtype=torch.float64), request)},
     )
 
     def one_pass(values, mask):

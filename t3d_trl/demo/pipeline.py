@@ -8,7 +8,8 @@ and T3D), and every model is evaluated with :func:`t3d_trl.evaluation.evaluate_f
 2 and 4 tokens per step. The tables come from :mod:`t3d_trl.demo.report`.
 
 A student is a :class:`~t3d_trl.T3DConfig` override mapping; its optional ``"data"`` key says what it trains on (see
-:data:`DATA_SOURCES`), its optional ``"rounds"`` key how many ReDi rounds it runs (see :data:`METHODS`). The study
+:data:`DATA_SOURCES`), its optional ``"rounds"`` key how many ReDi rounds it runs (see :data:`METHODS`), its optional
+``"peft"`` key the :class:`peft.LoraConfig` arguments of a LoRA student (merged into the model before evaluation). The study
 behind ``docs/results.md`` (three seeds, more tasks, the paper's recipe and the remedies, students reused between
 runs, plots) is ``examples/study.py``, built on :func:`run_seed` and the report; it is not part of the package.
 """
@@ -24,13 +25,14 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from datasets import Dataset
-from transformers import PrinterCallback, Qwen3ForCausalLM, set_seed
+from transformers import PrinterCallback, Qwen3ForCausalLM, TrainerCallback, set_seed
 
 from ..collator import DataCollatorForTrajectory
 from ..evaluation import DecodingSetting, evaluate_few_step, get_scorer
@@ -89,6 +91,10 @@ class StudentStore(Protocol):
         """Keep the entry of a student just trained."""
 
 
+#: ``(seed, method) -> trainer callbacks`` of a student about to train (see :func:`run_seed`)
+StudentCallbacks = Callable[[int, str], Sequence[TrainerCallback]]
+
+
 @dataclass
 class DemoConfig:
     """Settings of the demo (the defaults finish in under 10 minutes on 2 CPU cores).
@@ -122,7 +128,8 @@ class DemoConfig:
     max_new_tokens: int | None = None
     # students
     methods: tuple[str, ...] = tuple(METHODS)
-    #: further rows of the table: name -> T3DConfig overrides, with an optional ``"data"`` key (see DATA_SOURCES)
+    #: further rows of the table: name -> T3DConfig overrides, with the optional keys ``"data"`` (see DATA_SOURCES),
+    #: ``"rounds"`` and ``"peft"`` (LoraConfig arguments: a LoRA student)
     extra_methods: dict[str, dict[str, Any]] = field(default_factory=dict)
     student_steps: int = 250
     student_batch_size: int = 64
@@ -173,8 +180,15 @@ def _trainer_args(
     return tiny_t3d_config(output_dir, **values)
 
 
-def _train(model, tokenizer, dataset, args: T3DConfig, block_sizes) -> T3DTrainer:
-    trainer = T3DTrainer(model, args=args, train_dataset=dataset, processing_class=tokenizer)
+def _train(model, tokenizer, dataset, args: T3DConfig, block_sizes, peft_config=None, callbacks=None) -> T3DTrainer:
+    trainer = T3DTrainer(
+        model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=list(callbacks or []),
+    )
     trainer.remove_callback(PrinterCallback)  # the logs go to log_history and the results, not to stdout
     trainer.data_collator = CyclingBlockSizeCollator(trainer.data_collator, block_sizes)
     trainer.train()
@@ -207,6 +221,20 @@ def valid_rollouts(trajectories: Dataset) -> tuple[Dataset, dict[str, float]]:
         mine = [ok for ok, task in zip(verdicts, trajectories["task"]) if task == name]
         share[name] = 100.0 * sum(mine) / len(mine)
     return trajectories.select([i for i, ok in enumerate(verdicts) if ok]), share
+
+
+def rollout_generation_config(config: DemoConfig, tokenizer) -> DiffusionGenerationConfig:
+    """The teacher's rollout settings: one token per step in blocks of ``rollout_block_size``, at
+    ``rollout_temperature``, up to :meth:`DemoConfig.generated_tokens` tokens."""
+    return DiffusionGenerationConfig(
+        block_size=config.rollout_block_size,
+        steps_per_block=config.rollout_block_size,
+        max_new_tokens=config.generated_tokens(),
+        temperature=config.rollout_temperature,
+        mask_token_id=tokenizer.mask_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
 
 
 def evaluation_dataset(config: DemoConfig) -> Dataset:
@@ -249,17 +277,39 @@ def evaluate(model, tokenizer, dataset: Dataset, config: DemoConfig, output_dir:
     return results
 
 
-def split_method(name: str, spec: dict[str, Any]) -> tuple[str, int, dict[str, Any]]:
-    """``(data source, rounds, T3DConfig overrides)`` of a method; an unknown data source, or ``rounds`` that is not
-    a positive integer, is refused."""
+class StudentMethod(NamedTuple):
+    """A student of the table, split (:func:`split_method`): what it trains on, its ReDi rounds, its LoRA arguments
+    (``None``: the whole model trains) and its :class:`~t3d_trl.T3DConfig` overrides."""
+
+    data: str
+    rounds: int
+    peft: dict[str, Any] | None
+    overrides: dict[str, Any]
+
+
+def split_method(name: str, spec: dict[str, Any]) -> StudentMethod:
+    """The parts of a method; an unknown data source, ``rounds`` that is not a positive integer, or ``peft`` that is
+    not a mapping of :class:`peft.LoraConfig` arguments (or is given with ReDi rounds) is refused."""
     overrides = dict(spec)
     data = overrides.pop("data", "rollouts")
     rounds = overrides.pop("rounds", 1)
+    peft = overrides.pop("peft", None)
     if data not in DATA_SOURCES:
         raise ValueError(f"Method {name!r}: unknown data {data!r}; choose from {sorted(DATA_SOURCES)}.")
     if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
         raise ValueError(f"Method {name!r}: `rounds` must be a positive integer, got {rounds!r}.")
-    return data, rounds, overrides
+    if peft is not None:
+        if not isinstance(peft, dict):
+            raise ValueError(f"Method {name!r}: `peft` must be a mapping of LoraConfig arguments, got {peft!r}.")
+        if rounds > 1:
+            raise ValueError(f"Method {name!r}: `peft` (a LoRA student) and ReDi `rounds` > 1 cannot be combined.")
+        from peft import LoraConfig
+
+        try:
+            LoraConfig(**peft)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"Method {name!r}: `peft` {peft!r} is not a LoraConfig ({error}).") from None
+    return StudentMethod(data, rounds, peft, overrides)
 
 
 def peak_memory_mb() -> float:
@@ -334,11 +384,19 @@ def settings_key(config: DemoConfig) -> dict[str, Any]:
     return json.loads(json.dumps(values))  # tuples as lists, as they come back from JSON
 
 
-def run_seed(config: DemoConfig, seed: int, tokenizer, students: StudentStore | None = None) -> dict[str, Any]:
+def run_seed(
+    config: DemoConfig,
+    seed: int,
+    tokenizer,
+    students: StudentStore | None = None,
+    callbacks: StudentCallbacks | None = None,
+) -> dict[str, Any]:
     """Teacher, rollouts, students and evaluation for one seed (a line printed as each stage finishes).
 
     The teacher trained before in the same ``output_dir`` with the same settings is reused (its saved weights); a
-    student ``students`` holds for the same settings too (its saved accuracy, logs and time).
+    student ``students`` holds for the same settings too (its saved accuracy, logs and time). ``callbacks(seed,
+    method)`` gives the extra trainer callbacks of a student that trains (the study's diagnosis); the teacher is saved
+    in ``<output_dir>/seed<k>/teacher`` and its rollouts in ``.../trajectories`` before any student trains.
 
     Returns:
         The seed's ``accuracy`` (per method, setting and task), ``rollout_validity``, ``timings``,
@@ -374,15 +432,7 @@ def run_seed(config: DemoConfig, seed: int, tokenizer, students: StudentStore | 
     _progress(seed, f"teacher evaluated: {shown} at one token per step ({timings['evaluation']:.1f} s)")
 
     start = time.perf_counter()
-    rollout_config = DiffusionGenerationConfig(
-        block_size=config.rollout_block_size,
-        steps_per_block=config.rollout_block_size,
-        max_new_tokens=max_new_tokens,
-        temperature=config.rollout_temperature,
-        mask_token_id=tokenizer.mask_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    rollout_config = rollout_generation_config(config, tokenizer)
     prompts = rollout_prompts(config, seed)
 
     trajectories = generate_trajectories(
@@ -401,7 +451,7 @@ def run_seed(config: DemoConfig, seed: int, tokenizer, students: StudentStore | 
     }
     logs: dict[str, list[dict]] = {}
     for method, spec in _all_methods(config).items():
-        source, rounds, overrides = split_method(method, spec)
+        source, rounds, peft, overrides = split_method(method, spec)
         if len(data[source]) == 0:
             raise ValueError(
                 f"Method {method!r} trains on {DATA_SOURCES[source]}, but there are none (valid rollouts per task: "
@@ -420,13 +470,23 @@ def run_seed(config: DemoConfig, seed: int, tokenizer, students: StudentStore | 
         logs[method] = []
         output_dir = str(root / method.replace(" ", "_"))
 
-        def train(model, dataset, args, logs=logs[method]):
-            trainer = _train(model, tokenizer, dataset, args, config.train_block_sizes)
+        def train(model, dataset, args, logs=logs[method], peft=peft, method=method):
+            peft_config = None
+            if peft is not None:
+                from peft import LoraConfig
+
+                peft_config = LoraConfig(**peft)
+            extra = callbacks(seed, method) if callbacks is not None else ()
+            # a LoRA adapter is initialised from the global random state before the Trainer seeds it: seeded here, a
+            # student is the same whichever students trained before it in the process (or were reused)
+            set_seed(args.seed)
+            trainer = _train(model, tokenizer, dataset, args, config.train_block_sizes, peft_config, extra)
             logs += trainer.state.log_history
             return trainer
 
+        learning_rate = overrides.pop("learning_rate", config.student_learning_rate)  # a student may set its own
         args = _trainer_args(
-            output_dir, config.student_steps, config.student_batch_size, config.student_learning_rate, seed, **overrides
+            output_dir, config.student_steps, config.student_batch_size, learning_rate, seed, **overrides
         )
         if rounds > 1:  # ReDi: round 0 trains on the teacher's rollouts, each next one on the student's own
             student = redi(
@@ -442,6 +502,8 @@ def run_seed(config: DemoConfig, seed: int, tokenizer, students: StudentStore | 
             )
         else:
             student = train(copy.deepcopy(teacher), data[source], args).model
+            if peft is not None:  # the LoRA student decodes as one model: its adapter merged into the teacher's copy
+                student = student.merge_and_unload()
         timings[method] = time.perf_counter() - start
         start = time.perf_counter()
         accuracy[method] = evaluate(student, tokenizer, eval_set, config, str(root / "eval" / method))
@@ -493,12 +555,18 @@ def check_demo_config(config: DemoConfig) -> None:
         raise ValueError("`seeds` is empty; give at least one seed.")
 
 
-def run_demo(config: DemoConfig | None = None, students: StudentStore | None = None) -> dict[str, Any]:
+def run_demo(
+    config: DemoConfig | None = None,
+    students: StudentStore | None = None,
+    callbacks: StudentCallbacks | None = None,
+) -> dict[str, Any]:
     """Run the whole demo over ``config.seeds`` and write ``results.json`` and ``results.md``.
 
     Args:
         config: the settings (the quick demo's defaults when ``None``).
         students: where students trained before are found and new ones kept (the study's; none by default).
+        callbacks: ``callbacks(seed, method)``: extra trainer callbacks of each student that trains (the study's
+            diagnosis; none by default).
 
     Returns:
         The report written to ``results.json``: the config, the summary over seeds (:func:`~.report.summarise`), each
@@ -516,7 +584,7 @@ def run_demo(config: DemoConfig | None = None, students: StudentStore | None = N
         f"-> {config.output_dir}",
         flush=True,
     )
-    results = [run_seed(config, seed, tokenizer, students) for seed in config.seeds]
+    results = [run_seed(config, seed, tokenizer, students, callbacks) for seed in config.seeds]
     summary = summarise(results, config)
     sync_steps = T3DConfig.__dataclass_fields__["ref_model_sync_steps"].default
     identity = ddo_identity_lines(results[0]["logs"].get("T3D", []), sync_steps)

@@ -9,7 +9,7 @@ from transformers import TrainingArguments
 
 from ..checks import check_number
 from ..models.families import FAMILIES
-from ..objectives import OBJECTIVES, objective_params
+from ..objectives import OBJECTIVES, extra_states, objective_params
 from ..registry import Registry
 
 
@@ -99,7 +99,8 @@ class T3DConfig(TrainingArguments):
         metadata={
             "help": "Objectives to combine, each at most once: `ddo` (trajectory DDO, mode-seeking), `path` (path "
             "consistency), `td` (Naive trajectory distillation, forward KL), `sft` (random masks of reference "
-            "answers), `dparallel` (certainty-forcing distillation), or one registered with "
+            "answers), `dparallel` (certainty-forcing distillation), `anchor` (KL from the frozen teacher at partly "
+            "filled trajectory states, against forgetting full-step decoding), or one registered with "
             "`t3d_trl.register_objective`. T3D is `['ddo', 'path']`."
         },
     )
@@ -133,7 +134,8 @@ class T3DConfig(TrainingArguments):
         metadata={
             "help": "Hyperparameters of objectives that declare their own, by objective name, e.g. "
             "`{'dparallel': {'entropy_weight': 2.0, 'entropy_temperature': 0.5, 'complementary_masks': True}}` (the "
-            "published values are the defaults). Only objectives of `loss_type`."
+            "published values are the defaults) or `{'anchor': {'mask_ratios': [0.75, 0.5, 0.25]}}`. Only objectives "
+            "of `loss_type`."
         },
     )
 
@@ -340,11 +342,18 @@ class T3DConfig(TrainingArguments):
             )
         for name in self.loss_type:
             objective_params(self, name)  # unknown keys and bad values are refused here, naming the objective
+        extra_states(self)  # unknown states, bad state parameters and conflicting declarations are refused here
 
     @property
-    def uses_complement(self) -> bool:
-        """Whether the collator makes complementary states and the trainer runs a second student forward on them."""
-        return any(OBJECTIVES[name].complement_for(objective_params(self, name)) for name in self.loss_type)
+    def extra_states(self) -> dict[str, dict[str, Any]]:
+        """The extra states the objectives of ``loss_type`` read (:mod:`t3d_trl.states`), ``{name: parameters}``: the
+        collator builds them besides the main state and the student runs one more forward on each."""
+        return extra_states(self)
+
+    @property
+    def uses_teacher(self) -> bool:
+        """Whether an objective reads the frozen teacher (the anchor does): the trainer then keeps the initial model."""
+        return any(OBJECTIVES[name].needs_teacher for name in self.loss_type)
 
     @property
     def uses_reference(self) -> bool:

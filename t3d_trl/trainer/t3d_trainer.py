@@ -29,7 +29,17 @@ from ..masks import NOISY
 from ..models.families import get_family, load_pretrained
 from ..models.locations import TOKENIZER_FILES, check_model_location
 from ..models.nonfinite import check_finite_loss, check_finite_weights
-from ..objectives import ReferenceTerms, compute_objectives, reference_request, reference_terms, student_request
+from ..objectives import (
+    ReferenceTerms,
+    TeacherTerms,
+    compute_objectives,
+    reference_request,
+    reference_terms,
+    student_request,
+    teacher_states,
+    teacher_terms,
+)
+from ..states import MAIN_STATE
 from ..statistics import StatisticsRequest, TokenStatistics
 from .callbacks import (
     POLICY_ADAPTER,
@@ -93,7 +103,13 @@ class T3DTrainer(Trainer):
     A student initialised from a diffusion LM learns, on the teacher's own decoding trajectories, to jump from an
     intermediate state ``x_t`` to the teacher's final tokens ``x0``. Per micro-batch it runs exactly one student
     forward with gradients and one reference forward without; every objective of ``args.loss_type`` (DDO's real and
-    fake terms, the path loss, the baselines) is computed from those two sets of logits.
+    fake terms, the path loss, the baselines) is computed from those two sets of logits; objectives that read extra
+    states (dParallel's complementary state, the anchor's partly filled one) add a student forward on each.
+
+    Objectives that read the frozen teacher (``needs_teacher``, e.g. ``anchor``) get the initial model: the reference
+    when it is never refreshed (``sync_ref_model=False``), else a frozen copy of ``model`` made before training (with
+    PEFT, the adapter-disabled base), placed like the reference under DeepSpeed and FSDP. It is not training state:
+    resuming builds it again from the ``model`` given.
 
     Args:
         model: the student, a model instance or a hub id / local path (loaded with ``args.model_init_kwargs``; remote
@@ -187,6 +203,15 @@ class T3DTrainer(Trainer):
             self.ref_model = ref_model if ref_model is not None else _frozen_copy(model)
             if args.disable_dropout:
                 _disable_dropout(self.ref_model)
+        # the frozen teacher (the initial model): the fixed reference when there is one, the adapter-disabled base
+        # with PEFT, else a copy of its own
+        self.teacher_model = None
+        self.extra_states, self.teacher_states = args.extra_states, teacher_states(args)
+        own_teacher = args.uses_teacher and not self.is_peft and (self.ref_model is None or args.sync_ref_model)
+        if own_teacher:
+            self.teacher_model = _frozen_copy(model)
+            if args.disable_dropout:
+                _disable_dropout(self.teacher_model)
 
         # data
         from ..rollout import rollout_config
@@ -223,6 +248,10 @@ class T3DTrainer(Trainer):
 
         if self.ref_model is not None:
             self.ref_model = self._prepare_reference(self.ref_model)
+        if self.teacher_model is not None:
+            self.teacher_model = self._prepare_reference(self.teacher_model)
+        elif args.uses_teacher and not self.is_peft:
+            self.teacher_model = self.ref_model  # fixed: the initial model (kept when the reference is precomputed)
         self.sync_callback = None
         if args.sync_ref_model and args.uses_reference:
             self.sync_callback = RefModelSyncCallback(self.ref_model, self.accelerator)
@@ -298,7 +327,7 @@ class T3DTrainer(Trainer):
             family=self.family.name,
             attention_layout=self.layout.attention,
             block_alignment=args.block_alignment,
-            complementary_masks=args.uses_complement,
+            extra_states=args.extra_states,
         )
 
     def _prepare_reference(self, ref_model):
@@ -315,8 +344,9 @@ class T3DTrainer(Trainer):
         return self.accelerator.prepare_model(ref_model, evaluation_mode=True)
 
     # ------------------------------------------------------------------------------------------ forwards
-    def _window_statistics(self, model, batch: dict, request: StatisticsRequest) -> TokenStatistics:
-        """The window statistics of ``request`` from one forward of ``model`` (the student, or the reference)."""
+    def _window_statistics(self, model, batch: dict, request: StatisticsRequest | None) -> TokenStatistics:
+        """The window statistics of ``request`` from one forward of ``model`` (the student, the reference or the
+        teacher); without a request, the window's logits."""
         unwrapped = self.accelerator.unwrap_model(model)
         return self.layout.forward(
             model,
@@ -328,6 +358,32 @@ class T3DTrainer(Trainer):
             chunk_size=self.args.logits_chunk_size or None,
             unwrapped=unwrapped,
         )
+
+    @staticmethod
+    def _state_batch(batch: dict, state: str) -> dict:
+        """The batch with the inputs of ``state`` (the main one, or an extra state of the collator): only the noisy
+        tokens differ, the positions, blocks, labels and attention layout are shared."""
+        if state == MAIN_STATE:
+            return batch
+        key = f"{state}_input_ids"
+        if key not in batch:
+            raise ValueError(
+                f"An objective reads the training state {state!r}, but the batch has no {key!r}: a custom data "
+                f"collator must make it (DataCollatorForTrajectory(..., extra_states=args.extra_states))."
+            )
+        return {**batch, "input_ids": batch[key]}
+
+    @torch.no_grad()
+    def _teacher_terms(self, batch: dict) -> TeacherTerms:
+        """The frozen teacher's probabilities and entropy on the window of ``batch`` (one forward without gradients)."""
+        if self.teacher_model is not None:
+            logits = self._window_statistics(self.teacher_model, batch, None)
+        else:
+            model = self.accelerator.unwrap_model(self.model)
+            with model.disable_adapter():  # PEFT: the base without any adapter is the initial model
+                logits = self._window_statistics(model, batch, None)
+        # the probabilities overwrite the logits chunk by chunk: the teacher's terms cost one [b, W, V] tensor
+        return teacher_terms(logits, self.args.logits_chunk_size or None, inplace=True)
 
     @torch.no_grad()
     def _reference_statistics(self, batch: dict, request: StatisticsRequest) -> TokenStatistics:
@@ -359,17 +415,24 @@ class T3DTrainer(Trainer):
 
     # ------------------------------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """One reference forward without gradients (its fake tokens x̂ and log-probs), then one student forward with
-        gradients (two with dParallel's complementary masks) → the weighted objectives."""
-        reference = self._reference_terms(inputs) if self.args.uses_reference else None
-        request = student_request(inputs, self.args, reference)
+        """One reference forward without gradients (its fake tokens x̂ and log-probs), one teacher forward without
+        gradients on each state a teacher-reading objective reads, then one student forward with gradients on the main
+        state and one on each extra state (dParallel's complementary state, the anchor's partial one) → the weighted
+        objectives."""
+        args = self.args
+        reference = self._reference_terms(inputs) if args.uses_reference else None
+        teacher = {state: self._teacher_terms(self._state_batch(inputs, state)) for state in self.teacher_states}
+        request = student_request(inputs, args, reference, teacher=teacher.get(MAIN_STATE))
         statistics = self._window_statistics(model, inputs, request)
-        complement = None
-        if "complement_input_ids" in inputs:  # dParallel's second pass, on the complementary state
-            complement = self._window_statistics(
-                model, {**inputs, "input_ids": inputs["complement_input_ids"]}, request
+        states = {
+            state: self._window_statistics(
+                model,
+                self._state_batch(inputs, state),
+                student_request(inputs, args, state=state, teacher=teacher.get(state)),
             )
-        loss, metrics = compute_objectives(statistics, inputs, self.args, reference, complement)
+            for state in self.extra_states
+        }
+        loss, metrics = compute_objectives(statistics, inputs, args, reference, states, teacher)
         # a NaN loss stops the run before the optimizer applies it (see docs/training.md, "Resuming")
         if model.training:
             check_finite_loss(loss, self.state, self.accelerator, self.accelerator.unwrap_model(model))
