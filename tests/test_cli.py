@@ -662,7 +662,7 @@ def test_the_choices_of_registered_names_come_from_the_registries():
     try:
         train = {action.dest: action for action in train_parser(prog="t3d-trl train")._actions}
         assert train["model_family"].choices == list(FAMILIES.choices()) and "plugin_family" in FAMILIES.choices()
-        assert train["loss_type"].choices == ["ddo", "path", "td", "sft", "dparallel"]
+        assert train["loss_type"].choices == ["ddo", "path", "td", "sft", "dparallel", "anchor"]
         evaluate = {action.dest: action for action in eval_parser(prog="t3d-trl eval")._actions}
         assert evaluate["remasking"].choices == list(REMASKING.choices()) and "low_confidence" in REMASKING.choices()
     finally:
