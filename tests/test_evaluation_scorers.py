@@ -202,9 +202,10 @@ def test_code_infinite_loop_times_out(no_code_eval_env):
     # The program passes its asserts, then hangs: stopped at the timeout and reported wrong.
     program = "def f():\n    return 1\n"
     tests = "assert f() == 1\nwhile True:\n    pass\n"
-    start = time.perf_counter()
     assert not code_passes(program, tests, timeout=1, allow_code_execution=True)
-    assert 0.9 < time.perf_counter() - start < 10
+    # stopped by the timeout, not failed otherwise (a status, so that a loaded machine cannot change the verdict)
+    result = execute_code(program, tests, timeout=1, allow_code_execution=True)
+    assert result.status == "timeout" and result.returncode is None
 
 
 def test_execute_code_timeout_status(no_code_eval_env):
@@ -337,8 +338,9 @@ def _pid_in(stderr: str) -> int:
     return int(match.group(1))
 
 
-def _gone(pid: int, seconds: float = 10.0) -> bool:
-    """Whether the process ends (or is a zombie) within ``seconds``."""
+def _gone(pid: int, seconds: float = 60.0) -> bool:
+    """Whether the process ends (or is a zombie) within ``seconds`` (a wait, generous for a loaded machine: it returns
+    as soon as the process is gone)."""
     deadline = time.monotonic() + seconds
     while True:
         try:
@@ -449,10 +451,9 @@ def test_code_stopped_by_a_limit(no_code_eval_env, program, tight, loose, messag
 
 @pytest.mark.skipif(resource is None, reason="needs the resource module")
 def test_code_cpu_time_limit(no_code_eval_env):
-    start = time.perf_counter()
+    # stopped by the CPU-time limit: the 60 s wall timeout would give the status "timeout"
     result = execute_code("while True:\n    pass\n", "", timeout=60, cpu_time_limit=1, allow_code_execution=True)
     assert result.status == "failed" and result.returncode in (-signal.SIGXCPU, -signal.SIGKILL), result
-    assert time.perf_counter() - start < 30
 
 
 @pytest.mark.parametrize(
